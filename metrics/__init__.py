@@ -1,0 +1,1 @@
+"""voicegw metrics package."""

@@ -1,0 +1,1 @@
+"""Carrier and AI-provider protocols: sans-I/O codecs plus thin I/O sessions."""

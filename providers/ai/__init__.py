@@ -1,0 +1,1 @@
+"""AI voice provider codecs and sessions (OpenAI Realtime, Gemini Live, Deepgram Agent, echo)."""

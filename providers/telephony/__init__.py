@@ -1,0 +1,1 @@
+"""Carrier media-stream codecs (Twilio Media Streams, Telnyx media streaming)."""

@@ -1,0 +1,1 @@
+"""voicegw security package."""
