@@ -1,1 +1,1 @@
-"""voicegw metrics package."""
+"""Prometheus metrics, JSON logging and Sentry set-up. Imports nothing from ``gateway``."""

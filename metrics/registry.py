@@ -1,0 +1,131 @@
+"""Every metric family, defined once. Labels are bounded: never a phone number, call id or IP."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+BUILD_INFO = Info("voicegw_build", "Build information", registry=REGISTRY)
+
+# -- webhooks --------------------------------------------------------------------------------
+WEBHOOK_REQUESTS = Counter(
+    "voicegw_webhook_requests_total",
+    "Webhook requests by carrier and outcome (accepted, rejected, duplicate)",
+    ["carrier", "outcome"],
+    registry=REGISTRY,
+)
+WEBHOOK_REJECTIONS = Counter(
+    "voicegw_webhook_rejections_total",
+    "Webhook requests rejected, by the security layer that rejected them",
+    ["carrier", "layer"],
+    registry=REGISTRY,
+)
+WEBHOOK_DUPLICATES = Counter(
+    "voicegw_webhook_duplicates_total",
+    "Verified webhook deliveries recognised as duplicates and not processed again",
+    ["carrier"],
+    registry=REGISTRY,
+)
+RATE_LIMITED = Counter(
+    "voicegw_rate_limited_total",
+    "Requests refused by a rate limit",
+    ["carrier", "scope"],
+    registry=REGISTRY,
+)
+STATE_DEGRADED = Counter(
+    "voicegw_state_fallback_total",
+    "Operations that fell back to in-process state because Redis failed",
+    ["component"],
+    registry=REGISTRY,
+)
+
+# -- HTTP ------------------------------------------------------------------------------------
+HTTP_DURATION = Histogram(
+    "voicegw_http_request_duration_seconds",
+    "HTTP request duration by route template",
+    ["route", "method", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+
+# -- calls -----------------------------------------------------------------------------------
+ACTIVE_CALLS = Gauge(
+    "voicegw_active_calls",
+    "Calls with an open media stream",
+    ["carrier", "provider"],
+    registry=REGISTRY,
+)
+CALLS = Counter(
+    "voicegw_calls_total",
+    "Calls ended, by outcome",
+    ["carrier", "provider", "outcome"],
+    registry=REGISTRY,
+)
+CALL_DURATION = Histogram(
+    "voicegw_call_duration_seconds",
+    "Duration of bridged media streams",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+    registry=REGISTRY,
+)
+
+# -- providers -------------------------------------------------------------------------------
+PROVIDER_UP = Gauge(
+    "voicegw_provider_up", "1 when the provider's breaker admits calls", ["provider"],
+    registry=REGISTRY,
+)
+PROVIDER_ERRORS = Counter(
+    "voicegw_provider_errors_total",
+    "Provider session errors by kind",
+    ["provider", "kind"],
+    registry=REGISTRY,
+)
+PROVIDER_CONNECT = Histogram(
+    "voicegw_provider_connect_seconds",
+    "Time to open and set up a provider session",
+    ["provider"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+BREAKER_STATE = Gauge(
+    "voicegw_breaker_state",
+    "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+    ["provider"],
+    registry=REGISTRY,
+)
+FAILOVERS = Counter(
+    "voicegw_failovers_total",
+    "Calls moved from one provider to another",
+    ["from_provider", "to_provider"],
+    registry=REGISTRY,
+)
+
+# -- media -----------------------------------------------------------------------------------
+MEDIA_FRAMES = Counter(
+    "voicegw_media_frames_total",
+    "Media frames relayed, by direction (from_carrier, to_carrier)",
+    ["carrier", "direction"],
+    registry=REGISTRY,
+)
+MEDIA_DROPPED = Counter(
+    "voicegw_media_frames_dropped_total",
+    "Media frames dropped, by reason (malformed, queue_full, barge_in, flood, ...)",
+    ["carrier", "direction", "reason"],
+    registry=REGISTRY,
+)
+MEDIA_RELAY = Histogram(
+    "voicegw_media_relay_seconds",
+    "Time a frame spends inside the gateway, from receipt to send",
+    ["direction"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+    registry=REGISTRY,
+)
+
+# -- auth ------------------------------------------------------------------------------------
+AUTH_FAILURES = Counter(
+    "voicegw_auth_failures_total", "Authentication failures by reason", ["reason"],
+    registry=REGISTRY,
+)
+SESSIONS_ACTIVE = Gauge(
+    "voicegw_sessions_active", "Operator sessions active", registry=REGISTRY
+)
