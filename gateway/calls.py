@@ -1,0 +1,647 @@
+"""The call state machine and the live-call registry, in process or shared through Redis.
+
+A call moves ``ringing -> connecting -> streaming`` and may end from any of those; ``ended`` is
+terminal. The replica that moves a call to ``connecting`` or ``streaming`` holds its media
+stream and becomes its ``replica``. A record carries identifiers and state only: never a phone
+number, a transcript or a stream token.
+
+Two backends implement ``CallRegistry``:
+
+* ``InProcessCallRegistry``, the embedded default for a single process;
+* ``RedisCallRegistry``, shared by the replicas of a deployment. Every change is a
+  compare-and-set in a Lua script, so concurrent changes to one call from several replicas
+  serialise and the loser re-checks the state machine. Active calls expire ``active_ttl``
+  after their holder's last ``heartbeat`` (a replica killed without warning loses its calls
+  that way); ended calls are kept ``ended_ttl`` for late webhooks, then expire.
+
+Errors::
+
+    CallError
+    ├── CallNotFoundError    no such call (never existed, or expired)
+    └── CallStateError       the state machine forbids the change
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Final, NoReturn, Protocol, assert_never
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from providers.events import CallId
+
+__all__ = [
+    "CARRIERS",
+    "Call",
+    "CallError",
+    "CallNotFoundError",
+    "CallRegistry",
+    "CallState",
+    "CallStateError",
+    "InProcessCallRegistry",
+    "RedisCallRegistry",
+    "can_transition",
+    "default_replica_id",
+    "keep_alive",
+    "new_call_id",
+]
+
+CARRIERS: Final = frozenset({"twilio", "telnyx"})
+"""Carriers a call can come from; ``Call.carrier`` is one of these strings."""
+
+
+class CallState(enum.StrEnum):
+    RINGING = "ringing"
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    ENDED = "ended"
+
+
+def can_transition(current: CallState, new: CallState) -> bool:
+    """Whether the state machine allows ``current -> new``."""
+    if new is CallState.ENDED:
+        return current is not CallState.ENDED
+    match current:
+        case CallState.RINGING:
+            return new is CallState.CONNECTING
+        case CallState.CONNECTING:
+            return new is CallState.STREAMING
+        case CallState.STREAMING | CallState.ENDED:
+            return False
+        case _:
+            assert_never(current)
+
+
+class CallError(Exception):
+    """Root of the errors this module raises."""
+
+
+class CallNotFoundError(CallError, LookupError):
+    def __init__(self, call_id: CallId) -> None:
+        super().__init__(f"no call {call_id}")
+        self.call_id = call_id
+
+
+class CallStateError(CallError):
+    """``requested`` is not allowed from ``current`` (e.g. anything after ``ended``)."""
+
+    def __init__(self, call_id: CallId, current: CallState, requested: str) -> None:
+        super().__init__(f"call {call_id} is {current.value}: cannot {requested}")
+        self.call_id = call_id
+        self.current = current
+        self.requested = requested
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call as the registry knows it. Times are Unix seconds.
+
+    ``ended_reason`` is a short code ("hangup", "replica_lost", ...), never free text.
+    """
+
+    call_id: CallId
+    carrier: str
+    carrier_call_id: str  # Twilio CallSid, Telnyx call_control_id
+    provider: str
+    state: CallState
+    created_at: float
+    updated_at: float
+    replica: str
+    ended_reason: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state is not CallState.ENDED
+
+
+def new_call_id() -> CallId:
+    """A fresh, unguessable gateway call id."""
+    return CallId("call_" + secrets.token_urlsafe(16))
+
+
+def default_replica_id() -> str:
+    """Host name and pid plus a random part, so a restarted process never inherits calls."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _new_call(carrier: str, carrier_call_id: str, provider: str, replica: str) -> Call:
+    if carrier not in CARRIERS:
+        raise ValueError(f"unknown carrier {carrier!r}")
+    if not carrier_call_id:
+        raise ValueError("empty carrier call id")
+    if not provider:
+        raise ValueError("empty provider")
+    now = time.time()
+    return Call(
+        new_call_id(), carrier, carrier_call_id, provider, CallState.RINGING, now, now, replica
+    )
+
+
+def _transitioned(call: Call, new_state: CallState, reason: str | None, replica: str) -> Call:
+    if not can_transition(call.state, new_state):
+        raise CallStateError(call.call_id, call.state, f"move to {new_state.value}")
+    match new_state:
+        case CallState.ENDED:
+            return replace(
+                call, state=new_state, updated_at=time.time(), ended_reason=reason or "normal"
+            )
+        case CallState.CONNECTING | CallState.STREAMING:
+            return replace(call, state=new_state, updated_at=time.time(), replica=replica)
+        case CallState.RINGING:  # never allowed: can_transition said no
+            raise AssertionError("unreachable")
+        case _:
+            assert_never(new_state)
+
+
+def _with_provider(call: Call, provider: str) -> Call:
+    if not provider:
+        raise ValueError("empty provider")
+    if not call.active:
+        raise CallStateError(call.call_id, call.state, "change provider")
+    return replace(call, provider=provider, updated_at=time.time())
+
+
+def _ended_by_replica_loss(replica_id: str) -> Callable[[Call], Call | None]:
+    def change(call: Call) -> Call | None:
+        if not call.active or call.replica != replica_id:
+            return None
+        return _transitioned(call, CallState.ENDED, "replica_lost", call.replica)
+
+    return change
+
+
+class CallRegistry(Protocol):
+    """Live calls, shared by every replica that uses the same backend.
+
+    ``transition``, ``set_provider`` and ``remove_replica`` are atomic per call: of two
+    conflicting changes exactly one applies, the other raises CallStateError.
+    """
+
+    @property
+    def replica_id(self) -> str:
+        """This process: what ``Call.replica`` says when this replica holds a call."""
+        ...
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between two ``heartbeat`` calls."""
+        ...
+
+    async def create(self, carrier: str, carrier_call_id: str, provider: str) -> tuple[Call, bool]:
+        """Register a ringing call; idempotent per (carrier, carrier_call_id).
+
+        Returns the call and True, or the call already registered for that carrier call id
+        (in whatever state) and False. Raises ValueError for an unknown carrier.
+        """
+        ...
+
+    async def get(self, call_id: CallId) -> Call | None: ...
+
+    async def by_carrier_id(self, carrier: str, carrier_call_id: str) -> Call | None: ...
+
+    async def transition(
+        self, call_id: CallId, new_state: CallState, *, reason: str | None = None
+    ) -> Call:
+        """Move a call to ``new_state``; ``reason`` is recorded when it ends ("normal" if None).
+
+        Moving to connecting or streaming makes this replica the call's holder.
+        Raises CallNotFoundError, CallStateError.
+        """
+        ...
+
+    async def set_provider(self, call_id: CallId, provider: str) -> Call:
+        """Record failover to another provider. Raises CallNotFoundError, CallStateError."""
+        ...
+
+    async def list_active(self) -> list[Call]:
+        """Calls not ended, held by any replica, oldest first."""
+        ...
+
+    async def count_active(self) -> int: ...
+
+    async def remove_replica(self, replica_id: str) -> list[Call]:
+        """End (reason "replica_lost") the active calls ``replica_id`` holds; returns them."""
+        ...
+
+    async def heartbeat(self) -> int:
+        """Keep this replica's calls alive; returns how many it holds."""
+        ...
+
+
+async def keep_alive(
+    registry: CallRegistry, on_error: Callable[[Exception], None] | None = None
+) -> NoReturn:
+    """Run ``registry.heartbeat`` every ``heartbeat_interval`` seconds until cancelled.
+
+    A beat that fails on Redis or the network is reported to ``on_error`` and retried at the
+    next interval; calls expire only if beats keep failing for the whole active TTL.
+    """
+    while True:
+        try:
+            await registry.heartbeat()
+        except (RedisError, OSError) as exc:
+            if on_error is not None:
+                on_error(exc)
+        await asyncio.sleep(registry.heartbeat_interval)
+
+
+# -- in process --------------------------------------------------------------------------------
+
+
+class _Store:
+    __slots__ = ("by_carrier", "calls", "ended_ttl", "expiries")
+
+    def __init__(self, ended_ttl: float) -> None:
+        self.ended_ttl = ended_ttl
+        self.calls: dict[CallId, Call] = {}
+        self.by_carrier: dict[tuple[str, str], CallId] = {}
+        # Ended calls in the order they ended, with the monotonic time they go.
+        self.expiries: collections.deque[tuple[float, CallId]] = collections.deque()
+
+    def purge(self) -> None:
+        now = time.monotonic()
+        while self.expiries and self.expiries[0][0] <= now:
+            _, call_id = self.expiries.popleft()
+            call = self.calls.pop(call_id, None)
+            if call is not None:
+                self.by_carrier.pop((call.carrier, call.carrier_call_id), None)
+
+
+class InProcessCallRegistry:
+    """``CallRegistry`` in this process's memory. Changes are atomic because nothing here
+    awaits; ``sibling`` gives another replica's view of the same store (tests, simulations)."""
+
+    heartbeat_interval: float = 60.0  # active calls never expire here; beats only count
+
+    def __init__(
+        self,
+        replica_id: str | None = None,
+        *,
+        ended_ttl: float = 3600.0,
+        _store: _Store | None = None,
+    ) -> None:
+        self._replica_id = replica_id or default_replica_id()
+        self._store = _store if _store is not None else _Store(ended_ttl)
+
+    @property
+    def replica_id(self) -> str:
+        return self._replica_id
+
+    def sibling(self, replica_id: str) -> InProcessCallRegistry:
+        """A registry for another replica sharing this one's calls."""
+        return InProcessCallRegistry(replica_id, _store=self._store)
+
+    async def create(self, carrier: str, carrier_call_id: str, provider: str) -> tuple[Call, bool]:
+        call = _new_call(carrier, carrier_call_id, provider, self._replica_id)
+        store = self._store
+        store.purge()
+        existing = store.by_carrier.get((carrier, carrier_call_id))
+        if existing is not None:
+            return store.calls[existing], False
+        store.calls[call.call_id] = call
+        store.by_carrier[(carrier, carrier_call_id)] = call.call_id
+        return call, True
+
+    async def get(self, call_id: CallId) -> Call | None:
+        self._store.purge()
+        return self._store.calls.get(call_id)
+
+    async def by_carrier_id(self, carrier: str, carrier_call_id: str) -> Call | None:
+        self._store.purge()
+        call_id = self._store.by_carrier.get((carrier, carrier_call_id))
+        return None if call_id is None else self._store.calls[call_id]
+
+    async def transition(
+        self, call_id: CallId, new_state: CallState, *, reason: str | None = None
+    ) -> Call:
+        call = self._update(
+            call_id, lambda c: _transitioned(c, new_state, reason, self._replica_id)
+        )
+        assert call is not None
+        return call
+
+    async def set_provider(self, call_id: CallId, provider: str) -> Call:
+        call = self._update(call_id, lambda c: _with_provider(c, provider))
+        assert call is not None
+        return call
+
+    async def list_active(self) -> list[Call]:
+        self._store.purge()
+        active = [c for c in self._store.calls.values() if c.active]
+        return sorted(active, key=lambda c: c.created_at)
+
+    async def count_active(self) -> int:
+        return sum(1 for c in self._store.calls.values() if c.active)
+
+    async def remove_replica(self, replica_id: str) -> list[Call]:
+        change = _ended_by_replica_loss(replica_id)
+        held = [c.call_id for c in self._store.calls.values() if c.active]
+        ended = [self._update(call_id, change) for call_id in held]
+        return [c for c in ended if c is not None]
+
+    async def heartbeat(self) -> int:
+        return sum(
+            1 for c in self._store.calls.values() if c.active and c.replica == self._replica_id
+        )
+
+    def _update(self, call_id: CallId, change: Callable[[Call], Call | None]) -> Call | None:
+        store = self._store
+        store.purge()
+        call = store.calls.get(call_id)
+        if call is None:
+            raise CallNotFoundError(call_id)
+        new = change(call)
+        if new is not None:
+            store.calls[call_id] = new
+            if not new.active:
+                store.expiries.append((time.monotonic() + store.ended_ttl, call_id))
+        return new
+
+
+# -- Redis -------------------------------------------------------------------------------------
+
+# Deadlines use the server's clock so replicas' clocks may disagree.
+_NOW_MS = "local t = redis.call('TIME')\nlocal now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+
+# KEYS: carrier index, new call, active set, replica set. ARGV: call id, record, ttl ms, base.
+# Returns the record already registered for the carrier call id, or nil once it created one.
+_CREATE = (
+    """
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  local record = redis.call('GET', ARGV[4] .. 'call:' .. existing)
+  if record then return record end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+"""
+    + _NOW_MS
+    + """
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
+return false
+"""
+)
+
+# Compare-and-set. KEYS: call, carrier index, active set, old holder's set, new holder's set.
+# ARGV: expected record, new record, ttl ms, call id, "1" if the call stays active.
+_PUT = (
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+if ARGV[5] == '1' then
+"""
+    + _NOW_MS
+    + """
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[4])
+  if KEYS[4] ~= KEYS[5] then redis.call('SREM', KEYS[4], ARGV[4]) end
+  redis.call('SADD', KEYS[5], ARGV[4])
+  redis.call('PEXPIRE', KEYS[5], ARGV[3])
+else
+  redis.call('ZREM', KEYS[3], ARGV[4])
+  redis.call('SREM', KEYS[4], ARGV[4])
+  redis.call('SREM', KEYS[5], ARGV[4])
+end
+return 1
+"""
+)
+
+# KEYS: this replica's set, active set. ARGV: ttl ms, base, replica id.
+_HEARTBEAT = (
+    _NOW_MS
+    + """
+local held = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[2] .. 'call:' .. id
+  local record = redis.call('GET', key)
+  local call = record and cjson.decode(record)
+  if call and call.replica == ARGV[3] and call.state ~= 'ended' then
+    redis.call('PEXPIRE', key, ARGV[1])
+    redis.call('PEXPIRE', ARGV[2] .. 'carrier:' .. call.carrier .. ':' .. call.carrier_call_id,
+               ARGV[1])
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), id)
+    held = held + 1
+  else
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+if held > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return held
+"""
+)
+
+# KEYS: active set. ARGV: "count" or "list". Drops calls whose holder stopped beating first.
+_ACTIVE = (
+    _NOW_MS
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[1] == 'count' then return redis.call('ZCARD', KEYS[1]) end
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+)
+
+_MAX_ATTEMPTS: Final = 16
+_MGET_BATCH: Final = 500
+
+
+def _encode(call: Call) -> bytes:
+    return orjson.dumps(
+        {
+            "v": 1,
+            "call_id": call.call_id,
+            "carrier": call.carrier,
+            "carrier_call_id": call.carrier_call_id,
+            "provider": call.provider,
+            "state": call.state.value,
+            "created_at": call.created_at,
+            "updated_at": call.updated_at,
+            "replica": call.replica,
+            "ended_reason": call.ended_reason,
+        }
+    )
+
+
+def _decode(raw: bytes | str) -> Call:
+    try:
+        d: dict[str, Any] = orjson.loads(raw)
+        call = Call(
+            call_id=CallId(d["call_id"]),
+            carrier=d["carrier"],
+            carrier_call_id=d["carrier_call_id"],
+            provider=d["provider"],
+            state=CallState(d["state"]),
+            created_at=float(d["created_at"]),
+            updated_at=float(d["updated_at"]),
+            replica=d["replica"],
+            ended_reason=d["ended_reason"],
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CallError("malformed call record in Redis") from exc
+    return call
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisCallRegistry:
+    """``CallRegistry`` in Redis, shared by every replica using the same ``prefix``.
+
+    All keys carry the hash tag ``{calls}`` so the Lua scripts work on Redis Cluster too.
+    The client may or may not decode responses. Run ``heartbeat`` every
+    ``heartbeat_interval`` seconds (a quarter of ``active_ttl``).
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = "voicegw:",
+        *,
+        replica_id: str | None = None,
+        ended_ttl: float = 3600.0,
+        active_ttl: float = 60.0,
+    ) -> None:
+        if ended_ttl <= 0 or active_ttl <= 0:
+            raise ValueError("TTLs must be positive")
+        self._redis = client
+        self._replica_id = replica_id or default_replica_id()
+        self._base = prefix + "{calls}:"
+        self._active_key = self._base + "active"
+        self._ended_ttl_ms = max(1, round(ended_ttl * 1000))
+        self._active_ttl_ms = max(1, round(active_ttl * 1000))
+        self.heartbeat_interval: Final = active_ttl / 4
+        self._create = client.register_script(_CREATE)
+        self._put = client.register_script(_PUT)
+        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._active = client.register_script(_ACTIVE)
+
+    @property
+    def replica_id(self) -> str:
+        return self._replica_id
+
+    def _call_key(self, call_id: str) -> str:
+        return f"{self._base}call:{call_id}"
+
+    def _carrier_key(self, carrier: str, carrier_call_id: str) -> str:
+        return f"{self._base}carrier:{carrier}:{carrier_call_id}"
+
+    def _replica_key(self, replica_id: str) -> str:
+        return f"{self._base}replica:{replica_id}"
+
+    async def create(self, carrier: str, carrier_call_id: str, provider: str) -> tuple[Call, bool]:
+        call = _new_call(carrier, carrier_call_id, provider, self._replica_id)
+        keys = [
+            self._carrier_key(carrier, carrier_call_id),
+            self._call_key(call.call_id),
+            self._active_key,
+            self._replica_key(self._replica_id),
+        ]
+        args: list[str | bytes | int] = [
+            call.call_id,
+            _encode(call),
+            self._active_ttl_ms,
+            self._base,
+        ]
+        existing = await self._create(keys=keys, args=args)
+        if existing is None:
+            return call, True
+        return _decode(existing), False
+
+    async def get(self, call_id: CallId) -> Call | None:
+        raw = await self._redis.get(self._call_key(call_id))
+        return None if raw is None else _decode(raw)
+
+    async def by_carrier_id(self, carrier: str, carrier_call_id: str) -> Call | None:
+        call_id = await self._redis.get(self._carrier_key(carrier, carrier_call_id))
+        if call_id is None:
+            return None
+        return await self.get(CallId(_text(call_id)))
+
+    async def transition(
+        self, call_id: CallId, new_state: CallState, *, reason: str | None = None
+    ) -> Call:
+        call = await self._update(
+            call_id, lambda c: _transitioned(c, new_state, reason, self._replica_id)
+        )
+        assert call is not None
+        return call
+
+    async def set_provider(self, call_id: CallId, provider: str) -> Call:
+        call = await self._update(call_id, lambda c: _with_provider(c, provider))
+        assert call is not None
+        return call
+
+    async def list_active(self) -> list[Call]:
+        ids = await self._active(keys=[self._active_key], args=["list"])
+        calls: list[Call] = []
+        for start in range(0, len(ids), _MGET_BATCH):
+            batch = ids[start : start + _MGET_BATCH]
+            records: list[bytes | str | None] = await self._redis.mget(
+                [self._call_key(_text(i)) for i in batch]
+            )
+            # A record missing here expired between the two reads.
+            calls += [c for c in (_decode(r) for r in records if r is not None) if c.active]
+        return sorted(calls, key=lambda c: c.created_at)
+
+    async def count_active(self) -> int:
+        return int(await self._active(keys=[self._active_key], args=["count"]))
+
+    async def remove_replica(self, replica_id: str) -> list[Call]:
+        held = await self._redis.smembers(self._replica_key(replica_id))
+        change = _ended_by_replica_loss(replica_id)
+        ended: list[Call] = []
+        for call_id in sorted(_text(i) for i in held):
+            try:
+                call = await self._update(CallId(call_id), change)
+            except CallNotFoundError:
+                continue
+            if call is not None:
+                ended.append(call)
+        return ended
+
+    async def heartbeat(self) -> int:
+        keys = [self._replica_key(self._replica_id), self._active_key]
+        args: list[str | int] = [self._active_ttl_ms, self._base, self._replica_id]
+        return int(await self._heartbeat(keys=keys, args=args))
+
+    async def _update(self, call_id: CallId, change: Callable[[Call], Call | None]) -> Call | None:
+        """Read, change, compare-and-set; on a lost race re-read and re-check the change."""
+        key = self._call_key(call_id)
+        for _ in range(_MAX_ATTEMPTS):
+            raw = await self._redis.get(key)
+            if raw is None:
+                raise CallNotFoundError(call_id)
+            old = _decode(raw)
+            new = change(old)
+            if new is None:
+                return None
+            keys = [
+                key,
+                self._carrier_key(new.carrier, new.carrier_call_id),
+                self._active_key,
+                self._replica_key(old.replica),
+                self._replica_key(new.replica),
+            ]
+            ttl = self._active_ttl_ms if new.active else self._ended_ttl_ms
+            args: list[str | bytes | int] = [
+                raw,
+                _encode(new),
+                ttl,
+                call_id,
+                "1" if new.active else "0",
+            ]
+            if await self._put(keys=keys, args=args):
+                return new
+        raise CallError(f"call {call_id}: too many concurrent changes")

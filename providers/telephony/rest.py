@@ -1,0 +1,311 @@
+"""Thin REST clients for the carrier call-control actions the gateway needs.
+
+``TwilioRest.hangup`` ends a Twilio call (Call resource update, ``Status=completed``);
+``TelnyxRest.answer`` answers a Telnyx call and starts a bidirectional media stream,
+``TelnyxRest.hangup`` ends it. Each request is bounded by one total deadline. An answer that
+says the call has already ended is an outcome (``CallOutcome.ALREADY_ENDED``), not an error;
+any other failure raises ``CarrierRestError`` carrying the status and the carrier's short error
+code, never a response body.
+
+Sources:
+  Twilio https://www.twilio.com/docs/voice/api/call-resource#update-a-call-resource
+         errors 20404 (not found), 21220 (call not in-progress)
+  Telnyx https://developers.telnyx.com/api-reference/call-commands/answer-call
+         https://developers.telnyx.com/api-reference/call-commands/hangup-call
+         error 90018 (call has already ended, HTTP 422)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import re
+from collections.abc import Generator
+from types import TracebackType
+from typing import Final, Literal, Self, TypedDict
+
+import httpx
+
+from providers.exceptions import ProviderError
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "TELNYX_BASE_URL",
+    "TWILIO_BASE_URL",
+    "CallOutcome",
+    "CarrierRestError",
+    "TelnyxRest",
+    "TwilioRest",
+]
+
+TWILIO_BASE_URL: Final = "https://api.twilio.com"
+TELNYX_BASE_URL: Final = "https://api.telnyx.com"
+DEFAULT_TIMEOUT: Final = 5.0
+"""Seconds one request may take in total, connection included."""
+
+TWILIO_NOT_FOUND: Final = "20404"
+TWILIO_NOT_IN_PROGRESS: Final = "21220"
+TELNYX_ALREADY_ENDED: Final = "90018"
+
+_USER_AGENT: Final = "voicegw"
+_TWILIO_SID: Final = re.compile(r"[A-Z]{2}[0-9a-fA-F]{32}")
+_TELNYX_ID: Final = re.compile(r"[A-Za-z0-9_:\-]{1,256}")
+
+
+class CallOutcome(enum.StrEnum):
+    DONE = "done"
+    ALREADY_ENDED = "already_ended"
+    """The carrier says the call is gone (ended, or never known); nothing left to do."""
+
+
+class CarrierRestError(ProviderError):
+    """A carrier REST call failed. ``status`` is the HTTP status (``None`` when no answer
+    arrived); ``code`` is the carrier's error code, ``http_<status>``, ``timeout`` or
+    ``transport``. The message carries no response body."""
+
+    def __init__(self, carrier: str, status: int | None, code: str) -> None:
+        super().__init__(f"{carrier} REST call failed: status {status}, code {code}")
+        self.carrier = carrier
+        self.status = status
+        self.code = code
+
+
+class TelnyxActionBody(TypedDict, total=False):
+    stream_url: str
+    stream_track: str
+    stream_bidirectional_mode: Literal["rtp"]
+    stream_bidirectional_codec: Literal["PCMU", "PCMA"]
+    stream_auth_token: str
+    client_state: str
+
+
+class _RestClient:
+    """What both clients share: an ``httpx.AsyncClient`` (their own or one lent to them),
+    a total deadline per request, and conversion of transport failures."""
+
+    carrier = ""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self._base_url = base_url.rstrip("/")
+        self._timeout = timeout
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self._base_url!r})"
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _post(
+        self,
+        path: str,
+        *,
+        auth: httpx.Auth,
+        data: dict[str, str] | None = None,
+        json: object = None,
+    ) -> httpx.Response:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._client.post(
+                    self._base_url + path,
+                    headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
+                    timeout=self._timeout,
+                    auth=auth,
+                    data=data,
+                    json=json,
+                )
+        except (TimeoutError, httpx.TimeoutException):
+            raise CarrierRestError(self.carrier, None, "timeout") from None
+        except httpx.HTTPError:
+            raise CarrierRestError(self.carrier, None, "transport") from None
+
+
+class TwilioRest(_RestClient):
+    """Twilio REST: ``hangup`` only. Authenticates with HTTP basic auth as
+    (the call's AccountSid, ``auth_token``)."""
+
+    carrier = "twilio"
+
+    def __init__(
+        self,
+        auth_token: str,
+        *,
+        base_url: str = TWILIO_BASE_URL,
+        timeout: float = DEFAULT_TIMEOUT,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(base_url, timeout=timeout, client=client)
+        self._auth_token = auth_token
+
+    async def hangup(self, account_sid: str, call_sid: str) -> CallOutcome:
+        """End the call: POST ``/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`` with
+        ``Status=completed``. A call Twilio no longer knows (404) or that is no longer in
+        progress (error 21220) is ``ALREADY_ENDED``.
+
+        Raises ``ValueError`` for a malformed SID and ``CarrierRestError`` for any other
+        failure.
+        """
+        if not _TWILIO_SID.fullmatch(account_sid) or not _TWILIO_SID.fullmatch(call_sid):
+            raise ValueError("malformed Twilio SID")
+        response = await self._post(
+            f"/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json",
+            data={"Status": "completed"},
+            auth=httpx.BasicAuth(account_sid, self._auth_token),
+        )
+        if response.is_success:
+            return CallOutcome.DONE
+        code = _twilio_code(response)
+        if response.status_code == 404 or code == TWILIO_NOT_IN_PROGRESS:
+            return CallOutcome.ALREADY_ENDED
+        raise CarrierRestError(self.carrier, response.status_code, code)
+
+
+class TelnyxRest(_RestClient):
+    """Telnyx Call Control REST: ``answer``, ``start_streaming`` (a bidirectional media
+    stream) and ``hangup``. Authenticates with ``Authorization: Bearer <api_key>``."""
+
+    carrier = "telnyx"
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = TELNYX_BASE_URL,
+        timeout: float = DEFAULT_TIMEOUT,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(base_url, timeout=timeout, client=client)
+        self._api_key = api_key
+
+    async def answer(self, call_control_id: str, *, client_state: str | None = None) -> CallOutcome:
+        """Answer the call. Streaming starts with ``start_streaming`` once Telnyx reports the
+        call answered: only ``streaming_start`` carries a ``stream_auth_token`` (the answer
+        command's schema has no such field).
+
+        Raises ``ValueError`` for a malformed id and ``CarrierRestError`` for a failure other
+        than the call having already ended.
+        """
+        body: TelnyxActionBody = {}
+        if client_state is not None:
+            body["client_state"] = client_state
+        return await self._action(call_control_id, "answer", body)
+
+    async def start_streaming(
+        self,
+        call_control_id: str,
+        *,
+        stream_url: str,
+        stream_auth_token: str,
+        stream_track: str = "inbound_track",
+    ) -> CallOutcome:
+        """Stream the call's audio to ``stream_url`` both ways as PCMU RTP payloads
+        (``stream_bidirectional_mode: "rtp"``; without it the stream is one-way). Telnyx sends
+        ``stream_auth_token`` back on the media WebSocket.
+
+        Raises ``ValueError`` for a malformed id and ``CarrierRestError`` for a failure other
+        than the call having already ended.
+        """
+        body: TelnyxActionBody = {
+            "stream_url": stream_url,
+            "stream_track": stream_track,
+            "stream_bidirectional_mode": "rtp",
+            "stream_bidirectional_codec": "PCMU",
+            "stream_auth_token": stream_auth_token,
+        }
+        return await self._action(call_control_id, "streaming_start", body)
+
+    async def hangup(self, call_control_id: str) -> CallOutcome:
+        """Hang up the call. A call that has already ended (422, error 90018) or that Telnyx
+        no longer knows (404) is ``ALREADY_ENDED``.
+
+        Raises ``ValueError`` for a malformed id and ``CarrierRestError`` otherwise.
+        """
+        return await self._action(call_control_id, "hangup", {})
+
+    async def _action(
+        self, call_control_id: str, action: str, body: TelnyxActionBody
+    ) -> CallOutcome:
+        if not _TELNYX_ID.fullmatch(call_control_id):
+            raise ValueError("malformed Telnyx call_control_id")
+        response = await self._post(
+            f"/v2/calls/{call_control_id}/actions/{action}",
+            json=body,
+            auth=_BearerAuth(self._api_key),
+        )
+        if response.is_success:
+            return CallOutcome.DONE
+        codes = _telnyx_codes(response)
+        if response.status_code == 404 or (
+            response.status_code == 422 and TELNYX_ALREADY_ENDED in codes
+        ):
+            return CallOutcome.ALREADY_ENDED
+        code = codes[0] if codes else f"http_{response.status_code}"
+        raise CarrierRestError(self.carrier, response.status_code, code)
+
+
+class _BearerAuth(httpx.Auth):
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header
+        yield request
+
+
+# -- error bodies (read for their code only) ----------------------------------------------------
+
+
+def _json(response: httpx.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _twilio_code(response: httpx.Response) -> str:
+    """Twilio errors: ``{"code": 21220, "message": "...", "more_info": "...", "status": 400}``."""
+    body = _json(response)
+    if isinstance(body, dict):
+        code = body.get("code")
+        if type(code) is int or (type(code) is str and code.isdigit() and len(code) <= 10):
+            return str(code)
+    return f"http_{response.status_code}"
+
+
+def _telnyx_codes(response: httpx.Response) -> list[str]:
+    """Telnyx errors: ``{"errors": [{"code": "90018", "title": "...", "detail": "..."}]}``."""
+    body = _json(response)
+    errors = body.get("errors") if isinstance(body, dict) else None
+    codes: list[str] = []
+    if isinstance(errors, list):
+        for error in errors[:16]:
+            code = error.get("code") if isinstance(error, dict) else None
+            if type(code) is int or (type(code) is str and code.isdigit() and len(code) <= 10):
+                codes.append(str(code))
+    return codes

@@ -1,0 +1,322 @@
+"""REST clients against the fake carrier APIs over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from providers.exceptions import ProviderError
+from providers.telephony.rest import (
+    TELNYX_BASE_URL,
+    TWILIO_BASE_URL,
+    CallOutcome,
+    CarrierRestError,
+    TelnyxRest,
+    TwilioRest,
+)
+from tests.conftest import UNIT
+from tests.fakes.carrier_rest import Behavior, FakeCarrierRest, Reply
+
+ACCOUNT_SID = "AC5ef8732a3c49700934481addd5ce1659"
+CALL_SID = "CA3ae75ffe1c5d8847e478556c07d07103"
+AUTH_TOKEN = "twilio-auth-token-0123456789abcdef"
+CALL_CONTROL_ID = "v3:MdI91X4lWFEs7IgbBEOT9M4AigoY08M0WWZFISt1Yw2axZ_IiE4pqg"
+API_KEY = "KEY0123456789ABCDEF_secret"
+STREAM_URL = "wss://gw.example.com/media/telnyx"
+STREAM_TOKEN = "stream-token-abc"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeCarrierRest]:
+    async with FakeCarrierRest() as server:
+        yield server
+
+
+@pytest.fixture
+async def twilio(fake: FakeCarrierRest) -> AsyncIterator[TwilioRest]:
+    async with TwilioRest(AUTH_TOKEN, base_url=fake.base_url, timeout=2 * UNIT) as client:
+        yield client
+
+
+@pytest.fixture
+async def telnyx(fake: FakeCarrierRest) -> AsyncIterator[TelnyxRest]:
+    async with TelnyxRest(API_KEY, base_url=fake.base_url, timeout=2 * UNIT) as client:
+        yield client
+
+
+# -- Twilio ------------------------------------------------------------------------------------
+
+
+async def test_twilio_hangup_request(fake: FakeCarrierRest, twilio: TwilioRest) -> None:
+    assert await twilio.hangup(ACCOUNT_SID, CALL_SID) is CallOutcome.DONE
+
+    (request,) = fake.requests
+    assert request.carrier == "twilio"
+    assert request.method == "POST"
+    assert request.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{CALL_SID}.json"
+    assert request.form() == {"Status": "completed"}
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert request.basic_auth() == (ACCOUNT_SID, AUTH_TOKEN)
+    expected = base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
+    assert request.headers["authorization"] == f"Basic {expected}"
+    assert request.headers["accept"] == "application/json"
+
+
+@pytest.mark.parametrize("behavior", [Behavior.ALREADY_ENDED, Behavior.NOT_FOUND])
+async def test_twilio_hangup_of_an_ended_call_is_not_an_error(
+    fake: FakeCarrierRest, twilio: TwilioRest, behavior: Behavior
+) -> None:
+    fake.set_response("twilio", behavior)
+    assert await twilio.hangup(ACCOUNT_SID, CALL_SID) is CallOutcome.ALREADY_ENDED
+
+
+@pytest.mark.parametrize(
+    ("behavior", "status", "code"),
+    [
+        (Behavior.UNAUTHORIZED, 401, "20003"),
+        (Behavior.SERVER_ERROR, 500, "20500"),
+        (Reply(502, None), 502, "http_502"),
+        (Reply(400, {"code": 21201, "message": "No 'To' number is specified"}), 400, "21201"),
+        (Reply(400, ["not", "an", "object"]), 400, "http_400"),
+    ],
+)
+async def test_twilio_failures_raise(
+    fake: FakeCarrierRest,
+    twilio: TwilioRest,
+    behavior: Behavior | Reply,
+    status: int,
+    code: str,
+) -> None:
+    fake.set_response("twilio", behavior)
+    with pytest.raises(CarrierRestError) as info:
+        await twilio.hangup(ACCOUNT_SID, CALL_SID)
+    assert (info.value.carrier, info.value.status, info.value.code) == ("twilio", status, code)
+    assert isinstance(info.value, ProviderError)
+
+
+async def test_twilio_error_message_carries_no_body(
+    fake: FakeCarrierRest, twilio: TwilioRest
+) -> None:
+    fake.set_response("twilio", Reply(400, {"code": 21205, "message": "+15551234567 is bad"}))
+    with pytest.raises(CarrierRestError) as info:
+        await twilio.hangup(ACCOUNT_SID, CALL_SID)
+    assert "+1555" not in str(info.value)
+    assert str(info.value) == "twilio REST call failed: status 400, code 21205"
+
+
+async def test_twilio_wrong_token_is_refused_by_the_fake() -> None:
+    async with FakeCarrierRest(twilio_auth_token=AUTH_TOKEN) as server:
+        async with TwilioRest("wrong", base_url=server.base_url, timeout=2 * UNIT) as client:
+            with pytest.raises(CarrierRestError) as info:
+                await client.hangup(ACCOUNT_SID, CALL_SID)
+        assert info.value.status == 401
+        async with TwilioRest(AUTH_TOKEN, base_url=server.base_url, timeout=2 * UNIT) as client:
+            assert await client.hangup(ACCOUNT_SID, CALL_SID) is CallOutcome.DONE
+
+
+@pytest.mark.parametrize(
+    ("account_sid", "call_sid"),
+    [
+        ("AC123", CALL_SID),
+        (ACCOUNT_SID, "../../Accounts"),
+        (ACCOUNT_SID, CALL_SID + "/x"),
+        (ACCOUNT_SID, ""),
+    ],
+)
+async def test_twilio_malformed_sids_never_reach_the_network(
+    fake: FakeCarrierRest, twilio: TwilioRest, account_sid: str, call_sid: str
+) -> None:
+    with pytest.raises(ValueError):
+        await twilio.hangup(account_sid, call_sid)
+    assert fake.requests == []
+
+
+# -- Telnyx ------------------------------------------------------------------------------------
+
+
+async def test_telnyx_answer_request(fake: FakeCarrierRest, telnyx: TelnyxRest) -> None:
+    outcome = await telnyx.answer(CALL_CONTROL_ID)
+    assert outcome is CallOutcome.DONE
+
+    (request,) = fake.requests
+    assert request.carrier == "telnyx"
+    assert (request.method, request.action, request.call_id) == ("POST", "answer", CALL_CONTROL_ID)
+    assert request.path == f"/v2/calls/{CALL_CONTROL_ID}/actions/answer"
+    assert request.headers["authorization"] == f"Bearer {API_KEY}"
+    assert request.bearer() == API_KEY
+    assert request.headers["content-type"] == "application/json"
+    assert request.json() == {}
+
+
+async def test_telnyx_answer_with_client_state(fake: FakeCarrierRest, telnyx: TelnyxRest) -> None:
+    await telnyx.answer(CALL_CONTROL_ID, client_state="aGF2ZSBhIG5pY2UgZGF5ID1d")
+    assert fake.requests[0].json() == {"client_state": "aGF2ZSBhIG5pY2UgZGF5ID1d"}
+
+
+async def test_telnyx_start_streaming_request(fake: FakeCarrierRest, telnyx: TelnyxRest) -> None:
+    outcome = await telnyx.start_streaming(
+        CALL_CONTROL_ID, stream_url=STREAM_URL, stream_auth_token=STREAM_TOKEN
+    )
+    assert outcome is CallOutcome.DONE
+    (request,) = fake.requests
+    assert request.path == f"/v2/calls/{CALL_CONTROL_ID}/actions/streaming_start"
+    assert request.bearer() == API_KEY
+    assert request.json() == {
+        "stream_url": STREAM_URL,
+        "stream_track": "inbound_track",
+        "stream_bidirectional_mode": "rtp",
+        "stream_bidirectional_codec": "PCMU",
+        "stream_auth_token": STREAM_TOKEN,
+    }
+
+
+async def test_telnyx_start_streaming_track(fake: FakeCarrierRest, telnyx: TelnyxRest) -> None:
+    await telnyx.start_streaming(
+        CALL_CONTROL_ID,
+        stream_url=STREAM_URL,
+        stream_auth_token=STREAM_TOKEN,
+        stream_track="both_tracks",
+    )
+    assert fake.requests[0].json()["stream_track"] == "both_tracks"
+
+
+async def test_telnyx_hangup_request(fake: FakeCarrierRest, telnyx: TelnyxRest) -> None:
+    assert await telnyx.hangup(CALL_CONTROL_ID) is CallOutcome.DONE
+    (request,) = fake.requests
+    assert request.path == f"/v2/calls/{CALL_CONTROL_ID}/actions/hangup"
+    assert request.json() == {}
+    assert request.bearer() == API_KEY
+
+
+@pytest.mark.parametrize("behavior", [Behavior.ALREADY_ENDED, Behavior.NOT_FOUND])
+async def test_telnyx_hangup_of_an_ended_call_is_not_an_error(
+    fake: FakeCarrierRest, telnyx: TelnyxRest, behavior: Behavior
+) -> None:
+    fake.set_response("telnyx", behavior)
+    assert await telnyx.hangup(CALL_CONTROL_ID) is CallOutcome.ALREADY_ENDED
+    assert (
+        await telnyx.start_streaming(CALL_CONTROL_ID, stream_url=STREAM_URL, stream_auth_token="t")
+        is CallOutcome.ALREADY_ENDED
+    )
+
+
+@pytest.mark.parametrize(
+    ("behavior", "status", "code"),
+    [
+        (Behavior.UNAUTHORIZED, 401, "10009"),
+        (Behavior.SERVER_ERROR, 500, "10007"),
+        (Reply(422, {"errors": [{"code": "90020", "title": "Other"}]}), 422, "90020"),
+        (Reply(422, {"errors": []}), 422, "http_422"),
+        (Reply(503, None), 503, "http_503"),
+    ],
+)
+async def test_telnyx_failures_raise(
+    fake: FakeCarrierRest,
+    telnyx: TelnyxRest,
+    behavior: Behavior | Reply,
+    status: int,
+    code: str,
+) -> None:
+    fake.set_response("telnyx", behavior)
+    with pytest.raises(CarrierRestError) as info:
+        await telnyx.hangup(CALL_CONTROL_ID)
+    assert (info.value.carrier, info.value.status, info.value.code) == ("telnyx", status, code)
+
+
+async def test_telnyx_per_call_response(fake: FakeCarrierRest, telnyx: TelnyxRest) -> None:
+    fake.set_response("telnyx", Behavior.ALREADY_ENDED, call_id="v3:gone")
+    assert await telnyx.hangup("v3:gone") is CallOutcome.ALREADY_ENDED
+    assert await telnyx.hangup(CALL_CONTROL_ID) is CallOutcome.DONE
+    assert [r.call_id for r in fake.requests_for("telnyx")] == ["v3:gone", CALL_CONTROL_ID]
+
+
+async def test_telnyx_wrong_key_is_refused_by_the_fake() -> None:
+    async with FakeCarrierRest(telnyx_api_key=API_KEY) as server:
+        async with TelnyxRest("nope", base_url=server.base_url, timeout=2 * UNIT) as client:
+            with pytest.raises(CarrierRestError) as info:
+                await client.hangup(CALL_CONTROL_ID)
+    assert (info.value.status, info.value.code) == (401, "10009")
+
+
+@pytest.mark.parametrize("call_control_id", ["", "..", "a/b", "v3:x?y=1", "x" * 300])
+async def test_telnyx_malformed_ids_never_reach_the_network(
+    fake: FakeCarrierRest, telnyx: TelnyxRest, call_control_id: str
+) -> None:
+    with pytest.raises(ValueError):
+        await telnyx.hangup(call_control_id)
+    assert fake.requests == []
+
+
+# -- timeouts, transport failures, client lifecycle ---------------------------------------------
+
+
+async def test_server_that_never_answers_times_out(fake: FakeCarrierRest) -> None:
+    fake.set_response("twilio", Behavior.HANG)
+    fake.set_response("telnyx", Behavior.HANG)
+    async with (
+        TwilioRest(AUTH_TOKEN, base_url=fake.base_url, timeout=0.2 * UNIT) as twilio,
+        TelnyxRest(API_KEY, base_url=fake.base_url, timeout=0.2 * UNIT) as telnyx,
+    ):
+        async with asyncio.timeout(5 * UNIT):
+            with pytest.raises(CarrierRestError) as info:
+                await twilio.hangup(ACCOUNT_SID, CALL_SID)
+            assert (info.value.status, info.value.code) == (None, "timeout")
+            with pytest.raises(CarrierRestError) as info:
+                await telnyx.hangup(CALL_CONTROL_ID)
+            assert (info.value.status, info.value.code) == (None, "timeout")
+    assert len(fake.requests) == 2
+
+
+async def test_unreachable_server_is_a_transport_error() -> None:
+    async with FakeCarrierRest() as server:
+        base_url = server.base_url
+    # The fake has stopped: nothing listens on that port any more.
+    async with TelnyxRest(API_KEY, base_url=base_url, timeout=2 * UNIT) as telnyx:
+        async with asyncio.timeout(5 * UNIT):
+            with pytest.raises(CarrierRestError) as info:
+                await telnyx.hangup(CALL_CONTROL_ID)
+    assert info.value.code in {"transport", "timeout"}
+
+
+async def test_lent_client_is_not_closed(fake: FakeCarrierRest) -> None:
+    async with httpx.AsyncClient() as shared:
+        async with TelnyxRest(API_KEY, base_url=fake.base_url + "/", client=shared) as telnyx:
+            assert telnyx.base_url == fake.base_url
+            await telnyx.hangup(CALL_CONTROL_ID)
+        assert not shared.is_closed
+    assert fake.requests[0].path == f"/v2/calls/{CALL_CONTROL_ID}/actions/hangup"
+
+
+def test_defaults_and_repr_hide_secrets() -> None:
+    twilio = TwilioRest(AUTH_TOKEN)
+    telnyx = TelnyxRest(API_KEY)
+    assert twilio.base_url == TWILIO_BASE_URL == "https://api.twilio.com"
+    assert telnyx.base_url == TELNYX_BASE_URL == "https://api.telnyx.com"
+    assert AUTH_TOKEN not in repr(twilio)
+    assert API_KEY not in repr(telnyx)
+    asyncio.run(twilio.aclose())
+    asyncio.run(telnyx.aclose())
+    with pytest.raises(ValueError):
+        TwilioRest(AUTH_TOKEN, timeout=0)
+
+
+# -- the fake itself ---------------------------------------------------------------------------
+
+
+async def test_fake_waits_for_requests(fake: FakeCarrierRest, telnyx: TelnyxRest) -> None:
+    task = asyncio.create_task(telnyx.hangup(CALL_CONTROL_ID))
+    async with asyncio.timeout(5 * UNIT):
+        (request,) = await fake.wait_for_requests(1)
+    assert request.action == "hangup"
+    assert await task is CallOutcome.DONE
+
+
+async def test_fake_answers_unknown_routes_with_404(fake: FakeCarrierRest) -> None:
+    async with httpx.AsyncClient(base_url=fake.base_url) as client:
+        response = await client.get("/v2/calls")
+    assert response.status_code == 404
+    assert fake.requests == []
