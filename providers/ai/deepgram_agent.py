@@ -1,0 +1,260 @@
+"""Deepgram Voice Agent API V1 over WebSocket: a sans-I/O codec.
+
+Protocol facts this codec relies on (developers.deepgram.com "Configure the Voice Agent",
+"Agent Keep Alive", "User Started Speaking", "Errors & Warnings"; the ``deepgram-sdk``
+package's ``agent/v1/types`` models):
+
+* Connect to ``wss://agent.deepgram.com/v1/agent/converse`` with ``Authorization: Token <key>``.
+  The server greets with ``Welcome`` ``{request_id}``.
+* The first client message is ``Settings``: ``audio.input`` ``{encoding, sample_rate}``,
+  ``audio.output`` ``{encoding, sample_rate, container}`` and ``agent`` with
+  ``listen.provider`` ``{type: "deepgram", model}``, ``think`` ``{provider: {type, model},
+  prompt}``, ``speak.provider`` ``{type: "deepgram", model}`` and an optional ``greeting``.
+  The server answers ``SettingsApplied``, reported as :class:`AgentReady`.
+* Audio travels as raw binary messages both ways (here ``mulaw`` 8 kHz, ``container: none``,
+  so carrier bytes need no transcoding, only base64 decoding).
+* ``UserStartedSpeaking``: the server has already stopped the agent's speech; the client must
+  stop playback and drop its buffered agent audio. There is no client "cancel" message, so
+  :class:`Interrupt` encodes to nothing.
+* ``AgentAudioDone`` ends a turn of agent audio; ``ConversationText`` ``{role: user|assistant,
+  content}`` carries transcripts; ``Error`` is fatal ("treat every Error as session-ending"),
+  ``Warning`` is not. ``KeepAlive`` (text frame) keeps an idle connection open (every 8 s).
+
+Feed policy: unknown message types are ignored; non-JSON text, a JSON value that is not an
+object with a string ``type``, or wrong field types raise :class:`ProtocolError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, Literal, NotRequired, TypedDict, assert_never
+
+import orjson
+
+from providers.ai.config import AgentConfig, Endpoint, api_key_value
+from providers.codec import Frame
+from providers.events import (
+    PCMU_8K,
+    AgentEvent,
+    AgentReady,
+    AudioChunk,
+    Dtmf,
+    Error,
+    Hangup,
+    Interrupt,
+    KeepAlive,
+    ResponseDone,
+    SpeechStarted,
+    ToAgent,
+    Transcript,
+)
+from providers.exceptions import ProtocolError
+
+DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
+KEEPALIVE_FRAME: Final = '{"type":"KeepAlive"}'
+
+
+class AudioInputJSON(TypedDict):
+    encoding: Literal["mulaw"]
+    sample_rate: int
+
+
+class AudioOutputJSON(TypedDict):
+    encoding: Literal["mulaw"]
+    sample_rate: int
+    container: Literal["none"]
+
+
+class AudioJSON(TypedDict):
+    input: AudioInputJSON
+    output: AudioOutputJSON
+
+
+class ProviderJSON(TypedDict):
+    type: str
+    model: str
+
+
+class ListenJSON(TypedDict):
+    provider: ProviderJSON
+
+
+class ThinkJSON(TypedDict):
+    provider: ProviderJSON
+    prompt: str
+
+
+class SpeakJSON(TypedDict):
+    provider: ProviderJSON
+
+
+class AgentJSON(TypedDict):
+    listen: ListenJSON
+    think: ThinkJSON
+    speak: SpeakJSON
+    greeting: NotRequired[str]
+
+
+class SettingsJSON(TypedDict):
+    type: Literal["Settings"]
+    audio: AudioJSON
+    agent: AgentJSON
+
+
+def endpoint(config: AgentConfig) -> Endpoint:
+    key = api_key_value(config)
+    return Endpoint(config.url, {"Authorization": f"Token {key}"} if key else {})
+
+
+class DeepgramAgentCodec:
+    """Sans-I/O codec for one Deepgram Voice Agent session, mu-law 8 kHz both ways.
+
+    ``model`` is the think (LLM) model of ``think_provider``; ``voice`` is the Deepgram TTS
+    model (``aura-2-...``); ``listen_model`` the Deepgram STT model.
+    """
+
+    provider: str = "deepgram"
+    input_format = PCMU_8K
+    output_format = PCMU_8K
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        voice: str,
+        instructions: str,
+        listen_model: str = "nova-3",
+        think_provider: str = "open_ai",
+        greeting: str | None = None,
+        max_frame_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self.model = model
+        self.voice = voice
+        self.instructions = instructions
+        self.listen_model = listen_model
+        self.think_provider = think_provider
+        self.greeting = greeting
+        self.max_frame_bytes = max_frame_bytes
+        self.ready = False
+        self.request_id: str | None = None
+
+    @classmethod
+    def from_config(cls, config: AgentConfig) -> DeepgramAgentCodec:
+        return cls(
+            model=config.model,
+            voice=config.voice,
+            instructions=config.instructions,
+            listen_model=config.listen_model,
+            think_provider=config.think_provider,
+            greeting=config.greeting,
+            max_frame_bytes=config.max_message_bytes,
+        )
+
+    def settings(self) -> SettingsJSON:
+        agent: AgentJSON = {
+            "listen": {"provider": {"type": "deepgram", "model": self.listen_model}},
+            "think": {
+                "provider": {"type": self.think_provider, "model": self.model},
+                "prompt": self.instructions,
+            },
+            "speak": {"provider": {"type": "deepgram", "model": self.voice}},
+        }
+        if self.greeting:
+            agent["greeting"] = self.greeting
+        return {
+            "type": "Settings",
+            "audio": {
+                "input": {"encoding": "mulaw", "sample_rate": 8000},
+                "output": {"encoding": "mulaw", "sample_rate": 8000, "container": "none"},
+            },
+            "agent": agent,
+        }
+
+    def start(self) -> list[Frame]:
+        self.ready = False
+        return [orjson.dumps(self.settings()).decode()]
+
+    def encode(self, event: ToAgent) -> list[Frame]:
+        """Frames for ``event``. Raises ``ValueError`` for audio not in ``input_format``.
+
+        ``Dtmf`` becomes ``InjectUserMessage`` ``"DTMF: <digit>"`` (invalid digits send
+        nothing); ``Interrupt`` and ``Hangup`` send nothing (Deepgram stops speaking by
+        itself on barge-in).
+        """
+        match event:
+            case AudioChunk():
+                if event.format != self.input_format:
+                    raise ValueError(f"Deepgram session expects {self.input_format}")
+                return [event.to_bytes()]
+            case KeepAlive():
+                return [KEEPALIVE_FRAME]
+            case Dtmf(digit=digit):
+                if digit not in DTMF_DIGITS:
+                    return []
+                msg = {"type": "InjectUserMessage", "content": f"DTMF: {digit}"}
+                return [orjson.dumps(msg).decode()]
+            case Interrupt() | Hangup():
+                return []
+            case _:
+                assert_never(event)
+
+    def feed(self, frame: Frame) -> list[AgentEvent]:
+        """Events carried by one received frame. Raises ``ProtocolError``; stays usable."""
+        if isinstance(frame, bytes):
+            if len(frame) > self.max_frame_bytes:
+                raise ProtocolError("frame too large")
+            return [AudioChunk.from_bytes(frame, PCMU_8K)] if frame else []
+        msg = _loads(frame, self.max_frame_bytes)
+        match msg["type"]:
+            case "Welcome":
+                request_id = msg.get("request_id")
+                self.request_id = request_id if isinstance(request_id, str) else None
+                return []
+            case "SettingsApplied":
+                if self.ready:
+                    return []
+                self.ready = True
+                return [AgentReady()]
+            case "UserStartedSpeaking":
+                return [SpeechStarted()]
+            case "AgentAudioDone":
+                return [ResponseDone()]
+            case "ConversationText":
+                role = _str(msg, "role")
+                return [Transcript("agent" if role == "assistant" else role, _str(msg, "content"))]
+            case "Error":
+                return [Error(_code(msg), _description(msg), fatal=True)]
+            case "Warning":
+                return [Error(_code(msg), _description(msg), fatal=False)]
+            case _:
+                return []
+
+
+def _loads(frame: str, limit: int) -> dict[str, Any]:
+    if len(frame) > limit:
+        raise ProtocolError("frame too large")
+    try:
+        msg = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("frame is not JSON") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise ProtocolError("frame is not an object with a string type")
+    return msg
+
+
+def _str(msg: Mapping[str, Any], key: str) -> str:
+    value = msg.get(key)
+    if not isinstance(value, str):
+        raise ProtocolError(f"{msg.get('type')}: {key} missing or not a string")
+    return value
+
+
+def _code(msg: Mapping[str, Any]) -> str:
+    code = msg.get("code")
+    return code if isinstance(code, str) and code else str(msg["type"]).lower()
+
+
+def _description(msg: Mapping[str, Any]) -> str:
+    # V1 uses ``description``; older servers sent ``message``.
+    text = msg.get("description", msg.get("message", ""))
+    return text if isinstance(text, str) else ""

@@ -1,0 +1,324 @@
+"""OpenAI Realtime API (GA interface) over WebSocket: a sans-I/O codec.
+
+Protocol facts this codec relies on (OpenAI API reference "Realtime client/server events", and
+the ``openai`` package's ``types/realtime`` models generated from the same OpenAPI spec):
+
+* Connect to ``wss://api.openai.com/v1/realtime?model=<model>`` with
+  ``Authorization: Bearer <key>``. No ``OpenAI-Beta`` header: that selected the retired beta
+  interface.
+* The server opens with ``session.created``; the client configures the session with
+  ``session.update`` whose ``session`` object carries ``"type": "realtime"`` and nests audio
+  settings under ``audio.input`` / ``audio.output`` (``format`` is an object such as
+  ``{"type": "audio/pcmu"}``; ``voice`` lives in ``audio.output``; ``turn_detection`` in
+  ``audio.input``). The flat beta fields (``input_audio_format``, ``voice``, ``modalities``...)
+  are rejected with an ``error`` event (``unknown_parameter``). The server answers with
+  ``session.updated``, which is when this codec reports :class:`AgentReady`.
+* Audio in: ``input_audio_buffer.append`` ``{"audio": <base64>}``. Audio out:
+  ``response.output_audio.delta`` ``{"item_id", "delta": <base64>, ...}``. With ``audio/pcmu``
+  both are G.711 mu-law at 8 kHz, so carrier payloads pass through untouched.
+* Barge-in: ``input_audio_buffer.speech_started``; the client sends ``response.cancel`` and
+  ``conversation.item.truncate`` ``{item_id, content_index, audio_end_ms}`` so the
+  conversation keeps only what the caller heard.
+* ``error`` events are mostly recoverable ("the session will stay open").
+
+Feed policy: unknown event types are ignored (OpenAI adds events regularly); a frame that is not
+a JSON object with a string ``type``, or a known event whose fields have the wrong types, raises
+:class:`ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from typing import Any, Final, Literal, NotRequired, TypedDict, assert_never
+from urllib.parse import urlencode, urlsplit
+
+import orjson
+
+from providers.ai.config import AgentConfig, Endpoint, api_key_value
+from providers.codec import Frame
+from providers.events import (
+    PCMU_8K,
+    AgentEvent,
+    AgentReady,
+    AudioChunk,
+    Dtmf,
+    Error,
+    Hangup,
+    Interrupt,
+    KeepAlive,
+    ResponseDone,
+    SpeechStarted,
+    ToAgent,
+    Transcript,
+)
+from providers.exceptions import ProtocolError
+
+DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
+
+# Errors after which the session cannot go on. Anything else is counted and the call continues;
+# any error before the session is configured is fatal as well (the setup was refused).
+FATAL_ERROR_CODES: Final = frozenset(
+    {"session_expired", "invalid_api_key", "insufficient_quota", "session_not_found"}
+)
+
+
+# -- raw JSON shapes (what we send) ---------------------------------------------------------
+
+
+class AudioFormatJSON(TypedDict):
+    type: Literal["audio/pcmu", "audio/pcma", "audio/pcm"]
+
+
+class TurnDetectionJSON(TypedDict):
+    type: Literal["server_vad"]
+    create_response: bool
+    interrupt_response: bool
+    threshold: NotRequired[float]
+    prefix_padding_ms: NotRequired[int]
+    silence_duration_ms: NotRequired[int]
+
+
+class AudioInputJSON(TypedDict):
+    format: AudioFormatJSON
+    turn_detection: TurnDetectionJSON
+    transcription: NotRequired[dict[str, str]]
+
+
+class AudioOutputJSON(TypedDict):
+    format: AudioFormatJSON
+    voice: str
+
+
+class AudioJSON(TypedDict):
+    input: AudioInputJSON
+    output: AudioOutputJSON
+
+
+class SessionJSON(TypedDict):
+    type: Literal["realtime"]
+    model: str
+    instructions: str
+    output_modalities: list[Literal["audio"]]
+    audio: AudioJSON
+
+
+class SessionUpdateJSON(TypedDict):
+    type: Literal["session.update"]
+    session: SessionJSON
+
+
+def endpoint(config: AgentConfig) -> Endpoint:
+    """The URL (``?model=`` appended) and the bearer-token header for ``config``."""
+    sep = "&" if urlsplit(config.url).query else "?"
+    url = f"{config.url}{sep}{urlencode({'model': config.model})}"
+    key = api_key_value(config)
+    return Endpoint(url, {"Authorization": f"Bearer {key}"} if key else {})
+
+
+class OpenAIRealtimeCodec:
+    """Sans-I/O codec for one OpenAI Realtime session with G.711 mu-law audio both ways.
+
+    Call ``start()`` once and send its frames before anything else; then ``feed`` every
+    received frame in order and ``encode`` outbound events.
+    """
+
+    provider: str = "openai"
+    input_format = PCMU_8K
+    output_format = PCMU_8K
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        voice: str,
+        instructions: str,
+        transcription_model: str | None = None,
+        max_frame_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self.model = model
+        self.voice = voice
+        self.instructions = instructions
+        self.transcription_model = transcription_model
+        self.max_frame_bytes = max_frame_bytes
+        self.ready = False
+
+    @classmethod
+    def from_config(cls, config: AgentConfig) -> OpenAIRealtimeCodec:
+        return cls(
+            model=config.model,
+            voice=config.voice,
+            instructions=config.instructions,
+            max_frame_bytes=config.max_message_bytes,
+        )
+
+    # -- to_agent ------------------------------------------------------------------------
+
+    def session_update(self) -> SessionUpdateJSON:
+        audio_input: AudioInputJSON = {
+            "format": {"type": "audio/pcmu"},
+            # Server VAD answers at the end of the caller's turn and cancels the running
+            # response itself when the caller barges in (we still send response.cancel).
+            "turn_detection": {
+                "type": "server_vad",
+                "create_response": True,
+                "interrupt_response": True,
+            },
+        }
+        if self.transcription_model:
+            audio_input["transcription"] = {"model": self.transcription_model}
+        return {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "model": self.model,
+                "instructions": self.instructions,
+                "output_modalities": ["audio"],
+                "audio": {
+                    "input": audio_input,
+                    "output": {"format": {"type": "audio/pcmu"}, "voice": self.voice},
+                },
+            },
+        }
+
+    def start(self) -> list[Frame]:
+        self.ready = False
+        return [_dumps(self.session_update())]
+
+    def encode(self, event: ToAgent) -> list[Frame]:
+        """Frames for ``event``. Raises ``ValueError`` for audio not in ``input_format``.
+
+        ``Dtmf`` becomes a user text item ``"DTMF: <digit>"`` followed by ``response.create``
+        (a text item alone does not trigger a reply); an invalid digit sends nothing.
+        ``KeepAlive`` and ``Hangup`` send nothing (WebSocket pings keep the session alive).
+        """
+        match event:
+            case AudioChunk():
+                if event.format != self.input_format:
+                    raise ValueError(f"OpenAI session expects {self.input_format}")
+                return [_dumps({"type": "input_audio_buffer.append", "audio": event.payload})]
+            case Interrupt(item_id=item_id, played_ms=played_ms):
+                frames: list[Frame] = [_dumps({"type": "response.cancel"})]
+                if item_id:
+                    frames.append(
+                        _dumps(
+                            {
+                                "type": "conversation.item.truncate",
+                                "item_id": item_id,
+                                "content_index": 0,
+                                "audio_end_ms": max(0, int(played_ms)),
+                            }
+                        )
+                    )
+                return frames
+            case Dtmf(digit=digit):
+                if digit not in DTMF_DIGITS:
+                    return []
+                item = {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": f"DTMF: {digit}"}],
+                }
+                return [
+                    _dumps({"type": "conversation.item.create", "item": item}),
+                    _dumps({"type": "response.create"}),
+                ]
+            case KeepAlive() | Hangup():
+                return []
+            case _:
+                assert_never(event)
+
+    # -- from_agent ----------------------------------------------------------------------
+
+    def feed(self, frame: Frame) -> list[AgentEvent]:
+        """Events carried by one received frame. Raises ``ProtocolError``; stays usable."""
+        if isinstance(frame, bytes):
+            raise ProtocolError("unexpected binary frame")
+        msg = _loads(frame, self.max_frame_bytes)
+        match msg["type"]:
+            case "session.updated":
+                return self._session_updated(msg)
+            case "response.output_audio.delta":
+                delta = _str(msg, "delta")
+                item_id = _str(msg, "item_id")
+                if not _is_base64(delta):
+                    raise ProtocolError("audio delta is not base64")
+                return [AudioChunk(delta, PCMU_8K, item_id=item_id)] if delta else []
+            case "input_audio_buffer.speech_started":
+                return [SpeechStarted()]
+            case "response.done":
+                return [ResponseDone()]
+            case "response.output_audio_transcript.done":
+                return [Transcript("agent", _str(msg, "transcript"))]
+            case "conversation.item.input_audio_transcription.completed":
+                return [Transcript("user", _str(msg, "transcript"))]
+            case "error":
+                return [self._error(msg)]
+            case _:
+                return []
+
+    def _session_updated(self, msg: Mapping[str, Any]) -> list[AgentEvent]:
+        session = msg.get("session")
+        if not isinstance(session, dict):
+            raise ProtocolError("session.updated without a session object")
+        # The fast path forwards payloads untouched: a session that did not take mu-law would
+        # play noise to the caller, so that ends the session.
+        for direction in ("input", "output"):
+            fmt = _get_path(session, ("audio", direction, "format", "type"))
+            if fmt is not None and fmt != "audio/pcmu":
+                return [Error("format_mismatch", f"{direction} audio format is {fmt}", fatal=True)]
+        if self.ready:
+            return []
+        self.ready = True
+        return [AgentReady()]
+
+    def _error(self, msg: Mapping[str, Any]) -> Error:
+        err = msg.get("error")
+        if not isinstance(err, dict):
+            raise ProtocolError("error event without an error object")
+        code = err.get("code") or err.get("type") or "error"
+        message = err.get("message") or ""
+        if not isinstance(code, str) or not isinstance(message, str):
+            raise ProtocolError("error event with non-string fields")
+        return Error(code, message, fatal=not self.ready or code in FATAL_ERROR_CODES)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+_B64_CHARS: Final = frozenset(string.ascii_letters + string.digits + "+/=")
+
+
+def _is_base64(text: str) -> bool:
+    # Cheap shape check; the payload is forwarded, not decoded, on the fast path.
+    return len(text) % 4 == 0 and _B64_CHARS.issuperset(text)
+
+
+def _dumps(obj: Mapping[str, Any]) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def _loads(frame: str, limit: int) -> dict[str, Any]:
+    if len(frame) > limit:
+        raise ProtocolError("frame too large")
+    try:
+        msg = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("frame is not JSON") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise ProtocolError("frame is not an object with a string type")
+    return msg
+
+
+def _str(msg: Mapping[str, Any], key: str) -> str:
+    value = msg.get(key)
+    if not isinstance(value, str):
+        raise ProtocolError(f"{msg.get('type')}: {key} missing or not a string")
+    return value
+
+
+def _get_path(obj: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj

@@ -1,0 +1,195 @@
+"""Fake Deepgram Voice Agent API V1: a real WebSocket server on a loopback ephemeral port.
+
+    async with FakeDeepgramAgent(api_key="dg-test") as fake:
+        config = AgentConfig.for_provider("deepgram", api_key="dg-test", url=fake.url)
+        ...
+        await fake.user_started_speaking()
+        assert fake.audio == [b"...", ...]        # binary frames, exactly as received
+
+Behaviour, as the real server (https://developers.deepgram.com/docs/voice-agent):
+* ``/v1/agent/converse`` with ``Authorization: Token <api_key>`` (wrong key: HTTP 401).
+* Sends ``Welcome`` ``{request_id}`` on connect. The first client message must be a
+  ``Settings`` text message, validated strictly (V1 field names, known encodings, a
+  ``deepgram`` listen provider with a model, a think provider with a model, a speak provider);
+  a bad one gets ``Error`` ``UNPARSABLE_CLIENT_MESSAGE`` (the fake's approximation of the real
+  code) and the socket is closed. A valid one gets ``SettingsApplied`` (unless
+  ``answer_setup`` is false).
+* Binary audio is recorded and echoed back as binary; every ``audio_done_every`` chunks
+  the fake sends ``AgentAudioDone``. ``KeepAlive`` and ``InjectUserMessage`` are recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.http11 import Request
+
+from tests.fakes.openai_realtime import WebSocketFake
+
+_ENCODINGS = {"linear16", "mulaw", "alaw", "mp3", "opus", "flac", "aac"}
+_SETTINGS_KEYS = {"type", "tags", "experimental", "flags", "mip_opt_out", "audio", "agent"}
+_AGENT_KEYS = {"language", "context", "listen", "think", "think_live", "speak", "greeting"}
+_CLIENT_TYPES = {
+    "Settings",
+    "KeepAlive",
+    "InjectUserMessage",
+    "InjectAgentMessage",
+    "UpdatePrompt",
+    "UpdateSpeak",
+    "UpdateThink",
+    "FunctionCallResponse",
+}
+
+
+class InvalidSettings(Exception):
+    pass
+
+
+def validate_settings(msg: Any) -> None:
+    """Raise :class:`InvalidSettings` unless ``msg`` is a V1 ``Settings`` message."""
+
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            raise InvalidSettings(what)
+
+    need(isinstance(msg, dict) and msg.get("type") == "Settings", "type must be Settings")
+    need(not set(msg) - _SETTINGS_KEYS, f"unknown fields {sorted(set(msg) - _SETTINGS_KEYS)}")
+    audio = msg.get("audio")
+    need(isinstance(audio, dict) and not set(audio) - {"input", "output"}, "audio")
+    inp = audio.get("input")
+    if inp is not None:
+        need(isinstance(inp, dict) and not set(inp) - {"encoding", "sample_rate"}, "audio.input")
+        need(inp.get("encoding") in {"linear16", "mulaw", "alaw"}, "audio.input.encoding")
+        need(isinstance(inp.get("sample_rate"), int), "audio.input.sample_rate")
+    out = audio.get("output")
+    if out is not None:
+        keys = {"encoding", "sample_rate", "bitrate", "container"}
+        need(isinstance(out, dict) and not set(out) - keys, "audio.output")
+        need(out.get("encoding", "linear16") in _ENCODINGS, "audio.output.encoding")
+        need(out.get("container", "none") in {"none", "wav", "ogg"}, "audio.output.container")
+        need(isinstance(out.get("sample_rate", 0), int), "audio.output.sample_rate")
+    agent = msg.get("agent")
+    need(isinstance(agent, dict) and not set(agent) - _AGENT_KEYS, "agent")
+    listen = agent.get("listen")
+    if listen is not None:
+        provider: Any = listen.get("provider") if isinstance(listen, dict) else None
+        need(isinstance(provider, dict), "agent.listen.provider")
+        need(provider.get("type") == "deepgram", "agent.listen.provider.type")
+        need(isinstance(provider.get("model"), str), "agent.listen.provider.model")
+    think = agent.get("think")
+    need(isinstance(think, dict), "agent.think")
+    need(
+        not set(think) - {"provider", "endpoint", "functions", "prompt", "context_length"}, "think"
+    )
+    provider = think.get("provider")
+    need(isinstance(provider, dict) and isinstance(provider.get("type"), str), "think.provider")
+    need(isinstance(provider.get("model"), str), "agent.think.provider.model")
+    need(isinstance(think.get("prompt", ""), str), "agent.think.prompt")
+    speak = agent.get("speak")
+    need(isinstance(speak, dict), "agent.speak")
+    provider = speak.get("provider")
+    need(isinstance(provider, dict) and isinstance(provider.get("type"), str), "speak.provider")
+    if provider.get("type") == "deepgram":
+        need(isinstance(provider.get("model"), str), "agent.speak.provider.model")
+    need(isinstance(agent.get("greeting", ""), str), "agent.greeting")
+
+
+class FakeDeepgramAgent(WebSocketFake):
+    """See the module docstring. Knobs: ``answer_setup``, ``echo_audio``, ``audio_done_every``.
+    Records: ``received`` (JSON messages and audio bytes, in order), ``audio`` (bytes),
+    ``settings`` (the last valid Settings), ``keepalives`` (count)."""
+
+    path = "/v1/agent/converse"
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "dg-test",
+        answer_setup: bool = True,
+        echo_audio: bool = True,
+        audio_done_every: int = 1,
+    ) -> None:
+        super().__init__()
+        self.api_key = api_key
+        self.answer_setup = answer_setup
+        self.echo_audio = echo_audio
+        self.audio_done_every = audio_done_every
+        self.audio: list[bytes] = []
+        self.settings: dict[str, Any] | None = None
+        self.keepalives = 0
+        self._chunks = 0
+        self._configured: set[ServerConnection] = set()
+
+    def check_request(self, request: Request) -> tuple[HTTPStatus, str] | None:
+        if request.headers.get("Authorization") != f"Token {self.api_key}":
+            return HTTPStatus.UNAUTHORIZED, "INVALID_AUTH\n"
+        return None
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def user_started_speaking(self) -> None:
+        await self.send_json({"type": "UserStartedSpeaking"})
+
+    async def conversation_text(self, role: str, content: str) -> None:
+        await self.send_json({"type": "ConversationText", "role": role, "content": content})
+
+    async def send_error(self, code: str, description: str = "error") -> None:
+        await self.send_json({"type": "Error", "code": code, "description": description})
+
+    async def send_warning(self, code: str, description: str = "warning") -> None:
+        await self.send_json({"type": "Warning", "code": code, "description": description})
+
+    # -- protocol --------------------------------------------------------------------------
+
+    async def on_connect(self, conn: ServerConnection) -> None:
+        await self.send_json({"type": "Welcome", "request_id": self.next_id("req")}, conn)
+
+    async def _refuse(self, conn: ServerConnection, description: str) -> None:
+        await self.send_json(
+            {"type": "Error", "code": "UNPARSABLE_CLIENT_MESSAGE", "description": description},
+            conn,
+        )
+        await conn.close(1008, "invalid client message")
+
+    async def on_message(self, conn: ServerConnection, message: str | bytes) -> None:
+        self.received.append(message if isinstance(message, bytes) else _parse(message))
+        if conn not in self._configured:
+            if isinstance(message, bytes):
+                await self._refuse(conn, "Settings must be sent before audio")
+                return
+            try:
+                validate_settings(self.received[-1])
+            except InvalidSettings as exc:
+                await self._refuse(conn, f"Invalid Settings: {exc}")
+                return
+            self.settings = self.received[-1]
+            self._configured.add(conn)
+            if self.answer_setup:
+                await self.send_json({"type": "SettingsApplied"}, conn)
+            return
+        if isinstance(message, bytes):
+            self.audio.append(message)
+            if self.echo_audio:
+                await conn.send(message)
+                self._chunks += 1
+                if self.audio_done_every and self._chunks % self.audio_done_every == 0:
+                    await self.send_json({"type": "AgentAudioDone"}, conn)
+            return
+        msg = self.received[-1]
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if kind not in _CLIENT_TYPES:
+            await self._refuse(conn, f"Unknown message type {kind!r}")
+        elif kind == "KeepAlive":
+            self.keepalives += 1
+        elif kind == "InjectUserMessage" and not isinstance(msg.get("content"), str):
+            await self._refuse(conn, "InjectUserMessage.content must be a string")
+
+
+def _parse(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
