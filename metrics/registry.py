@@ -71,7 +71,9 @@ CALL_DURATION = Histogram(
 
 # -- providers -------------------------------------------------------------------------------
 PROVIDER_UP = Gauge(
-    "voicegw_provider_up", "1 when the provider's breaker admits calls", ["provider"],
+    "voicegw_provider_up",
+    "1 when the provider's breaker admits calls",
+    ["provider"],
     registry=REGISTRY,
 )
 PROVIDER_ERRORS = Counter(
@@ -123,9 +125,9 @@ MEDIA_RELAY = Histogram(
 
 # -- auth ------------------------------------------------------------------------------------
 AUTH_FAILURES = Counter(
-    "voicegw_auth_failures_total", "Authentication failures by reason", ["reason"],
+    "voicegw_auth_failures_total",
+    "Authentication failures by reason",
+    ["reason"],
     registry=REGISTRY,
 )
-SESSIONS_ACTIVE = Gauge(
-    "voicegw_sessions_active", "Operator sessions active", registry=REGISTRY
-)
+SESSIONS_ACTIVE = Gauge("voicegw_sessions_active", "Operator sessions active", registry=REGISTRY)

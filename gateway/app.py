@@ -1,0 +1,142 @@
+"""The ASGI application: routes, middleware and the lifespan that starts and stops shared pools."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import media, webhooks
+from gateway.errors import json_error
+from gateway.runtime import Runtime
+from gateway.settings import Settings
+from metrics.logging import correlation_id
+from metrics.registry import BUILD_INFO, HTTP_DURATION, REGISTRY
+
+log = logging.getLogger("voicegw.app")
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+async def healthz(request: Request) -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def readyz(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    report = await runtime.readiness()
+    status = 200 if report["ready"] else 503
+    return Response(orjson.dumps(report), status_code=status, media_type="application/json")
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    runtime: Runtime = request.app.state.runtime
+    token = runtime.settings.metrics_token
+    if token is not None:
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {token.get()}".encode()):
+            return json_error(401, "bearer token required", {"WWW-Authenticate": "Bearer"})
+    elif not runtime.is_loopback_client(request):
+        return json_error(403, "source not allowed")
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+ROUTES: list[Route | WebSocketRoute] = [
+    Route("/healthz", healthz, methods=["GET", "HEAD"]),
+    Route("/readyz", readyz, methods=["GET", "HEAD"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
+    Route("/webhooks/twilio/voice", webhooks.twilio_voice, methods=ALL_METHODS),
+    Route("/webhooks/twilio/status", webhooks.twilio_status, methods=ALL_METHODS),
+    Route("/webhooks/telnyx", webhooks.telnyx, methods=ALL_METHODS),
+    WebSocketRoute("/media/twilio", media.twilio_stream),
+    WebSocketRoute("/media/telnyx", media.telnyx_stream),
+]
+_TEMPLATES: dict[Callable[..., Any], str] = {r.endpoint: r.path for r in ROUTES}
+
+
+class HttpMiddleware:
+    """Times every HTTP request by route template, sets a correlation id, and turns any
+    uncaught exception into a bare 500 JSON reply (logged, never shown to the client)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = correlation_id.set(secrets.token_hex(8))
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("unhandled error", extra={"path_template": _template(scope)})
+            if not response_started:
+                await json_error(500, "internal error")(scope, receive, send)
+            status = 500
+        finally:
+            HTTP_DURATION.labels(_template(scope), scope["method"], str(status)).observe(
+                time.perf_counter() - started
+            )
+            correlation_id.reset(token)
+
+
+def _template(scope: Scope) -> str:
+    endpoint = scope.get("endpoint")
+    return _TEMPLATES.get(endpoint, "unmatched") if endpoint is not None else "unmatched"
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return json_error(404, "not found")
+
+
+def build_app(settings: Settings) -> Starlette:
+    """The application for ``settings``; pools start in the lifespan, not here."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        runtime = await Runtime.start(settings)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    BUILD_INFO.info({"version": _version()})
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={404: _not_found},
+    )
+    app.add_middleware(HttpMiddleware)
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("voicegw")
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,116 @@
+"""The ``voicegw`` command: serve, demo, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from gateway import devkeys
+from gateway.settings import Settings, SettingsError
+
+
+def load_settings() -> Settings:
+    """Settings from the environment, with development keys filled in; exits 2 when invalid."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"voicegw: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return devkeys.apply(settings)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import build_app
+    from metrics import logging as jsonlog
+
+    settings = load_settings()
+    jsonlog.configure(settings.log_level)
+    config = uvicorn.Config(
+        build_app(settings),
+        host=args.host,
+        port=args.port,
+        loop="uvloop" if _has_uvloop() else "asyncio",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_max_size=64 * 1024,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=40.0,
+        proxy_headers=False,  # client addresses come from our own trusted-proxy walk
+        server_header=False,
+        date_header=False,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def demo(args: argparse.Namespace) -> int:
+    from gateway.simulate import run_demo
+
+    return asyncio.run(run_demo(load_settings(), wav=args.wav, carrier=args.carrier))
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from gateway.simulate import SimulateOptions, simulate_call
+
+    options = SimulateOptions(
+        carrier=args.carrier,
+        wav=args.wav,
+        gateway_url=args.url,
+        out=args.out,
+        realtime=not args.fast,
+    )
+    report = asyncio.run(simulate_call(load_settings(), options))
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="voicegw", description="Real-time voice telephony gateway")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=serve)
+
+    d = sub.add_parser("demo", help="serve with embedded defaults and run one simulated call")
+    d.add_argument("--carrier", choices=["twilio", "telnyx"], default="twilio")
+    d.add_argument("--wav", default=None, help="caller audio (8 kHz mu-law WAV)")
+    d.set_defaults(func=demo)
+
+    sim = sub.add_parser("simulate", help="act as a carrier against a running gateway")
+    simsub = sim.add_subparsers(dest="what", required=True)
+    call = simsub.add_parser("call", help="one signed call with a media stream from a WAV")
+    call.add_argument("--carrier", choices=["twilio", "telnyx"], default="twilio")
+    call.add_argument("--wav", required=True)
+    call.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway's base URL")
+    call.add_argument("--out", default=None, help="write the audio that came back to this WAV")
+    call.add_argument("--fast", action="store_true", help="send audio as fast as possible")
+    call.set_defaults(func=simulate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,545 @@
+"""Media WebSocket endpoints and the Bridge between a carrier stream and an agent session.
+
+Data takes one path: carrier frame → carrier codec → typed events → Bridge → agent session
+(agent codec inside) and back. Per call the Bridge runs three tasks on the shared event loop:
+
+* ``from_carrier``: reads carrier frames and forwards audio/DTMF to the agent. On the fast path
+  (both sides G.711 μ-law 8 kHz) the base64 payload is forwarded untouched.
+* ``from_agent``: reads agent events, transcodes audio when needed, queues it for the carrier,
+  and handles barge-in.
+* ``to_carrier``: paces queued audio so the carrier holds at most ``OUTBOUND_LEAD_S`` of it
+  (no starvation, no ballooning buffer) and places marks to learn what the caller heard.
+
+Drop policy: inbound audio is never queued (each frame is sent before the next is read; a
+provider that stops reading fails the send after its timeout). Outbound audio waits in a queue
+capped at ``OUTBOUND_QUEUE_S``; beyond it the oldest audio is dropped and counted. Barge-in
+drops the queue. Every send to either peer is bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Final, assert_never
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gateway.audio import Framer, Transcoder, is_passthrough
+from gateway.calls import Call
+from gateway.errors import CloseCode, StreamRefused
+from gateway.runtime import Runtime
+from metrics.registry import (
+    ACTIVE_CALLS,
+    CALL_DURATION,
+    CALLS,
+    MEDIA_DROPPED,
+    MEDIA_FRAMES,
+    MEDIA_RELAY,
+    PROVIDER_ERRORS,
+)
+from providers.ai.session import AgentSession
+from providers.codec import CarrierCodec, Frame
+from providers.events import (
+    AgentReady,
+    AudioChunk,
+    Clear,
+    Dtmf,
+    Error,
+    GoAway,
+    Hangup,
+    Interrupt,
+    Mark,
+    ResponseDone,
+    ResumptionHandle,
+    SpeechStarted,
+    StreamConnected,
+    StreamStarted,
+    StreamStopped,
+    Transcript,
+)
+from providers.exceptions import ProtocolError, SessionClosed, SessionError
+from providers.telephony.telnyx import TelnyxCodec
+from providers.telephony.twilio import TwilioCodec
+from security.exceptions import Rejection
+
+log = logging.getLogger("voicegw.media")
+
+START_TIMEOUT_S: Final = 10.0
+"""The carrier must send ``start`` (with a valid token) within this long of connecting."""
+CARRIER_SEND_TIMEOUT_S: Final = 5.0
+OUTBOUND_LEAD_S: Final = 0.4
+OUTBOUND_QUEUE_S: Final = 120.0
+MARK_EVERY_S: Final = 0.1
+MAX_MALFORMED: Final = 25
+"""Malformed frames tolerated per stream (each counted and dropped); one more closes it."""
+MAX_FRAMES_PER_S: Final = 250.0
+"""Sustained inbound frame rate above which the stream is a flood (Twilio sends 50/s)."""
+FRAME_BURST: Final = 500.0
+
+
+class EndReason(enum.StrEnum):
+    CARRIER_HANGUP = "carrier_hangup"
+    CARRIER_GONE = "carrier_disconnected"
+    CARRIER_ERROR = "carrier_error"
+    CARRIER_STALLED = "carrier_stalled"
+    AGENT_HANGUP = "agent_hangup"
+    AGENT_FAILED = "agent_failed"
+    FLOOD = "flood"
+    DRAINING = "draining"
+
+
+_CLOSE_CODES: Final = {
+    EndReason.FLOOD: CloseCode.POLICY_VIOLATION,
+    EndReason.AGENT_FAILED: CloseCode.INTERNAL_ERROR,
+    EndReason.DRAINING: CloseCode.GOING_AWAY,
+}
+
+
+class CarrierGone(Exception):
+    """A send to the carrier failed: it disconnected, or stopped reading (``stalled``)."""
+
+    def __init__(self, *, stalled: bool) -> None:
+        super().__init__("stalled" if stalled else "disconnected")
+        self.stalled = stalled
+
+
+# -- endpoints -------------------------------------------------------------------------------
+
+
+async def twilio_stream(websocket: WebSocket) -> None:
+    await _serve(websocket, "twilio")
+
+
+async def telnyx_stream(websocket: WebSocket) -> None:
+    await _serve(websocket, "telnyx")
+
+
+async def _serve(websocket: WebSocket, carrier: str) -> None:
+    runtime: Runtime = websocket.app.state.runtime
+    try:
+        runtime.check_media_upgrade(carrier, websocket)
+    except Rejection as rejection:
+        log.warning("media upgrade refused", extra={"carrier": carrier, "layer": rejection.layer})
+        await websocket.close(code=CloseCode.POLICY_VIOLATION)
+        return
+    if runtime.draining:
+        await websocket.close(code=CloseCode.TRY_AGAIN_LATER)
+        return
+    await websocket.accept()
+    codec: CarrierCodec = TwilioCodec() if carrier == "twilio" else TelnyxCodec()
+    header_token = websocket.headers.get("x-telnyx-streaming-auth-token")
+    try:
+        started, early = await _await_start(websocket, codec, header_token)
+        call = await runtime.claim_stream(carrier, started)
+    except StreamRefused as refused:
+        log.warning("media stream refused", extra={"carrier": carrier, "reason": refused.reason})
+        await _close(websocket, refused.code)
+        return
+    try:
+        agent = await runtime.open_agent(call)
+    except StreamRefused as refused:
+        log.warning("no agent for call", extra={"call_id": call.call_id})
+        await _close(websocket, refused.code)
+        runtime.hang_up_carrier(call, started.account_id)
+        return
+    bridge = Bridge(runtime, websocket, codec, agent, call, started)
+    await bridge.run(early)
+
+
+async def _await_start(
+    websocket: WebSocket, codec: CarrierCodec, header_token: str | None
+) -> tuple[StreamStarted, list[Dtmf]]:
+    """Read frames until ``start``; return it with the token resolved into ``auth_token``."""
+    token = header_token
+    early: list[Dtmf] = []
+    try:
+        async with asyncio.timeout(START_TIMEOUT_S):
+            for _ in range(MAX_MALFORMED):
+                frame = await _receive(websocket)
+                if frame is None:
+                    raise StreamRefused(CloseCode.NORMAL, "disconnected before start")
+                try:
+                    events = codec.feed(frame)
+                except ProtocolError as exc:
+                    MEDIA_DROPPED.labels(codec.carrier, "from_carrier", "malformed").inc()
+                    log.info("malformed frame before start", extra={"reason": exc.reason})
+                    continue
+                for event in events:
+                    match event:
+                        case StreamConnected(auth_token=t) if t:
+                            token = token or t
+                        case StreamStarted():
+                            token = event.auth_token or token
+                            if not token:
+                                raise StreamRefused(CloseCode.POLICY_VIOLATION, "no stream token")
+                            return _with_token(event, token), early
+                        case Dtmf():
+                            early.append(event)
+                        case _:
+                            pass
+    except TimeoutError:
+        raise StreamRefused(CloseCode.POLICY_VIOLATION, "no start in time") from None
+    raise StreamRefused(CloseCode.POLICY_VIOLATION, "too many malformed frames")
+
+
+def _with_token(event: StreamStarted, token: str) -> StreamStarted:
+    from dataclasses import replace
+
+    return replace(event, auth_token=token)
+
+
+async def _receive(websocket: WebSocket) -> Frame | None:
+    """The next message's payload, or None once the peer has gone."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        return None
+    text: str | None = message.get("text")
+    if text is not None:
+        return text
+    data: bytes = message.get("bytes") or b""
+    return data
+
+
+async def _close(websocket: WebSocket, code: int) -> None:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CARRIER_SEND_TIMEOUT_S):
+            await websocket.close(code=code)
+
+
+# -- the bridge ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Placed:
+    """A mark placed after outbound audio: item and how far into it the caller will be."""
+
+    item_id: str | None
+    item_ms: float
+
+
+class Bridge:
+    """Joins one carrier stream to one agent session until either side ends."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        websocket: WebSocket,
+        codec: CarrierCodec,
+        agent: AgentSession,
+        call: Call,
+        started: StreamStarted,
+    ) -> None:
+        self.runtime = runtime
+        self.ws = websocket
+        self.codec = codec
+        self.agent = agent
+        self.call = call
+        self.carrier = codec.carrier
+        self.started = started
+        self.carrier_format = carrier_format = started.format
+        self._transcode_in = (
+            None
+            if is_passthrough(carrier_format, agent.input_format)
+            else Transcoder(carrier_format, agent.input_format)
+        )
+        self._transcode_out = (
+            None
+            if is_passthrough(agent.output_format, carrier_format)
+            else Transcoder(agent.output_format, carrier_format)
+        )
+        self._framer = None if self._transcode_out is None else Framer(carrier_format)
+        self._send_lock = asyncio.Lock()
+        self._outbound: collections.deque[AudioChunk] = collections.deque()
+        self._outbound_s = 0.0
+        self._wakeup = asyncio.Event()
+        self._play_until = 0.0  # loop time when everything sent so far will have played
+        self._marks: dict[str, _Placed] = {}
+        self._mark_seq = 0
+        self._since_mark_s = 0.0
+        self._item_id: str | None = None  # item of the audio last sent to the carrier
+        self._item_ms = 0.0  # how much of it has been sent
+        self._heard: dict[str | None, float] = {}  # item -> ms the caller has heard
+        self._malformed = 0
+        self._tokens = FRAME_BURST
+        self._tokens_at = time.monotonic()
+        self._agent_hung_up = False
+        self._frames_in = MEDIA_FRAMES.labels(self.carrier, "from_carrier")
+        self._frames_out = MEDIA_FRAMES.labels(self.carrier, "to_carrier")
+        self._relay_in = MEDIA_RELAY.labels("from_carrier")
+        self._relay_out = MEDIA_RELAY.labels("to_carrier")
+        self.ended = asyncio.Event()
+        self._stop_reason: EndReason | None = None
+
+    def stop(self, reason: EndReason) -> None:
+        """Ask the bridge to end (e.g. draining); returns at once."""
+        self._stop_reason = reason
+        self.ended.set()
+
+    async def run(self, early: list[Dtmf]) -> EndReason:
+        started = time.monotonic()
+        gauge = ACTIVE_CALLS.labels(self.carrier, self.agent.provider)
+        gauge.inc()
+        self.runtime.add_bridge(self)
+        reason = EndReason.CARRIER_ERROR
+        tasks = [
+            asyncio.create_task(self._from_carrier(early), name="from_carrier"),
+            asyncio.create_task(self._from_agent(), name="from_agent"),
+            asyncio.create_task(self._to_carrier(), name="to_carrier"),
+            asyncio.create_task(self.ended.wait(), name="stop"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            reason = self._reason(done)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.runtime.remove_bridge(self)
+            gauge.dec()
+            await self._finish(reason, time.monotonic() - started)
+        return reason
+
+    def _reason(self, done: set[asyncio.Task[Any]]) -> EndReason:
+        for task in done:
+            if task.get_name() == "stop":
+                return self._stop_reason or EndReason.DRAINING
+            exc = task.exception()
+            if exc is None:
+                result = task.result()
+                if isinstance(result, EndReason):
+                    return result
+            elif isinstance(exc, CarrierGone):
+                if exc.stalled:
+                    log.warning("carrier stopped reading", extra={"call_id": self.call.call_id})
+                    return EndReason.CARRIER_STALLED
+                return EndReason.CARRIER_GONE
+            elif isinstance(exc, SessionError):
+                PROVIDER_ERRORS.labels(self.agent.provider, "session").inc()
+                log.warning(
+                    "agent session failed",
+                    extra={"provider": self.agent.provider, "error": type(exc).__name__},
+                )
+                return EndReason.AGENT_FAILED
+            else:
+                log.error("bridge task failed", exc_info=exc)
+                return EndReason.CARRIER_ERROR
+        return EndReason.CARRIER_ERROR
+
+    async def _finish(self, reason: EndReason, duration_s: float) -> None:
+        await self.agent.close()
+        carrier_gone = reason in (EndReason.CARRIER_HANGUP, EndReason.CARRIER_GONE)
+        if not carrier_gone:
+            await _close(self.ws, _CLOSE_CODES.get(reason, CloseCode.NORMAL))
+            # The agent ended the call: hang up the phone line too.
+            self.runtime.hang_up_carrier(self.call, self.started.account_id)
+        CALLS.labels(self.carrier, self.agent.provider, reason.value).inc()
+        CALL_DURATION.observe(duration_s)
+        await self.runtime.end_call(self.call, reason.value)
+        log.info(
+            "call ended",
+            extra={
+                "call_id": self.call.call_id,
+                "reason": reason.value,
+                "duration_s": round(duration_s, 3),
+            },
+        )
+
+    # -- from_carrier ---------------------------------------------------------------------
+
+    async def _from_carrier(self, early: list[Dtmf]) -> EndReason:
+        for dtmf in early:
+            await self.agent.send(dtmf)
+        ws = self.ws
+        while True:
+            message = await ws.receive()
+            received = time.perf_counter()
+            if message["type"] == "websocket.disconnect":
+                return EndReason.CARRIER_GONE
+            if not self._admit():
+                MEDIA_DROPPED.labels(self.carrier, "from_carrier", "flood").inc()
+                log.warning("media flood", extra={"call_id": self.call.call_id})
+                return EndReason.FLOOD
+            frame: Frame = message.get("text") or message.get("bytes") or b""
+            try:
+                events = self.codec.feed(frame)
+            except ProtocolError as exc:
+                MEDIA_DROPPED.labels(self.carrier, "from_carrier", "malformed").inc()
+                self._malformed += 1
+                if self._malformed > MAX_MALFORMED:
+                    log.warning("too many malformed frames", extra={"call_id": self.call.call_id})
+                    return EndReason.FLOOD
+                log.info("malformed frame dropped", extra={"reason": exc.reason})
+                continue
+            for event in events:
+                match event:
+                    case AudioChunk():
+                        await self._audio_to_agent(event)
+                        self._frames_in.inc()
+                        self._relay_in.observe(time.perf_counter() - received)
+                    case Dtmf():
+                        await self.agent.send(event)
+                    case Mark(name=name):
+                        self._mark_played(name)
+                    case StreamStopped():
+                        return EndReason.CARRIER_HANGUP
+                    case Error(fatal=True):
+                        return EndReason.CARRIER_ERROR
+                    case Error():
+                        log.info("carrier error event", extra={"code": event.code})
+                    case StreamConnected() | StreamStarted():
+                        MEDIA_DROPPED.labels(self.carrier, "from_carrier", "unexpected").inc()
+                    case _:
+                        assert_never(event)
+
+    def _admit(self) -> bool:
+        """Token bucket on inbound frames; False means a flood."""
+        now = time.monotonic()
+        self._tokens = min(FRAME_BURST, self._tokens + (now - self._tokens_at) * MAX_FRAMES_PER_S)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    async def _audio_to_agent(self, chunk: AudioChunk) -> None:
+        if self._transcode_in is None:
+            await self.agent.send(chunk)  # fast path: the payload is forwarded untouched
+            return
+        converted = self._transcode_in.convert(chunk.to_bytes())
+        if converted:
+            await self.agent.send(AudioChunk.from_bytes(converted, self.agent.input_format))
+
+    # -- from_agent -------------------------------------------------------------------------
+
+    async def _from_agent(self) -> EndReason:
+        while True:
+            try:
+                event = await self.agent.recv()
+            except SessionClosed as closed:
+                if closed.abnormal:
+                    raise
+                return EndReason.AGENT_HANGUP
+            received = time.perf_counter()
+            match event:
+                case AudioChunk():
+                    self._queue_audio(event)
+                    self._relay_out.observe(time.perf_counter() - received)
+                case SpeechStarted():
+                    await self._barge_in()
+                case Hangup():
+                    return EndReason.AGENT_HANGUP
+                case Error(fatal=True):
+                    PROVIDER_ERRORS.labels(self.agent.provider, "fatal_error").inc()
+                    log.warning(
+                        "agent error", extra={"provider": self.agent.provider, "code": event.code}
+                    )
+                    return EndReason.AGENT_FAILED
+                case Error():
+                    PROVIDER_ERRORS.labels(self.agent.provider, "error").inc()
+                case ResponseDone():
+                    self._flush_transcoder()
+                case AgentReady() | Transcript() | GoAway() | ResumptionHandle():
+                    pass
+                case _:
+                    assert_never(event)
+
+    def _queue_audio(self, chunk: AudioChunk) -> None:
+        if self._transcode_out is not None and self._framer is not None:
+            data = self._transcode_out.convert(chunk.to_bytes())
+            for frame in self._framer.push(data):
+                self._enqueue(
+                    AudioChunk.from_bytes(frame, self.carrier_format, item_id=chunk.item_id)
+                )
+        else:
+            self._enqueue(chunk)
+
+    def _flush_transcoder(self) -> None:
+        if self._transcode_out is None or self._framer is None:
+            return
+        tail = self._framer.push(self._transcode_out.flush()) + self._framer.flush(pad=True)
+        for frame in tail:
+            self._enqueue(AudioChunk.from_bytes(frame, self.carrier_format, item_id=self._item_id))
+
+    def _enqueue(self, chunk: AudioChunk) -> None:
+        self._outbound.append(chunk)
+        self._outbound_s += chunk.duration_ms / 1000
+        while self._outbound_s > OUTBOUND_QUEUE_S and len(self._outbound) > 1:
+            dropped = self._outbound.popleft()
+            self._outbound_s -= dropped.duration_ms / 1000
+            MEDIA_DROPPED.labels(self.carrier, "to_carrier", "queue_full").inc()
+        self._wakeup.set()
+
+    async def _barge_in(self) -> None:
+        """The caller spoke over the agent: clear the carrier, stop the agent, drop our queue."""
+        dropped = len(self._outbound)
+        self._outbound.clear()
+        self._outbound_s = 0.0
+        if dropped:
+            MEDIA_DROPPED.labels(self.carrier, "to_carrier", "barge_in").inc(dropped)
+        if self._transcode_out is not None and self._framer is not None:
+            self._transcode_out.reset()
+            self._framer.clear()
+        loop = asyncio.get_running_loop()
+        still_playing = self._play_until > loop.time()
+        self._play_until = loop.time()
+        if still_playing or self._marks:
+            await self._send_carrier(self.codec.encode(Clear()))
+        item = self._item_id
+        played = int(self._heard.get(item, 0.0))
+        self._marks.clear()
+        await self.agent.send(Interrupt(item_id=item, played_ms=played))
+
+    # -- to_carrier -------------------------------------------------------------------------
+
+    async def _to_carrier(self) -> EndReason:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._outbound:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            ahead = self._play_until - loop.time()
+            if ahead > OUTBOUND_LEAD_S:
+                await asyncio.sleep(ahead - OUTBOUND_LEAD_S)
+                continue
+            chunk = self._outbound.popleft()
+            seconds = chunk.duration_ms / 1000
+            self._outbound_s -= seconds
+            await self._send_carrier(self.codec.encode(chunk))
+            self._frames_out.inc()
+            self._play_until = max(self._play_until, loop.time()) + seconds
+            if chunk.item_id != self._item_id:
+                self._item_id = chunk.item_id
+                self._item_ms = 0.0
+            self._item_ms += seconds * 1000
+            self._since_mark_s += seconds
+            if self._since_mark_s >= MARK_EVERY_S or not self._outbound:
+                await self._place_mark()
+
+    async def _place_mark(self) -> None:
+        self._mark_seq += 1
+        name = f"m{self._mark_seq}"
+        self._marks[name] = _Placed(self._item_id, self._item_ms)
+        self._since_mark_s = 0.0
+        await self._send_carrier(self.codec.encode(Mark(name)))
+
+    def _mark_played(self, name: str) -> None:
+        placed = self._marks.pop(name, None)
+        if placed is not None:
+            self._heard[placed.item_id] = placed.item_ms
+            if len(self._heard) > 64:  # keep only recent items
+                self._heard.pop(next(iter(self._heard)))
+
+    async def _send_carrier(self, text: str) -> None:
+        try:
+            async with self._send_lock, asyncio.timeout(CARRIER_SEND_TIMEOUT_S):
+                await self.ws.send_text(text)
+        except TimeoutError:
+            raise CarrierGone(stalled=True) from None
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            raise CarrierGone(stalled=False) from None

@@ -1,0 +1,398 @@
+"""Everything a running gateway shares between requests: state backends, pools, live bridges.
+
+``Runtime.start(settings)`` builds the in-process backends, or the Redis ones when
+``VOICEGW_REDIS_URL`` is set; ``stop()`` drains live calls with a bound, then closes pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import secrets
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import httpx
+import redis.asyncio as aioredis
+from starlette.requests import HTTPConnection
+
+from gateway.calls import (
+    Call,
+    CallRegistry,
+    CallState,
+    CallStateError,
+    InProcessCallRegistry,
+    RedisCallRegistry,
+    keep_alive,
+)
+from gateway.errors import CloseCode, StreamRefused
+from gateway.settings import Settings
+from metrics.registry import FAILOVERS, PROVIDER_CONNECT, PROVIDER_ERRORS
+from providers.ai.config import AgentConfig
+from providers.ai.session import AgentSession, open_session
+from providers.events import StreamStarted
+from providers.exceptions import ConnectError
+from providers.telephony.rest import CarrierRestError, TelnyxRest, TwilioRest
+from security.allowlist import Allowlist, AnySource, ClientAddressResolver
+from security.exceptions import Rejection
+from security.ratelimit import FallbackLimiter, InProcessLimiter, Limiter, RedisLimiter
+from security.replay import FallbackReplayCache, InProcessReplayCache, RedisReplayCache, ReplayCache
+from security.signatures import TelnyxSignatureVerifier, TwilioSignatureVerifier
+from security.streamtokens import InProcessStreamTokens, RedisStreamTokens, StreamTokens
+from security.webhooks import Carrier, CarrierPolicy, WebhookPipeline
+
+if TYPE_CHECKING:
+    from gateway.media import Bridge
+
+log = logging.getLogger("voicegw.runtime")
+
+REDIS_TIMEOUT_S: Final = 0.5
+KEY_PREFIX: Final = "voicegw:"
+
+
+class Degradable(Protocol):
+    @property
+    def degraded(self) -> bool: ...
+
+
+@dataclass(eq=False)
+class Runtime:
+    settings: Settings
+    redis: aioredis.Redis | None
+    pipeline: WebhookPipeline
+    registry: CallRegistry
+    stream_tokens: StreamTokens
+    http: httpx.AsyncClient
+    twilio_rest: TwilioRest | None
+    telnyx_rest: TelnyxRest | None
+    resolver: ClientAddressResolver
+    allowlists: dict[str, Allowlist]
+    degradable: list[Degradable]
+    replica_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    draining: bool = False
+    bridges: set[Bridge] = field(default_factory=set)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Runtime:
+        client: aioredis.Redis | None = None
+        degradable: list[Degradable] = []
+        limiters: dict[Carrier, Limiter] = {}
+        replay: ReplayCache
+        tokens: StreamTokens
+        registry: CallRegistry
+        if settings.redis_url is not None:
+            client = aioredis.Redis.from_url(
+                settings.redis_url.get(),
+                socket_timeout=REDIS_TIMEOUT_S,
+                socket_connect_timeout=REDIS_TIMEOUT_S,
+                health_check_interval=15,
+            )
+            for carrier in Carrier:
+                limiter = FallbackLimiter(
+                    RedisLimiter(client, KEY_PREFIX + "rl:", settings.rate_limit_per_minute),
+                    InProcessLimiter(settings.rate_limit_per_minute),
+                )
+                limiters[carrier] = limiter
+                degradable.append(limiter)
+            fallback_replay = FallbackReplayCache(
+                RedisReplayCache(client, KEY_PREFIX + "replay:"), InProcessReplayCache()
+            )
+            degradable.append(fallback_replay)
+            replay = fallback_replay
+            tokens = RedisStreamTokens(client, KEY_PREFIX + "st:")
+            registry = RedisCallRegistry(client, KEY_PREFIX + "calls:")
+        else:
+            for carrier in Carrier:
+                limiters[carrier] = InProcessLimiter(settings.rate_limit_per_minute)
+            replay = InProcessReplayCache()
+            tokens = InProcessStreamTokens()
+            registry = InProcessCallRegistry()
+
+        resolver = ClientAddressResolver(settings.trusted_proxies)
+        allowlists = {
+            c: Allowlist(AnySource.ANY if a.any else a.networks)
+            for c in settings.carriers
+            for a in [settings.allowlist(c)]
+        }
+        twilio_policy = telnyx_policy = None
+        if "twilio" in settings.carriers and settings.twilio_auth_token is not None:
+            twilio_tokens = [settings.twilio_auth_token.get()]
+            if settings.twilio_auth_token_secondary is not None:
+                twilio_tokens.append(settings.twilio_auth_token_secondary.get())
+            twilio_policy = CarrierPolicy(
+                verifier=TwilioSignatureVerifier(twilio_tokens),
+                allowlist=allowlists["twilio"],
+                limiter=limiters[Carrier.TWILIO],
+                replay=replay,
+                resolver=resolver,
+                freshness_s=settings.freshness_window_s,
+            )
+        if "telnyx" in settings.carriers and settings.telnyx_public_keys:
+            telnyx_policy = CarrierPolicy(
+                verifier=TelnyxSignatureVerifier(settings.telnyx_public_keys),
+                allowlist=allowlists["telnyx"],
+                limiter=limiters[Carrier.TELNYX],
+                replay=replay,
+                resolver=resolver,
+                freshness_s=settings.freshness_window_s,
+            )
+        pipeline = WebhookPipeline(
+            twilio=twilio_policy, telnyx=telnyx_policy, max_body_bytes=settings.max_body_bytes
+        )
+        http = httpx.AsyncClient(timeout=settings.carrier_rest_timeout_s)
+        twilio_rest = (
+            TwilioRest(
+                settings.twilio_auth_token.get(), base_url=settings.twilio_api_url, client=http
+            )
+            if settings.twilio_auth_token is not None
+            else None
+        )
+        telnyx_rest = (
+            TelnyxRest(settings.telnyx_api_key.get(), base_url=settings.telnyx_api_url, client=http)
+            if settings.telnyx_api_key is not None
+            else None
+        )
+        runtime = cls(
+            settings=settings,
+            redis=client,
+            pipeline=pipeline,
+            registry=registry,
+            stream_tokens=tokens,
+            http=http,
+            twilio_rest=twilio_rest,
+            telnyx_rest=telnyx_rest,
+            resolver=resolver,
+            allowlists=allowlists,
+            degradable=degradable,
+        )
+        runtime.spawn(keep_alive(registry, on_error=runtime._heartbeat_failed), "heartbeat")
+        log.info(
+            "gateway started",
+            extra={
+                "env": settings.env.value,
+                "state": "redis" if client else "in-process",
+                "providers": ",".join(settings.providers),
+            },
+        )
+        return runtime
+
+    async def stop(self) -> None:
+        """Stop taking calls, let live ones end within the drain timeout, then end the rest."""
+        self.draining = True
+        if self.bridges:
+            log.info("draining", extra={"live_calls": len(self.bridges)})
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.drain_timeout_s):
+                    await self._idle.wait()
+        from gateway.media import EndReason
+
+        for bridge in list(self.bridges):
+            bridge.stop(EndReason.DRAINING)
+        if self.bridges:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._idle.wait()
+        for task in self._tasks:
+            if task.get_name() == "heartbeat":
+                task.cancel()
+        if self._tasks:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.carrier_rest_timeout_s):
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
+            for task in self._tasks:
+                task.cancel()
+        await self.http.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    def add_bridge(self, bridge: Bridge) -> None:
+        self.bridges.add(bridge)
+        self._idle.clear()
+
+    def remove_bridge(self, bridge: Bridge) -> None:
+        self.bridges.discard(bridge)
+        if not self.bridges:
+            self._idle.set()
+
+    def _heartbeat_failed(self, exc: Exception) -> None:
+        log.warning("call registry heartbeat failed", extra={"error": type(exc).__name__})
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Run ``coro`` in the background, tracked so shutdown can wait for it."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def readiness(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"ready": not self.draining, "draining": self.draining}
+        if self.redis is not None:
+            try:
+                async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
+                    await self.redis.ping()
+                report["redis"] = "ok"
+            except Exception:
+                report["redis"] = "unreachable"
+                report["ready"] = False
+        report["degraded"] = any(d.degraded for d in self.degradable)
+        report["live_calls"] = len(self.bridges)
+        return report
+
+    # -- HTTP helpers -----------------------------------------------------------------------
+
+    def client_address(self, conn: HTTPConnection) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """The client's address: socket peer, or X-Forwarded-For through trusted proxies."""
+        peer = conn.client.host if conn.client else ""
+        return self.resolver.resolve(peer, conn.headers.getlist("x-forwarded-for"))
+
+    def is_loopback_client(self, conn: HTTPConnection) -> bool:
+        try:
+            return self.client_address(conn).is_loopback
+        except Rejection:
+            return False
+
+    def check_media_upgrade(self, carrier: str, conn: HTTPConnection) -> None:
+        """Allowlist, and for Twilio the signature of the upgrade request. Raises Rejection."""
+        allowlist = self.allowlists.get(carrier)
+        if allowlist is None:
+            from security.exceptions import Layer
+
+            raise Rejection(Layer.REQUEST, "carrier not enabled", 404)
+        if carrier == "twilio":
+            url = self.settings.public_ws_url + conn.url.path
+            if conn.url.query:
+                url += "?" + conn.url.query
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in conn.headers.raw]
+            peer = conn.client.host if conn.client else ""
+            self.pipeline.check_twilio_media_upgrade(url, headers, peer)
+        else:
+            allowlist.check(self.client_address(conn))
+
+    # -- calls ----------------------------------------------------------------------------
+
+    async def claim_stream(self, carrier: str, started: StreamStarted) -> Call:
+        """Consume the stream token bound to this call and mark the call streaming."""
+        token = started.auth_token or ""
+        if not await self.stream_tokens.consume(token, f"{carrier}:{started.call_id}"):
+            raise StreamRefused(CloseCode.POLICY_VIOLATION, "invalid stream token")
+        call = await self.registry.by_carrier_id(carrier, started.call_id)
+        if call is None or call.state is not CallState.CONNECTING:
+            raise StreamRefused(CloseCode.POLICY_VIOLATION, "call not awaiting a stream")
+        return await self.registry.transition(call.call_id, CallState.STREAMING)
+
+    def agent_config(self, provider: str) -> AgentConfig:
+        s = self.settings
+        key, url = {
+            "openai": (s.openai_api_key, s.openai_realtime_url),
+            "deepgram": (s.deepgram_api_key, s.deepgram_agent_url),
+            "gemini": (s.gemini_api_key, s.gemini_live_url),
+            "echo": (None, None),
+        }[provider]
+        return AgentConfig.for_provider(
+            provider, api_key=key, url=url, instructions=s.agent_instructions
+        )
+
+    async def open_agent(self, call: Call) -> AgentSession:
+        """Connect to the call's provider, moving down ``VOICEGW_PROVIDERS`` on failure."""
+        order = list(self.settings.providers)
+        start = order.index(call.provider) if call.provider in order else 0
+        previous: str | None = None
+        for provider in order[start:] + order[:start]:
+            if previous is not None:
+                FAILOVERS.labels(previous, provider).inc()
+                await self.registry.set_provider(call.call_id, provider)
+            session = open_session(self.agent_config(provider))
+            began = time.perf_counter()
+            try:
+                await session.connect()
+            except ConnectError as exc:
+                PROVIDER_ERRORS.labels(provider, "connect").inc()
+                log.warning(
+                    "provider connect failed", extra={"provider": provider, "error": str(exc)[:200]}
+                )
+                await session.close()
+                previous = provider
+                continue
+            PROVIDER_CONNECT.labels(provider).observe(time.perf_counter() - began)
+            return session
+        await self.end_call(call, "no_provider")
+        raise StreamRefused(CloseCode.TRY_AGAIN_LATER, "no provider available")
+
+    async def end_call(self, call: Call, reason: str) -> None:
+        current = await self.registry.get(call.call_id)
+        if current is not None and current.state is not CallState.ENDED:
+            # Another request (a duplicate hang-up, the bridge) may end it first.
+            with contextlib.suppress(CallStateError):
+                await self.registry.transition(call.call_id, CallState.ENDED, reason=reason)
+
+    def stop_bridge(self, call: Call) -> None:
+        from gateway.media import EndReason
+
+        for bridge in list(self.bridges):
+            if bridge.call.call_id == call.call_id:
+                bridge.stop(EndReason.CARRIER_HANGUP)
+
+    def hang_up_carrier(self, call: Call, account_id: str | None) -> None:
+        """Hang up the phone call over the carrier's REST API, in the background.
+        ``account_id`` is Twilio's AccountSid (from the stream's ``start``)."""
+
+        async def hang_up() -> None:
+            try:
+                if call.carrier == "twilio" and self.twilio_rest is not None and account_id:
+                    await self.twilio_rest.hangup(account_id, call.carrier_call_id)
+                elif call.carrier == "telnyx" and self.telnyx_rest is not None:
+                    await self.telnyx_rest.hangup(call.carrier_call_id)
+            except (CarrierRestError, httpx.HTTPError) as exc:
+                log.warning(
+                    "carrier hang-up failed",
+                    extra={"carrier": call.carrier, "error": type(exc).__name__},
+                )
+
+        self.spawn(hang_up(), "hangup")
+
+    def answer_telnyx(self, call: Call, call_control_id: str) -> None:
+        """Answer a Telnyx call, in the background; streaming starts on ``call.answered``."""
+        rest = self._telnyx()
+        if rest is None:
+            return
+
+        async def answer() -> None:
+            try:
+                await rest.answer(call_control_id)
+            except (CarrierRestError, httpx.HTTPError) as exc:
+                log.warning("telnyx answer failed", extra={"error": type(exc).__name__})
+                await self.end_call(call, "answer_failed")
+
+        self.spawn(answer(), "telnyx-answer")
+
+    def stream_telnyx(self, call: Call, call_control_id: str, token: str) -> None:
+        """Start the bidirectional media stream of an answered Telnyx call, in the background."""
+        rest = self._telnyx()
+        if rest is None:
+            return
+
+        async def start() -> None:
+            try:
+                await rest.start_streaming(
+                    call_control_id,
+                    stream_url=self.settings.public_ws_url + "/media/telnyx",
+                    stream_auth_token=token,
+                )
+            except (CarrierRestError, httpx.HTTPError) as exc:
+                log.warning("telnyx streaming_start failed", extra={"error": type(exc).__name__})
+                await self.end_call(call, "stream_failed")
+                self.hang_up_carrier(call, None)
+
+        self.spawn(start(), "telnyx-stream")
+
+    def _telnyx(self) -> TelnyxRest | None:
+        if self.telnyx_rest is None:
+            log.warning("telnyx call not handled: VOICEGW_TELNYX_API_KEY is not set")
+        return self.telnyx_rest

@@ -1,0 +1,557 @@
+"""``voicegw simulate call`` and ``voicegw demo``: act as Twilio or Telnyx against a gateway.
+
+The simulator signs webhooks exactly as the carrier does (with the gateway's development keys
+from ``VOICEGW_DATA_DIR``, or the configured Twilio token), opens the media stream the gateway
+asks for, sends a WAV at real-time pace in 20 ms frames, records the audio that comes back, and
+reports per-turn latency. For Telnyx it also plays the Call Control REST API: the gateway's
+``VOICEGW_TELNYX_API_URL`` must point at the simulator (``--telnyx-api-port``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import secrets
+import socket
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import orjson
+import uvicorn
+import websockets
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from twilio.request_validator import RequestValidator
+
+from gateway import devkeys
+from gateway.audio import read_wav, silence, ulaw_decode, write_wav
+from gateway.settings import Secret, Settings
+from providers.events import PCMU_8K
+
+FRAME_BYTES: Final = 160  # 20 ms of 8 kHz mu-law
+FRAME_S: Final = 0.02
+SPEECH_RMS: Final = 500.0  # int16 RMS above which a 20 ms frame counts as speech
+TURN_GAP_FRAMES: Final = 15  # 300 ms of silence ends a turn
+TAIL_S: Final = 2.0  # keep listening this long after the last frame
+
+
+@dataclass(frozen=True, slots=True)
+class SimulateOptions:
+    carrier: str
+    wav: str | None
+    gateway_url: str
+    out: str | None = None
+    realtime: bool = True
+    telnyx_api_port: int = 0
+    tail_s: float = TAIL_S
+
+
+@dataclass(slots=True)
+class Turn:
+    start_s: float
+    end_s: float
+    first_audio_ms: float | None = None  # turn start -> first audio back
+    response_ms: float | None = None  # turn end -> first audio back after it
+
+
+@dataclass(slots=True)
+class Report:
+    carrier: str
+    steps: list[tuple[str, str]] = field(default_factory=list)
+    frames_sent: int = 0
+    frames_received: int = 0
+    bytes_received: int = 0
+    turns: list[Turn] = field(default_factory=list)
+    close_code: int | None = None
+    ok: bool = False
+
+    def step(self, what: str, verdict: str) -> None:
+        self.steps.append((what, verdict))
+
+    def render(self) -> str:
+        lines = [f"simulated {self.carrier} call"]
+        lines += [f"  {what:<44} {verdict}" for what, verdict in self.steps]
+        lines.append(
+            f"  audio: sent {self.frames_sent} frames ({self.frames_sent * 20} ms), received "
+            f"{self.frames_received} frames ({self.bytes_received // 8} ms)"
+        )
+        for i, turn in enumerate(self.turns, 1):
+            first = "-" if turn.first_audio_ms is None else f"{turn.first_audio_ms:.0f} ms"
+            resp = "-" if turn.response_ms is None else f"{turn.response_ms:.0f} ms"
+            lines.append(
+                f"  turn {i}: {turn.start_s:5.2f}-{turn.end_s:5.2f} s  first audio back {first:>8}"
+                f"  after turn end {resp:>8}"
+            )
+        lines.append(f"  result: {'ok' if self.ok else 'FAILED'}")
+        return "\n".join(lines)
+
+
+def caller_audio(path: str | None) -> bytes:
+    """Raw 8 kHz mu-law from ``path`` (or one second of silence), whole 20 ms frames."""
+    if path is None:
+        return silence(PCMU_8K, 1000)
+    fmt, data = read_wav(path)
+    if fmt != PCMU_8K:
+        raise SystemExit(f"voicegw: {path} must be 8 kHz mono mu-law (G.711), got {fmt}")
+    return data[: len(data) - len(data) % FRAME_BYTES]
+
+
+async def simulate_call(settings: Settings, options: SimulateOptions) -> Report:
+    report = Report(options.carrier)
+    audio = caller_audio(options.wav)
+    if options.carrier == "twilio":
+        await _twilio_call(settings, options, audio, report)
+    else:
+        await _telnyx_call(settings, options, audio, report)
+    return report
+
+
+# -- Twilio --------------------------------------------------------------------------------
+
+
+async def _twilio_call(
+    settings: Settings, options: SimulateOptions, audio: bytes, report: Report
+) -> None:
+    if settings.twilio_auth_token is None:
+        raise SystemExit("voicegw: no Twilio auth token (VOICEGW_TWILIO_AUTH_TOKEN)")
+    validator = RequestValidator(settings.twilio_auth_token.get())
+    account_sid = "AC" + secrets.token_hex(16)
+    call_sid = "CA" + secrets.token_hex(16)
+    params = {
+        "AccountSid": account_sid,
+        "CallSid": call_sid,
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+        "From": "+15550100001",
+        "To": "+15550100002",
+        "ApiVersion": "2010-04-01",
+    }
+    url = settings.public("/webhooks/twilio/voice")
+    async with httpx.AsyncClient(base_url=options.gateway_url, timeout=10.0) as http:
+        reply = await http.post(
+            "/webhooks/twilio/voice",
+            data=params,
+            headers={"X-Twilio-Signature": validator.compute_signature(url, params)},
+        )
+        report.step("voice webhook (signed)", f"{reply.status_code}")
+        if reply.status_code != 200:
+            return
+        stream_url, token = _parse_twiml(reply.text)
+        report.step("TwiML <Connect><Stream> with token", "ok")
+        headers = {"X-Twilio-Signature": validator.compute_signature(stream_url, {})}
+        ws_url = _ws_url(options.gateway_url, stream_url)
+        stream_sid = "MZ" + secrets.token_hex(16)
+        frames: list[dict[str, Any]] = [
+            {"event": "connected", "protocol": "Call", "version": "1.0.0"},
+            {
+                "event": "start",
+                "sequenceNumber": "1",
+                "streamSid": stream_sid,
+                "start": {
+                    "streamSid": stream_sid,
+                    "accountSid": account_sid,
+                    "callSid": call_sid,
+                    "tracks": ["inbound"],
+                    "customParameters": {"token": token},
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                },
+            },
+        ]
+
+        def media(i: int, payload: str) -> dict[str, Any]:
+            return {
+                "event": "media",
+                "sequenceNumber": str(i + 2),
+                "streamSid": stream_sid,
+                "media": {
+                    "track": "inbound",
+                    "chunk": str(i + 1),
+                    "timestamp": str(i * 20),
+                    "payload": payload,
+                },
+            }
+
+        def mark_reply(name: str) -> dict[str, Any]:
+            return {"event": "mark", "streamSid": stream_sid, "mark": {"name": name}}
+
+        stop = {
+            "event": "stop",
+            "sequenceNumber": "0",
+            "streamSid": stream_sid,
+            "stop": {"accountSid": account_sid, "callSid": call_sid},
+        }
+        await _stream(ws_url, headers, frames, media, mark_reply, stop, audio, options, report)
+        status = {**params, "CallStatus": "completed", "CallDuration": "10"}
+        status_url = settings.public("/webhooks/twilio/status")
+        reply = await http.post(
+            "/webhooks/twilio/status",
+            data=status,
+            headers={"X-Twilio-Signature": validator.compute_signature(status_url, status)},
+        )
+        report.step("status callback (completed)", f"{reply.status_code}")
+
+
+def _parse_twiml(text: str) -> tuple[str, str]:
+    root = ET.fromstring(text)
+    stream = root.find("./Connect/Stream")
+    if stream is None:
+        raise SystemExit("voicegw: the gateway's TwiML has no <Connect><Stream>")
+    token = next(
+        (p.get("value", "") for p in stream.findall("Parameter") if p.get("name") == "token"), ""
+    )
+    return stream.get("url", ""), token
+
+
+def _ws_url(gateway_url: str, public_stream_url: str) -> str:
+    """Where to connect: the gateway we can reach, at the path the public URL names."""
+    base = urlsplit(gateway_url)
+    scheme = "wss" if base.scheme == "https" else "ws"
+    return f"{scheme}://{base.netloc}{urlsplit(public_stream_url).path}"
+
+
+# -- Telnyx --------------------------------------------------------------------------------
+
+
+class _TelnyxApi:
+    """Plays Telnyx's Call Control REST API on loopback: records answer/streaming_start."""
+
+    def __init__(self) -> None:
+        self.commands: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self.app = Starlette(
+            routes=[Route("/v2/calls/{cid:path}", self._command, methods=["POST"])]
+        )
+
+    async def _command(self, request: Request) -> Response:
+        action = request.url.path.rsplit("/", 1)[-1]
+        body = orjson.loads(await request.body() or b"{}")
+        await self.commands.put((action, body))
+        return Response(b'{"data":{"result":"ok"}}', media_type="application/json")
+
+    async def next(self, action: str, timeout_s: float = 10.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                got, body = await self.commands.get()
+                if got == action:
+                    return body
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: Any, port: int = 0) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on 127.0.0.1 inside this event loop; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        ws="websockets-sansio",
+        ws_max_size=64 * 1024,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                await task
+                raise RuntimeError("server failed to start")
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sock.close()
+
+
+def _telnyx_event(event_type: str, call_control_id: str, **extra: Any) -> bytes:
+    payload = {
+        "call_control_id": call_control_id,
+        "call_leg_id": str(uuid.uuid4()),
+        "call_session_id": str(uuid.uuid4()),
+        "connection_id": "1684641123236054244",
+        "from": "+15550100001",
+        "to": "+15550100002",
+        "direction": "incoming",
+        **extra,
+    }
+    return orjson.dumps(
+        {
+            "data": {
+                "event_type": event_type,
+                "id": str(uuid.uuid4()),
+                "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
+                "payload": payload,
+                "record_type": "event",
+            },
+            "meta": {"attempt": 1, "delivered_to": "voicegw"},
+        }
+    )
+
+
+async def post_telnyx(
+    http: httpx.AsyncClient, keys: devkeys.DevKeys, body: bytes, timestamp: int | None = None
+) -> httpx.Response:
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    signature = keys.telnyx_signing_key().sign(ts.encode() + b"|" + body).signature
+    return await http.post(
+        "/webhooks/telnyx",
+        content=body,
+        headers={
+            "content-type": "application/json",
+            "telnyx-signature-ed25519": base64.b64encode(signature).decode(),
+            "telnyx-timestamp": ts,
+        },
+    )
+
+
+async def _telnyx_call(
+    settings: Settings, options: SimulateOptions, audio: bytes, report: Report
+) -> None:
+    keys = devkeys.load_or_create(settings.data_dir)
+    api = _TelnyxApi()
+    call_control_id = "v3:" + secrets.token_urlsafe(24)
+    async with (
+        serve_app(api.app, options.telnyx_api_port),
+        httpx.AsyncClient(base_url=options.gateway_url, timeout=10.0) as http,
+    ):
+        reply = await post_telnyx(http, keys, _telnyx_event("call.initiated", call_control_id))
+        report.step("call.initiated webhook (signed)", f"{reply.status_code}")
+        await api.next("answer")
+        report.step("gateway answered (Call Control answer)", "ok")
+        reply = await post_telnyx(http, keys, _telnyx_event("call.answered", call_control_id))
+        report.step("call.answered webhook (signed)", f"{reply.status_code}")
+        command = await api.next("streaming_start")
+        bidirectional = command.get("stream_bidirectional_mode") == "rtp"
+        report.step("streaming_start (rtp, PCMU, token)", "ok" if bidirectional else "one-way!")
+        token = str(command.get("stream_auth_token", ""))
+        ws_url = _ws_url(options.gateway_url, str(command.get("stream_url", "")))
+        stream_id = str(uuid.uuid4())
+        frames: list[dict[str, Any]] = [
+            {
+                "event": "connected",
+                "version": "1.0.0",
+                "connected": {"x-telnyx-streaming-auth-token": token},
+            },
+            {
+                "event": "start",
+                "sequence_number": "1",
+                "stream_id": stream_id,
+                "start": {
+                    "call_control_id": call_control_id,
+                    "call_session_id": str(uuid.uuid4()),
+                    "from": "+15550100001",
+                    "to": "+15550100002",
+                    "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
+                },
+            },
+        ]
+
+        def media(i: int, payload: str) -> dict[str, Any]:
+            return {
+                "event": "media",
+                "sequence_number": str(i + 2),
+                "stream_id": stream_id,
+                "media": {
+                    "track": "inbound",
+                    "chunk": str(i + 1),
+                    "timestamp": str(i * 20),
+                    "payload": payload,
+                },
+            }
+
+        def mark_reply(name: str) -> dict[str, Any]:
+            return {"event": "mark", "stream_id": stream_id, "mark": {"name": name}}
+
+        stop = {
+            "event": "stop",
+            "sequence_number": "0",
+            "stream_id": stream_id,
+            "stop": {"call_control_id": call_control_id},
+        }
+        headers = {"x-telnyx-streaming-auth-token": token}
+        await _stream(ws_url, headers, frames, media, mark_reply, stop, audio, options, report)
+        reply = await post_telnyx(
+            http,
+            keys,
+            _telnyx_event("call.hangup", call_control_id, hangup_cause="normal_clearing"),
+        )
+        report.step("call.hangup webhook (signed)", f"{reply.status_code}")
+
+
+# -- the media stream, common to both --------------------------------------------------------
+
+
+async def _stream(
+    ws_url: str,
+    headers: dict[str, str],
+    opening: list[dict[str, Any]],
+    media: Any,
+    mark_reply: Any,
+    stop: dict[str, Any],
+    audio: bytes,
+    options: SimulateOptions,
+    report: Report,
+) -> None:
+    received: list[tuple[float, bytes]] = []
+    async with websockets.connect(ws_url, additional_headers=headers, open_timeout=10) as ws:
+        report.step("media WebSocket upgrade", "accepted")
+        for frame in opening:
+            await ws.send(orjson.dumps(frame).decode())
+        t0 = time.perf_counter()
+
+        async def receive() -> None:
+            async for message in ws:
+                event = orjson.loads(message)
+                if event.get("event") == "media":
+                    data = base64.b64decode(event["media"]["payload"])
+                    received.append((time.perf_counter() - t0, data))
+                elif event.get("event") == "mark":
+                    # The caller has "heard" everything before the mark: acknowledge it.
+                    await ws.send(orjson.dumps(mark_reply(event["mark"]["name"])).decode())
+
+        receiver = asyncio.create_task(receive())
+        for i in range(len(audio) // FRAME_BYTES):
+            if options.realtime:
+                delay = t0 + i * FRAME_S - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            chunk = audio[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]
+            await ws.send(orjson.dumps(media(i, base64.b64encode(chunk).decode())).decode())
+            report.frames_sent += 1
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(options.tail_s):
+                await asyncio.shield(receiver)
+        await ws.send(orjson.dumps(stop).decode())
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+            await receiver
+        await ws.close()
+        report.close_code = ws.close_code
+    report.frames_received = len(received)
+    report.bytes_received = sum(len(d) for _, d in received)
+    report.turns = measure_turns(audio, received)
+    report.ok = report.frames_received > 0
+    report.step("audio round trip", "ok" if report.ok else "no audio came back")
+    if options.out:
+        write_wav(options.out, PCMU_8K, b"".join(d for _, d in received))
+
+
+def _speech_frames(audio: bytes) -> list[bool]:
+    pcm = np.frombuffer(ulaw_decode(audio), dtype=np.int16).astype(np.float64)
+    n = len(pcm) // FRAME_BYTES
+    frames = pcm[: n * FRAME_BYTES].reshape(n, FRAME_BYTES)
+    return [bool(v) for v in np.sqrt((frames**2).mean(axis=1)) > SPEECH_RMS]
+
+
+def measure_turns(sent: bytes, received: list[tuple[float, bytes]]) -> list[Turn]:
+    """Caller turns (speech separated by 300 ms of silence) and when audio came back."""
+    turns: list[Turn] = []
+    quiet = TURN_GAP_FRAMES
+    for i, speech in enumerate(_speech_frames(sent)):
+        if speech:
+            if quiet >= TURN_GAP_FRAMES:
+                turns.append(Turn(i * FRAME_S, (i + 1) * FRAME_S))
+            turns[-1].end_s = (i + 1) * FRAME_S
+            quiet = 0
+        else:
+            quiet += 1
+    back = [t for t, data in received if any(_speech_frames(data))] if received else []
+    for turn in turns:
+        first = next((t for t in back if t >= turn.start_s), None)
+        after = next((t for t in back if t >= turn.end_s), None)
+        turn.first_audio_ms = None if first is None else (first - turn.start_s) * 1000
+        turn.response_ms = None if after is None else (after - turn.end_s) * 1000
+    return turns
+
+
+# -- demo ----------------------------------------------------------------------------------
+
+
+async def run_demo(settings: Settings, *, wav: str | None, carrier: str) -> int:
+    """Serve the gateway with embedded defaults on a free port and run one call through it."""
+    from gateway.app import build_app
+
+    port = _free_port()
+    api_port = _free_port()
+    keys = devkeys.load_or_create(settings.data_dir)
+    settings = dataclasses.replace(
+        settings,
+        public_url=f"http://127.0.0.1:{port}",
+        telnyx_api_url=f"http://127.0.0.1:{api_port}",
+        telnyx_api_key=settings.telnyx_api_key or Secret("dev-demo"),
+        telnyx_public_keys=settings.telnyx_public_keys or (keys.telnyx_public_key,),
+    )
+    async with serve_app(build_app(settings), port) as url:
+        print(f"gateway running at {url} (providers: {', '.join(settings.providers)})")
+        print(await _security_tour(url, settings, keys))
+        options = SimulateOptions(carrier, wav, url, telnyx_api_port=api_port)
+        report = await simulate_call(settings, options)
+        print(report.render())
+    return 0 if report.ok else 1
+
+
+async def _security_tour(url: str, settings: Settings, keys: devkeys.DevKeys) -> str:
+    """Send a few hostile webhooks and show which layer refused each."""
+    lines = ["security layers:"]
+    async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
+        body = _telnyx_event(
+            "call.initiated", "v3:demo-" + secrets.token_hex(4), direction="outgoing"
+        )
+        checks: list[tuple[str, httpx.Response]] = [
+            ("GET instead of POST", await http.get("/webhooks/telnyx")),
+            (
+                "wrong content type",
+                await http.post(
+                    "/webhooks/telnyx", content=body, headers={"content-type": "text/plain"}
+                ),
+            ),
+            (
+                "unsigned Twilio webhook",
+                await http.post("/webhooks/twilio/voice", data={"CallSid": "CA" + "0" * 32}),
+            ),
+            (
+                "Telnyx timestamp 10 minutes old",
+                await post_telnyx(http, keys, body, int(time.time()) - 600),
+            ),
+            ("Telnyx body changed after signing", await _tampered(http, keys, body)),
+            ("Telnyx webhook, signed", await post_telnyx(http, keys, body)),
+            ("the same webhook again (answered, not redone)", await post_telnyx(http, keys, body)),
+        ]
+    for what, reply in checks:
+        reason = reply.json().get("error", "accepted") if reply.content else ""
+        lines.append(f"  {what:<44} {reply.status_code} {reason}")
+    return "\n".join(lines)
+
+
+async def _tampered(http: httpx.AsyncClient, keys: devkeys.DevKeys, body: bytes) -> httpx.Response:
+    ts = str(int(time.time()))
+    signature = keys.telnyx_signing_key().sign(ts.encode() + b"|" + body).signature
+    return await http.post(
+        "/webhooks/telnyx",
+        content=body.replace(b"incoming", b"outgoing").replace(b"+1555", b"+1556"),
+        headers={
+            "content-type": "application/json",
+            "telnyx-signature-ed25519": base64.b64encode(signature).decode(),
+            "telnyx-timestamp": ts,
+        },
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

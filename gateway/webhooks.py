@@ -1,0 +1,213 @@
+"""Webhook handlers. Each reads the body under a size cap and a deadline, passes the request
+through the security pipeline, and acts only on what the pipeline verified.
+
+A duplicate delivery (same verified Telnyx event id, same Twilio signature over the same URL and
+body) is answered like the first and never processed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Final
+
+from starlette.requests import Request
+from starlette.responses import Response
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from gateway.calls import CallState
+from gateway.errors import json_error
+from gateway.runtime import Runtime
+from security.exceptions import Layer, Rejection, StateUnavailable
+from security.webhooks import Carrier, VerifiedWebhook, WebhookRequest
+
+log = logging.getLogger("voicegw.webhooks")
+
+ACK: Final = b'{"status":"ok"}'
+TWILIO_TERMINAL: Final = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+
+
+class BodyError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+async def read_body(request: Request, cap: int, timeout_s: float) -> bytes:
+    """The request body, refusing more than ``cap`` bytes (413) or a body slower than
+    ``timeout_s`` (408). A declared oversize Content-Length is refused without reading."""
+    declared = request.headers.getlist("content-length")
+    if len(declared) > 1:
+        raise BodyError(400, "duplicate content-length")
+    if declared:
+        if not declared[0].isdigit():
+            raise BodyError(400, "bad content-length")
+        if int(declared[0]) > cap:
+            raise BodyError(413, "body too large")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    raise BodyError(413, "body too large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyError(408, "body too slow") from None
+    return b"".join(chunks)
+
+
+async def _verify(request: Request, carrier: Carrier) -> VerifiedWebhook | Response:
+    runtime: Runtime = request.app.state.runtime
+    settings = runtime.settings
+    if runtime.draining:
+        return json_error(503, "draining", {"Retry-After": "5"})
+    if request.method != "POST":
+        # Rejected before the body is read; counted like every other rejection.
+        return _rejected(
+            carrier, Rejection(Layer.REQUEST, "method not allowed", 405, {"Allow": "POST"})
+        )
+    try:
+        body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+    except BodyError as exc:
+        return _rejected(carrier, Rejection(Layer.REQUEST, exc.reason, exc.status))
+    query = request.url.query
+    url = settings.public(request.url.path) + (f"?{query}" if query else "")
+    client = request.client
+    webhook = WebhookRequest(
+        carrier=carrier,
+        method=request.method,
+        url=url,
+        headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
+        body=body,
+        peer_ip=client.host if client else "",
+    )
+    try:
+        return await runtime.pipeline.check(webhook)
+    except Rejection as rejection:
+        return _rejected(carrier, rejection, counted=True)
+    except StateUnavailable:
+        # Shared state is down and this layer fails closed: the carrier retries later.
+        return json_error(503, "temporarily unavailable", {"Retry-After": "5"})
+
+
+def _rejected(carrier: Carrier, rejection: Rejection, *, counted: bool = False) -> Response:
+    if not counted:
+        from metrics.registry import WEBHOOK_REJECTIONS
+
+        WEBHOOK_REJECTIONS.labels(carrier.value, rejection.layer.value).inc()
+    log.info(
+        "webhook rejected",
+        extra={
+            "carrier": carrier.value,
+            "layer": rejection.layer.value,
+            "reason": rejection.reason,
+            "status": rejection.status,
+        },
+    )
+    return json_error(rejection.status, rejection.reason, rejection.headers)
+
+
+def _params(verified: VerifiedWebhook) -> Mapping[str, str]:
+    return dict(verified.form)
+
+
+# -- Twilio --------------------------------------------------------------------------------
+
+
+async def twilio_voice(request: Request) -> Response:
+    """Incoming call: register it and answer with ``<Connect><Stream>`` carrying a token."""
+    verified = await _verify(request, Carrier.TWILIO)
+    if isinstance(verified, Response):
+        return verified
+    runtime: Runtime = request.app.state.runtime
+    params = _params(verified)
+    call_sid = params.get("CallSid", "")
+    if not call_sid or len(call_sid) > 64:
+        return json_error(400, "CallSid required")
+    call, _created = await runtime.registry.create(
+        "twilio", call_sid, runtime.settings.providers[0]
+    )
+    if call.state is CallState.ENDED:
+        response = VoiceResponse()
+        response.hangup()
+        return Response(str(response), media_type="application/xml")
+    if call.state is CallState.RINGING:
+        call = await runtime.registry.transition(call.call_id, CallState.CONNECTING)
+    token = await runtime.stream_tokens.mint(
+        f"twilio:{call_sid}", runtime.settings.stream_token_ttl_s
+    )
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=runtime.settings.public_ws_url + "/media/twilio")
+    stream.parameter(name="token", value=token)
+    response.append(connect)
+    log.info(
+        "twilio call answered", extra={"call_id": call.call_id, "duplicate": verified.duplicate}
+    )
+    return Response(str(response), media_type="application/xml")
+
+
+async def twilio_status(request: Request) -> Response:
+    """Call status callback: a terminal status ends the call."""
+    verified = await _verify(request, Carrier.TWILIO)
+    if isinstance(verified, Response):
+        return verified
+    if verified.duplicate:
+        return Response(ACK, media_type="application/json")
+    runtime: Runtime = request.app.state.runtime
+    params = _params(verified)
+    status = params.get("CallStatus", "")
+    call = await runtime.registry.by_carrier_id("twilio", params.get("CallSid", ""))
+    if call is not None and status in TWILIO_TERMINAL:
+        await runtime.end_call(call, f"twilio_{status}")
+        runtime.stop_bridge(call)
+    return Response(ACK, media_type="application/json")
+
+
+# -- Telnyx --------------------------------------------------------------------------------
+
+
+async def telnyx(request: Request) -> Response:
+    """Call Control events: answer new calls, start their media stream once answered, end
+    calls on hang-up. Other events are acknowledged."""
+    verified = await _verify(request, Carrier.TELNYX)
+    if isinstance(verified, Response):
+        return verified
+    if verified.duplicate:
+        return Response(ACK, media_type="application/json")
+    runtime: Runtime = request.app.state.runtime
+    data = verified.payload.get("data") if verified.payload else None
+    event_type = verified.event_type
+    event_payload = data.get("payload") if isinstance(data, dict) else None
+    payload: Mapping[str, object] = event_payload if isinstance(event_payload, dict) else {}
+    call_control_id = payload.get("call_control_id")
+    if not isinstance(call_control_id, str) or not 0 < len(call_control_id) <= 128:
+        # Not a call event (or a malformed one): acknowledged, nothing to do.
+        return Response(ACK, media_type="application/json")
+    match event_type:
+        case "call.initiated" if payload.get("direction", "incoming") == "incoming":
+            call, created = await runtime.registry.create(
+                "telnyx", call_control_id, runtime.settings.providers[0]
+            )
+            if created:
+                runtime.answer_telnyx(call, call_control_id)
+        case "call.answered":
+            found = await runtime.registry.by_carrier_id("telnyx", call_control_id)
+            if found is not None and found.state is CallState.RINGING:
+                call = await runtime.registry.transition(found.call_id, CallState.CONNECTING)
+                token = await runtime.stream_tokens.mint(
+                    f"telnyx:{call_control_id}", runtime.settings.stream_token_ttl_s
+                )
+                runtime.stream_telnyx(call, call_control_id, token)
+        case "call.hangup":
+            found = await runtime.registry.by_carrier_id("telnyx", call_control_id)
+            if found is not None:
+                await runtime.end_call(found, "telnyx_hangup")
+                runtime.stop_bridge(found)
+        case _:
+            pass
+    return Response(ACK, media_type="application/json")
