@@ -1,0 +1,250 @@
+"""Replay caches: remember which deliveries were already accepted.
+
+``ReplayCache`` is the interface; ``InProcessReplayCache`` (one process) and
+``RedisReplayCache`` (replicas sharing Redis) implement it, and ``FallbackReplayCache`` runs
+on Redis while it answers and on an in-process cache while it does not. Keys are hashed with
+SHA-256 before they are stored, so raw signatures and event ids never sit in memory dumps or
+Redis. ``Degradation`` is the shared bookkeeping for every Redis-with-fallback component.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Final, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from metrics.registry import STATE_DEGRADED
+from security.exceptions import StateUnavailable
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+REDIS_TIMEOUT_S: Final = 0.25
+"""Default bound on one Redis round trip for the security state backends."""
+
+
+def digest_key(key: str) -> str:
+    """The stored form of a key: SHA-256, hex."""
+    return _digest(key).hex()
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+class ReplayCache(Protocol):
+    """Remembers keys for a while; answers whether a key is new."""
+
+    async def seen(self, key: str) -> bool:
+        """True if ``key`` is currently remembered. Read-only."""
+        ...
+
+    async def first_seen(self, key: str, ttl_s: int) -> bool:
+        """Remember ``key`` for ``ttl_s`` seconds; True only for the first caller (atomic)."""
+        ...
+
+
+class InProcessReplayCache:
+    """A bounded replay cache in this process.
+
+    Entries expire after their TTL; when ``max_entries`` is reached the oldest entry is
+    evicted first (so a flood of new keys can shorten how long old ones are remembered, never
+    grow memory). Work per call is O(1) amortised.
+    """
+
+    __slots__ = ("_clock", "_entries", "_max_entries")
+
+    def __init__(self, max_entries: int = 100_000, *, clock: Clock = time.monotonic) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[bytes, float] = OrderedDict()  # digest -> expiry
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def seen(self, key: str) -> bool:
+        return self._alive(_digest(key), self._clock())
+
+    async def first_seen(self, key: str, ttl_s: int) -> bool:
+        now = self._clock()
+        digest = _digest(key)
+        self._prune(now)
+        if self._alive(digest, now):
+            return False
+        self._entries.pop(digest, None)
+        while len(self._entries) >= self._max_entries:
+            self._entries.popitem(last=False)
+        self._entries[digest] = now + ttl_s
+        return True
+
+    def _alive(self, digest: bytes, now: float) -> bool:
+        expiry = self._entries.get(digest)
+        return expiry is not None and expiry > now
+
+    def _prune(self, now: float) -> None:
+        # Entries are in insertion order; with one TTL per cache that is expiry order too.
+        # Stop at the first live entry so each call does bounded work on average.
+        while self._entries:
+            digest, expiry = next(iter(self._entries.items()))
+            if expiry > now:
+                return
+            del self._entries[digest]
+
+
+class RedisReplayCache:
+    """A replay cache shared by every replica: ``SET key 1 NX EX ttl`` on a hashed key.
+
+    Every call is bounded by ``timeout_s``; a timeout or Redis error raises
+    ``StateUnavailable``.
+    """
+
+    __slots__ = ("_client", "_prefix", "_timeout_s")
+
+    def __init__(
+        self, client: aioredis.Redis, prefix: str, *, timeout_s: float = REDIS_TIMEOUT_S
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._timeout_s = timeout_s
+
+    def _key(self, key: str) -> str:
+        return f"{self._prefix}replay:{digest_key(key)}"
+
+    async def seen(self, key: str) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                count = await self._client.exists(self._key(key))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StateUnavailable("replay cache unavailable") from exc
+        return bool(count)
+
+    async def first_seen(self, key: str, ttl_s: int) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                created = await self._client.set(self._key(key), b"1", nx=True, ex=ttl_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StateUnavailable("replay cache unavailable") from exc
+        return bool(created)
+
+
+class Degradation:
+    """Whether a Redis-backed component currently runs on its in-process fallback.
+
+    ``use_primary()`` says whether to try Redis now: always while healthy, and at most once
+    per ``probe_interval_s`` while degraded, so an outage does not cost every request a
+    timeout. Each operation served by the fallback increments
+    ``STATE_DEGRADED{component}``; the warning is logged at most once per
+    ``log_interval_s``.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_degraded",
+        "_last_log",
+        "_log_interval_s",
+        "_next_probe",
+        "_probe_interval_s",
+        "component",
+    )
+
+    def __init__(
+        self,
+        component: str,
+        *,
+        probe_interval_s: float = 1.0,
+        log_interval_s: float = 60.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.component = component
+        self._probe_interval_s = probe_interval_s
+        self._log_interval_s = log_interval_s
+        self._clock = clock
+        self._degraded = False
+        self._next_probe = 0.0
+        self._last_log: float | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self._degraded
+
+    def use_primary(self) -> bool:
+        return not self._degraded or self._clock() >= self._next_probe
+
+    def primary_failed(self, exc: BaseException) -> None:
+        now = self._clock()
+        self._degraded = True
+        self._next_probe = now + self._probe_interval_s
+        if self._last_log is None or now - self._last_log >= self._log_interval_s:
+            self._last_log = now
+            logger.warning(
+                "%s: Redis unavailable (%s); using in-process state until it answers",
+                self.component,
+                type(exc.__cause__ or exc).__name__,
+            )
+
+    def primary_succeeded(self) -> None:
+        if self._degraded:
+            self._degraded = False
+            logger.warning("%s: Redis answers again; shared state restored", self.component)
+
+    def fell_back(self) -> None:
+        STATE_DEGRADED.labels(component=self.component).inc()
+
+
+class FallbackReplayCache:
+    """Redis while it answers, an in-process cache while it does not.
+
+    Keys written to the fallback during an outage are not copied to Redis afterwards: a
+    delivery seen only during the outage can be accepted once more after recovery.
+    """
+
+    __slots__ = ("_fallback", "_primary", "degradation")
+
+    def __init__(
+        self,
+        primary: ReplayCache,
+        fallback: ReplayCache | None = None,
+        *,
+        degradation: Degradation | None = None,
+    ) -> None:
+        self._primary = primary
+        self._fallback: ReplayCache = InProcessReplayCache() if fallback is None else fallback
+        self.degradation = Degradation("replay") if degradation is None else degradation
+
+    @property
+    def degraded(self) -> bool:
+        return self.degradation.degraded
+
+    async def seen(self, key: str) -> bool:
+        if self.degradation.use_primary():
+            try:
+                result = await self._primary.seen(key)
+            except StateUnavailable as exc:
+                self.degradation.primary_failed(exc)
+            else:
+                self.degradation.primary_succeeded()
+                return result
+        self.degradation.fell_back()
+        return await self._fallback.seen(key)
+
+    async def first_seen(self, key: str, ttl_s: int) -> bool:
+        if self.degradation.use_primary():
+            try:
+                result = await self._primary.first_seen(key, ttl_s)
+            except StateUnavailable as exc:
+                self.degradation.primary_failed(exc)
+            else:
+                self.degradation.primary_succeeded()
+                return result
+        self.degradation.fell_back()
+        return await self._fallback.first_seen(key, ttl_s)
