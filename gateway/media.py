@@ -33,6 +33,7 @@ from gateway.audio import Framer, Transcoder, is_passthrough
 from gateway.calls import Call
 from gateway.errors import CloseCode, StreamRefused
 from gateway.runtime import Runtime
+from metrics.logging import correlation_id
 from metrics.registry import (
     ACTIVE_CALLS,
     CALL_DURATION,
@@ -147,6 +148,7 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
         await _close(websocket, refused.code)
         runtime.hang_up_carrier(call, started.account_id)
         return
+    correlation_id.set(call.call_id)
     bridge = Bridge(runtime, websocket, codec, agent, call, started)
     await bridge.run(early)
 

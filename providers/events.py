@@ -205,9 +205,7 @@ class KeepAlive:
     """To the agent: keep an idle session open (Deepgram ``KeepAlive``)."""
 
 
-CarrierEvent = (
-    StreamConnected | StreamStarted | AudioChunk | Dtmf | Mark | StreamStopped | Error
-)
+CarrierEvent = StreamConnected | StreamStarted | AudioChunk | Dtmf | Mark | StreamStopped | Error
 AgentEvent = (
     AgentReady
     | AudioChunk

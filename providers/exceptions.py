@@ -1,10 +1,10 @@
 """Exceptions of the ``providers`` package.
 
-    ProviderError
-    ├── ProtocolError        a frame could not be parsed or violates the protocol
-    └── SessionError         an I/O session failed
-        ├── ConnectError     could not open or set up the session (counts against the breaker)
-        └── SessionClosed    the peer or we closed the session; ``abnormal`` says which kind
+ProviderError
+├── ProtocolError        a frame could not be parsed or violates the protocol
+└── SessionError         an I/O session failed
+    ├── ConnectError     could not open or set up the session (counts against the breaker)
+    └── SessionClosed    the peer or we closed the session; ``abnormal`` says which kind
 """
 
 from __future__ import annotations
