@@ -61,7 +61,9 @@ def _has_uvloop() -> bool:
 
 def demo(args: argparse.Namespace) -> int:
     from gateway.simulate import run_demo
+    from metrics import logging as jsonlog
 
+    jsonlog.configure("WARNING")
     return asyncio.run(run_demo(load_settings(), wav=args.wav, carrier=args.carrier))
 
 

@@ -16,7 +16,11 @@ correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "voicegw_correlation_id", default=None
 )
 
-_RESERVED: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_RESERVED: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI-coloured duplicate of msg
+}
 
 
 class JsonFormatter(logging.Formatter):
