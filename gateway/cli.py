@@ -25,12 +25,14 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import build_app
+    from gateway.server import DrainingServer
     from metrics import logging as jsonlog
 
     settings = load_settings()
     jsonlog.configure(settings.log_level)
+    app = build_app(settings)
     config = uvicorn.Config(
-        build_app(settings),
+        app,
         host=args.host,
         port=args.port,
         loop="uvloop" if _has_uvloop() else "asyncio",
@@ -44,10 +46,10 @@ def serve(args: argparse.Namespace) -> int:
         date_header=False,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        # Live calls drain first (DrainingServer); then connections get this long to close.
+        timeout_graceful_shutdown=10,
     )
-    server = uvicorn.Server(config)
-    server.run()
+    DrainingServer(config, app).run()
     return 0
 
 

@@ -38,6 +38,7 @@ from metrics.registry import (
     ACTIVE_CALLS,
     CALL_DURATION,
     CALLS,
+    FAILOVERS,
     MEDIA_DROPPED,
     MEDIA_FRAMES,
     MEDIA_RELAY,
@@ -46,6 +47,7 @@ from metrics.registry import (
 from providers.ai.session import AgentSession
 from providers.codec import CarrierCodec, Frame
 from providers.events import (
+    PCMU_8K,
     AgentReady,
     AudioChunk,
     Clear,
@@ -76,6 +78,9 @@ CARRIER_SEND_TIMEOUT_S: Final = 5.0
 OUTBOUND_LEAD_S: Final = 0.4
 OUTBOUND_QUEUE_S: Final = 120.0
 MARK_EVERY_S: Final = 0.1
+FALLBACK_FRAME_BYTES: Final = 8000  # 1 s of mu-law per message (Telnyx: 20 ms to 30 s)
+FAILOVER_BUFFER_FRAMES: Final = 50
+"""Caller audio held (1 s at 20 ms frames) while a call moves to another provider."""
 MAX_MALFORMED: Final = 25
 """Malformed frames tolerated per stream (each counted and dropped); one more closes it."""
 MAX_FRAMES_PER_S: Final = 250.0
@@ -128,9 +133,6 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
         log.warning("media upgrade refused", extra={"carrier": carrier, "layer": rejection.layer})
         await websocket.close(code=CloseCode.POLICY_VIOLATION)
         return
-    if runtime.draining:
-        await websocket.close(code=CloseCode.TRY_AGAIN_LATER)
-        return
     await websocket.accept()
     codec: CarrierCodec = TwilioCodec() if carrier == "twilio" else TelnyxCodec()
     header_token = websocket.headers.get("x-telnyx-streaming-auth-token")
@@ -141,16 +143,37 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
         log.warning("media stream refused", extra={"carrier": carrier, "reason": refused.reason})
         await _close(websocket, refused.code)
         return
-    try:
-        agent = await runtime.open_agent(call)
-    except StreamRefused as refused:
-        log.warning("no agent for call", extra={"call_id": call.call_id})
-        await _close(websocket, refused.code)
+    correlation_id.set(call.call_id)
+    agent = await runtime.open_agent(call)
+    if agent is None:
+        log.warning("no provider available", extra={"call_id": call.call_id})
+        await _play_fallback(websocket, codec, runtime.fallback)
+        await runtime.end_call(call, "no_provider")
+        await _close(websocket, CloseCode.NORMAL)
         runtime.hang_up_carrier(call, started.account_id)
         return
-    correlation_id.set(call.call_id)
     bridge = Bridge(runtime, websocket, codec, agent, call, started)
     await bridge.run(early)
+
+
+async def _play_fallback(websocket: WebSocket, codec: CarrierCodec, audio: bytes) -> None:
+    """Send the fallback message and wait (bounded) until the carrier says it has played."""
+    frame = FALLBACK_FRAME_BYTES
+    try:
+        async with asyncio.timeout(len(audio) / 8000 + START_TIMEOUT_S):
+            for i in range(0, len(audio), frame):
+                chunk = AudioChunk.from_bytes(audio[i : i + frame], PCMU_8K)
+                await websocket.send_text(codec.encode(chunk))
+            await websocket.send_text(codec.encode(Mark("fallback-played")))
+            while True:
+                message = await _receive(websocket)
+                if message is None:
+                    return
+                with contextlib.suppress(ProtocolError):
+                    if any(isinstance(e, (Mark, StreamStopped)) for e in codec.feed(message)):
+                        return
+    except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
+        return
 
 
 async def _await_start(
@@ -243,18 +266,13 @@ class Bridge:
         self.call = call
         self.carrier = codec.carrier
         self.started = started
-        self.carrier_format = carrier_format = started.format
-        self._transcode_in = (
-            None
-            if is_passthrough(carrier_format, agent.input_format)
-            else Transcoder(carrier_format, agent.input_format)
-        )
-        self._transcode_out = (
-            None
-            if is_passthrough(agent.output_format, carrier_format)
-            else Transcoder(agent.output_format, carrier_format)
-        )
-        self._framer = None if self._transcode_out is None else Framer(carrier_format)
+        self.carrier_format = started.format
+        self._transcode_in: Transcoder | None = None
+        self._transcode_out: Transcoder | None = None
+        self._framer: Framer | None = None
+        self._set_formats(agent)
+        self._switching = False  # a failover is in progress: hold caller audio
+        self._held: collections.deque[AudioChunk] = collections.deque(maxlen=FAILOVER_BUFFER_FRAMES)
         self._send_lock = asyncio.Lock()
         self._outbound: collections.deque[AudioChunk] = collections.deque()
         self._outbound_s = 0.0
@@ -284,8 +302,7 @@ class Bridge:
 
     async def run(self, early: list[Dtmf]) -> EndReason:
         started = time.monotonic()
-        gauge = ACTIVE_CALLS.labels(self.carrier, self.agent.provider)
-        gauge.inc()
+        ACTIVE_CALLS.labels(self.carrier, self.agent.provider).inc()
         self.runtime.add_bridge(self)
         reason = EndReason.CARRIER_ERROR
         tasks = [
@@ -302,7 +319,7 @@ class Bridge:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.runtime.remove_bridge(self)
-            gauge.dec()
+            ACTIVE_CALLS.labels(self.carrier, self.agent.provider).dec()
             await self._finish(reason, time.monotonic() - started)
         return reason
 
@@ -355,7 +372,7 @@ class Bridge:
 
     async def _from_carrier(self, early: list[Dtmf]) -> EndReason:
         for dtmf in early:
-            await self.agent.send(dtmf)
+            await self._send_to_agent(dtmf)
         ws = self.ws
         while True:
             message = await ws.receive()
@@ -384,7 +401,7 @@ class Bridge:
                         self._frames_in.inc()
                         self._relay_in.observe(time.perf_counter() - received)
                     case Dtmf():
-                        await self.agent.send(event)
+                        await self._send_to_agent(event)
                     case Mark(name=name):
                         self._mark_played(name)
                     case StreamStopped():
@@ -409,12 +426,28 @@ class Bridge:
         return True
 
     async def _audio_to_agent(self, chunk: AudioChunk) -> None:
+        if self._switching:
+            self._held.append(chunk)
+            return
+        try:
+            await self._send_audio(chunk)
+        except SessionError:
+            # The provider is failing; from_agent notices it on recv and fails over.
+            self._held.append(chunk)
+
+    async def _send_audio(self, chunk: AudioChunk) -> None:
         if self._transcode_in is None:
             await self.agent.send(chunk)  # fast path: the payload is forwarded untouched
             return
         converted = self._transcode_in.convert(chunk.to_bytes())
         if converted:
             await self.agent.send(AudioChunk.from_bytes(converted, self.agent.input_format))
+
+    async def _send_to_agent(self, event: Dtmf) -> None:
+        if self._switching:
+            return
+        with contextlib.suppress(SessionError):
+            await self.agent.send(event)
 
     # -- from_agent -------------------------------------------------------------------------
 
@@ -423,9 +456,15 @@ class Bridge:
             try:
                 event = await self.agent.recv()
             except SessionClosed as closed:
-                if closed.abnormal:
-                    raise
-                return EndReason.AGENT_HANGUP
+                if not closed.abnormal:
+                    return EndReason.AGENT_HANGUP
+                if not await self._fail_over(type(closed).__name__):
+                    return EndReason.AGENT_FAILED
+                continue
+            except SessionError as exc:
+                if not await self._fail_over(type(exc).__name__):
+                    return EndReason.AGENT_FAILED
+                continue
             received = time.perf_counter()
             match event:
                 case AudioChunk():
@@ -436,11 +475,11 @@ class Bridge:
                 case Hangup():
                     return EndReason.AGENT_HANGUP
                 case Error(fatal=True):
-                    PROVIDER_ERRORS.labels(self.agent.provider, "fatal_error").inc()
                     log.warning(
                         "agent error", extra={"provider": self.agent.provider, "code": event.code}
                     )
-                    return EndReason.AGENT_FAILED
+                    if not await self._fail_over(f"fatal:{event.code}"[:64]):
+                        return EndReason.AGENT_FAILED
                 case Error():
                     PROVIDER_ERRORS.labels(self.agent.provider, "error").inc()
                 case ResponseDone():
@@ -449,6 +488,60 @@ class Bridge:
                     pass
                 case _:
                     assert_never(event)
+
+    async def _fail_over(self, error: str) -> bool:
+        """Move the call to the next available provider without touching the carrier stream.
+        Caller audio is held (up to 1 s) meanwhile and replayed to the new provider. Returns
+        False when no provider is left."""
+        failed = self.agent
+        self._switching = True
+        began = time.perf_counter()
+        PROVIDER_ERRORS.labels(failed.provider, "session").inc()
+        log.warning("provider failed mid-call", extra={"provider": failed.provider, "error": error})
+        await self.runtime.provider_failed(failed.provider, error)
+        await failed.close()
+        replacement = await self.runtime.open_agent(self.call, after=failed.provider)
+        if replacement is None:
+            return False
+        self._use_agent(replacement)
+        while self._held:
+            chunk = self._held.popleft()
+            try:
+                await self._send_audio(chunk)
+            except SessionError:
+                break  # the new provider failed too: from_agent sees it on recv
+        self._switching = False
+        FAILOVERS.labels(failed.provider, replacement.provider).inc()
+        log.warning(
+            "call moved to another provider",
+            extra={
+                "from_provider": failed.provider,
+                "to_provider": replacement.provider,
+                "gap_ms": round((time.perf_counter() - began) * 1000, 1),
+            },
+        )
+        return True
+
+    def _use_agent(self, agent: AgentSession) -> None:
+        """Swap in a new agent session; transcoders follow its formats. Audio queued for the
+        carrier keeps playing (the caller hears the end of the last sentence)."""
+        ACTIVE_CALLS.labels(self.carrier, self.agent.provider).dec()
+        ACTIVE_CALLS.labels(self.carrier, agent.provider).inc()
+        self.agent = agent
+        self._set_formats(agent)
+
+    def _set_formats(self, agent: AgentSession) -> None:
+        """Transcoders between the carrier's format and ``agent``'s, or none (fast path)."""
+        fmt = self.carrier_format
+        self._transcode_in = (
+            None if is_passthrough(fmt, agent.input_format) else Transcoder(fmt, agent.input_format)
+        )
+        self._transcode_out = (
+            None
+            if is_passthrough(agent.output_format, fmt)
+            else Transcoder(agent.output_format, fmt)
+        )
+        self._framer = None if self._transcode_out is None else Framer(fmt)
 
     def _queue_audio(self, chunk: AudioChunk) -> None:
         if self._transcode_out is not None and self._framer is not None:

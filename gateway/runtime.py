@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -30,8 +30,9 @@ from gateway.calls import (
     keep_alive,
 )
 from gateway.errors import CloseCode, StreamRefused
+from gateway.fallback import fallback_audio
 from gateway.settings import Settings
-from metrics.registry import FAILOVERS, PROVIDER_CONNECT, PROVIDER_ERRORS
+from metrics.registry import PROVIDER_CONNECT, PROVIDER_ERRORS
 from providers.ai.config import AgentConfig
 from providers.ai.session import AgentSession, open_session
 from providers.events import StreamStarted
@@ -72,6 +73,7 @@ class Runtime:
     resolver: ClientAddressResolver
     allowlists: dict[str, Allowlist]
     degradable: list[Degradable]
+    fallback: bytes
     replica_id: str = field(default_factory=lambda: secrets.token_hex(6))
     draining: bool = False
     bridges: set[Bridge] = field(default_factory=set)
@@ -172,6 +174,7 @@ class Runtime:
             resolver=resolver,
             allowlists=allowlists,
             degradable=degradable,
+            fallback=fallback_audio(settings.fallback_wav),
         )
         runtime.spawn(keep_alive(registry, on_error=runtime._heartbeat_failed), "heartbeat")
         log.info(
@@ -184,14 +187,20 @@ class Runtime:
         )
         return runtime
 
-    async def stop(self) -> None:
-        """Stop taking calls, let live ones end within the drain timeout, then end the rest."""
+    async def drain(self, cut_short: Callable[[], bool] = lambda: False) -> None:
+        """Stop taking new calls; let live ones end within ``VOICEGW_DRAIN_SECONDS`` (or until
+        ``cut_short()``), then end the rest cleanly: carrier told, provider closed, call ended."""
         self.draining = True
         if self.bridges:
             log.info("draining", extra={"live_calls": len(self.bridges)})
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.drain_timeout_s):
-                    await self._idle.wait()
+            deadline = asyncio.get_running_loop().time() + self.settings.drain_s
+            while self.bridges and not cut_short():
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, 0.5)):
+                        await self._idle.wait()
         from gateway.media import EndReason
 
         for bridge in list(self.bridges):
@@ -200,6 +209,10 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await self._idle.wait()
+
+    async def stop(self) -> None:
+        """End live calls (if ``drain`` did not), wait for background work, close pools."""
+        await self.drain(lambda: True)
         for task in self._tasks:
             if task.get_name() == "heartbeat":
                 task.cancel()
@@ -299,15 +312,19 @@ class Runtime:
             provider, api_key=key, url=url, instructions=s.agent_instructions
         )
 
-    async def open_agent(self, call: Call) -> AgentSession:
-        """Connect to the call's provider, moving down ``VOICEGW_PROVIDERS`` on failure."""
+    async def open_agent(self, call: Call, *, after: str | None = None) -> AgentSession | None:
+        """Connect the call to a provider: its current one, or the one after ``after``, moving
+        down ``VOICEGW_PROVIDERS`` past providers whose breaker is open or that fail to
+        connect. Returns None when none is left."""
         order = list(self.settings.providers)
-        start = order.index(call.provider) if call.provider in order else 0
-        previous: str | None = None
-        for provider in order[start:] + order[:start]:
-            if previous is not None:
-                FAILOVERS.labels(previous, provider).inc()
-                await self.registry.set_provider(call.call_id, provider)
+        if after is not None:
+            # The providers after the failed one, then the ones before it; never itself.
+            start = order.index(after) + 1 if after in order else 0
+            candidates = [p for p in order[start:] + order[:start] if p != after]
+        else:
+            start = order.index(call.provider) if call.provider in order else 0
+            candidates = order[start:] + order[:start]
+        for provider in candidates:
             session = open_session(self.agent_config(provider))
             began = time.perf_counter()
             try:
@@ -315,15 +332,23 @@ class Runtime:
             except ConnectError as exc:
                 PROVIDER_ERRORS.labels(provider, "connect").inc()
                 log.warning(
-                    "provider connect failed", extra={"provider": provider, "error": str(exc)[:200]}
+                    "provider connect failed",
+                    extra={"provider": provider, "error": type(exc).__name__},
                 )
                 await session.close()
-                previous = provider
                 continue
+            except BaseException:
+                await session.close()
+                raise
             PROVIDER_CONNECT.labels(provider).observe(time.perf_counter() - began)
+            if provider != call.provider:
+                await self.registry.set_provider(call.call_id, provider)
             return session
-        await self.end_call(call, "no_provider")
-        raise StreamRefused(CloseCode.TRY_AGAIN_LATER, "no provider available")
+        return None
+
+    async def provider_failed(self, provider: str, error: str) -> None:
+        """A live session of ``provider`` died mid-call: count it against its breaker."""
+        return
 
     async def end_call(self, call: Call, reason: str) -> None:
         current = await self.registry.get(call.call_id)

@@ -109,8 +109,9 @@ class Settings:
     freshness_window_s: int = 300
     stream_token_ttl_s: int = 120
     carrier_rest_timeout_s: float = 5.0
-    drain_timeout_s: float = 30.0
+    drain_s: float = 300.0
     log_level: str = "INFO"
+    fallback_wav: Path | None = None
 
     @property
     def production(self) -> bool:
@@ -177,6 +178,19 @@ class _Reader:
             self.problems.append(f"{name} must list some of {', '.join(allowed)}")
             return default
         return items
+
+    def fallback(self, name: str) -> Path | None:
+        value = self.raw(name)
+        if value is None:
+            return None
+        from gateway.fallback import fallback_audio
+
+        try:
+            fallback_audio(Path(value))
+        except (OSError, ValueError) as exc:
+            self.problems.append(f"{name}: {exc}")
+            return None
+        return Path(value)
 
     def networks(self, name: str) -> AllowlistSetting | None:
         value = self.raw(name)
@@ -261,8 +275,9 @@ class _Reader:
             carrier_rest_timeout_s=self.number(
                 "VOICEGW_CARRIER_REST_TIMEOUT_S", 5.0, lo=0.1, hi=60
             ),
-            drain_timeout_s=self.number("VOICEGW_DRAIN_TIMEOUT_S", 30.0, lo=0, hi=3600),
+            drain_s=self.number("VOICEGW_DRAIN_SECONDS", 300.0, lo=0, hi=86400),
             log_level=(self.raw("VOICEGW_LOG_LEVEL") or "INFO").upper(),
+            fallback_wav=self.fallback("VOICEGW_FALLBACK_WAV"),
         )
         self._check_secrets(settings)
         if self.problems:

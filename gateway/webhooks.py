@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Final
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from twilio.twiml.voice_response import Connect, VoiceResponse
@@ -28,6 +29,24 @@ ACK: Final = b'{"status":"ok"}'
 TWILIO_TERMINAL: Final = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 
 
+def _draining() -> Response:
+    """New calls while draining: the carrier retries them elsewhere. Events of live calls
+    (status callbacks, hang-ups) are still processed."""
+    return json_error(503, "draining", {"Retry-After": "5"})
+
+
+async def _is_new_call(request: Request) -> bool:
+    """Whether an (unverified) Telnyx body is a ``call.initiated``. Used only to refuse
+    during a drain, before the pipeline runs, so the replay cache never records it."""
+    runtime: Runtime = request.app.state.runtime
+    try:
+        body = await read_body(request, runtime.settings.max_body_bytes, 1.0)
+        data = orjson.loads(body).get("data", {})
+    except (BodyError, orjson.JSONDecodeError, AttributeError):
+        return False
+    return isinstance(data, dict) and data.get("event_type") == "call.initiated"
+
+
 class BodyError(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
@@ -37,7 +56,11 @@ class BodyError(Exception):
 
 async def read_body(request: Request, cap: int, timeout_s: float) -> bytes:
     """The request body, refusing more than ``cap`` bytes (413) or a body slower than
-    ``timeout_s`` (408). A declared oversize Content-Length is refused without reading."""
+    ``timeout_s`` (408). A declared oversize Content-Length is refused without reading.
+    The body is kept on ``request.state`` so a second call returns it again."""
+    cached: bytes | None = getattr(request.state, "body", None)
+    if cached is not None:
+        return cached
     declared = request.headers.getlist("content-length")
     if len(declared) > 1:
         raise BodyError(400, "duplicate content-length")
@@ -57,14 +80,13 @@ async def read_body(request: Request, cap: int, timeout_s: float) -> bytes:
                 chunks.append(chunk)
     except TimeoutError:
         raise BodyError(408, "body too slow") from None
-    return b"".join(chunks)
+    request.state.body = body = b"".join(chunks)
+    return body
 
 
 async def _verify(request: Request, carrier: Carrier) -> VerifiedWebhook | Response:
     runtime: Runtime = request.app.state.runtime
     settings = runtime.settings
-    if runtime.draining:
-        return json_error(503, "draining", {"Retry-After": "5"})
     if request.method != "POST":
         # Rejected before the body is read; counted like every other rejection.
         return _rejected(
@@ -120,6 +142,8 @@ def _params(verified: VerifiedWebhook) -> Mapping[str, str]:
 
 async def twilio_voice(request: Request) -> Response:
     """Incoming call: register it and answer with ``<Connect><Stream>`` carrying a token."""
+    if request.app.state.runtime.draining:
+        return _draining()
     verified = await _verify(request, Carrier.TWILIO)
     if isinstance(verified, Response):
         return verified
@@ -174,6 +198,8 @@ async def twilio_status(request: Request) -> Response:
 async def telnyx(request: Request) -> Response:
     """Call Control events: answer new calls, start their media stream once answered, end
     calls on hang-up. Other events are acknowledged."""
+    if request.app.state.runtime.draining and await _is_new_call(request):
+        return _draining()
     verified = await _verify(request, Carrier.TELNYX)
     if isinstance(verified, Response):
         return verified
