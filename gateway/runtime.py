@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -35,6 +35,7 @@ from gateway.settings import Settings
 from metrics.registry import PROVIDER_CONNECT, PROVIDER_ERRORS
 from providers.ai.config import AgentConfig
 from providers.ai.session import AgentSession, open_session
+from providers.breakers import BreakerOpen, BreakerPolicy, BreakerRegistry
 from providers.events import StreamStarted
 from providers.exceptions import ConnectError
 from providers.telephony.rest import CarrierRestError, TelnyxRest, TwilioRest
@@ -73,6 +74,7 @@ class Runtime:
     resolver: ClientAddressResolver
     allowlists: dict[str, Allowlist]
     degradable: list[Degradable]
+    breakers: BreakerRegistry
     fallback: bytes
     replica_id: str = field(default_factory=lambda: secrets.token_hex(6))
     draining: bool = False
@@ -111,12 +113,14 @@ class Runtime:
             replay = fallback_replay
             tokens = RedisStreamTokens(client, KEY_PREFIX + "st:")
             registry = RedisCallRegistry(client, KEY_PREFIX + "calls:")
+            breakers = BreakerRegistry.redis(client, KEY_PREFIX + "breaker:", BreakerPolicy())
         else:
             for carrier in Carrier:
                 limiters[carrier] = InProcessLimiter(settings.rate_limit_per_minute)
             replay = InProcessReplayCache()
             tokens = InProcessStreamTokens()
             registry = InProcessCallRegistry()
+            breakers = BreakerRegistry.in_process(BreakerPolicy())
 
         resolver = ClientAddressResolver(settings.trusted_proxies)
         allowlists = {
@@ -174,8 +178,11 @@ class Runtime:
             resolver=resolver,
             allowlists=allowlists,
             degradable=degradable,
+            breakers=breakers,
             fallback=fallback_audio(settings.fallback_wav),
         )
+        for provider in settings.providers:
+            breakers.get(provider)  # listed in /readyz from the start
         runtime.spawn(keep_alive(registry, on_error=runtime._heartbeat_failed), "heartbeat")
         log.info(
             "gateway started",
@@ -255,6 +262,17 @@ class Runtime:
                 report["redis"] = "unreachable"
                 report["ready"] = False
         report["degraded"] = any(d.degraded for d in self.degradable)
+        now = time.time()
+        report["providers"] = {
+            snap.name: {
+                "state": snap.state.name.lower(),
+                "last_failure": snap.last_failure,
+                "since_last_success_s": None
+                if snap.last_success_at is None
+                else round(now - snap.last_success_at, 1),
+            }
+            for snap in await self.breakers.snapshots()
+        }
         report["live_calls"] = len(self.bridges)
         return report
 
@@ -325,11 +343,17 @@ class Runtime:
             start = order.index(call.provider) if call.provider in order else 0
             candidates = order[start:] + order[:start]
         for provider in candidates:
+            breaker = self.breakers.get(provider)
+            try:
+                trial = await breaker.acquire()
+            except BreakerOpen:
+                continue
             session = open_session(self.agent_config(provider))
             began = time.perf_counter()
             try:
                 await session.connect()
             except ConnectError as exc:
+                await trial.fail(type(exc).__name__)
                 PROVIDER_ERRORS.labels(provider, "connect").inc()
                 log.warning(
                     "provider connect failed",
@@ -338,8 +362,10 @@ class Runtime:
                 await session.close()
                 continue
             except BaseException:
+                await trial.release()
                 await session.close()
                 raise
+            await trial.succeed()
             PROVIDER_CONNECT.labels(provider).observe(time.perf_counter() - began)
             if provider != call.provider:
                 await self.registry.set_provider(call.call_id, provider)
@@ -348,7 +374,7 @@ class Runtime:
 
     async def provider_failed(self, provider: str, error: str) -> None:
         """A live session of ``provider`` died mid-call: count it against its breaker."""
-        return
+        await self.breakers.get(provider).record_failure(error)
 
     async def end_call(self, call: Call, reason: str) -> None:
         current = await self.registry.get(call.call_id)
@@ -364,23 +390,38 @@ class Runtime:
             if bridge.call.call_id == call.call_id:
                 bridge.stop(EndReason.CARRIER_HANGUP)
 
+    async def carrier_rest(
+        self, carrier: str, what: str, action: Callable[[], Awaitable[object]]
+    ) -> bool:
+        """Run one carrier REST call through that carrier API's breaker. Failures are logged
+        (never raised); returns whether it succeeded."""
+        try:
+            async with self.breakers.get(f"{carrier}-api").trial():
+                await action()  # the client's own timeout fires inside the trial: a failure
+        except BreakerOpen:
+            log.warning("carrier API breaker open", extra={"carrier": carrier, "action": what})
+            return False
+        except (CarrierRestError, httpx.HTTPError) as exc:
+            log.warning(
+                "carrier REST call failed",
+                extra={"carrier": carrier, "action": what, "error": type(exc).__name__},
+            )
+            return False
+        return True
+
     def hang_up_carrier(self, call: Call, account_id: str | None) -> None:
         """Hang up the phone call over the carrier's REST API, in the background.
         ``account_id`` is Twilio's AccountSid (from the stream's ``start``)."""
-
-        async def hang_up() -> None:
-            try:
-                if call.carrier == "twilio" and self.twilio_rest is not None and account_id:
-                    await self.twilio_rest.hangup(account_id, call.carrier_call_id)
-                elif call.carrier == "telnyx" and self.telnyx_rest is not None:
-                    await self.telnyx_rest.hangup(call.carrier_call_id)
-            except (CarrierRestError, httpx.HTTPError) as exc:
-                log.warning(
-                    "carrier hang-up failed",
-                    extra={"carrier": call.carrier, "error": type(exc).__name__},
-                )
-
-        self.spawn(hang_up(), "hangup")
+        sid = call.carrier_call_id
+        if call.carrier == "twilio" and self.twilio_rest is not None and account_id:
+            twilio = self.twilio_rest
+            self.spawn(
+                self.carrier_rest("twilio", "hangup", lambda: twilio.hangup(account_id, sid)),
+                "hangup",
+            )
+        elif call.carrier == "telnyx" and self.telnyx_rest is not None:
+            telnyx = self.telnyx_rest
+            self.spawn(self.carrier_rest("telnyx", "hangup", lambda: telnyx.hangup(sid)), "hangup")
 
     def answer_telnyx(self, call: Call, call_control_id: str) -> None:
         """Answer a Telnyx call, in the background; streaming starts on ``call.answered``."""
@@ -389,10 +430,9 @@ class Runtime:
             return
 
         async def answer() -> None:
-            try:
-                await rest.answer(call_control_id)
-            except (CarrierRestError, httpx.HTTPError) as exc:
-                log.warning("telnyx answer failed", extra={"error": type(exc).__name__})
+            if not await self.carrier_rest(
+                "telnyx", "answer", lambda: rest.answer(call_control_id)
+            ):
                 await self.end_call(call, "answer_failed")
 
         self.spawn(answer(), "telnyx-answer")
@@ -402,16 +442,17 @@ class Runtime:
         rest = self._telnyx()
         if rest is None:
             return
+        url = self.settings.public_ws_url + "/media/telnyx"
 
         async def start() -> None:
-            try:
-                await rest.start_streaming(
-                    call_control_id,
-                    stream_url=self.settings.public_ws_url + "/media/telnyx",
-                    stream_auth_token=token,
-                )
-            except (CarrierRestError, httpx.HTTPError) as exc:
-                log.warning("telnyx streaming_start failed", extra={"error": type(exc).__name__})
+            started = await self.carrier_rest(
+                "telnyx",
+                "streaming_start",
+                lambda: rest.start_streaming(
+                    call_control_id, stream_url=url, stream_auth_token=token
+                ),
+            )
+            if not started:
                 await self.end_call(call, "stream_failed")
                 self.hang_up_carrier(call, None)
 

@@ -1,0 +1,707 @@
+"""Circuit breakers for every outside dependency, with state shared by replicas.
+
+Why not pybreaker: pybreaker (1.4) is synchronous. Wrapping a coroutine function with it
+records the success when the coroutine object is created, before the call has run, so a
+provider that fails after connecting never trips it; it has no cap on half-open trial calls,
+so a recovering provider gets every queued call at once; and its Redis storage uses the
+blocking client, stalling the event loop on each call. voicegw's breakers are a small asyncio
+state machine instead: an outcome is recorded when the caller reports it, half-open admits a
+bounded number of concurrent trials, and the Redis backend is one atomic Lua script run on the
+Redis server's clock.
+
+Policy (``BreakerPolicy``, DESIGN.md principle 5): open after 5 consecutive failures; stay open
+60 s; then half-open admits at most 3 concurrent trial calls; 2 consecutive successes close it;
+a failure while half-open opens it for another 60 s. A success while closed resets the count.
+
+Call order: ``acquire()`` (raises ``BreakerOpen`` when refused) returns a ``Trial``; end it with
+exactly one of ``succeed()``, ``fail(error)`` or ``release()`` (later calls are no-ops), or use
+``async with breaker.trial() as t:``. A half-open trial slot is reclaimed after
+``policy.trial_ttl_s`` (30 s) even if its holder never ends it, so a crashed caller cannot wedge
+a breaker half-open. An outcome is counted only while the breaker is in the same open-epoch it
+was in when the trial was admitted: a call admitted before the breaker opened cannot close or
+reopen it later. ``record_failure`` / ``record_success`` report outcomes outside any trial (a
+live session dying mid-call) and count against the current state.
+
+``InProcessBreaker`` keeps state in this process. ``RedisBreaker`` keeps it in Redis: every
+replica sees every transition as soon as Redis has applied it (staleness 0 while Redis
+answers), and state outlives the process. When Redis errors or takes longer than
+``timeout_s``, a ``RedisBreaker`` runs on its in-process fallback (``STATE_DEGRADED{component=
+"breaker"}``, one warning) and returns to Redis by itself when Redis answers a probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Final, Literal, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from metrics.registry import BREAKER_STATE, PROVIDER_UP
+from providers.exceptions import ProviderError
+from security.replay import REDIS_TIMEOUT_S, Clock, Degradation
+
+logger = logging.getLogger("voicegw.providers.breakers")
+
+_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_ERROR_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,63}")
+_IDLE_TTL_S: Final = 7 * 24 * 3600
+"""Redis forgets a breaker nobody has reported on for this long (it is then closed)."""
+
+_Outcome = Literal["success", "failure", "release"]
+
+
+class BreakerState(enum.IntEnum):
+    """Breaker states; the values are those of the ``voicegw_breaker_state`` gauge."""
+
+    CLOSED = 0
+    OPEN = 1
+    HALF_OPEN = 2
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """When a breaker opens, how long it stays open and how it closes again.
+
+    ``trial_ttl_s`` bounds how long a half-open trial slot is held by a caller that never
+    reports an outcome; after it the slot is free for another trial.
+    """
+
+    failure_threshold: int = 5
+    open_s: float = 60.0
+    half_open_max_trials: int = 3
+    success_threshold: int = 2
+    trial_ttl_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for field in ("failure_threshold", "half_open_max_trials", "success_threshold"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"breaker policy: {field} must be at least 1")
+        for field in ("open_s", "trial_ttl_s"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"breaker policy: {field} must be positive")
+
+
+DEFAULT_POLICY: Final = BreakerPolicy()
+
+
+class BreakerOpen(ProviderError):
+    """The breaker refused a call: it is open, or half-open with every trial slot taken.
+
+    ``retry_after_s`` is how long until the breaker can admit a call at the earliest (the end
+    of the open period, or the expiry of the oldest trial slot).
+    """
+
+    def __init__(self, name: str, retry_after_s: float) -> None:
+        super().__init__(f"circuit breaker {name!r} is open")
+        self.name = name
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSnapshot:
+    """One breaker's state as last seen. Times are Unix seconds; ``opened_at`` is None while
+    closed; ``last_failure`` is an error class name."""
+
+    name: str
+    state: BreakerState
+    consecutive_failures: int
+    opened_at: float | None
+    last_failure: str | None
+    last_success_at: float | None
+
+
+class Trial:
+    """One admitted call. End it with exactly one of ``succeed``, ``fail`` or ``release``;
+    the first ends it and later calls are no-ops."""
+
+    __slots__ = ("_done", "_finish")
+
+    def __init__(self, finish: Callable[[_Outcome, str], Awaitable[None]]) -> None:
+        self._finish = finish
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    async def succeed(self) -> None:
+        """The call worked."""
+        await self._end("success", "")
+
+    async def fail(self, error: str) -> None:
+        """The call failed; ``error`` is a short class name (anything else is stored as
+        ``"error"``, so a message cannot carry secrets into logs or Redis)."""
+        await self._end("failure", safe_error_name(error))
+
+    async def release(self) -> None:
+        """Neither: the call was abandoned on our side (cancelled, caller hung up)."""
+        await self._end("release", "")
+
+    async def _end(self, outcome: _Outcome, error: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        await self._finish(outcome, error)
+
+
+class CircuitBreaker(Protocol):
+    """A breaker in front of one outside dependency."""
+
+    name: str
+
+    async def acquire(self) -> Trial:
+        """Admit one call or raise ``BreakerOpen``."""
+        ...
+
+    def trial(self) -> AbstractAsyncContextManager[Trial]:
+        """``acquire()`` as a context: an exception fails the trial with its class name,
+        cancellation releases it, a normal exit without an explicit outcome succeeds it.
+
+        Put the call's timeout inside the block (``async with breaker.trial():`` then
+        ``async with asyncio.timeout(...)``): an ``asyncio.timeout`` around the block cancels
+        it, which releases the trial instead of failing it.
+        """
+        ...
+
+    async def record_failure(self, error: str) -> None:
+        """Count a failure that happened outside a trial."""
+        ...
+
+    async def record_success(self) -> None:
+        """Count a success that happened outside a trial."""
+        ...
+
+    async def snapshot(self) -> BreakerSnapshot: ...
+
+    async def allows(self) -> bool:
+        """Whether ``acquire()`` would admit a call now, without taking a trial slot."""
+        ...
+
+
+def safe_error_name(error: str) -> str:
+    """``error`` if it looks like an exception class name, else ``"error"``."""
+    return error if _ERROR_NAME.fullmatch(error) else "error"
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise ValueError("breaker name must be 1-64 characters of [A-Za-z0-9_.-]")
+
+
+@contextlib.asynccontextmanager
+async def _trial_scope(breaker: CircuitBreaker) -> AsyncIterator[Trial]:
+    trial = await breaker.acquire()
+    try:
+        yield trial
+    except Exception as exc:
+        await trial.fail(type(exc).__name__)
+        raise
+    except BaseException:
+        # Our own cancellation (or shutdown) says nothing about the dependency.
+        await trial.release()
+        raise
+    await trial.succeed()
+
+
+class _Gauges:
+    """Publishes the state this process last saw and logs transitions it sees."""
+
+    __slots__ = ("_last", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._last: BreakerState | None = None
+
+    def saw(self, state: BreakerState) -> None:
+        BREAKER_STATE.labels(provider=self._name).set(int(state))
+        PROVIDER_UP.labels(provider=self._name).set(0 if state is BreakerState.OPEN else 1)
+        if state is self._last:
+            return
+        if self._last is not None:
+            log = logger.warning if state is BreakerState.OPEN else logger.info
+            log("breaker %s: %s -> %s", self._name, self._last.name, state.name)
+        self._last = state
+
+
+class InProcessBreaker:
+    """A breaker whose state lives in this process. ``clock`` returns Unix seconds."""
+
+    __slots__ = (
+        "_clock",
+        "_epoch",
+        "_failures",
+        "_gauges",
+        "_ids",
+        "_last_failure",
+        "_last_success_at",
+        "_opened_at",
+        "_slots",
+        "_state",
+        "_successes",
+        "name",
+        "policy",
+    )
+
+    def __init__(
+        self, name: str, policy: BreakerPolicy = DEFAULT_POLICY, *, clock: Clock = time.time
+    ) -> None:
+        _check_name(name)
+        self.name = name
+        self.policy = policy
+        self._clock = clock
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._successes = 0
+        self._opened_at = 0.0
+        self._epoch = 0
+        self._last_failure: str | None = None
+        self._last_success_at: float | None = None
+        self._slots: dict[int, float] = {}  # trial id -> expiry
+        self._ids = itertools.count()
+        self._gauges = _Gauges(name)
+        self._gauges.saw(self._state)
+
+    async def acquire(self) -> Trial:
+        now = self._advance()
+        match self._state:
+            case BreakerState.CLOSED:
+                trial_id = -1
+            case BreakerState.OPEN:
+                raise BreakerOpen(self.name, self._opened_at + self.policy.open_s - now)
+            case BreakerState.HALF_OPEN:
+                if len(self._slots) >= self.policy.half_open_max_trials:
+                    raise BreakerOpen(self.name, min(self._slots.values()) - now)
+                trial_id = next(self._ids)
+                self._slots[trial_id] = now + self.policy.trial_ttl_s
+        epoch = self._epoch
+
+        async def finish(outcome: _Outcome, error: str) -> None:
+            self._slots.pop(trial_id, None)
+            self._apply(outcome, error, epoch)
+
+        return Trial(finish)
+
+    def trial(self) -> AbstractAsyncContextManager[Trial]:
+        return _trial_scope(self)
+
+    async def record_failure(self, error: str) -> None:
+        self._apply("failure", safe_error_name(error), None)
+
+    async def record_success(self) -> None:
+        self._apply("success", "", None)
+
+    async def snapshot(self) -> BreakerSnapshot:
+        self._advance()
+        return BreakerSnapshot(
+            name=self.name,
+            state=self._state,
+            consecutive_failures=self._failures,
+            opened_at=None if self._state is BreakerState.CLOSED else self._opened_at,
+            last_failure=self._last_failure,
+            last_success_at=self._last_success_at,
+        )
+
+    async def allows(self) -> bool:
+        self._advance()
+        match self._state:
+            case BreakerState.CLOSED:
+                return True
+            case BreakerState.OPEN:
+                return False
+            case BreakerState.HALF_OPEN:
+                return len(self._slots) < self.policy.half_open_max_trials
+
+    def _advance(self) -> float:
+        """Move OPEN to HALF_OPEN when the open period is over; drop expired slots."""
+        now = self._clock()
+        if self._state is BreakerState.OPEN and now >= self._opened_at + self.policy.open_s:
+            self._state = BreakerState.HALF_OPEN
+            self._successes = 0
+            self._slots.clear()
+        if self._state is BreakerState.HALF_OPEN:
+            for trial_id in [i for i, expiry in self._slots.items() if expiry <= now]:
+                del self._slots[trial_id]
+        self._gauges.saw(self._state)
+        return now
+
+    def _apply(self, outcome: _Outcome, error: str, epoch: int | None) -> None:
+        now = self._advance()
+        counts = epoch is None or epoch == self._epoch
+        if outcome == "success":
+            self._last_success_at = now
+            if counts and self._state is not BreakerState.OPEN:
+                self._failures = 0
+                if self._state is BreakerState.HALF_OPEN:
+                    self._successes += 1
+                    if self._successes >= self.policy.success_threshold:
+                        self._state = BreakerState.CLOSED
+                        self._successes = 0
+                        self._slots.clear()
+        elif outcome == "failure":
+            self._last_failure = error
+            if counts and self._state is not BreakerState.OPEN:
+                self._failures += 1
+                if (
+                    self._state is BreakerState.HALF_OPEN
+                    or self._failures >= self.policy.failure_threshold
+                ):
+                    self._state = BreakerState.OPEN
+                    self._opened_at = now
+                    self._successes = 0
+                    self._epoch += 1
+                    self._slots.clear()
+        self._gauges.saw(self._state)
+
+
+# KEYS[1]: state hash; KEYS[2]: half-open trial slots (sorted set, score = expiry in ms).
+# ARGV: op (acquire | success | failure | release | peek), clock offset ms (tests), failure
+# threshold, open ms, max trials, success threshold, trial ttl ms, idle ttl ms, trial id ('' for
+# none), trial epoch (-1: outside a trial, always counted), error name.
+# Returns {state, failures, opened_at_ms, last_failure, last_success_ms, epoch, admitted,
+# retry_ms, trials_in_flight}; -1 stands for "never".
+# TIME is the Redis server's clock, so replicas with skewed clocks agree on the open period.
+# Mirrors InProcessBreaker._advance / acquire / _apply; change them together.
+_BREAKER: Final = """
+local op = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2])
+local failure_threshold = tonumber(ARGV[3])
+local open_ms = tonumber(ARGV[4])
+local max_trials = tonumber(ARGV[5])
+local success_threshold = tonumber(ARGV[6])
+local trial_ttl = tonumber(ARGV[7])
+local h = redis.call('HMGET', KEYS[1], 'st', 'f', 's', 'oa', 'ep', 'lf', 'ls')
+local st = tonumber(h[1]) or 0
+local f = tonumber(h[2]) or 0
+local s = tonumber(h[3]) or 0
+local oa = tonumber(h[4]) or -1
+local ep = tonumber(h[5]) or 0
+local lf = h[6] or ''
+local ls = tonumber(h[7]) or -1
+local dirty = false
+
+if st == 1 and now >= oa + open_ms then
+  st = 2
+  s = 0
+  redis.call('DEL', KEYS[2])
+  dirty = true
+end
+if st == 2 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+end
+
+local admitted = 0
+local retry = 0
+if op == 'acquire' then
+  if st == 0 then
+    admitted = 1
+  elseif st == 1 then
+    retry = oa + open_ms - now
+  elseif redis.call('ZCARD', KEYS[2]) < max_trials then
+    redis.call('ZADD', KEYS[2], now + trial_ttl, ARGV[9])
+    redis.call('PEXPIRE', KEYS[2], trial_ttl)
+    admitted = 1
+  else
+    local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+    retry = tonumber(oldest[2]) - now
+  end
+elseif op == 'success' or op == 'failure' or op == 'release' then
+  if ARGV[9] ~= '' then
+    redis.call('ZREM', KEYS[2], ARGV[9])
+  end
+  local epoch = tonumber(ARGV[10])
+  local counts = (epoch < 0 or epoch == ep) and st ~= 1
+  if op == 'success' then
+    ls = now
+    dirty = true
+    if counts then
+      f = 0
+      if st == 2 then
+        s = s + 1
+        if s >= success_threshold then
+          st = 0
+          s = 0
+          redis.call('DEL', KEYS[2])
+        end
+      end
+    end
+  elseif op == 'failure' then
+    lf = ARGV[11]
+    dirty = true
+    if counts then
+      f = f + 1
+      if st == 2 or f >= failure_threshold then
+        st = 1
+        oa = now
+        s = 0
+        ep = ep + 1
+        redis.call('DEL', KEYS[2])
+      end
+    end
+  end
+end
+
+if dirty then
+  redis.call('HSET', KEYS[1], 'st', st, 'f', f, 's', s, 'oa', oa, 'ep', ep, 'lf', lf, 'ls', ls)
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[8]))
+end
+local in_flight = 0
+if st == 2 then
+  in_flight = redis.call('ZCARD', KEYS[2])
+end
+return {st, f, oa, lf, ls, ep, admitted, retry, in_flight}
+"""
+
+_UNAVAILABLE: Final = (RedisError, OSError, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    state: BreakerState
+    failures: int
+    opened_at_ms: int
+    last_failure: str
+    last_success_ms: int
+    epoch: int
+    admitted: bool
+    retry_ms: int
+    in_flight: int
+
+    @classmethod
+    def parse(cls, raw: list[int | bytes | str]) -> _Reply:
+        def text(value: int | bytes | str) -> str:
+            return value.decode() if isinstance(value, bytes) else str(value)
+
+        st, f, oa, lf, ls, ep, admitted, retry, in_flight = raw
+        return cls(
+            state=BreakerState(int(st)),
+            failures=int(f),
+            opened_at_ms=int(oa),
+            last_failure=text(lf),
+            last_success_ms=int(ls),
+            epoch=int(ep),
+            admitted=bool(int(admitted)),
+            retry_ms=int(retry),
+            in_flight=int(in_flight),
+        )
+
+
+class RedisBreaker:
+    """A breaker whose state lives in Redis, shared by every replica using the same prefix.
+
+    Keys: ``{prefix}breaker:{name}`` (hash) and ``{prefix}breaker:{name}:trials`` (sorted set),
+    hash-tagged by name so the script runs on Redis Cluster; they expire after a week without
+    reports. Every Redis call is bounded by ``timeout_s``; while Redis fails, ``fallback`` (an
+    in-process breaker, created when not given) decides, and state it gathers is not copied
+    back. ``clock_offset_for_tests`` returns seconds added to the Redis server's time, so tests
+    can move past the open period without sleeping; leave it None otherwise.
+    """
+
+    __slots__ = (
+        "_client",
+        "_fallback",
+        "_gauges",
+        "_keys",
+        "_offset",
+        "_script",
+        "_timeout_s",
+        "degradation",
+        "name",
+        "policy",
+    )
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        name: str,
+        policy: BreakerPolicy = DEFAULT_POLICY,
+        *,
+        timeout_s: float = REDIS_TIMEOUT_S,
+        fallback: InProcessBreaker | None = None,
+        degradation: Degradation | None = None,
+        clock_offset_for_tests: Callable[[], float] | None = None,
+    ) -> None:
+        _check_name(name)
+        self.name = name
+        self.policy = policy
+        self._client = client
+        self._timeout_s = timeout_s
+        key = f"{prefix}breaker:{{{name}}}"
+        self._keys = [key, f"{key}:trials"]
+        self._script = client.register_script(_BREAKER)
+        self._fallback = InProcessBreaker(name, policy) if fallback is None else fallback
+        self.degradation = Degradation("breaker") if degradation is None else degradation
+        self._offset = clock_offset_for_tests
+        self._gauges = _Gauges(name)
+
+    @property
+    def degraded(self) -> bool:
+        return self.degradation.degraded
+
+    async def acquire(self) -> Trial:
+        trial_id = secrets.token_hex(8)
+        reply = await self._redis("acquire", trial_id=trial_id)
+        if reply is None:
+            return await self._fallback.acquire()
+        if not reply.admitted:
+            raise BreakerOpen(self.name, max(0, reply.retry_ms) / 1000)
+        slot = trial_id if reply.state is BreakerState.HALF_OPEN else ""
+        epoch = reply.epoch
+
+        async def finish(outcome: _Outcome, error: str) -> None:
+            if await self._redis(outcome, trial_id=slot, epoch=epoch, error=error) is None:
+                # Redis went away mid-call: the fallback learns the outcome instead.
+                if outcome == "success":
+                    await self._fallback.record_success()
+                elif outcome == "failure":
+                    await self._fallback.record_failure(error)
+
+        return Trial(finish)
+
+    def trial(self) -> AbstractAsyncContextManager[Trial]:
+        return _trial_scope(self)
+
+    async def record_failure(self, error: str) -> None:
+        error = safe_error_name(error)
+        if await self._redis("failure", error=error) is None:
+            await self._fallback.record_failure(error)
+
+    async def record_success(self) -> None:
+        if await self._redis("success") is None:
+            await self._fallback.record_success()
+
+    async def snapshot(self) -> BreakerSnapshot:
+        reply = await self._redis("peek")
+        if reply is None:
+            return await self._fallback.snapshot()
+        return BreakerSnapshot(
+            name=self.name,
+            state=reply.state,
+            consecutive_failures=reply.failures,
+            opened_at=(
+                None
+                if reply.state is BreakerState.CLOSED or reply.opened_at_ms < 0
+                else reply.opened_at_ms / 1000
+            ),
+            last_failure=reply.last_failure or None,
+            last_success_at=None if reply.last_success_ms < 0 else reply.last_success_ms / 1000,
+        )
+
+    async def allows(self) -> bool:
+        reply = await self._redis("peek")
+        if reply is None:
+            return await self._fallback.allows()
+        match reply.state:
+            case BreakerState.CLOSED:
+                return True
+            case BreakerState.OPEN:
+                return False
+            case BreakerState.HALF_OPEN:
+                return reply.in_flight < self.policy.half_open_max_trials
+
+    async def _redis(
+        self, op: str, *, trial_id: str = "", epoch: int = -1, error: str = ""
+    ) -> _Reply | None:
+        """Run one operation on Redis; None when the fallback must serve it instead."""
+        if self.degradation.use_primary():
+            policy = self.policy
+            offset_ms = 0 if self._offset is None else round(self._offset() * 1000)
+            args: list[str | int] = [
+                op,
+                offset_ms,
+                policy.failure_threshold,
+                max(1, round(policy.open_s * 1000)),
+                policy.half_open_max_trials,
+                policy.success_threshold,
+                max(1, round(policy.trial_ttl_s * 1000)),
+                _IDLE_TTL_S * 1000,
+                trial_id,
+                epoch,
+                error,
+            ]
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    raw = await self._script(keys=self._keys, args=args)
+            except _UNAVAILABLE as exc:
+                self.degradation.primary_failed(exc)
+            else:
+                self.degradation.primary_succeeded()
+                reply = _Reply.parse(raw)
+                self._gauges.saw(reply.state)
+                return reply
+        self.degradation.fell_back()
+        return None
+
+
+class BreakerRegistry:
+    """One breaker per outside dependency, created on first ``get``."""
+
+    __slots__ = ("_breakers", "_factory")
+
+    def __init__(self, factory: Callable[[str], CircuitBreaker]) -> None:
+        self._factory = factory
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    @classmethod
+    def in_process(
+        cls, policy: BreakerPolicy = DEFAULT_POLICY, clock: Clock = time.time
+    ) -> BreakerRegistry:
+        return cls(lambda name: InProcessBreaker(name, policy, clock=clock))
+
+    @classmethod
+    def redis(
+        cls,
+        client: aioredis.Redis,
+        prefix: str,
+        policy: BreakerPolicy = DEFAULT_POLICY,
+        *,
+        timeout_s: float = REDIS_TIMEOUT_S,
+    ) -> BreakerRegistry:
+        """Breakers in Redis; they share one ``Degradation``, so an outage logs once."""
+        degradation = Degradation("breaker")
+        return cls(
+            lambda name: RedisBreaker(
+                client, prefix, name, policy, timeout_s=timeout_s, degradation=degradation
+            )
+        )
+
+    def get(self, name: str) -> CircuitBreaker:
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            breaker = self._breakers[name] = self._factory(name)
+        return breaker
+
+    def names(self) -> list[str]:
+        return sorted(self._breakers)
+
+    async def snapshots(self) -> list[BreakerSnapshot]:
+        """Every breaker's snapshot, ordered by name."""
+        breakers = [self._breakers[name] for name in self.names()]
+        return list(await asyncio.gather(*(b.snapshot() for b in breakers)))
+
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "BreakerOpen",
+    "BreakerPolicy",
+    "BreakerRegistry",
+    "BreakerSnapshot",
+    "BreakerState",
+    "CircuitBreaker",
+    "InProcessBreaker",
+    "RedisBreaker",
+    "Trial",
+    "safe_error_name",
+]
