@@ -2,6 +2,7 @@
 
 ProviderError
 ├── ProtocolError        a frame could not be parsed or violates the protocol
+├── BreakerOpen          a circuit breaker refuses calls (defined in ``providers.breakers``)
 └── SessionError         an I/O session failed
     ├── ConnectError     could not open or set up the session (counts against the breaker)
     └── SessionClosed    the peer or we closed the session; ``abnormal`` says which kind
