@@ -111,6 +111,11 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return json_error(404, "not found")
 
 
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    allow = getattr(exc, "headers", None) or {}
+    return json_error(405, "method not allowed", allow)
+
+
 def build_app(settings: Settings) -> Starlette:
     """The application for ``settings``; pools start in the lifespan, not here."""
 
@@ -127,7 +132,7 @@ def build_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        exception_handlers={404: _not_found},
+        exception_handlers={404: _not_found, 405: _method_not_allowed},
     )
     app.add_middleware(HttpMiddleware)
     return app

@@ -86,6 +86,8 @@ MAX_MALFORMED: Final = 25
 MAX_FRAMES_PER_S: Final = 250.0
 """Sustained inbound frame rate above which the stream is a flood (Twilio sends 50/s)."""
 FRAME_BURST: Final = 500.0
+CARRIER_FRAMES_PER_S: Final = 50.0
+"""Frames a carrier sends per second (20 ms each): its backlog rate while a provider connects."""
 
 
 class EndReason(enum.StrEnum):
@@ -144,6 +146,7 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
         await _close(websocket, refused.code)
         return
     correlation_id.set(call.call_id)
+    connecting = time.monotonic()
     agent = await runtime.open_agent(call)
     if agent is None:
         log.warning("no provider available", extra={"call_id": call.call_id})
@@ -153,6 +156,8 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
         runtime.hang_up_carrier(call, started.account_id)
         return
     bridge = Bridge(runtime, websocket, codec, agent, call, started)
+    # The carrier kept sending while the provider connected: that backlog is not a flood.
+    bridge.allow_backlog(time.monotonic() - connecting)
     await bridge.run(early)
 
 
@@ -285,6 +290,7 @@ class Bridge:
         self._item_ms = 0.0  # how much of it has been sent
         self._heard: dict[str | None, float] = {}  # item -> ms the caller has heard
         self._malformed = 0
+        self._burst = FRAME_BURST
         self._tokens = FRAME_BURST
         self._tokens_at = time.monotonic()
         self._agent_hung_up = False
@@ -351,11 +357,17 @@ class Bridge:
 
     async def _finish(self, reason: EndReason, duration_s: float) -> None:
         await self.agent.close()
-        carrier_gone = reason in (EndReason.CARRIER_HANGUP, EndReason.CARRIER_GONE)
-        if not carrier_gone:
-            await _close(self.ws, _CLOSE_CODES.get(reason, CloseCode.NORMAL))
-            # The agent ended the call: hang up the phone line too.
-            self.runtime.hang_up_carrier(self.call, self.started.account_id)
+        match reason:
+            case EndReason.CARRIER_HANGUP:
+                pass  # the caller hung up: the carrier has ended the call
+            case EndReason.CARRIER_GONE:
+                # The stream vanished without ``stop``; the phone line may still be up (a
+                # Telnyx stream ends without ending the call). "Already ended" is fine.
+                self.runtime.hang_up_carrier(self.call, self.started.account_id)
+            case _:
+                await _close(self.ws, _CLOSE_CODES.get(reason, CloseCode.NORMAL))
+                # We or the agent ended the call: hang up the phone line too.
+                self.runtime.hang_up_carrier(self.call, self.started.account_id)
         CALLS.labels(self.carrier, self.agent.provider, reason.value).inc()
         CALL_DURATION.observe(duration_s)
         await self.runtime.end_call(self.call, reason.value)
@@ -415,10 +427,15 @@ class Bridge:
                     case _:
                         assert_never(event)
 
+    def allow_backlog(self, seconds: float) -> None:
+        """Admit the frames a carrier queued during ``seconds`` before the bridge read them."""
+        self._burst = FRAME_BURST + seconds * CARRIER_FRAMES_PER_S
+        self._tokens = self._burst
+
     def _admit(self) -> bool:
         """Token bucket on inbound frames; False means a flood."""
         now = time.monotonic()
-        self._tokens = min(FRAME_BURST, self._tokens + (now - self._tokens_at) * MAX_FRAMES_PER_S)
+        self._tokens = min(self._burst, self._tokens + (now - self._tokens_at) * MAX_FRAMES_PER_S)
         self._tokens_at = now
         if self._tokens < 1.0:
             return False

@@ -32,7 +32,7 @@ from gateway.calls import (
 from gateway.errors import CloseCode, StreamRefused
 from gateway.fallback import fallback_audio
 from gateway.settings import Settings
-from metrics.registry import PROVIDER_CONNECT, PROVIDER_ERRORS
+from metrics.registry import FAILOVERS, PROVIDER_CONNECT, PROVIDER_ERRORS
 from providers.ai.config import AgentConfig
 from providers.ai.session import AgentSession, open_session
 from providers.breakers import BreakerOpen, BreakerPolicy, BreakerRegistry
@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("voicegw.runtime")
 
 REDIS_TIMEOUT_S: Final = 0.5
-KEY_PREFIX: Final = "voicegw:"
 
 
 class Degradable(Protocol):
@@ -93,6 +92,7 @@ class Runtime:
         tokens: StreamTokens
         registry: CallRegistry
         if settings.redis_url is not None:
+            prefix = settings.redis_key_prefix
             client = aioredis.Redis.from_url(
                 settings.redis_url.get(),
                 socket_timeout=REDIS_TIMEOUT_S,
@@ -101,19 +101,19 @@ class Runtime:
             )
             for carrier in Carrier:
                 limiter = FallbackLimiter(
-                    RedisLimiter(client, KEY_PREFIX + "rl:", settings.rate_limit_per_minute),
+                    RedisLimiter(client, prefix + "rl:", settings.rate_limit_per_minute),
                     InProcessLimiter(settings.rate_limit_per_minute),
                 )
                 limiters[carrier] = limiter
                 degradable.append(limiter)
             fallback_replay = FallbackReplayCache(
-                RedisReplayCache(client, KEY_PREFIX + "replay:"), InProcessReplayCache()
+                RedisReplayCache(client, prefix + "replay:"), InProcessReplayCache()
             )
             degradable.append(fallback_replay)
             replay = fallback_replay
-            tokens = RedisStreamTokens(client, KEY_PREFIX + "st:")
-            registry = RedisCallRegistry(client, KEY_PREFIX + "calls:")
-            breakers = BreakerRegistry.redis(client, KEY_PREFIX + "breaker:", BreakerPolicy())
+            tokens = RedisStreamTokens(client, prefix + "st:")
+            registry = RedisCallRegistry(client, prefix + "calls:")
+            breakers = BreakerRegistry.redis(client, prefix + "breaker:", BreakerPolicy())
         else:
             for carrier in Carrier:
                 limiters[carrier] = InProcessLimiter(settings.rate_limit_per_minute)
@@ -327,7 +327,11 @@ class Runtime:
             "echo": (None, None),
         }[provider]
         return AgentConfig.for_provider(
-            provider, api_key=key, url=url, instructions=s.agent_instructions
+            provider,
+            api_key=key,
+            url=url,
+            instructions=s.agent_instructions,
+            connect_timeout_s=s.provider_connect_timeout_s,
         )
 
     async def open_agent(self, call: Call, *, after: str | None = None) -> AgentSession | None:
@@ -368,6 +372,8 @@ class Runtime:
             await trial.succeed()
             PROVIDER_CONNECT.labels(provider).observe(time.perf_counter() - began)
             if provider != call.provider:
+                if after is None:  # moved at set-up; the Bridge counts mid-call moves
+                    FAILOVERS.labels(call.provider, provider).inc()
                 await self.registry.set_provider(call.call_id, provider)
             return session
         return None

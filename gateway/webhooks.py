@@ -8,16 +8,18 @@ body) is answered like the first and never processed twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import orjson
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from gateway.calls import CallState
+from gateway.calls import CallState, CallStateError
 from gateway.errors import json_error
 from gateway.runtime import Runtime
 from security.exceptions import Layer, Rejection, StateUnavailable
@@ -140,14 +142,39 @@ def _params(verified: VerifiedWebhook) -> Mapping[str, str]:
 # -- Twilio --------------------------------------------------------------------------------
 
 
+Process = Callable[[Runtime, VerifiedWebhook], Awaitable[Response]]
+
+
+async def _handle(request: Request, carrier: Carrier, process: Process) -> Response:
+    """Verify, then process. When shared state fails mid-processing the delivery is dropped
+    from the replay cache and answered 503, so the carrier's retry is processed in full."""
+    verified = await _verify(request, carrier)
+    if isinstance(verified, Response):
+        return verified
+    runtime: Runtime = request.app.state.runtime
+    try:
+        return await process(runtime, verified)
+    except (StateUnavailable, RedisError, OSError, TimeoutError) as exc:
+        log.warning(
+            "webhook not processed: shared state unavailable",
+            extra={"carrier": carrier.value, "error": type(exc).__name__},
+        )
+        with contextlib.suppress(StateUnavailable, RedisError, OSError, TimeoutError):
+            await runtime.pipeline.forget(verified)
+        return json_error(503, "temporarily unavailable", {"Retry-After": "5"})
+    except CallStateError:
+        # A concurrent event moved the call first; this one has nothing left to do.
+        return Response(ACK, media_type="application/json")
+
+
 async def twilio_voice(request: Request) -> Response:
     """Incoming call: register it and answer with ``<Connect><Stream>`` carrying a token."""
     if request.app.state.runtime.draining:
         return _draining()
-    verified = await _verify(request, Carrier.TWILIO)
-    if isinstance(verified, Response):
-        return verified
-    runtime: Runtime = request.app.state.runtime
+    return await _handle(request, Carrier.TWILIO, _twilio_voice)
+
+
+async def _twilio_voice(runtime: Runtime, verified: VerifiedWebhook) -> Response:
     params = _params(verified)
     call_sid = params.get("CallSid", "")
     if not call_sid or len(call_sid) > 64:
@@ -177,12 +204,12 @@ async def twilio_voice(request: Request) -> Response:
 
 async def twilio_status(request: Request) -> Response:
     """Call status callback: a terminal status ends the call."""
-    verified = await _verify(request, Carrier.TWILIO)
-    if isinstance(verified, Response):
-        return verified
+    return await _handle(request, Carrier.TWILIO, _twilio_status)
+
+
+async def _twilio_status(runtime: Runtime, verified: VerifiedWebhook) -> Response:
     if verified.duplicate:
         return Response(ACK, media_type="application/json")
-    runtime: Runtime = request.app.state.runtime
     params = _params(verified)
     status = params.get("CallStatus", "")
     call = await runtime.registry.by_carrier_id("twilio", params.get("CallSid", ""))
@@ -200,12 +227,12 @@ async def telnyx(request: Request) -> Response:
     calls on hang-up. Other events are acknowledged."""
     if request.app.state.runtime.draining and await _is_new_call(request):
         return _draining()
-    verified = await _verify(request, Carrier.TELNYX)
-    if isinstance(verified, Response):
-        return verified
+    return await _handle(request, Carrier.TELNYX, _telnyx)
+
+
+async def _telnyx(runtime: Runtime, verified: VerifiedWebhook) -> Response:
     if verified.duplicate:
         return Response(ACK, media_type="application/json")
-    runtime: Runtime = request.app.state.runtime
     data = verified.payload.get("data") if verified.payload else None
     event_type = verified.event_type
     event_payload = data.get("payload") if isinstance(data, dict) else None

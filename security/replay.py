@@ -51,6 +51,10 @@ class ReplayCache(Protocol):
         """Remember ``key`` for ``ttl_s`` seconds; True only for the first caller (atomic)."""
         ...
 
+    async def forget(self, key: str) -> None:
+        """Drop ``key`` (its processing failed, so a retry must not look like a duplicate)."""
+        ...
+
 
 class InProcessReplayCache:
     """A bounded replay cache in this process.
@@ -86,6 +90,9 @@ class InProcessReplayCache:
             self._entries.popitem(last=False)
         self._entries[digest] = now + ttl_s
         return True
+
+    async def forget(self, key: str) -> None:
+        self._entries.pop(_digest(key), None)
 
     def _alive(self, digest: bytes, now: float) -> bool:
         expiry = self._entries.get(digest)
@@ -135,6 +142,13 @@ class RedisReplayCache:
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable("replay cache unavailable") from exc
         return bool(created)
+
+    async def forget(self, key: str) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._client.delete(self._key(key))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StateUnavailable("replay cache unavailable") from exc
 
 
 class Degradation:
@@ -248,3 +262,14 @@ class FallbackReplayCache:
                 return result
         self.degradation.fell_back()
         return await self._fallback.first_seen(key, ttl_s)
+
+    async def forget(self, key: str) -> None:
+        # Both copies: the key may have been written to either side of an outage.
+        await self._fallback.forget(key)
+        if self.degradation.use_primary():
+            try:
+                await self._primary.forget(key)
+            except StateUnavailable as exc:
+                self.degradation.primary_failed(exc)
+            else:
+                self.degradation.primary_succeeded()

@@ -102,6 +102,7 @@ class VerifiedWebhook:
     form: tuple[tuple[str, str], ...] = ()
     payload: Mapping[str, object] | None = None
     event_type: str | None = None
+    replay_key: str = field(default="", repr=False)
 
 
 V = TypeVar("V", TwilioSignatureVerifier, TelnyxSignatureVerifier)
@@ -288,6 +289,13 @@ class WebhookPipeline:
         WEBHOOK_REQUESTS.labels(carrier=carrier.value, outcome=outcome).inc()
         return result
 
+    async def forget(self, verified: VerifiedWebhook) -> None:
+        """Processing of ``verified`` failed: drop it from the replay cache so the carrier's
+        retry is processed instead of being acknowledged as a duplicate."""
+        policy = self._twilio if verified.carrier is Carrier.TWILIO else self._telnyx
+        if policy is not None and verified.replay_key:
+            await policy.replay.forget(verified.replay_key)
+
     def check_twilio_media_upgrade(
         self, url: str, headers: Sequence[tuple[str, str]], peer_ip: str
     ) -> IPAddress:
@@ -346,6 +354,7 @@ class WebhookPipeline:
             client_ip=client,
             form=form,
             payload=payload,
+            replay_key=replay_key,
         )
 
     async def _check_telnyx(self, request: WebhookRequest) -> VerifiedWebhook:
@@ -371,7 +380,8 @@ class WebhookPipeline:
             raise Rejection(Layer.SIGNATURE, "missing signature", 400)
         policy.verifier.verify(request.body, signature, timestamp)
 
-        duplicate = await self._admit(Carrier.TELNYX, policy, f"telnyx\x00{event_id}")
+        replay_key = f"telnyx\x00{event_id}"
+        duplicate = await self._admit(Carrier.TELNYX, policy, replay_key)
         return VerifiedWebhook(
             carrier=Carrier.TELNYX,
             event_id=event_id,
@@ -379,6 +389,7 @@ class WebhookPipeline:
             client_ip=client,
             payload=payload,
             event_type=event_type,
+            replay_key=replay_key,
         )
 
     # -- layers ------------------------------------------------------------------------------

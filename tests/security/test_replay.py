@@ -33,6 +33,15 @@ async def test_first_caller_only(make_replay):
     assert await cache.first_seen("delivery-2", 60)
 
 
+async def test_forget_lets_the_next_delivery_through(make_replay):
+    cache = make_replay()
+    assert await cache.first_seen("delivery-1", 60)
+    await cache.forget("delivery-1")
+    assert not await cache.seen("delivery-1")
+    assert await cache.first_seen("delivery-1", 60)
+    await cache.forget("never-seen")  # forgetting an unknown key is not an error
+
+
 async def test_concurrent_callers_one_winner(make_replay):
     cache = make_replay()
     results = await asyncio.gather(*(cache.first_seen("same", 60) for _ in range(20)))
@@ -105,6 +114,8 @@ async def test_redis_down_raises_state_unavailable(dead_redis, redis_prefix):
         await cache.first_seen("k", 60)
     with pytest.raises(StateUnavailable):
         await cache.seen("k")
+    with pytest.raises(StateUnavailable):
+        await cache.forget("k")
 
 
 async def test_fallback_engages_when_redis_is_down(dead_redis, redis_prefix, caplog):
@@ -121,6 +132,8 @@ async def test_fallback_engages_when_redis_is_down(dead_redis, redis_prefix, cap
     assert fallbacks("replay") == before + 3
     # One warning for the outage, not one per request.
     assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
+    await cache.forget("k")  # reaches the fallback copy although Redis is down
+    assert await cache.first_seen("k", 60)
 
 
 class Flaky:

@@ -1,0 +1,426 @@
+"""gateway.settings: defaults, parsing of every variable, the messages for invalid values, and
+what production mode refuses. Every env is an explicit dict; ``os.environ`` is never read."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from pathlib import Path
+
+import pytest
+from nacl.signing import SigningKey
+
+from gateway import devkeys
+from gateway.settings import (
+    DEFAULT_INSTRUCTIONS,
+    AllowlistSetting,
+    Env,
+    Secret,
+    Settings,
+    SettingsError,
+)
+from security.allowlist import TELNYX_WEBHOOK_RANGES
+from tests.gateway.conftest import make_settings
+
+# A real Ed25519 public key that is not the generated development key.
+TELNYX_KEY = base64.b64encode(bytes(SigningKey(b"\x07" * 32).verify_key)).decode()
+OTHER_TELNYX_KEY = base64.b64encode(bytes(SigningKey(b"\x08" * 32).verify_key)).decode()
+
+
+def production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """A production configuration that passes, with ``overrides`` applied ("" removes)."""
+    env = {
+        "VOICEGW_ENV": "production",
+        "VOICEGW_PUBLIC_URL": "https://gw.example.com",
+        "VOICEGW_DATA_DIR": str(tmp_path / "data"),
+        "VOICEGW_TWILIO_AUTH_TOKEN": "0123456789abcdef0123456789abcdef",
+        "VOICEGW_TWILIO_ALLOWLIST": "any",
+        "VOICEGW_TELNYX_PUBLIC_KEY": TELNYX_KEY,
+        "VOICEGW_TELNYX_API_KEY": "KEY0123456789",
+    }
+    for name, value in overrides.items():
+        if value == "":
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+def problems(env: dict[str, str]) -> str:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env)
+    return str(info.value)
+
+
+# -- defaults and parsing ----------------------------------------------------------------------
+
+
+def test_defaults():
+    s = Settings.from_env({})
+    assert s.env is Env.DEVELOPMENT
+    assert not s.production
+    assert s.public_url == "http://127.0.0.1:8000"
+    assert s.public_ws_url == "ws://127.0.0.1:8000"
+    assert s.data_dir == Path(".voicegw")
+    assert s.carriers == ("twilio", "telnyx")
+    assert s.providers == ("echo",)
+    assert s.twilio_auth_token is None and s.twilio_auth_token_secondary is None
+    assert s.telnyx_public_keys == () and s.telnyx_api_key is None
+    assert s.twilio_api_url == "https://api.twilio.com"
+    assert s.telnyx_api_url == "https://api.telnyx.com"
+    loopback = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    for carrier in ("twilio", "telnyx"):
+        assert s.allowlist(carrier).networks == loopback
+        assert not s.allowlist(carrier).any
+    assert s.trusted_proxies == ()
+    assert s.rate_limit_per_minute == 1000
+    assert s.redis_url is None and s.metrics_token is None
+    assert s.max_body_bytes == 64 * 1024
+    assert s.body_timeout_s == 10.0
+    assert s.stream_token_ttl_s == 120
+    assert s.carrier_rest_timeout_s == 5.0
+    assert s.drain_s == 300.0
+    assert s.log_level == "INFO"
+    assert s.agent_instructions == DEFAULT_INSTRUCTIONS
+
+
+def test_every_variable_is_read(tmp_path):
+    env = {
+        "VOICEGW_ENV": " Development ",
+        "VOICEGW_PUBLIC_URL": "https://gw.example.com/voice/",
+        "VOICEGW_DATA_DIR": str(tmp_path),
+        "VOICEGW_CARRIERS": "Telnyx, twilio, telnyx",
+        "VOICEGW_PROVIDERS": "openai,deepgram,gemini,echo",
+        "VOICEGW_TWILIO_AUTH_TOKEN": "primary-token",
+        "VOICEGW_TWILIO_AUTH_TOKEN_SECONDARY": "secondary-token",
+        "VOICEGW_TWILIO_API_URL": "http://127.0.0.1:9001",
+        "VOICEGW_TELNYX_PUBLIC_KEY": f"{TELNYX_KEY}, {OTHER_TELNYX_KEY}",
+        "VOICEGW_TELNYX_API_KEY": "KEYabc",
+        "VOICEGW_TELNYX_API_URL": "http://127.0.0.1:9002",
+        "VOICEGW_TWILIO_ALLOWLIST": "any",
+        "VOICEGW_WEBHOOK_ALLOWLIST": "10.0.0.0/8, 2001:db8::/32",
+        "VOICEGW_TRUSTED_PROXIES": "192.168.0.0/16,10.1.2.3",
+        "VOICEGW_RATE_LIMIT_PER_MINUTE": "42",
+        "VOICEGW_REDIS_URL": "redis://127.0.0.1:6379/3",
+        "VOICEGW_METRICS_TOKEN": "metrics-secret",
+        "OPENAI_API_KEY": "sk-openai",
+        "VOICEGW_OPENAI_REALTIME_URL": "ws://127.0.0.1:9003/v1/realtime",
+        "DEEPGRAM_API_KEY": "dg-key",
+        "VOICEGW_DEEPGRAM_AGENT_URL": "ws://127.0.0.1:9004/agent",
+        "GEMINI_API_KEY": "gm-key",
+        "VOICEGW_GEMINI_LIVE_URL": "ws://127.0.0.1:9005/live",
+        "VOICEGW_AGENT_INSTRUCTIONS": "Speak like a pirate.",
+        "VOICEGW_BODY_TIMEOUT_S": "2.5",
+        "VOICEGW_STREAM_TOKEN_TTL_S": "30",
+        "VOICEGW_CARRIER_REST_TIMEOUT_S": "1.5",
+        "VOICEGW_DRAIN_SECONDS": "0",
+        "VOICEGW_LOG_LEVEL": "debug",
+    }
+    s = Settings.from_env(env)
+    assert s.env is Env.DEVELOPMENT
+    assert s.public_url == "https://gw.example.com/voice"
+    assert s.public_ws_url == "wss://gw.example.com/voice"
+    assert s.public("/webhooks/telnyx") == "https://gw.example.com/voice/webhooks/telnyx"
+    assert s.data_dir == tmp_path
+    assert s.carriers == ("telnyx", "twilio")
+    assert s.providers == ("openai", "deepgram", "gemini", "echo")
+    assert s.twilio_auth_token == Secret("primary-token")
+    assert s.twilio_auth_token_secondary == Secret("secondary-token")
+    assert s.twilio_api_url == "http://127.0.0.1:9001"
+    assert s.telnyx_public_keys == (TELNYX_KEY, OTHER_TELNYX_KEY)
+    assert s.telnyx_api_key == Secret("KEYabc")
+    assert s.telnyx_api_url == "http://127.0.0.1:9002"
+    assert s.allowlist("twilio") == AllowlistSetting(any=True, source="VOICEGW_TWILIO_ALLOWLIST")
+    assert s.allowlist("telnyx").networks == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("2001:db8::/32"),
+    )
+    assert s.trusted_proxies == (
+        ipaddress.ip_network("192.168.0.0/16"),
+        ipaddress.ip_network("10.1.2.3/32"),
+    )
+    assert s.rate_limit_per_minute == 42
+    assert s.redis_url == Secret("redis://127.0.0.1:6379/3")
+    assert s.metrics_token == Secret("metrics-secret")
+    assert s.openai_api_key == Secret("sk-openai")
+    assert s.openai_realtime_url == "ws://127.0.0.1:9003/v1/realtime"
+    assert s.deepgram_api_key == Secret("dg-key")
+    assert s.deepgram_agent_url == "ws://127.0.0.1:9004/agent"
+    assert s.gemini_api_key == Secret("gm-key")
+    assert s.gemini_live_url == "ws://127.0.0.1:9005/live"
+    assert s.agent_instructions == "Speak like a pirate."
+    assert s.body_timeout_s == 2.5
+    assert s.stream_token_ttl_s == 30
+    assert s.carrier_rest_timeout_s == 1.5
+    assert s.drain_s == 0
+    assert s.log_level == "DEBUG"
+
+
+def test_blank_values_mean_unset():
+    s = Settings.from_env({"VOICEGW_TWILIO_AUTH_TOKEN": "   ", "VOICEGW_RATE_LIMIT_PER_MINUTE": ""})
+    assert s.twilio_auth_token is None
+    assert s.rate_limit_per_minute == 1000
+
+
+def test_per_carrier_allowlist_overrides_the_shared_one():
+    s = Settings.from_env(
+        {"VOICEGW_WEBHOOK_ALLOWLIST": "10.0.0.0/8", "VOICEGW_TELNYX_ALLOWLIST": "192.0.2.0/24"}
+    )
+    assert s.allowlist("twilio").networks == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert s.allowlist("telnyx").networks == (ipaddress.ip_network("192.0.2.0/24"),)
+
+
+def test_wildcard_trusted_proxy_in_development_trusts_everything():
+    s = Settings.from_env({"VOICEGW_TRUSTED_PROXIES": "any"})
+    assert ipaddress.ip_network("0.0.0.0/0") in s.trusted_proxies
+    assert ipaddress.ip_network("::/0") in s.trusted_proxies
+
+
+def test_development_keys_fill_unset_carrier_secrets(tmp_path):
+    s = make_settings(tmp_path)
+    keys = devkeys.load_or_create(s.data_dir)
+    assert s.twilio_auth_token == Secret(keys.twilio_auth_token)
+    assert keys.twilio_auth_token.startswith("dev-")
+    assert s.telnyx_public_keys == (keys.telnyx_public_key,)
+    assert (s.data_dir / "dev-keys.json").stat().st_mode & 0o777 == 0o600
+    # Generated once: a second start reads the same keys.
+    assert make_settings(tmp_path).twilio_auth_token == s.twilio_auth_token
+
+
+def test_development_keys_leave_configured_secrets_alone(tmp_path):
+    s = make_settings(
+        tmp_path,
+        {"VOICEGW_TWILIO_AUTH_TOKEN": "mine", "VOICEGW_TELNYX_PUBLIC_KEY": TELNYX_KEY},
+    )
+    assert s.twilio_auth_token == Secret("mine")
+    assert s.telnyx_public_keys == (TELNYX_KEY,)
+    assert not (tmp_path / "data" / "dev-keys.json").exists()
+
+
+# -- invalid values: each message names its variable ------------------------------------------
+
+INVALID = [
+    ("VOICEGW_ENV", "staging"),
+    ("VOICEGW_PUBLIC_URL", "ftp://gw.example.com"),
+    ("VOICEGW_PUBLIC_URL", "https://gw.example.com/?x=1"),
+    ("VOICEGW_PUBLIC_URL", "gw.example.com"),
+    ("VOICEGW_CARRIERS", "twilio,vonage"),
+    ("VOICEGW_CARRIERS", ","),
+    ("VOICEGW_PROVIDERS", "openai,llama"),
+    ("VOICEGW_WEBHOOK_ALLOWLIST", "10.0.0.0/33"),
+    ("VOICEGW_TWILIO_ALLOWLIST", "not-a-network"),
+    ("VOICEGW_TELNYX_ALLOWLIST", "any,10.0.0.0/8"),
+    ("VOICEGW_TWILIO_ALLOWLIST", ","),
+    ("VOICEGW_TRUSTED_PROXIES", "proxy.internal"),
+    ("VOICEGW_RATE_LIMIT_PER_MINUTE", "lots"),
+    ("VOICEGW_RATE_LIMIT_PER_MINUTE", "0"),
+    ("VOICEGW_BODY_TIMEOUT_S", "nan"),
+    ("VOICEGW_BODY_TIMEOUT_S", "500"),
+    ("VOICEGW_STREAM_TOKEN_TTL_S", "1"),
+    ("VOICEGW_STREAM_TOKEN_TTL_S", "2m"),
+    ("VOICEGW_CARRIER_REST_TIMEOUT_S", "0"),
+    ("VOICEGW_DRAIN_SECONDS", "-1"),
+    ("VOICEGW_DRAIN_SECONDS", "inf"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), INVALID)
+def test_invalid_value_is_refused_naming_the_variable(name, value):
+    message = problems({name: value})
+    assert name in message
+    assert message.startswith("invalid configuration")
+
+
+# Values that are invalid but that Settings accepts today; the gateway then fails later
+# (a traceback from logging, or a lifespan failure) instead of naming the variable.
+INVALID_BUT_ACCEPTED = [
+    ("VOICEGW_LOG_LEVEL", "verbose"),
+    ("VOICEGW_TELNYX_PUBLIC_KEY", "not-a-key"),
+    ("VOICEGW_REDIS_URL", "localhost:6379"),
+    ("VOICEGW_PUBLIC_URL", "https://gw.example.com:99999"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), INVALID_BUT_ACCEPTED)
+def test_value_the_gateway_cannot_use_is_refused_at_start(name, value):
+    assert name in problems({name: value})
+
+
+@pytest.mark.parametrize(
+    ("provider", "variable"),
+    [("openai", "OPENAI_API_KEY"), ("deepgram", "DEEPGRAM_API_KEY"), ("gemini", "GEMINI_API_KEY")],
+)
+def test_listed_provider_needs_its_key(provider, variable):
+    message = problems({"VOICEGW_PROVIDERS": f"echo,{provider}"})
+    assert variable in message
+    assert Settings.from_env({"VOICEGW_PROVIDERS": provider, variable: "k"}).providers == (
+        provider,
+    )
+
+
+def test_echo_needs_no_key():
+    assert Settings.from_env({"VOICEGW_PROVIDERS": "echo"}).providers == ("echo",)
+
+
+def test_all_problems_are_reported_together():
+    message = problems(
+        {
+            "VOICEGW_ENV": "production",
+            "VOICEGW_PUBLIC_URL": "http://gw.example.com",
+            "VOICEGW_RATE_LIMIT_PER_MINUTE": "many",
+            "VOICEGW_PROVIDERS": "openai",
+            "VOICEGW_TRUSTED_PROXIES": "0.0.0.0/0",
+        }
+    )
+    for name in (
+        "VOICEGW_PUBLIC_URL",
+        "VOICEGW_RATE_LIMIT_PER_MINUTE",
+        "OPENAI_API_KEY",
+        "VOICEGW_TRUSTED_PROXIES",
+        "VOICEGW_TWILIO_ALLOWLIST",
+        "VOICEGW_TWILIO_AUTH_TOKEN",
+        "VOICEGW_TELNYX_PUBLIC_KEY",
+        "VOICEGW_TELNYX_API_KEY",
+    ):
+        assert name in message
+    assert len(message.splitlines()) == 1 + 8
+
+
+# -- production --------------------------------------------------------------------------------
+
+
+def test_production_accepts_a_complete_configuration(tmp_path):
+    s = Settings.from_env(production_env(tmp_path))
+    assert s.production
+    assert devkeys.apply(s) is s  # development keys never fill production secrets
+    assert s.allowlist("twilio").any
+
+
+def test_production_refuses_plain_http_public_url(tmp_path):
+    message = problems(production_env(tmp_path, VOICEGW_PUBLIC_URL="http://gw.example.com"))
+    assert "VOICEGW_PUBLIC_URL must use https in production" in message
+
+
+def test_production_requires_twilio_token(tmp_path):
+    message = problems(production_env(tmp_path, VOICEGW_TWILIO_AUTH_TOKEN=""))
+    assert "VOICEGW_TWILIO_AUTH_TOKEN must be set in production" in message
+
+
+def test_production_without_twilio_needs_no_twilio_token(tmp_path):
+    env = production_env(tmp_path, VOICEGW_TWILIO_AUTH_TOKEN="", VOICEGW_CARRIERS="telnyx")
+    assert Settings.from_env(env).carriers == ("telnyx",)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "VOICEGW_TWILIO_AUTH_TOKEN",
+        "VOICEGW_TWILIO_AUTH_TOKEN_SECONDARY",
+        "VOICEGW_TELNYX_API_KEY",
+        "VOICEGW_METRICS_TOKEN",
+    ],
+)
+def test_production_refuses_development_secrets(tmp_path, name):
+    message = problems(production_env(tmp_path, **{name: "dev-0123456789abcdef"}))
+    assert f"{name} is a development key" in message
+    assert "dev-0123456789abcdef" not in message
+
+
+def test_production_refuses_the_generated_telnyx_key(tmp_path):
+    keys = devkeys.load_or_create(tmp_path / "data")
+    message = problems(production_env(tmp_path, VOICEGW_TELNYX_PUBLIC_KEY=keys.telnyx_public_key))
+    assert "VOICEGW_TELNYX_PUBLIC_KEY is the development key" in message
+
+
+def test_production_requires_telnyx_keys(tmp_path):
+    message = problems(
+        production_env(tmp_path, VOICEGW_TELNYX_PUBLIC_KEY="", VOICEGW_TELNYX_API_KEY="")
+    )
+    assert "VOICEGW_TELNYX_PUBLIC_KEY must be set in production" in message
+    assert "VOICEGW_TELNYX_API_KEY must be set in production" in message
+
+
+@pytest.mark.parametrize("value", ["any", "0.0.0.0/0", "10.0.0.0/8,::/0"])
+def test_production_refuses_wildcard_trusted_proxy(tmp_path, value):
+    message = problems(production_env(tmp_path, VOICEGW_TRUSTED_PROXIES=value))
+    assert "VOICEGW_TRUSTED_PROXIES" in message
+
+
+def test_production_accepts_specific_trusted_proxies(tmp_path):
+    s = Settings.from_env(production_env(tmp_path, VOICEGW_TRUSTED_PROXIES="10.0.0.0/8"))
+    assert s.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),)
+
+
+def test_production_twilio_needs_an_allowlist(tmp_path):
+    message = problems(production_env(tmp_path, VOICEGW_TWILIO_ALLOWLIST=""))
+    assert "VOICEGW_TWILIO_ALLOWLIST (or VOICEGW_WEBHOOK_ALLOWLIST)" in message
+    assert "'any'" in message
+
+
+@pytest.mark.parametrize("variable", ["VOICEGW_TWILIO_ALLOWLIST", "VOICEGW_WEBHOOK_ALLOWLIST"])
+def test_production_accepts_explicit_any_for_twilio(tmp_path, variable):
+    env = production_env(tmp_path, VOICEGW_TWILIO_ALLOWLIST="")
+    env[variable] = "ANY"
+    assert Settings.from_env(env).allowlist("twilio").any
+
+
+def test_production_telnyx_defaults_to_published_ranges(tmp_path):
+    s = Settings.from_env(production_env(tmp_path))
+    telnyx = s.allowlist("telnyx")
+    assert not telnyx.any
+    assert telnyx.networks == tuple(ipaddress.ip_network(n) for n in TELNYX_WEBHOOK_RANGES)
+    assert ipaddress.ip_address("127.0.0.1") not in telnyx.networks[0]
+    assert not any(ipaddress.ip_address("127.0.0.1") in n for n in telnyx.networks)
+
+
+def test_production_provider_keys_required(tmp_path):
+    message = problems(production_env(tmp_path, VOICEGW_PROVIDERS="openai,gemini"))
+    assert "OPENAI_API_KEY" in message and "GEMINI_API_KEY" in message
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+
+def test_secret_repr_never_shows_the_value(tmp_path):
+    secret = Secret("hunter2-very-secret")
+    assert "hunter2" not in repr(secret)
+    assert "hunter2" not in str(secret)
+    assert "hunter2" not in f"{secret}"
+    assert secret.get() == "hunter2-very-secret"
+    assert secret == Secret("hunter2-very-secret") and secret != Secret("other")
+    s = Settings.from_env(
+        production_env(
+            tmp_path,
+            VOICEGW_TWILIO_AUTH_TOKEN="hunter2-twilio",
+            VOICEGW_METRICS_TOKEN="hunter2-metrics",
+            VOICEGW_REDIS_URL="redis://:hunter2-redis@127.0.0.1:6379/0",
+        )
+    )
+    assert "hunter2" not in repr(s)
+
+
+def test_a_misspelt_variable_is_refused_not_ignored(tmp_path):
+    message = problems({"VOICEGW_DATA_DIR": str(tmp_path), "VOICEGW_DRAIN_TIMEOUT_S": "30"})
+    assert "unknown setting(s): VOICEGW_DRAIN_TIMEOUT_S" in message
+
+
+def test_test_and_bench_variables_are_not_settings(tmp_path):
+    settings = Settings.from_env(
+        {
+            "VOICEGW_DATA_DIR": str(tmp_path),
+            "VOICEGW_TEST_REDIS_URL": "redis://x",
+            "VOICEGW_BENCH_CALLS": "5",
+        }
+    )
+    assert settings.redis_url is None
+
+
+def test_allowlist_of_a_disabled_carrier_is_accepted(tmp_path):
+    settings = Settings.from_env(
+        {
+            "VOICEGW_DATA_DIR": str(tmp_path),
+            "VOICEGW_CARRIERS": "telnyx",
+            "VOICEGW_TWILIO_ALLOWLIST": "any",
+        }
+    )
+    assert settings.carriers == ("telnyx",)

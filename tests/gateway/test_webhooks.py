@@ -1,0 +1,766 @@
+"""Webhook endpoints over HTTP, in process (httpx.ASGITransport): what a signed delivery does,
+and how every kind of bad request is refused (exact status, short JSON reason, never a 500).
+State-backed behaviour (replay, rate limit, the call registry) runs on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+import pytest
+from nacl.signing import SigningKey
+from twilio.request_validator import RequestValidator
+
+from gateway.calls import CallState
+from tests.conftest import UNIT
+from tests.fakes.carrier_rest import Behavior, FakeCarrierRest
+from tests.gateway.conftest import (
+    PUBLIC_WS_URL,
+    Gateway,
+    GatewayFactory,
+    call_control_id,
+    call_sid,
+    telnyx_event,
+)
+
+VOICE = "/webhooks/twilio/voice"
+STATUS = "/webhooks/twilio/status"
+TELNYX = "/webhooks/telnyx"
+CAP = 64 * 1024
+
+
+def asyncio_timeout() -> asyncio.Timeout:
+    return asyncio.timeout(10 * UNIT)
+
+
+def twilio_params(sid: str | None = None, **extra: str) -> dict[str, str]:
+    return {
+        "AccountSid": "AC" + "0" * 32,
+        "CallSid": sid or call_sid(),
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+        "From": "+15550100001",
+        "To": "+15550100002",
+        "ApiVersion": "2010-04-01",
+        **extra,
+    }
+
+
+def assert_refused(response: httpx.Response, status: int, reason: str | None = None) -> None:
+    """A short JSON error, the exact status, nothing internal."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert list(body) == ["error"]
+    if reason is not None:
+        assert body["error"] == reason
+    assert len(response.content) < 100
+    assert "Traceback" not in response.text and "Error" not in response.text
+
+
+def assert_ack(response: httpx.Response) -> None:
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": "ok"}
+
+
+def parse_twiml(response: httpx.Response) -> tuple[str, str]:
+    """(stream url, token) from a ``<Connect><Stream>`` answer."""
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/xml")
+    root = ET.fromstring(response.text)
+    assert root.tag == "Response"
+    stream = root.find("./Connect/Stream")
+    assert stream is not None, response.text
+    params = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+    assert list(params) == ["token"]
+    token = params["token"]
+    assert token
+    return stream.get("url", ""), token
+
+
+# -- Twilio: accepted -----------------------------------------------------------------------
+
+
+async def test_twilio_voice_answers_with_connect_stream(gw: Gateway):
+    response = await gw.twilio(VOICE, twilio_params())
+    url, token = parse_twiml(response)
+    assert url == f"{PUBLIC_WS_URL}/media/twilio"
+    assert len(token) == 43
+    assert response.text.startswith('<?xml version="1.0" encoding="UTF-8"?><Response><Connect>')
+
+
+async def test_twilio_status_acknowledged(gw: Gateway):
+    assert_ack(await gw.twilio(STATUS, twilio_params(CallStatus="in-progress")))
+
+
+async def test_twilio_status_for_unknown_call_acknowledged(gw: Gateway):
+    assert_ack(await gw.twilio(STATUS, twilio_params(CallStatus="completed")))
+
+
+async def test_twilio_signature_with_secondary_token_accepted(make_gateway: GatewayFactory):
+    gw = await make_gateway(
+        {"VOICEGW_TWILIO_AUTH_TOKEN": "old-token", "VOICEGW_TWILIO_AUTH_TOKEN_SECONDARY": "new"}
+    )
+    params = twilio_params()
+    signature = RequestValidator("new").compute_signature(gw.settings.public(VOICE), params)
+    parse_twiml(await gw.twilio(VOICE, params, signature=signature))
+
+
+async def test_twilio_fresh_timestamp_field_accepted_stale_refused(gw: Gateway):
+    now = time.time()
+    fresh = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(now))
+    stale = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(now - 3600))
+    assert_ack(await gw.twilio(STATUS, twilio_params(Timestamp=fresh)))
+    assert_refused(
+        await gw.twilio(STATUS, twilio_params(Timestamp=stale)), 403, "stale or future timestamp"
+    )
+
+
+# -- Twilio: request sanity -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [VOICE, STATUS, TELNYX])
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_wrong_method_405_with_allow(gw: Gateway, path, method):
+    response = await gw.http.request(method, path)
+    assert_refused(response, 405, "method not allowed")
+    assert response.headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/json; charset=latin-1", "multipart/form-data"]
+)
+async def test_twilio_wrong_content_type_415(gw: Gateway, content_type):
+    params = twilio_params()
+    body = str(httpx.QueryParams(params)).encode()
+    response = await gw.http.post(
+        VOICE,
+        content=body,
+        headers={
+            "content-type": content_type,
+            "x-twilio-signature": gw.twilio_signature(VOICE, params),
+        },
+    )
+    assert_refused(response, 415, "unsupported media type")
+
+
+async def test_twilio_missing_content_type_415(gw: Gateway):
+    response = await gw.http.post(VOICE, content=b"CallSid=CA1")
+    assert_refused(response, 415)
+
+
+async def test_telnyx_form_content_type_415(gw: Gateway):
+    body = telnyx_event("call.initiated", call_control_id())
+    response = await gw.telnyx(
+        body,
+        headers=[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("telnyx-timestamp", str(int(time.time()))),
+            ("telnyx-signature-ed25519", gw.telnyx_signature(body, str(int(time.time())))),
+        ],
+    )
+    assert_refused(response, 415, "unsupported media type")
+
+
+class RecordingBody:
+    """An async request body that records how many chunks the app pulled."""
+
+    def __init__(self, chunks: int, size: int = 1024) -> None:
+        self.chunks = chunks
+        self.size = size
+        self.reads = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.chunks):
+            self.reads += 1
+            yield b"a" * self.size
+
+
+@pytest.mark.parametrize("path", [VOICE, STATUS, TELNYX])
+async def test_declared_oversize_body_413_without_reading(gw: Gateway, path):
+    body = RecordingBody(chunks=CAP // 1024 + 1)
+    response = await gw.http.post(
+        path,
+        content=body,
+        headers={"content-type": "application/json", "content-length": str(CAP + 1)},
+    )
+    assert_refused(response, 413, "body too large")
+    assert body.reads == 0
+
+
+async def test_body_at_the_cap_is_read(gw: Gateway):
+    # Exactly 64 KiB is allowed through the size check (then refused as an unsigned form).
+    body = RecordingBody(chunks=CAP // 1024)
+    response = await gw.http.post(
+        STATUS,
+        content=body,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 400
+    assert body.reads == CAP // 1024
+
+
+@pytest.mark.parametrize("path", [VOICE, TELNYX])
+async def test_chunked_body_over_the_cap_413_and_reading_stops(gw: Gateway, path):
+    body = RecordingBody(chunks=200)  # 200 KiB, no Content-Length: chunked
+    response = await gw.http.post(path, content=body, headers={"content-type": "application/json"})
+    assert_refused(response, 413, "body too large")
+    assert body.reads == CAP // 1024 + 1
+
+
+async def test_bad_content_length_400(gw: Gateway):
+    response = await gw.http.post(
+        STATUS, content=b"a=1", headers={"content-length": "3x", "content-type": "text/plain"}
+    )
+    assert_refused(response, 400)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"CallSid=CA\xff\xfe", b"CallSid", b"CallSid=CA1&&&", b"CallSid=%FF"],
+    ids=["non-utf8", "no-equals", "empty-fields", "escaped-non-utf8"],
+)
+async def test_twilio_malformed_form_400(gw: Gateway, body):
+    response = await gw.http.post(
+        VOICE,
+        content=body,
+        headers={
+            "content-type": "application/x-www-form-urlencoded",
+            "x-twilio-signature": gw.twilio_signature(VOICE, {}),
+        },
+    )
+    assert_refused(response, 400, "malformed body")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b'\xef\xbb\xbf{"data": {}}',
+        b"[1, 2]",
+        b'{"data": {"id": "a", "id": "b", "event_type": "call.initiated"}}',
+        b'{"data": {"id": "a", "event_type": "x", "payload": NaN}}',
+        b'{"data": {"event_type": "call.initiated"}}',
+        b'{"data": "x\xff"}',
+    ],
+    ids=["syntax", "bom", "array", "duplicate-key", "nan", "no-id", "non-utf8"],
+)
+async def test_telnyx_malformed_json_400(gw: Gateway, body):
+    assert_refused(await gw.telnyx(body), 400, "malformed body")
+
+
+async def test_twilio_duplicated_signature_header_400(gw: Gateway):
+    params = twilio_params()
+    signature = gw.twilio_signature(VOICE, params)
+    response = await gw.twilio(
+        VOICE, params, signature=signature, headers=[("X-Twilio-Signature", signature)]
+    )
+    assert_refused(response, 400, "duplicate header")
+
+
+@pytest.mark.parametrize("header", ["telnyx-signature-ed25519", "telnyx-timestamp"])
+async def test_telnyx_duplicated_security_header_400(gw: Gateway, header):
+    body = telnyx_event("call.initiated", call_control_id())
+    ts = str(int(time.time()))
+    headers = [
+        ("content-type", "application/json"),
+        ("telnyx-signature-ed25519", gw.telnyx_signature(body, ts)),
+        ("telnyx-timestamp", ts),
+    ]
+    headers += [(name, value) for name, value in headers if name == header]
+    assert_refused(await gw.telnyx(body, headers=headers), 400, "duplicate header")
+
+
+# -- signatures -------------------------------------------------------------------------------
+
+
+async def test_twilio_missing_signature_400(gw: Gateway):
+    assert_refused(await gw.twilio(VOICE, twilio_params(), signature=""), 400, "missing signature")
+
+
+@pytest.mark.parametrize(
+    "signature", ["not base64!", "AAAA", "A" * 200], ids=["junk", "short", "long"]
+)
+async def test_twilio_malformed_signature_400(gw: Gateway, signature):
+    response = await gw.twilio(VOICE, twilio_params(), signature=signature)
+    assert_refused(response, 400, "malformed signature")
+
+
+async def test_twilio_signature_with_another_token_403(gw: Gateway):
+    params = twilio_params()
+    forged = RequestValidator("someone-else").compute_signature(gw.settings.public(VOICE), params)
+    assert_refused(await gw.twilio(VOICE, params, signature=forged), 403, "invalid signature")
+
+
+async def test_twilio_one_changed_byte_in_body_403(gw: Gateway):
+    params = twilio_params()
+    signature = gw.twilio_signature(VOICE, params)
+    params["From"] = "+15550100009"
+    assert_refused(await gw.twilio(VOICE, params, signature=signature), 403, "invalid signature")
+
+
+async def test_twilio_one_changed_byte_in_url_403(gw: Gateway):
+    params = twilio_params()
+    # Signed for the status URL, delivered to the voice URL.
+    signature = gw.twilio_signature(STATUS, params)
+    assert_refused(await gw.twilio(VOICE, params, signature=signature), 403, "invalid signature")
+    # Signed without a query, delivered with one.
+    signature = gw.twilio_signature(VOICE, params)
+    response = await gw.http.post(
+        VOICE + "?x=1", data=params, headers={"X-Twilio-Signature": signature}
+    )
+    assert_refused(response, 403, "invalid signature")
+
+
+async def test_twilio_signature_ignores_host_header(gw: Gateway):
+    # The signed URL is the configured public URL, whatever Host the request claims.
+    params = twilio_params()
+    response = await gw.http.post(
+        VOICE,
+        data=params,
+        headers={"X-Twilio-Signature": gw.twilio_signature(VOICE, params), "Host": "evil.test"},
+    )
+    parse_twiml(response)
+
+
+async def test_telnyx_missing_signature_400(gw: Gateway):
+    body = telnyx_event("call.initiated", call_control_id())
+    headers = [("content-type", "application/json"), ("telnyx-timestamp", str(int(time.time())))]
+    assert_refused(await gw.telnyx(body, headers=headers), 400, "missing signature")
+
+
+async def test_telnyx_missing_timestamp_400(gw: Gateway):
+    body = telnyx_event("call.initiated", call_control_id())
+    headers = [
+        ("content-type", "application/json"),
+        ("telnyx-signature-ed25519", gw.telnyx_signature(body, str(int(time.time())))),
+    ]
+    assert_refused(await gw.telnyx(body, headers=headers), 400, "missing timestamp")
+
+
+async def test_telnyx_malformed_timestamp_400(gw: Gateway):
+    body = telnyx_event("call.initiated", call_control_id())
+    ts = f"+{int(time.time())}"
+    response = await gw.telnyx(
+        body,
+        headers=[
+            ("content-type", "application/json"),
+            ("telnyx-signature-ed25519", gw.telnyx_signature(body, ts)),
+            ("telnyx-timestamp", ts),
+        ],
+    )
+    assert_refused(response, 400, "malformed timestamp")
+
+
+async def test_telnyx_malformed_signature_400(gw: Gateway):
+    body = telnyx_event("call.initiated", call_control_id())
+    assert_refused(await gw.telnyx(body, signature="AAAA"), 400, "malformed signature")
+
+
+async def test_telnyx_one_changed_byte_in_body_403(gw: Gateway):
+    body = telnyx_event("call.initiated", call_control_id())
+    ts = str(int(time.time()))
+    signature = gw.telnyx_signature(body, ts)
+    changed = body.replace(b"+15550100001", b"+15550100002", 1)
+    assert changed != body
+    response = await gw.telnyx(changed, timestamp=int(ts), signature=signature)
+    assert_refused(response, 403, "invalid signature")
+
+
+async def test_telnyx_one_changed_byte_in_timestamp_403(gw: Gateway):
+    body = telnyx_event("call.initiated", call_control_id())
+    ts = int(time.time())
+    signature = gw.telnyx_signature(body, str(ts))
+    response = await gw.telnyx(body, timestamp=ts - 1, signature=signature)
+    assert_refused(response, 403, "invalid signature")
+
+
+async def test_telnyx_signed_by_another_key_403(gw: Gateway):
+    body = telnyx_event("call.initiated", call_control_id())
+    ts = str(int(time.time()))
+    other = SigningKey.generate().sign(ts.encode() + b"|" + body).signature
+    response = await gw.telnyx(body, timestamp=int(ts), signature=base64.b64encode(other).decode())
+    assert_refused(response, 403, "invalid signature")
+
+
+@pytest.mark.parametrize("offset", [-301, 301, -3600 * 24])
+async def test_telnyx_stale_or_future_timestamp_403(gw: Gateway, offset):
+    body = telnyx_event("call.initiated", call_control_id())
+    response = await gw.telnyx(body, timestamp=int(time.time()) + offset)
+    assert_refused(response, 403, "stale or future timestamp")
+
+
+async def test_telnyx_timestamp_inside_window_accepted(gw: Gateway):
+    body = telnyx_event("some.event", call_control_id())
+    assert_ack(await gw.telnyx(body, timestamp=int(time.time()) - 200))
+
+
+async def test_disabled_carrier_404(make_gateway: GatewayFactory):
+    gw = await make_gateway({"VOICEGW_CARRIERS": "telnyx"})
+    assert_refused(await gw.twilio(VOICE, twilio_params(), signature="x"), 404)
+
+
+# -- source allowlist and trusted proxies ----------------------------------------------------
+
+
+async def test_twilio_source_outside_allowlist_403(gw: Gateway):
+    async with gw.client_from("203.0.113.7") as http:
+        response = await gw.twilio(VOICE, twilio_params(), http=http)
+    assert_refused(response, 403, "source not allowed")
+
+
+async def test_telnyx_source_outside_allowlist_403(gw: Gateway):
+    async with gw.client_from("203.0.113.7") as http:
+        response = await gw.telnyx(telnyx_event("call.initiated", call_control_id()), http=http)
+    assert_refused(response, 403, "source not allowed")
+
+
+async def test_forwarded_for_from_untrusted_peer_is_ignored(gw: Gateway):
+    async with gw.client_from("203.0.113.7") as http:
+        response = await gw.twilio(
+            VOICE, twilio_params(), headers=[("X-Forwarded-For", "127.0.0.1")], http=http
+        )
+    assert_refused(response, 403, "source not allowed")
+    # And a loopback peer stays loopback whatever it claims.
+    response = await gw.twilio(VOICE, twilio_params(), headers=[("X-Forwarded-For", "203.0.113.7")])
+    parse_twiml(response)
+
+
+async def test_forwarded_for_from_trusted_proxy_decides_the_source(make_gateway: GatewayFactory):
+    gw = await make_gateway({"VOICEGW_TRUSTED_PROXIES": "10.0.0.0/8"})
+    async with gw.client_from("10.1.2.3") as http:
+        response = await gw.twilio(
+            VOICE, twilio_params(), headers=[("X-Forwarded-For", "127.0.0.1")], http=http
+        )
+        parse_twiml(response)
+        response = await gw.twilio(
+            VOICE,
+            twilio_params(),
+            headers=[("X-Forwarded-For", "127.0.0.1, 203.0.113.7")],
+            http=http,
+        )
+        assert_refused(response, 403, "source not allowed")
+        response = await gw.telnyx(
+            telnyx_event("call.initiated", call_control_id()),
+            headers=None,
+            http=http,
+        )
+        # Without X-Forwarded-For the proxy itself is the source, and it is not allowed.
+        assert_refused(response, 403, "source not allowed")
+
+
+async def test_malformed_forwarded_for_from_trusted_proxy_400(make_gateway: GatewayFactory):
+    gw = await make_gateway({"VOICEGW_TRUSTED_PROXIES": "10.0.0.0/8"})
+    async with gw.client_from("10.1.2.3") as http:
+        response = await gw.twilio(
+            VOICE, twilio_params(), headers=[("X-Forwarded-For", "not-an-ip")], http=http
+        )
+    assert_refused(response, 400, "bad forwarded header")
+
+
+async def test_webhook_allowlist_any_accepts_every_source(make_gateway: GatewayFactory):
+    gw = await make_gateway({"VOICEGW_TWILIO_ALLOWLIST": "any"})
+    async with gw.client_from("203.0.113.7") as http:
+        parse_twiml(await gw.twilio(VOICE, twilio_params(), http=http))
+        response = await gw.telnyx(telnyx_event("x.y", call_control_id()), http=http)
+    assert_refused(response, 403, "source not allowed")  # telnyx keeps its loopback default
+
+
+# -- replay and rate limit (both backends) ---------------------------------------------------
+
+
+async def test_twilio_replayed_voice_creates_one_call(state_gw: Gateway):
+    gw = state_gw
+    params = twilio_params()
+    first = await gw.twilio(VOICE, params)
+    second = await gw.twilio(VOICE, params)
+    parse_twiml(first)
+    parse_twiml(second)  # answered like the first
+    call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
+    assert call is not None
+    assert call.state is CallState.CONNECTING
+    assert await gw.runtime.registry.count_active() == 1
+    assert not (await gw.runtime.readiness())["degraded"]
+    if gw.runtime.redis is not None:
+        assert any(b"replay:" in key for key in await gw.redis_keys())
+
+
+async def test_twilio_status_completed_ends_the_call(state_gw: Gateway):
+    gw = state_gw
+    params = twilio_params()
+    parse_twiml(await gw.twilio(VOICE, params))
+    status = {**params, "CallStatus": "completed", "CallDuration": "3"}
+    assert_ack(await gw.twilio(STATUS, status))
+    call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
+    assert call is not None and call.state is CallState.ENDED
+    assert call.ended_reason == "twilio_completed"
+    assert_ack(await gw.twilio(STATUS, status))  # the retry is a duplicate
+    assert await gw.runtime.registry.count_active() == 0
+    # A late voice webhook for the ended call hangs up instead of streaming.
+    late = await gw.twilio(VOICE, {**params, "CallStatus": "in-progress"})
+    assert late.status_code == 200
+    assert "<Hangup" in late.text and "<Stream" not in late.text
+
+
+async def test_twilio_non_terminal_status_keeps_the_call(state_gw: Gateway):
+    gw = state_gw
+    params = twilio_params()
+    parse_twiml(await gw.twilio(VOICE, params))
+    assert_ack(await gw.twilio(STATUS, {**params, "CallStatus": "in-progress"}))
+    call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
+    assert call is not None and call.state is CallState.CONNECTING
+
+
+@pytest.mark.parametrize("carrier", ["twilio", "telnyx"])
+async def test_rate_limit(make_gateway: GatewayFactory, backend: str, carrier: str):
+    limit = 3
+    gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": str(limit)}, redis=backend == "redis")
+
+    async def good(n: int) -> httpx.Response:
+        if carrier == "twilio":
+            return await gw.twilio(STATUS, twilio_params(CallStatus="in-progress"))
+        return await gw.telnyx(telnyx_event("call.machine.detection.ended", f"v3:rl{n}"))
+
+    async def forged() -> httpx.Response:
+        if carrier == "twilio":
+            return await gw.twilio(STATUS, twilio_params(), signature="A" * 27 + "=")
+        return await gw.telnyx(telnyx_event("x.y", "v3:x"), signature="A" * 86 + "==")
+
+    # Badly signed requests cost nothing.
+    for _ in range(limit + 2):
+        assert (await forged()).status_code == 403
+    accepted = [await good(n) for n in range(limit)]
+    for response in accepted:
+        assert_ack(response)
+    refused = await good(limit)
+    assert_refused(refused, 429, "rate limited")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit-limit"] == str(limit)
+    assert refused.headers["ratelimit-remaining"] == "0"
+    assert 0 < int(refused.headers["ratelimit-reset"]) <= 60
+    # Still refused, and a forged request is still refused by its signature, not the limit.
+    assert (await good(limit + 1)).status_code == 429
+    assert (await forged()).status_code == 403
+    assert not (await gw.runtime.readiness())["degraded"]
+    if backend == "redis":
+        assert any(b"ratelimit:" in key for key in await gw.redis_keys())
+
+
+async def test_duplicate_delivery_spends_no_budget(make_gateway: GatewayFactory, backend: str):
+    gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": "2"}, redis=backend == "redis")
+    body = telnyx_event("call.machine.detection.ended", call_control_id())
+    for _ in range(5):
+        assert_ack(await gw.telnyx(body))
+    assert_ack(await gw.telnyx(telnyx_event("x.y", call_control_id())))
+    assert (await gw.telnyx(telnyx_event("x.y", call_control_id()))).status_code == 429
+    # A duplicate of an accepted delivery is still answered like the first.
+    assert_ack(await gw.telnyx(body))
+
+
+async def test_rate_limited_delivery_is_not_processed(make_gateway: GatewayFactory, backend: str):
+    """A delivery refused with 429 is not processed (the carrier retries it later)."""
+    gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": "1"}, redis=backend == "redis")
+    assert_ack(await gw.twilio(STATUS, twilio_params(CallStatus="in-progress")))
+    params = twilio_params()
+    assert (await gw.twilio(VOICE, params)).status_code == 429
+    assert await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"]) is None
+
+
+# -- Telnyx call flow (fake Call Control REST) ------------------------------------------------
+
+
+@pytest.fixture
+async def fake_rest() -> AsyncIterator[FakeCarrierRest]:
+    async with FakeCarrierRest(telnyx_api_key="KEYtest") as fake:
+        yield fake
+
+
+@pytest.fixture
+async def telnyx_gw(make_gateway: GatewayFactory, backend: str, fake_rest: FakeCarrierRest):
+    return await make_gateway(
+        {"VOICEGW_TELNYX_API_URL": fake_rest.base_url, "VOICEGW_TELNYX_API_KEY": "KEYtest"},
+        redis=backend == "redis",
+    )
+
+
+async def test_telnyx_call_flow(telnyx_gw: Gateway, fake_rest: FakeCarrierRest):
+    gw = telnyx_gw
+    ccid = call_control_id()
+    assert_ack(await gw.telnyx(telnyx_event("call.initiated", ccid)))
+    async with asyncio_timeout():
+        [answer] = await fake_rest.wait_for_requests(1)
+    assert (answer.action, answer.call_id) == ("answer", ccid)
+    assert answer.bearer() == "KEYtest"
+    call = await gw.runtime.registry.by_carrier_id("telnyx", ccid)
+    assert call is not None and call.state is CallState.RINGING
+
+    assert_ack(await gw.telnyx(telnyx_event("call.answered", ccid)))
+    async with asyncio_timeout():
+        requests = await fake_rest.wait_for_requests(2)
+    stream = requests[1]
+    assert (stream.action, stream.call_id) == ("streaming_start", ccid)
+    command = stream.json()
+    assert command["stream_url"] == f"{PUBLIC_WS_URL}/media/telnyx"
+    assert command["stream_bidirectional_mode"] == "rtp"
+    assert command["stream_bidirectional_codec"] == "PCMU"
+    assert len(command["stream_auth_token"]) == 43
+    call = await gw.runtime.registry.by_carrier_id("telnyx", ccid)
+    assert call is not None and call.state is CallState.CONNECTING
+
+    assert_ack(await gw.telnyx(telnyx_event("call.hangup", ccid, hangup_cause="normal_clearing")))
+    call = await gw.runtime.registry.by_carrier_id("telnyx", ccid)
+    assert call is not None and call.state is CallState.ENDED
+    assert call.ended_reason == "telnyx_hangup"
+    await gw.settle()
+    assert len(fake_rest.requests) == 2
+
+
+async def test_telnyx_replayed_initiated_answers_once(
+    telnyx_gw: Gateway, fake_rest: FakeCarrierRest
+):
+    gw = telnyx_gw
+    ccid = call_control_id()
+    body = telnyx_event("call.initiated", ccid)
+    assert_ack(await gw.telnyx(body))
+    assert_ack(await gw.telnyx(body))
+    # A redelivery with a fresh timestamp (a carrier retry) is the same event id.
+    assert_ack(await gw.telnyx(body, timestamp=int(time.time()) + 1))
+    await gw.settle()
+    assert [r.action for r in fake_rest.requests] == ["answer"]
+    assert await gw.runtime.registry.count_active() == 1
+
+
+async def test_telnyx_second_initiated_event_for_same_call_answers_once(
+    telnyx_gw: Gateway, fake_rest: FakeCarrierRest
+):
+    gw = telnyx_gw
+    ccid = call_control_id()
+    assert_ack(await gw.telnyx(telnyx_event("call.initiated", ccid)))
+    assert_ack(await gw.telnyx(telnyx_event("call.initiated", ccid)))  # new event id
+    await gw.settle()
+    assert [r.action for r in fake_rest.requests] == ["answer"]
+
+
+async def test_telnyx_unknown_and_non_call_events_acknowledged(
+    telnyx_gw: Gateway, fake_rest: FakeCarrierRest
+):
+    gw = telnyx_gw
+    assert_ack(await gw.telnyx(telnyx_event("call.speak.ended", call_control_id())))
+    no_call = orjson.dumps({"data": {"id": "evt-1x", "event_type": "message.sent", "payload": {}}})
+    assert_ack(await gw.telnyx(no_call))
+    outgoing = telnyx_event("call.initiated", call_control_id(), direction="outgoing")
+    assert_ack(await gw.telnyx(outgoing))
+    assert_ack(await gw.telnyx(telnyx_event("call.answered", call_control_id())))  # unknown call
+    await gw.settle()
+    assert fake_rest.requests == []
+    assert await gw.runtime.registry.count_active() == 0
+
+
+async def test_telnyx_rest_failure_does_not_fail_the_webhook(
+    telnyx_gw: Gateway, fake_rest: FakeCarrierRest
+):
+    gw = telnyx_gw
+    fake_rest.set_response("telnyx", Behavior.SERVER_ERROR)
+    ccid = call_control_id()
+    assert_ack(await gw.telnyx(telnyx_event("call.initiated", ccid)))
+    await gw.settle()
+    assert [r.action for r in fake_rest.requests] == ["answer"]
+    call = await gw.runtime.registry.by_carrier_id("telnyx", ccid)
+    assert call is not None and call.state is CallState.ENDED
+    assert call.ended_reason == "answer_failed"
+
+
+async def test_telnyx_streaming_start_failure_ends_and_hangs_up(
+    telnyx_gw: Gateway, fake_rest: FakeCarrierRest
+):
+    gw = telnyx_gw
+    ccid = call_control_id()
+    assert_ack(await gw.telnyx(telnyx_event("call.initiated", ccid)))
+    await gw.settle()
+    fake_rest.set_response("telnyx", Behavior.SERVER_ERROR)
+    assert_ack(await gw.telnyx(telnyx_event("call.answered", ccid)))
+    await gw.settle()
+    await gw.settle()  # the hang-up is started by the failed streaming_start
+    assert [r.action for r in fake_rest.requests] == ["answer", "streaming_start", "hangup"]
+    call = await gw.runtime.registry.by_carrier_id("telnyx", ccid)
+    assert call is not None and call.state is CallState.ENDED
+
+
+async def test_telnyx_call_without_api_key_is_acknowledged(make_gateway: GatewayFactory):
+    gw = await make_gateway()
+    assert_ack(await gw.telnyx(telnyx_event("call.initiated", call_control_id())))
+
+
+# -- shared state down ------------------------------------------------------------------------
+
+DEAD_REDIS_URL = "redis://127.0.0.1:1/15"
+
+
+@pytest.fixture
+async def dead_redis_gw(make_gateway: GatewayFactory) -> Gateway:
+    return await make_gateway({"VOICEGW_REDIS_URL": DEAD_REDIS_URL})
+
+
+async def test_twilio_voice_with_redis_down_is_503_not_500(dead_redis_gw: Gateway):
+    async with asyncio_timeout():
+        response = await dead_redis_gw.twilio(VOICE, twilio_params())
+    assert_refused(response, 503)
+    assert "retry-after" in response.headers
+
+
+async def test_telnyx_with_redis_down_is_503_not_500(dead_redis_gw: Gateway):
+    async with asyncio_timeout():
+        response = await dead_redis_gw.telnyx(telnyx_event("call.initiated", call_control_id()))
+    assert_refused(response, 503)
+    assert "retry-after" in response.headers
+
+
+async def test_forged_request_with_redis_down_is_still_refused(dead_redis_gw: Gateway):
+    async with asyncio_timeout():
+        response = await dead_redis_gw.twilio(VOICE, twilio_params(), signature="A" * 27 + "=")
+    assert_refused(response, 403, "invalid signature")
+
+
+# -- draining ---------------------------------------------------------------------------------
+
+
+async def test_new_calls_refused_while_draining(gw: Gateway):
+    gw.runtime.draining = True
+    response = await gw.twilio(VOICE, twilio_params())
+    assert_refused(response, 503, "draining")
+    assert response.headers["retry-after"]
+    response = await gw.telnyx(telnyx_event("call.initiated", call_control_id()))
+    assert_refused(response, 503, "draining")
+    # Events of live calls are still processed.
+    assert_ack(await gw.twilio(STATUS, twilio_params(CallStatus="completed")))
+    assert_ack(await gw.telnyx(telnyx_event("call.hangup", call_control_id())))
+
+
+async def test_delivery_that_failed_mid_processing_is_processed_on_retry(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+):
+    """Shared state failing after verification: 503, and the carrier's identical retry is
+    processed in full instead of being acknowledged as a duplicate."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    real_create = gw.runtime.registry.create
+    failures = iter([True])
+
+    async def flaky_create(*args, **kwargs):
+        if next(failures, False):
+            raise RedisConnectionError("down")
+        return await real_create(*args, **kwargs)
+
+    monkeypatch.setattr(gw.runtime.registry, "create", flaky_create)
+    params = twilio_params()
+    assert_refused(await gw.twilio(VOICE, params), 503)
+    url, token = parse_twiml(await gw.twilio(VOICE, params))
+    assert url == f"{PUBLIC_WS_URL}/media/twilio"
+    assert token
+    call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
+    assert call is not None
