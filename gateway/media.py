@@ -78,6 +78,8 @@ CARRIER_SEND_TIMEOUT_S: Final = 5.0
 OUTBOUND_LEAD_S: Final = 0.4
 OUTBOUND_QUEUE_S: Final = 120.0
 MARK_EVERY_S: Final = 0.1
+MARK_IDLE_S: Final = 0.06
+"""Outbound audio that pauses this long gets a mark at its end (what the caller heard)."""
 FALLBACK_FRAME_BYTES: Final = 8000  # 1 s of mu-law per message (Telnyx: 20 ms to 30 s)
 FAILOVER_BUFFER_FRAMES: Final = 50
 """Caller audio held (1 s at 20 ms frames) while a call moves to another provider."""
@@ -109,11 +111,7 @@ _CLOSE_CODES: Final = {
 
 
 class CarrierGone(Exception):
-    """A send to the carrier failed: it disconnected, or stopped reading (``stalled``)."""
-
-    def __init__(self, *, stalled: bool) -> None:
-        super().__init__("stalled" if stalled else "disconnected")
-        self.stalled = stalled
+    """A send to the carrier failed: it has disconnected."""
 
 
 # -- endpoints -------------------------------------------------------------------------------
@@ -290,6 +288,7 @@ class Bridge:
         self._item_ms = 0.0  # how much of it has been sent
         self._heard: dict[str | None, float] = {}  # item -> ms the caller has heard
         self._malformed = 0
+        self._send_began: float | None = None  # loop time the send in progress began
         self._burst = FRAME_BURST
         self._tokens = FRAME_BURST
         self._tokens_at = time.monotonic()
@@ -315,6 +314,7 @@ class Bridge:
             asyncio.create_task(self._from_carrier(early), name="from_carrier"),
             asyncio.create_task(self._from_agent(), name="from_agent"),
             asyncio.create_task(self._to_carrier(), name="to_carrier"),
+            asyncio.create_task(self._watch_sends(), name="watchdog"),
             asyncio.create_task(self.ended.wait(), name="stop"),
         ]
         try:
@@ -339,9 +339,6 @@ class Bridge:
                 if isinstance(result, EndReason):
                     return result
             elif isinstance(exc, CarrierGone):
-                if exc.stalled:
-                    log.warning("carrier stopped reading", extra={"call_id": self.call.call_id})
-                    return EndReason.CARRIER_STALLED
                 return EndReason.CARRIER_GONE
             elif isinstance(exc, SessionError):
                 PROVIDER_ERRORS.labels(self.agent.provider, "session").inc()
@@ -613,6 +610,15 @@ class Bridge:
         while True:
             if not self._outbound:
                 self._wakeup.clear()
+                if self._since_mark_s > 0:
+                    # Mark the end of the audio once no more follows for a moment, rather
+                    # than after every chunk that happens to empty the queue.
+                    try:
+                        async with asyncio.timeout(MARK_IDLE_S):
+                            await self._wakeup.wait()
+                    except TimeoutError:
+                        await self._place_mark()
+                    continue
                 await self._wakeup.wait()
                 continue
             ahead = self._play_until - loop.time()
@@ -630,7 +636,7 @@ class Bridge:
                 self._item_ms = 0.0
             self._item_ms += seconds * 1000
             self._since_mark_s += seconds
-            if self._since_mark_s >= MARK_EVERY_S or not self._outbound:
+            if self._since_mark_s >= MARK_EVERY_S:
                 await self._place_mark()
 
     async def _place_mark(self) -> None:
@@ -648,10 +654,24 @@ class Bridge:
                 self._heard.pop(next(iter(self._heard)))
 
     async def _send_carrier(self, text: str) -> None:
-        try:
-            async with self._send_lock, asyncio.timeout(CARRIER_SEND_TIMEOUT_S):
+        # Sends are serialised, so the one in progress is the only one to watch
+        # (_watch_sends): a timer per send would cost more than the send itself.
+        async with self._send_lock:
+            self._send_began = asyncio.get_running_loop().time()
+            try:
                 await self.ws.send_text(text)
-        except TimeoutError:
-            raise CarrierGone(stalled=True) from None
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            raise CarrierGone(stalled=False) from None
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                raise CarrierGone from None
+            finally:
+                self._send_began = None
+
+    async def _watch_sends(self) -> EndReason:
+        """End the call once a send to the carrier has waited ``CARRIER_SEND_TIMEOUT_S``:
+        the carrier stopped reading. Checks a few times per timeout."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(CARRIER_SEND_TIMEOUT_S / 4)
+            began = self._send_began
+            if began is not None and loop.time() - began > CARRIER_SEND_TIMEOUT_S:
+                log.warning("carrier stopped reading", extra={"call_id": self.call.call_id})
+                return EndReason.CARRIER_STALLED

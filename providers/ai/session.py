@@ -107,6 +107,11 @@ class WebSocketAgentSession:
         self._failure: str | None = None
         self._last_send = 0.0
         self._keepalive: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        # Start times (loop time) of the sends in flight. One watchdog per session checks
+        # them: a timer per send would cost more than the send itself.
+        self._sends: dict[int, float] = {}
+        self._send_seq = 0
 
     @property
     def provider(self) -> str:
@@ -140,6 +145,7 @@ class WebSocketAgentSession:
         self._last_send = asyncio.get_running_loop().time()
         if self.config.idle_keepalive_s:
             self._keepalive = asyncio.create_task(self._keep_alive(self.config.idle_keepalive_s))
+        self._watchdog = asyncio.create_task(self._watch_sends())
         logger.info("%s session ready", self.provider)
 
     async def _open(self) -> tuple[ClientConnection, list[AgentEvent]]:
@@ -209,10 +215,11 @@ class WebSocketAgentSession:
             return
         self._closing = True
         self.state = State.CLOSED
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
+        for task in (self._keepalive, self._watchdog):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._ws is not None:
             await self._close_ws(self._ws)
         logger.info("%s session closed", self.provider)
@@ -237,18 +244,30 @@ class WebSocketAgentSession:
             await self._send_frame(ws, frame)
 
     async def _send_frame(self, ws: ClientConnection, frame: Frame) -> None:
+        """Send one frame; ``_watch_sends`` aborts the socket if it takes too long."""
+        now = asyncio.get_running_loop().time()
+        self._send_seq = seq = self._send_seq + 1
+        self._sends[seq] = now
         try:
-            async with asyncio.timeout(self.config.send_timeout_s):
-                await ws.send(frame)
-        except TimeoutError:
-            # The peer stopped reading. Its state is unknown from here on: drop the socket.
-            self._failure = "send timed out"
-            logger.warning("%s send timed out; aborting the session", self.provider)
-            self._abort(ws)
-            raise SessionClosed("send timed out", abnormal=True) from None
+            await ws.send(frame)
         except ConnectionClosed as exc:
             raise self._closed(exc) from None
-        self._last_send = asyncio.get_running_loop().time()
+        finally:
+            del self._sends[seq]
+        self._last_send = now
+
+    async def _watch_sends(self) -> None:
+        """Abort the session once one send has waited ``send_timeout_s``: the peer stopped
+        reading, and its state is unknown from then on. Checks a few times per timeout."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.send_timeout_s
+        while True:
+            await asyncio.sleep(timeout / 4)
+            if self._sends and loop.time() - min(self._sends.values()) > timeout:
+                self._failure = "send timed out"
+                logger.warning("%s send timed out; aborting the session", self.provider)
+                self._abort(self._ws)  # the current socket (Gemini may have resumed on a new one)
+                return
 
     async def recv(self) -> AgentEvent:
         while not self._pending:

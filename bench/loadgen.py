@@ -1,0 +1,389 @@
+"""Load generator for ``bench/relay.py``: plays Twilio for many concurrent calls.
+
+Usage (``bench/relay.py`` runs it; by hand only to debug)::
+
+    python bench/loadgen.py --target voicegw --url http://127.0.0.1:8000 --token TWILIO_TOKEN \
+        --calls 25 --seconds 8 [--first 0 --stride 1 --total 25]
+
+Protocol with the parent, one JSON object a line on stdout:
+
+1. sets every call up, then prints ``{"ready": ...}`` (setup times, failures);
+2. waits for a line ``go`` on stdin, streams ``--seconds`` of 20 ms mu-law frames per call at
+   real-time pace, waits up to ``TAIL_S`` for the last echoes, prints ``{"streamed": ...}``;
+3. stops every stream, closes, prints ``{"result": ...}`` with every round-trip sample.
+
+Per call, for ``voicegw``: a signed voice webhook (``X-Twilio-Signature`` computed with
+``twilio.request_validator.RequestValidator``), the TwiML's ``<Stream>`` URL and token, the media
+WebSocket upgrade signed over that URL, ``connected`` and ``start`` carrying the token. For
+``baseline`` the webhook is skipped. Then one probe frame whose echo proves the path is up (the
+call's setup time ends there), and the measured frames.
+
+Each frame's first four bytes are its index, big-endian: the relays forward the payload
+untouched, so the first eight base64 characters of an echo name the frame it answers. A
+``mark`` from the relay is acknowledged at once, as Twilio does once the audio before it played.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import secrets
+import struct
+import sys
+import time
+import xml.etree.ElementTree as ET
+from array import array
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+try:
+    import orjson
+
+    _loads: Any = orjson.loads
+except ImportError:  # pragma: no cover
+    _loads = json.loads
+
+FRAME_BYTES: Final = 160  # 20 ms of 8 kHz mu-law
+FRAME_S: Final = 0.02
+PROBE: Final = 0xFFFFFFFF
+SETUP_CONCURRENCY: Final = 10
+SETUP_TIMEOUT_S: Final = 20.0
+TAIL_S: Final = 2.0
+"""After the last frame, wait this long at most for outstanding echoes."""
+GO_DELAY_S: Final = 0.1
+
+# The 154 bytes after the 6-byte prefix are the same in every frame; the prefix is 3-byte
+# aligned, so the payload is prefix's base64 + this constant base64.
+_FILL: Final = b"\xff" * FRAME_BYTES
+_TAIL_B64: Final = base64.b64encode(_FILL[6:]).decode()
+
+
+def payload(index: int) -> str:
+    return base64.b64encode(struct.pack(">IH", index, 0xFFFF)).decode() + _TAIL_B64
+
+
+def frame_index(b64: str) -> int:
+    return int.from_bytes(base64.b64decode(b64[:8])[:4], "big")
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+class Call:
+    """One simulated Twilio call: its socket, what was sent when, and what came back."""
+
+    def __init__(self, index: int, frames: int, phase_s: float) -> None:
+        self.index = index
+        self.frames = frames
+        self.phase_s = phase_s
+        self.stream_sid = "MZ" + secrets.token_hex(16)
+        self.call_sid = "CA" + secrets.token_hex(16)
+        self.account_sid = "AC" + secrets.token_hex(16)
+        self.ws: ClientConnection | None = None
+        self.sent_at = array("d", bytes(8 * frames))
+        self.got = bytearray(frames)
+        self.latency_ms = array("d")
+        self.order = array("l")  # frame index of each latency sample
+        self.received = 0
+        self.duplicates = 0
+        self.unknown = 0
+        self.marks = 0
+        self.lag_ms = array("d")  # how late each frame left, against its schedule
+        self.probe = asyncio.Event()
+        self.setup_ms: float | None = None
+        self.error: str | None = None
+        self.close_code: int | None = None
+        self.done = asyncio.Event()
+        self.receiver: asyncio.Task[None] | None = None
+        if frames == 0:
+            self.done.set()
+        self._head = (
+            '{"event":"media","sequenceNumber":"%d","streamSid":"'
+            + self.stream_sid
+            + '","media":{"track":"inbound","chunk":"%d","timestamp":"%d","payload":"'
+        )
+        self._mark = (
+            '{"event":"mark","sequenceNumber":"0","streamSid":"'
+            + self.stream_sid
+            + ('","mark":{"name":"%s"}}')
+        )
+
+    def media(self, i: int, b64: str) -> str:
+        return self._head % (i + 3, i + 1, i * 20) + b64 + '"}}'
+
+    def probe_media(self) -> str:
+        return self._head % (2, 0, 0) + payload(PROBE) + '"}}'
+
+    def opening(self, token: str) -> list[str]:
+        start = {
+            "event": "start",
+            "sequenceNumber": "1",
+            "streamSid": self.stream_sid,
+            "start": {
+                "streamSid": self.stream_sid,
+                "accountSid": self.account_sid,
+                "callSid": self.call_sid,
+                "tracks": ["inbound"],
+                "customParameters": {"token": token},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+        connected = {"event": "connected", "protocol": "Call", "version": "1.0.0"}
+        return [json.dumps(connected), json.dumps(start)]
+
+    def stop(self) -> str:
+        return json.dumps(
+            {
+                "event": "stop",
+                "sequenceNumber": str(self.frames + 3),
+                "streamSid": self.stream_sid,
+                "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+            }
+        )
+
+    async def receive(self) -> None:
+        ws = self.ws
+        assert ws is not None
+        clock = time.perf_counter
+        sent_at, got, latency = self.sent_at, self.got, self.latency_ms
+        try:
+            async for message in ws:
+                now = clock()
+                event = _loads(message)
+                kind = event.get("event")
+                if kind == "media":
+                    i = frame_index(event["media"]["payload"])
+                    if i == PROBE:
+                        self.probe.set()
+                    elif i >= self.frames or sent_at[i] == 0.0:
+                        self.unknown += 1
+                    elif got[i]:
+                        self.duplicates += 1
+                    else:
+                        got[i] = 1
+                        latency.append((now - sent_at[i]) * 1000)
+                        self.order.append(i)
+                        self.received += 1
+                        if self.received == self.frames:
+                            self.done.set()
+                elif kind == "mark":
+                    self.marks += 1
+                    await ws.send(self._mark % event["mark"]["name"])
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = ws.close_code
+
+    async def stream(self, t0: float) -> None:
+        ws = self.ws
+        assert ws is not None
+        clock = time.perf_counter
+        start = t0 + self.phase_s
+        for i in range(self.frames):
+            due = start + i * FRAME_S
+            delay = due - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            text = self.media(i, payload(i))
+            now = clock()
+            self.lag_ms.append((now - due) * 1000)
+            self.sent_at[i] = now
+            try:
+                await ws.send(text)
+            except ConnectionClosed:
+                self.error = self.error or "closed while streaming"
+                self.done.set()
+                return
+
+
+async def _webhook(
+    args: argparse.Namespace, call: Call, http: Any, validator: Any
+) -> tuple[str, str]:
+    """POST the signed voice webhook; return the TwiML stream URL and token."""
+    params = {
+        "AccountSid": call.account_sid,
+        "CallSid": call.call_sid,
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+        "From": "+15550100001",
+        "To": "+15550100002",
+        "ApiVersion": "2010-04-01",
+    }
+    url = args.url.rstrip("/") + "/webhooks/twilio/voice"
+    reply = await http.post(
+        "/webhooks/twilio/voice",
+        data=params,
+        headers={"X-Twilio-Signature": validator.compute_signature(url, params)},
+    )
+    if reply.status_code != 200:
+        raise RuntimeError(f"webhook HTTP {reply.status_code}")
+    stream = ET.fromstring(reply.text).find("./Connect/Stream")
+    if stream is None:
+        raise RuntimeError("TwiML without <Connect><Stream>")
+    token = next(
+        (p.get("value", "") for p in stream.findall("Parameter") if p.get("name") == "token"), ""
+    )
+    return stream.get("url", ""), token
+
+
+async def setup(args: argparse.Namespace, call: Call, http: Any, validator: Any) -> None:
+    began = time.perf_counter()
+    headers: dict[str, str] = {}
+    if args.target == "voicegw":
+        stream_url, token = await _webhook(args, call, http, validator)
+        headers["X-Twilio-Signature"] = validator.compute_signature(stream_url, {})
+        parts = urlsplit(stream_url)
+        base = urlsplit(args.url)
+        query = f"?{parts.query}" if parts.query else ""
+        ws_url = f"ws://{base.netloc}{parts.path}{query}"
+    else:
+        token = "unused"
+        ws_url = args.url.replace("http://", "ws://", 1)
+    call.ws = await connect(
+        ws_url,
+        additional_headers=headers,
+        compression=None,  # Twilio does not negotiate permessage-deflate
+        ping_interval=None,
+        open_timeout=SETUP_TIMEOUT_S,
+        max_size=1024 * 1024,
+    )
+    for text in call.opening(token):
+        await call.ws.send(text)
+    call.receiver = asyncio.create_task(call.receive())
+    await call.ws.send(call.probe_media())
+    await call.probe.wait()
+    call.setup_ms = (time.perf_counter() - began) * 1000
+
+
+async def _setup_all(args: argparse.Namespace, calls: list[Call]) -> None:
+    import httpx
+    from twilio.request_validator import RequestValidator
+
+    validator = RequestValidator(args.token or "unused")
+    gate = asyncio.Semaphore(SETUP_CONCURRENCY)
+    async with httpx.AsyncClient(base_url=args.url, timeout=SETUP_TIMEOUT_S) as http:
+
+        async def one(call: Call) -> None:
+            async with gate:
+                try:
+                    async with asyncio.timeout(SETUP_TIMEOUT_S):
+                        await setup(args, call, http, validator)
+                except Exception as exc:
+                    call.error = f"setup: {type(exc).__name__}: {exc}"[:200]
+                    if call.ws is not None:
+                        call.ws.transport.abort()
+
+        await asyncio.gather(*(one(c) for c in calls))
+
+
+async def _finish(call: Call) -> None:
+    ws = call.ws
+    if ws is None:
+        return
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5):
+            await ws.send(call.stop())
+            await ws.close()
+    receiver = call.receiver
+    if receiver is not None:
+        receiver.cancel()
+        with contextlib.suppress(BaseException):
+            await receiver
+    call.close_code = ws.close_code
+
+
+async def run(args: argparse.Namespace) -> None:
+    frames = round(args.seconds / FRAME_S)
+    calls = []
+    for k in range(args.calls):
+        j = args.first + k * args.stride  # this call's index across all generator processes
+        calls.append(Call(j, frames, FRAME_S * j / max(args.total, 1)))
+    await _setup_all(args, calls)
+    live = [c for c in calls if c.error is None]
+    emit(
+        {
+            "ready": True,
+            "calls": len(calls),
+            "failed": len(calls) - len(live),
+            "setup_ms": [round(c.setup_ms, 3) for c in live if c.setup_ms is not None],
+            "errors": sorted({c.error for c in calls if c.error})[:5],
+        }
+    )
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    if line.strip() != "go":
+        return
+    t0 = time.perf_counter() + GO_DELAY_S
+    began = time.perf_counter()
+    await asyncio.gather(*(c.stream(t0) for c in live))
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(TAIL_S):
+            await asyncio.gather(*(c.done.wait() for c in live))
+    emit({"streamed": True, "wall_s": round(time.perf_counter() - began, 3)})
+    await asyncio.gather(*(_finish(c) for c in live))
+    latencies = array("d")
+    lags = array("d")
+    for c in live:
+        latencies.extend(c.latency_ms)
+        lags.extend(c.lag_ms)
+    if args.dump:
+        samples = [
+            {
+                "call": c.index,
+                "phase_ms": round(c.phase_s * 1000, 3),
+                "frame": list(c.order),
+                "latency_ms": [round(x, 3) for x in c.latency_ms],
+                "send_lag_ms": [round(x, 3) for x in c.lag_ms],
+            }
+            for c in live
+        ]
+        await asyncio.to_thread(Path(args.dump).write_text, json.dumps(samples))
+    emit(
+        {
+            "result": {
+                "calls": len(live),
+                "sent": sum(len(c.lag_ms) for c in live),
+                "received": sum(c.received for c in live),
+                "duplicates": sum(c.duplicates for c in live),
+                "unknown": sum(c.unknown for c in live),
+                "marks": sum(c.marks for c in live),
+                "errors": sorted({c.error for c in live if c.error})[:5],
+                "close_codes": sorted({str(c.close_code) for c in live}),
+                "latency_ms": [round(x, 3) for x in latencies],
+                "send_lag_ms": [round(x, 3) for x in lags],
+            }
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", choices=["voicegw", "baseline"], required=True)
+    parser.add_argument("--url", required=True, help="http://host:port of the relay")
+    parser.add_argument("--token", default="", help="Twilio auth token (voicegw)")
+    parser.add_argument("--calls", type=int, required=True)
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--first", type=int, default=0)
+    parser.add_argument("--stride", type=int, default=1)
+    parser.add_argument("--total", type=int, default=0)
+    parser.add_argument("--dump", default="", help="write every call's samples to this JSON file")
+    args = parser.parse_args()
+    args.total = args.total or args.calls
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(run(args))
+    else:
+        uvloop.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
