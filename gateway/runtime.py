@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from gateway.calls import (
     CallStateError,
     InProcessCallRegistry,
     RedisCallRegistry,
+    default_replica_id,
     keep_alive,
 )
 from gateway.errors import CloseCode, StreamRefused
@@ -75,7 +75,6 @@ class Runtime:
     degradable: list[Degradable]
     breakers: BreakerRegistry
     fallback: bytes
-    replica_id: str = field(default_factory=lambda: secrets.token_hex(6))
     draining: bool = False
     bridges: set[Bridge] = field(default_factory=set)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -91,6 +90,7 @@ class Runtime:
         replay: ReplayCache
         tokens: StreamTokens
         registry: CallRegistry
+        replica_id = default_replica_id()
         if settings.redis_url is not None:
             prefix = settings.redis_key_prefix
             client = aioredis.Redis.from_url(
@@ -112,14 +112,16 @@ class Runtime:
             degradable.append(fallback_replay)
             replay = fallback_replay
             tokens = RedisStreamTokens(client, prefix + "st:")
-            registry = RedisCallRegistry(client, prefix + "calls:")
+            registry = RedisCallRegistry(
+                client, prefix + "calls:", replica_id=replica_id, active_ttl=settings.call_ttl_s
+            )
             breakers = BreakerRegistry.redis(client, prefix + "breaker:", BreakerPolicy())
         else:
             for carrier in Carrier:
                 limiters[carrier] = InProcessLimiter(settings.rate_limit_per_minute)
             replay = InProcessReplayCache()
             tokens = InProcessStreamTokens()
-            registry = InProcessCallRegistry()
+            registry = InProcessCallRegistry(replica_id)
             breakers = BreakerRegistry.in_process(BreakerPolicy())
 
         resolver = ClientAddressResolver(settings.trusted_proxies)

@@ -116,6 +116,7 @@ class Settings:
     stream_token_ttl_s: int = 120
     carrier_rest_timeout_s: float = 5.0
     provider_connect_timeout_s: float = 5.0
+    call_ttl_s: float = 60.0
     drain_s: float = 300.0
     log_level: str = "INFO"
     fallback_wav: Path | None = None
@@ -313,6 +314,7 @@ class _Reader:
             provider_connect_timeout_s=self.number(
                 "VOICEGW_PROVIDER_CONNECT_TIMEOUT_S", 5.0, lo=0.1, hi=60
             ),
+            call_ttl_s=self.number("VOICEGW_CALL_TTL_S", 60.0, lo=1, hi=3600),
             drain_s=self.number("VOICEGW_DRAIN_SECONDS", 300.0, lo=0, hi=86400),
             log_level=log_level,
             fallback_wav=self.fallback("VOICEGW_FALLBACK_WAV"),

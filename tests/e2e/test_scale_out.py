@@ -50,6 +50,10 @@ def tail(log: Path) -> str:
     return log.read_text(errors="replace")[-4000:]
 
 
+PROCESSES: dict[int, asyncio.subprocess.Process] = {}
+"""The running ``serve_process`` subprocesses by port (for tests that kill one)."""
+
+
 @contextlib.asynccontextmanager
 async def serve_process(env: dict[str, str], port: int, log: Path) -> AsyncIterator[str]:
     """``voicegw serve`` in a subprocess on ``port``; killed on exit."""
@@ -66,6 +70,7 @@ async def serve_process(env: dict[str, str], port: int, log: Path) -> AsyncItera
             stderr=asyncio.subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
+    PROCESSES[port] = proc
     try:
         deadline = time.monotonic() + 20 * UNIT
         async with httpx.AsyncClient(base_url=url, timeout=UNIT) as http:
@@ -78,6 +83,7 @@ async def serve_process(env: dict[str, str], port: int, log: Path) -> AsyncItera
                 await asyncio.sleep(0.05)
         yield url
     finally:
+        PROCESSES.pop(port, None)
         if proc.returncode is None:
             proc.terminate()
             try:
