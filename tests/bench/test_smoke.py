@@ -55,3 +55,18 @@ def test_audio_benchmark_runs(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "μ-law" in run.stdout or "ulaw" in run.stdout.lower()
+
+
+def test_failover_benchmark_runs(tmp_path):
+    out = tmp_path / "failover.json"
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "failover.py"), "--runs", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120 * UNIT,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["runs"] == 1
+    assert result["to_next_ms"]["p50"] > 0
