@@ -1,0 +1,1 @@
+"""Durable records behind one interface: SQLite (embedded default) and PostgreSQL."""
