@@ -67,6 +67,16 @@ from providers.events import (
     ToCarrier,
 )
 from providers.exceptions import ProtocolError
+from providers.telephony.fields import (
+    DTMF_DIGITS,
+    MAX_FIELD_CHARS,
+    decimal_number,
+    json_integer,
+    object_field,
+    optional_string_field,
+    string_field,
+    string_parameters,
+)
 
 __all__ = [
     "DEFAULT_REORDER_WINDOW",
@@ -82,8 +92,6 @@ MAX_FRAME_CHARS: Final = 64 * 1024
 """Largest text frame ``feed`` parses."""
 MAX_PAYLOAD_CHARS: Final = 16 * 1024
 """Largest base64 media payload accepted from Telnyx (about 1.5 s of G.711)."""
-MAX_FIELD_CHARS: Final = 256
-"""Longest identifier, track, digit or mark name accepted."""
 MAX_TOKEN_CHARS: Final = 4000
 """Telnyx's documented limit for ``stream_auth_token``."""
 MAX_CHUNK_JUMP: Final = 500
@@ -99,7 +107,6 @@ RECOVERABLE_ERROR_CODES: Final = frozenset({"100003", "100004", "100005"})
 limit); the stream goes on. Every other error code is treated as fatal."""
 
 _BASE64: Final = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-_DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 _TOKEN_FIELD: Final = "x-telnyx-streaming-auth-token"
 _FORMATS: Final[Mapping[str, AudioFormat]] = {"PCMU": PCMU_8K, "PCMA": PCMA_8K}
 _INBOUND_TRACKS: Final = frozenset({"inbound", "inbound_track"})
@@ -283,7 +290,7 @@ class TelnyxCodec:
             raise ProtocolError("unknown event")
         seq = message.get("sequence_number")
         if seq is not None:
-            _number(seq, "sequence_number")
+            decimal_number(seq, "sequence_number")
 
         match event:
             case TelnyxEvent.MEDIA:
@@ -294,13 +301,13 @@ class TelnyxCodec:
                 return [self._start(message)]
             case TelnyxEvent.DTMF:
                 self._check_stream(message)
-                digit = _string(_object(message, "dtmf"), "digit")
-                if digit not in _DTMF_DIGITS:
+                digit = string_field(object_field(message, "dtmf"), "digit")
+                if digit not in DTMF_DIGITS:
                     raise ProtocolError("bad dtmf digit")
                 return [Dtmf(digit)]
             case TelnyxEvent.MARK:
                 self._check_stream(message)
-                return [Mark(_string(_object(message, "mark"), "name"))]
+                return [Mark(string_field(object_field(message, "mark"), "name"))]
             case TelnyxEvent.ERROR:
                 return self._error(message)
             case TelnyxEvent.STOP:
@@ -375,10 +382,10 @@ class TelnyxCodec:
             or _BASE64.fullmatch(payload) is None
         ):
             raise ProtocolError("bad payload")
-        chunk = _number(media.get("chunk"), "chunk")
+        chunk = decimal_number(media.get("chunk"), "chunk")
         if chunk is None:
             raise ProtocolError("missing chunk")
-        timestamp = _number(media.get("timestamp"), "timestamp")
+        timestamp = decimal_number(media.get("timestamp"), "timestamp")
         assert self._format is not None
         return self._reorder(chunk, AudioChunk(payload, self._format, timestamp))
 
@@ -433,24 +440,24 @@ class TelnyxCodec:
     def _start(self, message: dict[str, object]) -> StreamStarted:
         if self._state is not TelnyxState.AWAITING_START:
             raise ProtocolError("unexpected start")
-        stream_id = _string(message, "stream_id")
-        start = _object(message, "start")
-        call_control_id = _string(start, "call_control_id")
-        user_id = _optional_string(start, "user_id")
-        from_number = _optional_string(start, "from")
-        to_number = _optional_string(start, "to")
+        stream_id = string_field(message, "stream_id")
+        start = object_field(message, "start")
+        call_control_id = string_field(start, "call_control_id")
+        user_id = optional_string_field(start, "user_id")
+        from_number = optional_string_field(start, "from")
+        to_number = optional_string_field(start, "to")
 
-        media_format = _object(start, "media_format")
+        media_format = object_field(start, "media_format")
         encoding = media_format.get("encoding")
         audio_format = _FORMATS.get(encoding) if type(encoding) is str else None
         if (
             audio_format is None
-            or _integer(media_format.get("sample_rate")) != 8000
-            or _integer(media_format.get("channels", 1)) != 1
+            or json_integer(media_format.get("sample_rate")) != 8000
+            or json_integer(media_format.get("channels", 1)) != 1
         ):
             raise ProtocolError("unsupported media format")
 
-        parameters = _parameters(start.get("custom_parameters"))
+        parameters = string_parameters(start.get("custom_parameters"), "custom_parameters")
 
         self._stream_id = stream_id
         self._format = audio_format
@@ -472,7 +479,7 @@ class TelnyxCodec:
         sid = message.get("stream_id")
         if sid is not None and self._stream_id is not None and sid != self._stream_id:
             raise ProtocolError("stream_id mismatch")
-        body = _object(message, "payload")
+        body = object_field(message, "payload")
         raw_code = body.get("code")
         if type(raw_code) is int:
             code = str(raw_code)
@@ -480,7 +487,7 @@ class TelnyxCodec:
             code = raw_code
         else:
             raise ProtocolError("bad error code")
-        title = _optional_string(body, "title") or ""
+        title = optional_string_field(body, "title") or ""
         detail = body.get("detail")
         text = detail[:MAX_FIELD_CHARS] if type(detail) is str else ""
         fatal = code not in RECOVERABLE_ERROR_CODES
@@ -502,48 +509,3 @@ class TelnyxCodec:
 
 
 # -- field readers (every failure is a short, payload-free reason) ------------------------------
-
-
-def _object(message: Mapping[str, object], key: str) -> dict[str, object]:
-    value = message.get(key)
-    if type(value) is not dict:
-        raise ProtocolError(f"missing {key}")
-    return value
-
-
-def _string(message: Mapping[str, object], key: str) -> str:
-    value = message.get(key)
-    if type(value) is not str or not value or len(value) > MAX_FIELD_CHARS:
-        raise ProtocolError(f"missing {key}" if value is None else f"bad {key}")
-    return value
-
-
-def _optional_string(message: Mapping[str, object], key: str) -> str | None:
-    return None if message.get(key) is None else _string(message, key)
-
-
-def _integer(value: object) -> int | None:
-    """An integer sent as a JSON number; ``None`` for anything else (bools included)."""
-    return value if type(value) is int else None
-
-
-def _number(value: object, key: str) -> int | None:
-    """A non-negative integer sent as a decimal string (or a JSON number); absent is ``None``."""
-    if value is None:
-        return None
-    if type(value) is str and 0 < len(value) <= 15 and value.isascii() and value.isdigit():
-        return int(value)
-    if type(value) is int and value >= 0:
-        return value
-    raise ProtocolError(f"bad {key}")
-
-
-def _parameters(value: object) -> dict[str, str]:
-    if value is None:
-        return {}
-    if type(value) is not dict or len(value) > 64:
-        raise ProtocolError("bad custom_parameters")
-    for key, item in value.items():
-        if type(item) is not str or len(key) > MAX_FIELD_CHARS or len(item) > 4096:
-            raise ProtocolError("bad custom_parameters")
-    return dict(value)

@@ -49,6 +49,15 @@ from providers.events import (
     ToCarrier,
 )
 from providers.exceptions import ProtocolError
+from providers.telephony.fields import (
+    DTMF_DIGITS,
+    MAX_FIELD_CHARS,
+    decimal_number,
+    json_integer,
+    object_field,
+    string_field,
+    string_parameters,
+)
 
 __all__ = [
     "MAX_FRAME_CHARS",
@@ -61,11 +70,8 @@ MAX_FRAME_CHARS: Final = 64 * 1024
 """Largest text frame ``feed`` parses. Twilio's 20 ms media frames are about 400 characters."""
 MAX_PAYLOAD_CHARS: Final = 16 * 1024
 """Largest base64 media payload accepted (about 1.5 s of mu-law at 8 kHz)."""
-MAX_FIELD_CHARS: Final = 256
-"""Longest identifier, track, digit or mark name accepted."""
 
 _BASE64: Final = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-_DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 _TOKEN_PARAMETER: Final = "token"
 
 
@@ -199,13 +205,13 @@ class TwilioCodec:
                 return [self._start(message)]
             case TwilioEvent.DTMF:
                 self._check_stream(message)
-                digit = _string(_object(message, "dtmf"), "digit")
-                if digit not in _DTMF_DIGITS:
+                digit = string_field(object_field(message, "dtmf"), "digit")
+                if digit not in DTMF_DIGITS:
                     raise ProtocolError("bad dtmf digit")
                 return [Dtmf(digit)]
             case TwilioEvent.MARK:
                 self._check_stream(message)
-                return [Mark(_string(_object(message, "mark"), "name"))]
+                return [Mark(string_field(object_field(message, "mark"), "name"))]
             case TwilioEvent.STOP:
                 self._check_stream(message)
                 self._state = TwilioState.STOPPED
@@ -259,24 +265,24 @@ class TwilioCodec:
             or _BASE64.fullmatch(payload) is None
         ):
             raise ProtocolError("bad payload")
-        return [AudioChunk(payload, PCMU_8K, _number(media.get("timestamp"), "timestamp"))]
+        return [AudioChunk(payload, PCMU_8K, decimal_number(media.get("timestamp"), "timestamp"))]
 
     def _start(self, message: dict[str, object]) -> StreamStarted:
         if self._state is not TwilioState.AWAITING_START:
             raise ProtocolError("unexpected start")
-        start = _object(message, "start")
-        stream_sid = _string(start, "streamSid")
+        start = object_field(message, "start")
+        stream_sid = string_field(start, "streamSid")
         outer = message.get("streamSid")
         if outer is not None and outer != stream_sid:
             raise ProtocolError("streamSid mismatch")
-        call_sid = _string(start, "callSid")
-        account_sid = _string(start, "accountSid")
+        call_sid = string_field(start, "callSid")
+        account_sid = string_field(start, "accountSid")
 
-        media_format = _object(start, "mediaFormat")
+        media_format = object_field(start, "mediaFormat")
         if (
             media_format.get("encoding") != "audio/x-mulaw"
-            or _integer(media_format.get("sampleRate")) != 8000
-            or _integer(media_format.get("channels")) != 1
+            or json_integer(media_format.get("sampleRate")) != 8000
+            or json_integer(media_format.get("channels")) != 1
         ):
             raise ProtocolError("unsupported media format")
 
@@ -286,7 +292,7 @@ class TwilioCodec:
         ):
             raise ProtocolError("bad tracks")
 
-        parameters = _parameters(start.get("customParameters"))
+        parameters = string_parameters(start.get("customParameters"), "customParameters")
         # The stream token is a credential: it travels in auth_token, never in the parameters.
         token = parameters.pop(_TOKEN_PARAMETER, None)
 
@@ -315,44 +321,3 @@ class TwilioCodec:
 
 
 # -- field readers (every failure is a short, payload-free reason) ------------------------------
-
-
-def _object(message: Mapping[str, object], key: str) -> dict[str, object]:
-    value = message.get(key)
-    if type(value) is not dict:
-        raise ProtocolError(f"missing {key}")
-    return value
-
-
-def _string(message: Mapping[str, object], key: str) -> str:
-    value = message.get(key)
-    if type(value) is not str or not value or len(value) > MAX_FIELD_CHARS:
-        raise ProtocolError(f"missing {key}" if value is None else f"bad {key}")
-    return value
-
-
-def _integer(value: object) -> int | None:
-    """An integer sent as a JSON number; ``None`` for anything else (bools included)."""
-    return value if type(value) is int else None
-
-
-def _number(value: object, key: str) -> int | None:
-    """A non-negative integer sent as a decimal string (or a JSON number); absent is ``None``."""
-    if value is None:
-        return None
-    if type(value) is str and 0 < len(value) <= 15 and value.isascii() and value.isdigit():
-        return int(value)
-    if type(value) is int and value >= 0:
-        return value
-    raise ProtocolError(f"bad {key}")
-
-
-def _parameters(value: object) -> dict[str, str]:
-    if value is None:
-        return {}
-    if type(value) is not dict or len(value) > 64:
-        raise ProtocolError("bad customParameters")
-    for key, item in value.items():
-        if type(item) is not str or len(key) > MAX_FIELD_CHARS or len(item) > 4096:
-            raise ProtocolError("bad customParameters")
-    return dict(value)
