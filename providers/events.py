@@ -15,7 +15,7 @@ import base64
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NewType
+from typing import Final, NewType
 
 CallId = NewType("CallId", str)
 """The gateway's own identifier of a call (never a carrier's)."""
@@ -86,6 +86,10 @@ class Mark:
     From the carrier: that point has been played to the caller."""
 
     name: str
+
+
+DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
+"""The sixteen DTMF keys; a ``Dtmf`` carries one of them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ import orjson
 from providers.ai.config import AgentConfig, Endpoint, api_key_value
 from providers.codec import Frame
 from providers.events import (
+    DTMF_DIGITS,
     PCMU_8K,
     AgentEvent,
     AgentReady,
@@ -50,7 +51,6 @@ from providers.events import (
 )
 from providers.exceptions import ProtocolError
 
-DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 KEEPALIVE_FRAME: Final = '{"type":"KeepAlive"}'
 
 

@@ -39,6 +39,7 @@ import orjson
 from providers.ai.config import AgentConfig, Endpoint, api_key_value
 from providers.codec import Frame
 from providers.events import (
+    DTMF_DIGITS,
     PCM16_16K,
     PCM16_24K,
     AgentEvent,
@@ -58,7 +59,6 @@ from providers.events import (
 )
 from providers.exceptions import ProtocolError
 
-DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 INPUT_MIME: Final = "audio/pcm;rate=16000"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 _RATE = re.compile(r"rate=(\d+)")

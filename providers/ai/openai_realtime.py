@@ -38,6 +38,7 @@ import orjson
 from providers.ai.config import AgentConfig, Endpoint, api_key_value
 from providers.codec import Frame
 from providers.events import (
+    DTMF_DIGITS,
     PCMU_8K,
     AgentEvent,
     AgentReady,
@@ -53,8 +54,6 @@ from providers.events import (
     Transcript,
 )
 from providers.exceptions import ProtocolError
-
-DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 
 # Errors after which the session cannot go on. Anything else is counted and the call continues;
 # any error before the session is configured is fatal as well (the setup was refused).

@@ -9,13 +9,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+from providers.events import DTMF_DIGITS
 from providers.exceptions import ProtocolError
+
+__all__ = [
+    "DTMF_DIGITS",
+    "MAX_FIELD_CHARS",
+    "decimal_number",
+    "json_integer",
+    "object_field",
+    "optional_string_field",
+    "string_field",
+    "string_parameters",
+]
 
 MAX_FIELD_CHARS: Final = 256
 """Longest identifier, track, digit or mark name accepted."""
 MAX_PARAMETERS: Final = 64
 MAX_PARAMETER_CHARS: Final = 4096
-DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 
 
 def object_field(message: Mapping[str, object], key: str) -> dict[str, object]:
