@@ -13,12 +13,13 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import itertools
 import secrets
 import socket
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -44,6 +45,8 @@ FRAME_S: Final = 0.02
 SPEECH_RMS: Final = 500.0  # int16 RMS above which a 20 ms frame counts as speech
 TURN_GAP_FRAMES: Final = 15  # 300 ms of silence ends a turn
 TAIL_S: Final = 2.0  # keep listening this long after the last frame
+CALLER: Final = "+15550100001"  # fictional (555-01xx) numbers
+CALLEE: Final = "+15550100002"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,95 @@ async def simulate_call(settings: Settings, options: SimulateOptions) -> Report:
     return report
 
 
+@dataclass(slots=True)
+class CarrierFrames:
+    """Builds one media stream's frames as Twilio or Telnyx sends them (``carrier``).
+    ``call_id`` is the CallSid / call_control_id; ``account_id`` Twilio's AccountSid."""
+
+    carrier: str
+    call_id: str
+    token: str
+    account_id: str = ""
+    stream_id: str = ""
+    seq: Iterator[int] = field(default_factory=lambda: itertools.count(2))
+    chunk: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        if not self.stream_id:
+            self.stream_id = "MZ" + secrets.token_hex(16) if self.twilio else str(uuid.uuid4())
+
+    @property
+    def twilio(self) -> bool:
+        return self.carrier == "twilio"
+
+    def opening(self) -> list[dict[str, Any]]:
+        """``connected`` and ``start`` (the token in Twilio's custom parameters / Telnyx's
+        ``connected`` frame, as each carrier sends it)."""
+        if self.twilio:
+            media_format = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+            return [
+                {"event": "connected", "protocol": "Call", "version": "1.0.0"},
+                {
+                    "event": "start",
+                    "sequenceNumber": "1",
+                    "streamSid": self.stream_id,
+                    "start": {
+                        "streamSid": self.stream_id,
+                        "accountSid": self.account_id,
+                        "callSid": self.call_id,
+                        "tracks": ["inbound"],
+                        "customParameters": {"token": self.token},
+                        "mediaFormat": media_format,
+                    },
+                },
+            ]
+        return [
+            {
+                "event": "connected",
+                "version": "1.0.0",
+                "connected": {"x-telnyx-streaming-auth-token": self.token},
+            },
+            {
+                "event": "start",
+                "sequence_number": "1",
+                "stream_id": self.stream_id,
+                "start": {
+                    "call_control_id": self.call_id,
+                    "call_session_id": str(uuid.uuid4()),
+                    "from": CALLER,
+                    "to": CALLEE,
+                    "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
+                },
+            },
+        ]
+
+    def _header(self) -> dict[str, Any]:
+        if self.twilio:
+            return {"sequenceNumber": str(next(self.seq)), "streamSid": self.stream_id}
+        return {"sequence_number": str(next(self.seq)), "stream_id": self.stream_id}
+
+    def media(self, payload: str) -> dict[str, Any]:
+        chunk = next(self.chunk)
+        body = {
+            "track": "inbound",
+            "chunk": str(chunk),
+            "timestamp": str((chunk - 1) * 20),
+            "payload": payload,
+        }
+        return {"event": "media", **self._header(), "media": body}
+
+    def mark(self, name: str) -> dict[str, Any]:
+        key = "streamSid" if self.twilio else "stream_id"
+        return {"event": "mark", key: self.stream_id, "mark": {"name": name}}
+
+    def stop(self) -> dict[str, Any]:
+        if self.twilio:
+            ids = {"accountSid": self.account_id, "callSid": self.call_id}
+        else:
+            ids = {"call_control_id": self.call_id}
+        return {"event": "stop", **self._header(), "stop": ids}
+
+
 # -- Twilio --------------------------------------------------------------------------------
 
 
@@ -133,8 +225,8 @@ async def _twilio_call(
         "CallSid": call_sid,
         "CallStatus": "ringing",
         "Direction": "inbound",
-        "From": "+15550100001",
-        "To": "+15550100002",
+        "From": CALLER,
+        "To": CALLEE,
         "ApiVersion": "2010-04-01",
     }
     url = settings.public("/webhooks/twilio/voice")
@@ -151,47 +243,8 @@ async def _twilio_call(
         report.step("TwiML <Connect><Stream> with token", "ok")
         headers = {"X-Twilio-Signature": validator.compute_signature(stream_url, {})}
         ws_url = _ws_url(options.gateway_url, stream_url)
-        stream_sid = "MZ" + secrets.token_hex(16)
-        frames: list[dict[str, Any]] = [
-            {"event": "connected", "protocol": "Call", "version": "1.0.0"},
-            {
-                "event": "start",
-                "sequenceNumber": "1",
-                "streamSid": stream_sid,
-                "start": {
-                    "streamSid": stream_sid,
-                    "accountSid": account_sid,
-                    "callSid": call_sid,
-                    "tracks": ["inbound"],
-                    "customParameters": {"token": token},
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                },
-            },
-        ]
-
-        def media(i: int, payload: str) -> dict[str, Any]:
-            return {
-                "event": "media",
-                "sequenceNumber": str(i + 2),
-                "streamSid": stream_sid,
-                "media": {
-                    "track": "inbound",
-                    "chunk": str(i + 1),
-                    "timestamp": str(i * 20),
-                    "payload": payload,
-                },
-            }
-
-        def mark_reply(name: str) -> dict[str, Any]:
-            return {"event": "mark", "streamSid": stream_sid, "mark": {"name": name}}
-
-        stop = {
-            "event": "stop",
-            "sequenceNumber": "0",
-            "streamSid": stream_sid,
-            "stop": {"accountSid": account_sid, "callSid": call_sid},
-        }
-        await _stream(ws_url, headers, frames, media, mark_reply, stop, audio, options, report)
+        frames = CarrierFrames("twilio", call_sid, token, account_sid)
+        await _stream(ws_url, headers, frames, audio, options, report)
         status = {**params, "CallStatus": "completed", "CallDuration": "10"}
         status_url = settings.public("/webhooks/twilio/status")
         reply = await http.post(
@@ -282,8 +335,8 @@ def _telnyx_event(event_type: str, call_control_id: str, **extra: Any) -> bytes:
         "call_leg_id": str(uuid.uuid4()),
         "call_session_id": str(uuid.uuid4()),
         "connection_id": "1684641123236054244",
-        "from": "+15550100001",
-        "to": "+15550100002",
+        "from": CALLER,
+        "to": CALLEE,
         "direction": "incoming",
         **extra,
     }
@@ -338,51 +391,9 @@ async def _telnyx_call(
         report.step("streaming_start (rtp, PCMU, token)", "ok" if bidirectional else "one-way!")
         token = str(command.get("stream_auth_token", ""))
         ws_url = _ws_url(options.gateway_url, str(command.get("stream_url", "")))
-        stream_id = str(uuid.uuid4())
-        frames: list[dict[str, Any]] = [
-            {
-                "event": "connected",
-                "version": "1.0.0",
-                "connected": {"x-telnyx-streaming-auth-token": token},
-            },
-            {
-                "event": "start",
-                "sequence_number": "1",
-                "stream_id": stream_id,
-                "start": {
-                    "call_control_id": call_control_id,
-                    "call_session_id": str(uuid.uuid4()),
-                    "from": "+15550100001",
-                    "to": "+15550100002",
-                    "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
-                },
-            },
-        ]
-
-        def media(i: int, payload: str) -> dict[str, Any]:
-            return {
-                "event": "media",
-                "sequence_number": str(i + 2),
-                "stream_id": stream_id,
-                "media": {
-                    "track": "inbound",
-                    "chunk": str(i + 1),
-                    "timestamp": str(i * 20),
-                    "payload": payload,
-                },
-            }
-
-        def mark_reply(name: str) -> dict[str, Any]:
-            return {"event": "mark", "stream_id": stream_id, "mark": {"name": name}}
-
-        stop = {
-            "event": "stop",
-            "sequence_number": "0",
-            "stream_id": stream_id,
-            "stop": {"call_control_id": call_control_id},
-        }
+        frames = CarrierFrames("telnyx", call_control_id, token)
         headers = {"x-telnyx-streaming-auth-token": token}
-        await _stream(ws_url, headers, frames, media, mark_reply, stop, audio, options, report)
+        await _stream(ws_url, headers, frames, audio, options, report)
         reply = await post_telnyx(
             http,
             keys,
@@ -397,10 +408,7 @@ async def _telnyx_call(
 async def _stream(
     ws_url: str,
     headers: dict[str, str],
-    opening: list[dict[str, Any]],
-    media: Any,
-    mark_reply: Any,
-    stop: dict[str, Any],
+    frames: CarrierFrames,
     audio: bytes,
     options: SimulateOptions,
     report: Report,
@@ -408,7 +416,7 @@ async def _stream(
     received: list[tuple[float, bytes]] = []
     async with websockets.connect(ws_url, additional_headers=headers, open_timeout=10) as ws:
         report.step("media WebSocket upgrade", "accepted")
-        for frame in opening:
+        for frame in frames.opening():
             await ws.send(orjson.dumps(frame).decode())
         t0 = time.perf_counter()
 
@@ -420,7 +428,7 @@ async def _stream(
                     received.append((time.perf_counter() - t0, data))
                 elif event.get("event") == "mark":
                     # The caller has "heard" everything before the mark: acknowledge it.
-                    await ws.send(orjson.dumps(mark_reply(event["mark"]["name"])).decode())
+                    await ws.send(orjson.dumps(frames.mark(event["mark"]["name"])).decode())
 
         receiver = asyncio.create_task(receive())
         for i in range(len(audio) // FRAME_BYTES):
@@ -429,12 +437,12 @@ async def _stream(
                 if delay > 0:
                     await asyncio.sleep(delay)
             chunk = audio[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]
-            await ws.send(orjson.dumps(media(i, base64.b64encode(chunk).decode())).decode())
+            await ws.send(orjson.dumps(frames.media(base64.b64encode(chunk).decode())).decode())
             report.frames_sent += 1
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(options.tail_s):
                 await asyncio.shield(receiver)
-        await ws.send(orjson.dumps(stop).decode())
+        await ws.send(orjson.dumps(frames.stop()).decode())
         receiver.cancel()
         with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
             await receiver

@@ -25,7 +25,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,7 +47,7 @@ from gateway.audio import read_wav
 from gateway.calls import Call
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from gateway.simulate import post_telnyx, serve_app
+from gateway.simulate import CarrierFrames, post_telnyx, serve_app
 from metrics.registry import REGISTRY
 from providers.events import PCMU_8K
 from tests.conftest import UNIT
@@ -318,107 +318,9 @@ def upgrade_headers(ticket: Ticket, token: str) -> dict[str, str]:
     return {"x-telnyx-streaming-auth-token": token}
 
 
-@dataclass
-class Frames:
-    """Builds one stream's carrier frames (Twilio or Telnyx wire format)."""
-
-    ticket: Ticket
-    token: str
-    stream_id: str = ""
-    seq: itertools.count[int] = field(default_factory=lambda: itertools.count(2))
-    chunk: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-
-    def __post_init__(self) -> None:
-        twilio = self.ticket.carrier == "twilio"
-        self.stream_id = "MZ" + secrets.token_hex(16) if twilio else str(uuid.uuid4())
-
-    @property
-    def twilio(self) -> bool:
-        return self.ticket.carrier == "twilio"
-
-    def opening(self) -> list[dict[str, Any]]:
-        t = self.ticket
-        if self.twilio:
-            return [
-                {"event": "connected", "protocol": "Call", "version": "1.0.0"},
-                {
-                    "event": "start",
-                    "sequenceNumber": "1",
-                    "streamSid": self.stream_id,
-                    "start": {
-                        "streamSid": self.stream_id,
-                        "accountSid": t.account_id,
-                        "callSid": t.call_id,
-                        "tracks": ["inbound"],
-                        "customParameters": {"token": self.token},
-                        "mediaFormat": {
-                            "encoding": "audio/x-mulaw",
-                            "sampleRate": 8000,
-                            "channels": 1,
-                        },
-                    },
-                },
-            ]
-        return [
-            {
-                "event": "connected",
-                "version": "1.0.0",
-                "connected": {"x-telnyx-streaming-auth-token": self.token},
-            },
-            {
-                "event": "start",
-                "sequence_number": "1",
-                "stream_id": self.stream_id,
-                "start": {
-                    "call_control_id": t.call_id,
-                    "call_session_id": str(uuid.uuid4()),
-                    "from": "+15550100001",
-                    "to": "+15550100002",
-                    "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
-                },
-            },
-        ]
-
-    def media(self, payload: str) -> dict[str, Any]:
-        chunk = next(self.chunk)
-        body = {
-            "track": "inbound",
-            "chunk": str(chunk),
-            "timestamp": str((chunk - 1) * 20),
-            "payload": payload,
-        }
-        if self.twilio:
-            return {
-                "event": "media",
-                "sequenceNumber": str(next(self.seq)),
-                "streamSid": self.stream_id,
-                "media": body,
-            }
-        return {
-            "event": "media",
-            "sequence_number": str(next(self.seq)),
-            "stream_id": self.stream_id,
-            "media": body,
-        }
-
-    def mark(self, name: str) -> dict[str, Any]:
-        key = "streamSid" if self.twilio else "stream_id"
-        return {"event": "mark", key: self.stream_id, "mark": {"name": name}}
-
-    def stop(self) -> dict[str, Any]:
-        if self.twilio:
-            return {
-                "event": "stop",
-                "sequenceNumber": str(next(self.seq)),
-                "streamSid": self.stream_id,
-                "stop": {"accountSid": self.ticket.account_id, "callSid": self.ticket.call_id},
-            }
-        return {
-            "event": "stop",
-            "sequence_number": str(next(self.seq)),
-            "stream_id": self.stream_id,
-            "stop": {"call_control_id": self.ticket.call_id},
-        }
+def frames_for(ticket: Ticket, token: str) -> CarrierFrames:
+    """One stream's carrier frames for ``ticket``, presenting ``token``."""
+    return CarrierFrames(ticket.carrier, ticket.call_id, token, ticket.account_id)
 
 
 def dumps(message: Mapping[str, Any]) -> str:
@@ -434,10 +336,12 @@ class Leg:
     at once while ``ack_marks`` is true, recording ``acked_ms`` (audio heard at the last ack).
     """
 
-    def __init__(self, ws: ClientConnection, frames: Frames, *, ack_marks: bool) -> None:
+    def __init__(
+        self, ws: ClientConnection, ticket: Ticket, frames: CarrierFrames, *, ack_marks: bool
+    ) -> None:
         self.ws = ws
         self.frames = frames
-        self.ticket = frames.ticket
+        self.ticket = ticket
         self.ack_marks = ack_marks
         self.payloads: list[str] = []
         self.events: list[dict[str, Any]] = []
@@ -541,11 +445,11 @@ async def open_stream(
         ping_interval=None,
         compression=None,
     )
-    frames = Frames(ticket, token)
+    frames = frames_for(ticket, token)
     if send_start:
         for message in frames.opening():
             await ws.send(dumps(message))
-    return Leg(ws, frames, ack_marks=ack_marks)
+    return Leg(ws, ticket, frames, ack_marks=ack_marks)
 
 
 async def place_call(gw: Gateway, carrier: str, *, ack_marks: bool = True) -> Leg:
@@ -559,7 +463,9 @@ class DeafStream:
     """A media WebSocket that writes but never reads: a tiny receive buffer and no reader,
     so whatever the gateway sends backs up. Built on the sans-I/O websockets client."""
 
-    def __init__(self, sock: socket.socket, protocol: ClientProtocol, frames: Frames) -> None:
+    def __init__(
+        self, sock: socket.socket, protocol: ClientProtocol, frames: CarrierFrames
+    ) -> None:
         self.sock = sock
         self.protocol = protocol
         self.frames = frames
@@ -586,7 +492,7 @@ class DeafStream:
                     raise AssertionError("gateway closed during the handshake")
                 protocol.receive_data(data)
         assert protocol.handshake_exc is None, protocol.handshake_exc
-        stream = cls(sock, protocol, Frames(ticket, ticket.token))
+        stream = cls(sock, protocol, frames_for(ticket, ticket.token))
         for message in stream.frames.opening():
             await stream.send(dumps(message))
         return stream
