@@ -17,7 +17,8 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from gateway.settings import DEV_SECRET_PREFIX, Secret, Settings
+from gateway.settings import DEV_SECRET_PREFIX, Settings
+from security.secret import Secret
 
 FILENAME = "dev-keys.json"
 

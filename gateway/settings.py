@@ -17,6 +17,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from security.allowlist import TELNYX_WEBHOOK_RANGES
+from security.secret import Secret
 from security.signatures import decode_base64_strict
 
 DEV_SECRET_PREFIX: Final = "dev-"
@@ -42,29 +43,6 @@ class SettingsError(ValueError):
 class Env(enum.StrEnum):
     DEVELOPMENT = "development"
     PRODUCTION = "production"
-
-
-class Secret:
-    """A secret string whose ``repr``/``str`` never shows the value."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 @dataclass(frozen=True, slots=True)

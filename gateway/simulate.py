@@ -37,8 +37,9 @@ from twilio.request_validator import RequestValidator
 
 from gateway import devkeys
 from gateway.audio import read_wav, silence, ulaw_decode, write_wav
-from gateway.settings import Secret, Settings
+from gateway.settings import Settings
 from providers.events import PCMU_8K
+from security.secret import Secret
 
 FRAME_BYTES: Final = 160  # 20 ms of 8 kHz mu-law
 FRAME_S: Final = 0.02

@@ -23,34 +23,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
+from security.secret import Secret
+
 
 class SecretLike(Protocol):
     """Anything holding a secret string behind ``get()`` (ours, or the gateway's ``Secret``)."""
 
     def get(self) -> str: ...
-
-
-class Secret:
-    """A secret string whose ``repr``/``str`` never shows the value; ``get()`` reveals it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 class Provider(enum.StrEnum):

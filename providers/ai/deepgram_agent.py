@@ -32,6 +32,7 @@ from typing import Any, Final, Literal, NotRequired, TypedDict, assert_never
 import orjson
 
 from providers.ai.config import AgentConfig, Endpoint, api_key_value
+from providers.ai.frames import load_typed, string_field
 from providers.codec import Frame
 from providers.events import (
     DTMF_DIGITS,
@@ -204,7 +205,7 @@ class DeepgramAgentCodec:
             if len(frame) > self.max_frame_bytes:
                 raise ProtocolError("frame too large")
             return [AudioChunk.from_bytes(frame, PCMU_8K)] if frame else []
-        msg = _loads(frame, self.max_frame_bytes)
+        msg = load_typed(frame, self.max_frame_bytes)
         match msg["type"]:
             case "Welcome":
                 request_id = msg.get("request_id")
@@ -220,33 +221,18 @@ class DeepgramAgentCodec:
             case "AgentAudioDone":
                 return [ResponseDone()]
             case "ConversationText":
-                role = _str(msg, "role")
-                return [Transcript("agent" if role == "assistant" else role, _str(msg, "content"))]
+                role = string_field(msg, "role")
+                return [
+                    Transcript(
+                        "agent" if role == "assistant" else role, string_field(msg, "content")
+                    )
+                ]
             case "Error":
                 return [Error(_code(msg), _description(msg), fatal=True)]
             case "Warning":
                 return [Error(_code(msg), _description(msg), fatal=False)]
             case _:
                 return []
-
-
-def _loads(frame: str, limit: int) -> dict[str, Any]:
-    if len(frame) > limit:
-        raise ProtocolError("frame too large")
-    try:
-        msg = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        raise ProtocolError("frame is not JSON") from None
-    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-        raise ProtocolError("frame is not an object with a string type")
-    return msg
-
-
-def _str(msg: Mapping[str, Any], key: str) -> str:
-    value = msg.get(key)
-    if not isinstance(value, str):
-        raise ProtocolError(f"{msg.get('type')}: {key} missing or not a string")
-    return value
 
 
 def _code(msg: Mapping[str, Any]) -> str:

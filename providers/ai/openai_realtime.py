@@ -36,6 +36,7 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 
 from providers.ai.config import AgentConfig, Endpoint, api_key_value
+from providers.ai.frames import load_typed, string_field
 from providers.codec import Frame
 from providers.events import (
     DTMF_DIGITS,
@@ -233,13 +234,13 @@ class OpenAIRealtimeCodec:
         """Events carried by one received frame. Raises ``ProtocolError``; stays usable."""
         if isinstance(frame, bytes):
             raise ProtocolError("unexpected binary frame")
-        msg = _loads(frame, self.max_frame_bytes)
+        msg = load_typed(frame, self.max_frame_bytes)
         match msg["type"]:
             case "session.updated":
                 return self._session_updated(msg)
             case "response.output_audio.delta":
-                delta = _str(msg, "delta")
-                item_id = _str(msg, "item_id")
+                delta = string_field(msg, "delta")
+                item_id = string_field(msg, "item_id")
                 if not _is_base64(delta):
                     raise ProtocolError("audio delta is not base64")
                 return [AudioChunk(delta, PCMU_8K, item_id=item_id)] if delta else []
@@ -248,9 +249,9 @@ class OpenAIRealtimeCodec:
             case "response.done":
                 return [ResponseDone()]
             case "response.output_audio_transcript.done":
-                return [Transcript("agent", _str(msg, "transcript"))]
+                return [Transcript("agent", string_field(msg, "transcript"))]
             case "conversation.item.input_audio_transcription.completed":
-                return [Transcript("user", _str(msg, "transcript"))]
+                return [Transcript("user", string_field(msg, "transcript"))]
             case "error":
                 return [self._error(msg)]
             case _:
@@ -294,25 +295,6 @@ def _is_base64(text: str) -> bool:
 
 def _dumps(obj: Mapping[str, Any]) -> str:
     return orjson.dumps(obj).decode()
-
-
-def _loads(frame: str, limit: int) -> dict[str, Any]:
-    if len(frame) > limit:
-        raise ProtocolError("frame too large")
-    try:
-        msg = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        raise ProtocolError("frame is not JSON") from None
-    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-        raise ProtocolError("frame is not an object with a string type")
-    return msg
-
-
-def _str(msg: Mapping[str, Any], key: str) -> str:
-    value = msg.get(key)
-    if not isinstance(value, str):
-        raise ProtocolError(f"{msg.get('type')}: {key} missing or not a string")
-    return value
 
 
 def _get_path(obj: Any, path: tuple[str, ...]) -> Any:

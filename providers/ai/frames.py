@@ -1,0 +1,32 @@
+"""Parsing of ``{"type": ...}`` JSON frames, shared by the OpenAI Realtime and Deepgram Voice
+Agent codecs. Errors are ``ProtocolError`` with a short reason (never the frame's content)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from providers.exceptions import ProtocolError
+
+
+def load_typed(frame: str, limit: int) -> dict[str, Any]:
+    """A JSON object with a string ``type``, from a text frame of at most ``limit`` chars."""
+    if len(frame) > limit:
+        raise ProtocolError("frame too large")
+    try:
+        msg = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("frame is not JSON") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise ProtocolError("frame is not an object with a string type")
+    return msg
+
+
+def string_field(msg: Mapping[str, Any], key: str) -> str:
+    """``msg[key]``, which must be a string."""
+    value = msg.get(key)
+    if not isinstance(value, str):
+        raise ProtocolError(f"{msg.get('type')}: {key} missing or not a string")
+    return value
