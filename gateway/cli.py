@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -27,9 +28,12 @@ def serve(args: argparse.Namespace) -> int:
     from gateway.app import build_app
     from gateway.server import DrainingServer
     from metrics import logging as jsonlog
+    from metrics import sentry
 
     settings = load_settings()
-    jsonlog.configure(settings.log_level)
+    ip_hash_key = jsonlog.load_ip_hash_key(settings.data_dir)
+    jsonlog.configure(settings.log_level, ip_hash_key=ip_hash_key)
+    sentry.init(os.environ.get("SENTRY_DSN"), environment=settings.env, ip_hash_key=ip_hash_key)
     app = build_app(settings)
     config = uvicorn.Config(
         app,
@@ -64,9 +68,13 @@ def _has_uvloop() -> bool:
 def demo(args: argparse.Namespace) -> int:
     from gateway.simulate import run_demo
     from metrics import logging as jsonlog
+    from metrics import sentry
 
-    jsonlog.configure("WARNING")
-    return asyncio.run(run_demo(load_settings(), wav=args.wav, carrier=args.carrier))
+    settings = load_settings()
+    ip_hash_key = jsonlog.load_ip_hash_key(settings.data_dir)
+    jsonlog.configure("WARNING", ip_hash_key=ip_hash_key)
+    sentry.init(os.environ.get("SENTRY_DSN"), environment=settings.env, ip_hash_key=ip_hash_key)
+    return asyncio.run(run_demo(settings, wav=args.wav, carrier=args.carrier))
 
 
 def simulate(args: argparse.Namespace) -> int:

@@ -148,6 +148,7 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
     agent = await runtime.open_agent(call)
     if agent is None:
         log.warning("no provider available", extra={"call_id": call.call_id})
+        CALLS.labels(carrier, "none", "no_provider").inc()
         await _play_fallback(websocket, codec, runtime.fallback)
         await runtime.end_call(call, "no_provider")
         await _close(websocket, CloseCode.NORMAL)

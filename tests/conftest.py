@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+# Fails the session if any log line shows a phone number, email or IP in clear.
+pytest_plugins = ["tests.pii_scan"]
+
 REDIS_URL = os.environ.get("VOICEGW_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 # One time unit every test timeout is a multiple of; raise it on slow machines.

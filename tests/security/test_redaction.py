@@ -2,7 +2,17 @@ from __future__ import annotations
 
 import pytest
 
-from security.redaction import REDACTED, hash_ip, mask_phone, redact
+from security.redaction import (
+    REDACTED,
+    SENSITIVE_KEYS,
+    hash_ip,
+    hash_ips,
+    is_sensitive_key,
+    mask_email,
+    mask_phone,
+    redact,
+    redact_value,
+)
 
 
 @pytest.mark.parametrize(
@@ -78,3 +88,183 @@ def test_hash_ip_is_stable_short_and_keyed():
 def test_hash_ip_needs_a_key():
     with pytest.raises(ValueError):
         hash_ip("192.0.2.1", b"")
+
+
+# -- emails ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "masked"),
+    [
+        ("alice@example.com", "a***@example.com"),
+        ("bob.smith+voice@mail.example.org", "b***@mail.example.org"),
+        ("x@example.com", "***@example.com"),
+        (" alice@example.com ", "a***@example.com"),
+    ],
+)
+def test_mask_email(address, masked):
+    assert mask_email(address) == masked
+
+
+@pytest.mark.parametrize("value", ["alice", "alice@", "@example.com", "a@b", "two a@b.co c@d.co"])
+def test_mask_email_non_addresses_fully_redacted(value):
+    assert mask_email(value) == REDACTED
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mail alice@example.com now", "mail a***@example.com now"),
+        ("to=carol%40example.com&x=1", "to=c***%40example.com&x=1"),
+        ('{"email": "dave@example.co.uk"}', '{"email": "d***@example.co.uk"}'),
+        ("release voicegw@0.1.0", "release voicegw@0.1.0"),
+    ],
+)
+def test_redact_masks_emails(text, expected):
+    assert redact(text) == expected
+
+
+# -- credentials -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("GET /media?token=abc123&x=1", "GET /media?token=[redacted]&x=1"),
+        ("Authorization: Bearer abc.def", "Authorization: [redacted]"),
+        ("sent Bearer xyz123 upstream", "sent Bearer [redacted] upstream"),
+        ('{"api_key": "sk-12345678abc", "n": 1}', '{"api_key": "[redacted]", "n": 1}'),
+        ("{'stream_token': 'AbC_-123'}", "{'stream_token': '[redacted]'}"),
+        ("X-Twilio-Signature: c2lnbmF0dXJl", "X-Twilio-Signature: [redacted]"),
+        ("password=hunter2; cookie: sid=abc", "password=[redacted]; cookie: [redacted]"),
+        ("key sk-proj-abcdefghijk here", "key [redacted] here"),
+        ("telnyx KEY0123456789ABCDEFGHIJ", "telnyx [redacted]"),
+        ("jwt eyJhbGciOi.eyJzdWIiOi.c2lnbmF0", "jwt [redacted]"),
+        ("redis://:hunter2@redis:6379/0", "redis://[redacted]@redis:6379/0"),
+        ("https://user:pw@example.com/x", "https://[redacted]@example.com/x"),
+    ],
+)
+def test_redact_masks_credentials(text, expected):
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "stream token refused: expired",
+        "signature layer rejected the request",
+        "tokens issued 3",
+        "breaker openai: CLOSED -> OPEN",
+    ],
+)
+def test_redact_leaves_talk_about_credentials(text):
+    assert redact(text) == text
+
+
+# -- addresses in text -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "addresses"),
+    [
+        ("from 192.0.2.1", ["192.0.2.1"]),
+        ("peer 192.0.2.1:51234 said", ["192.0.2.1"]),
+        ("('127.0.0.1', 8000) - WebSocket", ["127.0.0.1"]),
+        ("end of sentence 198.51.100.7.", ["198.51.100.7"]),
+        ("v6 [2001:db8::1]:443 and ::1", ["2001:db8::1", "::1"]),
+        ("mapped ::ffff:192.0.2.1 too", ["::ffff:192.0.2.1"]),
+        (
+            "full 2001:0db8:0000:0000:0000:ff00:0042:8329",
+            ["2001:0db8:0000:0000:0000:ff00:0042:8329"],
+        ),
+        ("http://10.0.0.5:6379/0", ["10.0.0.5"]),
+    ],
+)
+def test_hash_ips_replaces_every_address(text, addresses):
+    hashed = hash_ips(text, b"key")
+    for address in addresses:
+        assert address not in hashed
+        assert f"ip-{hash_ip(address, b'key')}" in hashed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "at 10:00:00.123",
+        "version 2.42.0 and v1.2.3.4.5",
+        "mac aa:bb:cc:dd:ee:ff",
+        "999.1.1.1 is no address",
+        "sid CA1234567890abcdef1234567890abcdef",
+        "ratio 0.25",
+    ],
+)
+def test_hash_ips_leaves_other_text(text):
+    assert hash_ips(text, b"key") == text
+
+
+# -- field names and nested values -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "token",
+        "stream_token",
+        "Authorization",
+        "X-Twilio-Signature",
+        "telnyx-signature-ed25519",
+        "api_key",
+        "apiKey",
+        "OPENAI_API_KEY",
+        "private_key",
+        "cookie",
+        "Set-Cookie",
+        "client_secret",
+        "password",
+        "sentry_dsn",
+        "csrf",
+        "session_id",
+    ],
+)
+def test_sensitive_keys(name):
+    assert is_sensitive_key(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["carrier", "provider", "layer", "reason", "call_id", "pyjwt", "duration_s", "status"]
+)
+def test_ordinary_keys(name):
+    assert not is_sensitive_key(name)
+
+
+def test_every_listed_sensitive_key_is_lower_case():
+    assert all(key == key.lower() for key in SENSITIVE_KEYS)
+
+
+def test_redact_value_walks_nested_data():
+    value = {
+        "from": "+15550100001",
+        "to": "client:alice",
+        "caller": "anonymous",
+        "headers": {"Authorization": "Bearer abc", "X-Request-Id": "r1"},
+        "client_ip": "192.0.2.1",
+        "notes": ["mail bob@example.com", ("+442071838750", 3)],
+        "count": 2,
+        "token": None,
+    }
+    out = redact_value(value, ip_key=b"key")
+    assert out == {
+        "from": "+1********01",
+        "to": "client:alice",
+        "caller": "anonymous",
+        "headers": {"Authorization": REDACTED, "X-Request-Id": "r1"},
+        "client_ip": f"ip-{hash_ip('192.0.2.1', b'key')}",
+        "notes": ["mail b***@example.com", ["+44********50", 3]],
+        "count": 2,
+        "token": None,
+    }
+
+
+def test_redact_value_without_a_key_redacts_address_fields():
+    assert redact_value({"client_ip": "192.0.2.1"}) == {"client_ip": REDACTED}
+    assert redact_value("plain text") == "plain text"
