@@ -4,13 +4,59 @@ beside this module and pass the same test suite.
 Every method is a coroutine and bounded (a backend never blocks the event loop: SQLite runs in
 a worker thread, PostgreSQL through an async driver). Personal data arrives already encrypted
 (``bytes`` columns) with its blind index; the store never sees a key.
+
+The audit records (``AuditEvent``, ``ChainHead``, ``AuditChainer``) are defined in
+``security.audit`` and re-exported here.
+
+Errors::
+
+    StoreError               root: everything a backend raises on purpose
+    ├── StoreUnavailable     the database did not answer in time or failed
+    ├── DuplicateError       a unique name or id is taken (also a KeyError)
+    └── NotFoundError        the record to update does not exist (also a KeyError)
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
+
+from security.audit import AuditChainer, AuditEvent, ChainHead
+
+__all__ = [
+    "MAX_PAGE",
+    "ApiKeyRecord",
+    "AuditChainer",
+    "AuditEvent",
+    "AuditQuery",
+    "CallRecord",
+    "ChainHead",
+    "DuplicateError",
+    "NotFoundError",
+    "Role",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "SubjectRequest",
+    "UserRecord",
+]
+
+
+class StoreError(Exception):
+    """Root of the errors a store raises on purpose."""
+
+
+class StoreUnavailable(StoreError):
+    """The database did not answer in time or failed."""
+
+
+class DuplicateError(StoreError, KeyError):
+    """A unique name or id is already taken."""
+
+
+class NotFoundError(StoreError, KeyError):
+    """The record to update does not exist."""
 
 
 class Role(enum.StrEnum):
@@ -68,96 +114,119 @@ class CallRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class AuditEvent:
-    """One link of the hash chain. ``seq``, ``prev_hash`` and ``hash`` are set by the store's
-    append (which serialises appends); everything else by the caller."""
-
-    action: str  # e.g. "auth.login", "dsr.export", "call.failover", "webhook.rejected"
-    outcome: str  # "success" | "failure" | "denied"
-    actor: str = "system"
-    role: str | None = None
-    entity_type: str | None = None
-    entity_id: str | None = None
-    ip_hash: str | None = None
-    user_agent: str | None = None
-    correlation_id: str | None = None
-    detail: dict[str, str | int | float | bool | None] = field(default_factory=dict)
-    at: float = 0.0
-    seq: int = 0
-    prev_hash: str = ""
-    hash: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class AuditQuery:
-    action: str | None = None
+    """Filters (all optional, combined with AND) and a page. Oldest first by default, from
+    ``after_seq``; with ``newest_first``, newest first from below ``before_seq``."""
+
+    action: str | None = None  # exact, or a prefix ending in "." ("auth." matches "auth.login")
     actor: str | None = None
+    outcome: str | None = None
     entity_type: str | None = None
     entity_id: str | None = None
     since: float | None = None
-    until: float | None = None
-    after_seq: int = 0  # pagination cursor
-    limit: int = 100
+    until: float | None = None  # exclusive
+    after_seq: int = 0  # pagination cursor, oldest first
+    before_seq: int | None = None  # pagination cursor, newest first
+    newest_first: bool = False
+    limit: int = 100  # at most MAX_PAGE
+
+
+MAX_PAGE = 1000
+"""The largest page a listing or query returns, whatever limit is asked for."""
 
 
 @dataclass(frozen=True, slots=True)
 class SubjectRequest:
-    """A data-subject request (export or erasure), recorded with its status."""
+    """A data-subject request (export or erasure), recorded with its status.
+
+    ``subject_index`` is the blind index of the subject's number (never the number); an
+    erasure clears it from every request about that subject, so what remains does not
+    re-identify the person. ``items`` counts the records the request concerned."""
 
     request_id: str
     kind: str  # "export" | "erase"
-    subject_index: str  # blind index of the subject's number (never the number)
+    subject_index: str
     requested_by: str
     status: str  # "pending" | "done" | "failed"
     created_at: float
     completed_at: float | None = None
+    items: int = 0
 
 
 class Store(Protocol):
-    """Durable records. ``open`` applies pending schema migrations; ``close`` is idempotent."""
+    """Durable records. ``open`` applies pending schema migrations; ``close`` is idempotent.
+
+    Every method raises ``StoreUnavailable`` when the database fails or times out.
+    """
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
-    async def ping(self) -> bool: ...
+    async def ping(self) -> bool: ...  # never raises
 
     # users
-    async def add_user(self, user: UserRecord) -> None: ...  # raises KeyError if name taken
+    async def add_user(self, user: UserRecord) -> None: ...  # DuplicateError: id or name taken
     async def get_user(self, username: str) -> UserRecord | None: ...
+    async def get_user_by_id(self, user_id: str) -> UserRecord | None: ...
     async def list_users(self) -> list[UserRecord]: ...
-    async def update_user(self, user: UserRecord) -> None: ...
+    async def update_user(self, user: UserRecord) -> None: ...  # NotFoundError: no such id
+    async def delete_user(self, user_id: str) -> bool: ...
     async def add_login_failure(self, username: str, at: float) -> None: ...
     async def count_login_failures(self, username: str, since: float) -> int: ...
     async def clear_login_failures(self, username: str) -> None: ...
 
     # service API keys
-    async def add_api_key(self, key: ApiKeyRecord) -> None: ...
+    async def add_api_key(self, key: ApiKeyRecord) -> None: ...  # DuplicateError
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None: ...
     async def list_api_keys(self) -> list[ApiKeyRecord]: ...
-    async def update_api_key(self, key: ApiKeyRecord) -> None: ...
+    async def update_api_key(self, key: ApiKeyRecord) -> None: ...  # NotFoundError
+    async def touch_api_key(self, key_id: str, at: float) -> None: ...  # sets last_used_at
 
     # calls
     async def put_call(self, call: CallRecord) -> None: ...  # insert or replace by call_id
     async def get_call(self, call_id: str) -> CallRecord | None: ...
     async def list_calls(
         self, *, limit: int = 100, before: float | None = None
-    ) -> list[CallRecord]: ...
+    ) -> list[CallRecord]: ...  # newest first; ``before``: started_at cursor (exclusive)
     async def find_calls(self, number_index: str) -> list[CallRecord]: ...  # from or to
+    async def erase_call_numbers(self, number_index: str) -> list[CallRecord]:
+        """Remove the number (ciphertext and index) on each side that matches, and the
+        recording path, from every matching call, atomically; return the records as they
+        were before (so their recordings can be deleted)."""
+        ...
+
     async def delete_calls_before(self, cutoff: float, limit: int) -> list[CallRecord]: ...
     async def calls_with_key(self, key_id: str, limit: int) -> list[CallRecord]: ...
+    async def count_calls_by_key(self) -> dict[str, int]: ...  # key id -> calls using it
+    async def reencrypt_call(
+        self,
+        call_id: str,
+        old_key_id: str,
+        from_number: bytes | None,
+        to_number: bytes | None,
+        key_id: str,
+    ) -> bool:
+        """Replace the call's ciphertexts if it still uses ``old_key_id``; say whether it did."""
+        ...
 
     # audit trail (append-only)
     async def append_audit(self, event: AuditEvent, chain: AuditChainer) -> AuditEvent: ...
     async def query_audit(self, query: AuditQuery) -> list[AuditEvent]: ...
     async def iter_audit(self, after_seq: int, limit: int) -> list[AuditEvent]: ...
-    async def delete_audit_before(self, cutoff: float, limit: int) -> int: ...
+    async def audit_head(self) -> ChainHead | None: ...  # the last event ever appended
+    async def audit_anchor(self) -> ChainHead | None: ...  # the last event retention removed
+    async def delete_audit_before(self, cutoff: float, limit: int) -> int:
+        """Remove up to ``limit`` of the oldest events with ``at < cutoff``, as a prefix of
+        the chain (never a gap), and move the anchor to the last one removed."""
+        ...
 
     # data-subject requests
-    async def put_subject_request(self, request: SubjectRequest) -> None: ...
+    async def put_subject_request(self, request: SubjectRequest) -> None: ...  # insert/replace
+    async def get_subject_request(self, request_id: str) -> SubjectRequest | None: ...
     async def list_subject_requests(self, limit: int = 100) -> list[SubjectRequest]: ...
+    async def find_subject_requests(self, subject_index: str) -> list[SubjectRequest]: ...
+    async def forget_subject_index(self, subject_index: str) -> int: ...  # clear it; count
 
-
-class AuditChainer(Protocol):
-    """Computes an event's hash from its predecessor (``security.audit``); the store calls it
-    inside the transaction that appends, so the chain has no forks."""
-
-    def link(self, event: AuditEvent, prev: AuditEvent | None) -> AuditEvent: ...
+    async def purge_residue(self) -> None:
+        """Push deleted data out of places queries do not see (SQLite: checkpoint and
+        truncate the WAL, with secure_delete zeroing freed pages; PostgreSQL: VACUUM)."""
+        ...
