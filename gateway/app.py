@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import media, webhooks
+from gateway import api, auth, console, media, webhooks
 from gateway.errors import json_error
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -61,6 +61,9 @@ ROUTES: list[Route | WebSocketRoute] = [
     Route("/webhooks/telnyx", webhooks.telnyx, methods=ALL_METHODS),
     WebSocketRoute("/media/twilio", media.twilio_stream),
     WebSocketRoute("/media/telnyx", media.telnyx_stream),
+    *auth.routes(),
+    *api.routes(),
+    *console.routes(),
 ]
 _TEMPLATES: dict[Callable[..., Any], str] = {r.endpoint: r.path for r in ROUTES}
 
@@ -135,6 +138,10 @@ def build_app(settings: Settings) -> Starlette:
         exception_handlers={404: _not_found, 405: _method_not_allowed},
     )
     app.add_middleware(HttpMiddleware)
+    for m in reversed(
+        auth.middleware(production=settings.production, cors_origins=settings.cors_origins)
+    ):
+        app.add_middleware(m.cls, *m.args, **m.kwargs)  # security headers end up outermost
     return app
 
 

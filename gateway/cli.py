@@ -115,6 +115,10 @@ def parser() -> argparse.ArgumentParser:
     call.add_argument("--out", default=None, help="write the audio that came back to this WAV")
     call.add_argument("--fast", action="store_true", help="send audio as fast as possible")
     call.set_defaults(func=simulate)
+
+    from gateway import admin_cli
+
+    admin_cli.register(sub)
     return p
 
 

@@ -151,6 +151,7 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
         CALLS.labels(carrier, "none", "no_provider").inc()
         await _play_fallback(websocket, codec, runtime.fallback)
         await runtime.end_call(call, "no_provider")
+        await runtime.close_call_record(call, "no_provider", (), 0)
         await _close(websocket, CloseCode.NORMAL)
         runtime.hang_up_carrier(call, started.account_id)
         return
@@ -275,6 +276,7 @@ class Bridge:
         self._transcode_out: Transcoder | None = None
         self._framer: Framer | None = None
         self._set_formats(agent)
+        self._providers: list[str] = [agent.provider]  # every provider the call used
         self._switching = False  # a failover is in progress: hold caller audio
         self._held: collections.deque[AudioChunk] = collections.deque(maxlen=FAILOVER_BUFFER_FRAMES)
         self._send_lock = asyncio.Lock()
@@ -369,6 +371,9 @@ class Bridge:
         CALLS.labels(self.carrier, self.agent.provider, reason.value).inc()
         CALL_DURATION.observe(duration_s)
         await self.runtime.end_call(self.call, reason.value)
+        await self.runtime.close_call_record(
+            self.call, reason.value, tuple(self._providers), len(self._providers) - 1
+        )
         log.info(
             "call ended",
             extra={
@@ -527,6 +532,18 @@ class Bridge:
                 break  # the new provider failed too: from_agent sees it on recv
         self._switching = False
         FAILOVERS.labels(failed.provider, replacement.provider).inc()
+        self._providers.append(replacement.provider)
+        await self.runtime.auditor.record(
+            "call.failover",
+            "success",
+            entity_type="call",
+            entity_id=self.call.call_id,
+            detail={
+                "from_provider": failed.provider,
+                "to_provider": replacement.provider,
+                "error": error,
+            },
+        )
         log.warning(
             "call moved to another provider",
             extra={

@@ -550,3 +550,9 @@ def secure_delete(path: Path, *, missing_ok: bool = False) -> None:
         os.close(fd)
     os.unlink(path)
     _fsync_dir(path.parent)
+
+
+async def delete_recording_file(path: str) -> None:
+    """``secure_delete`` off the event loop; a missing file is not an error (the erasure and
+    retention callers' ``DeleteRecording``)."""
+    await asyncio.to_thread(secure_delete, Path(path), missing_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import time
@@ -17,8 +18,10 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import httpx
 import redis.asyncio as aioredis
+from nacl.signing import SigningKey as NaclSigningKey
 from starlette.requests import HTTPConnection
 
+from gateway.auth import AuthConfig, AuthRuntime, signing_ring
 from gateway.calls import (
     Call,
     CallRegistry,
@@ -29,9 +32,15 @@ from gateway.calls import (
     default_replica_id,
     keep_alive,
 )
+from gateway.devkeys import ensure_data_dir
 from gateway.errors import CloseCode, StreamRefused
 from gateway.fallback import fallback_audio
+from gateway.privacy import RetentionPeriods, RetentionSweeper, seal_numbers
+from gateway.recording import delete_recording_file
 from gateway.settings import Settings
+from gateway.store import Store, create_store
+from gateway.store.base import CallRecord
+from metrics.logging import load_ip_hash_key
 from metrics.registry import FAILOVERS, PROVIDER_CONNECT, PROVIDER_ERRORS
 from providers.ai.config import AgentConfig
 from providers.ai.session import AgentSession, open_session
@@ -40,7 +49,11 @@ from providers.events import StreamStarted
 from providers.exceptions import ConnectError
 from providers.telephony.rest import CarrierRestError, TelnyxRest, TwilioRest
 from security.allowlist import Allowlist, AnySource, ClientAddressResolver
+from security.apikeys import KeyPolicy
+from security.audit import Auditor, HashChainer
+from security.crypto import BlindIndex, KeyRing, load_or_create_dev_keys
 from security.exceptions import Rejection
+from security.lockout import LockoutPolicy
 from security.ratelimit import FallbackLimiter, InProcessLimiter, Limiter, RedisLimiter
 from security.replay import FallbackReplayCache, InProcessReplayCache, RedisReplayCache, ReplayCache
 from security.signatures import TelnyxSignatureVerifier, TwilioSignatureVerifier
@@ -53,6 +66,87 @@ if TYPE_CHECKING:
 log = logging.getLogger("voicegw.runtime")
 
 REDIS_TIMEOUT_S: Final = 0.5
+
+
+RETENTION_INTERVAL_S: Final = 3600.0
+DAY_S: Final = 86400.0
+
+
+def open_store(settings: Settings) -> Store:
+    """The configured store (not yet opened): PostgreSQL when set, else SQLite."""
+    ensure_data_dir(settings.data_dir)
+    return create_store(
+        data_dir=settings.data_dir,
+        database_url=settings.database_url.get() if settings.database_url else None,
+    )
+
+
+def load_data_keys(settings: Settings) -> tuple[KeyRing, BlindIndex]:
+    """Field-encryption keys and the blind-index key: configured, or (development only; the
+    settings refuse this in production) generated into the data directory."""
+    if settings.encryption_keys is not None and settings.blind_index_key is not None:
+        return (
+            KeyRing.from_spec(settings.encryption_keys.get()),
+            BlindIndex.from_base64(settings.blind_index_key.get()),
+        )
+    dev = load_or_create_dev_keys(settings.data_dir)
+    keyring = (
+        KeyRing.from_spec(settings.encryption_keys.get())
+        if settings.encryption_keys
+        else dev.keyring()
+    )
+    index = (
+        BlindIndex.from_base64(settings.blind_index_key.get())
+        if settings.blind_index_key
+        else dev.blind_index()
+    )
+    return keyring, index
+
+
+async def _open_durable(settings: Settings, redis: aioredis.Redis | None) -> dict[str, Any]:
+    """The store (migrated), data keys, audit trail and operator sessions."""
+    store = open_store(settings)
+    await store.open()
+    data_keys, blind_index = load_data_keys(settings)
+    ring = signing_ring(
+        settings.data_dir,
+        key_file=settings.signing_key_file,
+        seeds=settings.signing_keys.get().split(",") if settings.signing_keys else (),
+    )
+    active = ring.active
+    checkpoint_key = (
+        None if active.private is None else NaclSigningKey(active.private.private_bytes_raw())
+    )
+    auditor = Auditor(
+        store,
+        HashChainer(checkpoint_key, key_id=active.kid),
+        ip_hash_key=load_ip_hash_key(settings.data_dir),
+    )
+    auth = AuthRuntime.build(
+        AuthConfig(
+            public_url=settings.public_url,
+            access_ttl_s=settings.session_ttl_s,
+            refresh_ttl_s=settings.refresh_ttl_s,
+            cors_origins=settings.cors_origins,
+            lockout=LockoutPolicy(settings.login_lockout_failures, settings.login_lockout_window_s),
+            api_keys=KeyPolicy(
+                settings.api_key_max_age_days * DAY_S, settings.api_key_grace_days * DAY_S
+            ),
+            production=settings.production,
+        ),
+        ring=ring,
+        store=store,
+        redis=redis,
+        redis_prefix=settings.redis_key_prefix,
+        auditor=auditor,
+    )
+    return {
+        "store": store,
+        "data_keys": data_keys,
+        "blind_index": blind_index,
+        "auditor": auditor,
+        "auth": auth,
+    }
 
 
 class Degradable(Protocol):
@@ -75,6 +169,11 @@ class Runtime:
     degradable: list[Degradable]
     breakers: BreakerRegistry
     fallback: bytes
+    store: Store
+    data_keys: KeyRing
+    blind_index: BlindIndex
+    auditor: Auditor
+    auth: AuthRuntime
     draining: bool = False
     bridges: set[Bridge] = field(default_factory=set)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -124,6 +223,7 @@ class Runtime:
             registry = InProcessCallRegistry(replica_id)
             breakers = BreakerRegistry.in_process(BreakerPolicy())
 
+        durable = await _open_durable(settings, client)
         resolver = ClientAddressResolver(settings.trusted_proxies)
         allowlists = {
             c: Allowlist(AnySource.ANY if a.any else a.networks)
@@ -182,7 +282,18 @@ class Runtime:
             degradable=degradable,
             breakers=breakers,
             fallback=fallback_audio(settings.fallback_wav),
+            **durable,
         )
+        sweeper = RetentionSweeper(
+            durable["store"],
+            RetentionPeriods(
+                calls_s=settings.retention_calls_days * DAY_S,
+                audit_s=settings.retention_audit_days * DAY_S,
+            ),
+            durable["auditor"],
+            delete_recording=delete_recording_file,
+        )
+        runtime.spawn(sweeper.run(RETENTION_INTERVAL_S), "retention")
         for provider in settings.providers:
             breakers.get(provider)  # listed in /readyz from the start
         runtime.spawn(keep_alive(registry, on_error=runtime._heartbeat_failed), "heartbeat")
@@ -223,7 +334,7 @@ class Runtime:
         """End live calls (if ``drain`` did not), wait for background work, close pools."""
         await self.drain(lambda: True)
         for task in self._tasks:
-            if task.get_name() == "heartbeat":
+            if task.get_name() in ("heartbeat", "retention"):
                 task.cancel()
         if self._tasks:
             with contextlib.suppress(TimeoutError):
@@ -232,6 +343,7 @@ class Runtime:
             for task in self._tasks:
                 task.cancel()
         await self.http.aclose()
+        await self.store.close()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -263,6 +375,13 @@ class Runtime:
             except Exception:
                 report["redis"] = "unreachable"
                 report["ready"] = False
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
+                report["store"] = "ok" if await self.store.ping() else "unreachable"
+        except Exception:
+            report["store"] = "unreachable"
+        if report["store"] != "ok":
+            report["ready"] = False
         report["degraded"] = any(d.degraded for d in self.degradable)
         now = time.time()
         report["providers"] = {
@@ -383,6 +502,57 @@ class Runtime:
     async def provider_failed(self, provider: str, error: str) -> None:
         """A live session of ``provider`` died mid-call: count it against its breaker."""
         await self.breakers.get(provider).record_failure(error)
+
+    async def record_call(
+        self, call: Call, *, from_number: str | None, to_number: str | None
+    ) -> None:
+        """Write the durable record of a new call; its numbers encrypted and blind-indexed."""
+        sealed = seal_numbers(
+            self.data_keys,
+            self.blind_index,
+            call_id=call.call_id,
+            from_number=from_number,
+            to_number=to_number,
+        )
+        record = CallRecord(
+            call_id=call.call_id,
+            carrier=call.carrier,
+            carrier_call_id=call.carrier_call_id,
+            started_at=call.created_at,
+            providers=(call.provider,),
+            **sealed.fields(),
+        )
+        try:
+            await self.store.put_call(record)
+        except Exception as exc:  # the call goes on; the gap is logged
+            log.error(
+                "call record not written",
+                extra={"call_id": call.call_id, "error": type(exc).__name__},
+            )
+
+    async def close_call_record(
+        self, call: Call, outcome: str, providers: tuple[str, ...], failovers: int
+    ) -> None:
+        """Complete the durable record of an ended call."""
+        try:
+            record = await self.store.get_call(call.call_id)
+            if record is None:
+                return
+            merged = tuple(dict.fromkeys(record.providers + providers))
+            await self.store.put_call(
+                dataclasses.replace(
+                    record,
+                    ended_at=time.time(),
+                    outcome=outcome,
+                    providers=merged,
+                    failovers=record.failovers + failovers,
+                )
+            )
+        except Exception as exc:
+            log.error(
+                "call record not completed",
+                extra={"call_id": call.call_id, "error": type(exc).__name__},
+            )
 
     async def end_call(self, call: Call, reason: str) -> None:
         current = await self.registry.get(call.call_id)

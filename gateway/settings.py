@@ -99,6 +99,22 @@ class Settings:
     log_level: str = "INFO"
     fallback_wav: Path | None = None
 
+    session_ttl_s: int = 24 * 3600
+    refresh_ttl_s: int = 30 * 86400
+    cors_origins: tuple[str, ...] = ()
+    login_lockout_failures: int = 5
+    login_lockout_window_s: int = 900
+    signing_key_file: Path | None = None
+    signing_keys: Secret | None = None  # VOICEGW_SIGNING_KEY: base64url Ed25519 seeds, first signs
+    api_key_max_age_days: int = 90
+    api_key_grace_days: int = 7
+
+    database_url: Secret | None = None
+    encryption_keys: Secret | None = None  # "kid:base64key,..." - the first encrypts
+    blind_index_key: Secret | None = None  # base64, 32 bytes
+    retention_calls_days: float = 30.0
+    retention_audit_days: float = 7 * 365.0
+
     @property
     def production(self) -> bool:
         return self.env is Env.PRODUCTION
@@ -166,6 +182,77 @@ class _Reader:
             self.problems.append(f"{name} must list some of {', '.join(allowed)}")
             return default
         return items
+
+    def origins(self, name: str, production: bool) -> tuple[str, ...]:
+        from security.csrf import origin_of
+
+        value = self.raw(name)
+        if value is None:
+            return ()
+        found: list[str] = []
+        for item in (v.strip() for v in value.split(",") if v.strip()):
+            p = urlsplit(item)
+            if (
+                p.scheme not in ("http", "https")
+                or not p.hostname
+                or p.path not in ("", "/")
+                or p.query
+                or p.fragment
+                or p.username
+            ):
+                self.problems.append(f"{name}: {item!r} is not an origin (scheme://host[:port])")
+            elif production and p.scheme != "https":
+                self.problems.append(f"{name}: {item!r} must use https in production")
+            else:
+                found.append(origin_of(item))
+        return tuple(dict.fromkeys(found))
+
+    def lockout(self, name: str) -> tuple[int, int]:
+        value = self.raw(name)  # "FAILURES/SECONDS", e.g. "5/900"
+        if value is None:
+            return 5, 900
+        failures, _, window = value.partition("/")
+        try:
+            f, w = int(failures), int(window or 900)
+        except ValueError:
+            f = w = 0
+        if not (1 <= f <= 100 and 60 <= w <= 86400):
+            self.problems.append(f"{name} must be FAILURES/SECONDS, 1-100 failures in 60-86400 s")
+            return 5, 900
+        return f, w
+
+    def database_url(self, name: str) -> Secret | None:
+        value = self.secret(name)
+        if value is not None and urlsplit(value.get()).scheme not in ("postgresql", "postgres"):
+            self.problems.append(f"{name} must be a postgresql:// URL")
+            return None
+        return value
+
+    def encryption_keys(self, name: str) -> Secret | None:
+        value = self.secret(name)
+        if value is None:
+            return None
+        from security.crypto import KeyRing
+
+        try:
+            KeyRing.from_spec(value.get())
+        except ValueError as exc:  # never echo the keys
+            self.problems.append(f"{name}: {str(exc)[:120]}")
+            return None
+        return value
+
+    def blind_index_key(self, name: str) -> Secret | None:
+        value = self.secret(name)
+        if value is None:
+            return None
+        from security.crypto import BlindIndex
+
+        try:
+            BlindIndex.from_base64(value.get())
+        except ValueError:
+            self.problems.append(f"{name} must be a base64 key of at least 32 bytes")
+            return None
+        return value
 
     def fallback(self, name: str) -> Path | None:
         value = self.raw(name)
@@ -257,6 +344,24 @@ class _Reader:
                 networks=(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
             )
 
+        session_ttl = int(self.number("VOICEGW_SESSION_TTL_S", 86400, lo=60, hi=86400))
+        refresh_ttl = int(self.number("VOICEGW_REFRESH_TTL_S", 30 * 86400, lo=300, hi=90 * 86400))
+        if refresh_ttl < session_ttl:
+            self.problems.append("VOICEGW_REFRESH_TTL_S must be at least VOICEGW_SESSION_TTL_S")
+        lock_failures, lock_window = self.lockout("VOICEGW_LOGIN_LOCKOUT")
+        key_file = self.raw("VOICEGW_SIGNING_KEY_FILE")
+        signing_keys = self.secret("VOICEGW_SIGNING_KEY")
+        if key_file and signing_keys:
+            self.problems.append("set VOICEGW_SIGNING_KEY or VOICEGW_SIGNING_KEY_FILE, not both")
+        if signing_keys is not None:
+            from security.exceptions import ConfigError
+            from security.signing_keys import KeyRing
+
+            try:
+                KeyRing.from_seeds(signing_keys.get().split(","))
+            except ConfigError as exc:
+                self.problems.append(str(exc))
+
         settings = Settings(
             env=env,
             public_url=public_url,
@@ -296,6 +401,24 @@ class _Reader:
             drain_s=self.number("VOICEGW_DRAIN_SECONDS", 300.0, lo=0, hi=86400),
             log_level=log_level,
             fallback_wav=self.fallback("VOICEGW_FALLBACK_WAV"),
+            session_ttl_s=session_ttl,
+            refresh_ttl_s=refresh_ttl,
+            cors_origins=self.origins("VOICEGW_CORS_ORIGINS", production),
+            login_lockout_failures=lock_failures,
+            login_lockout_window_s=lock_window,
+            signing_key_file=Path(key_file) if key_file else None,
+            signing_keys=signing_keys,
+            api_key_max_age_days=int(
+                self.number("VOICEGW_API_KEY_MAX_AGE_DAYS", 90, lo=1, hi=3650)
+            ),
+            api_key_grace_days=int(self.number("VOICEGW_API_KEY_GRACE_DAYS", 7, lo=0, hi=90)),
+            database_url=self.database_url("VOICEGW_DATABASE_URL"),
+            encryption_keys=self.encryption_keys("VOICEGW_ENCRYPTION_KEYS"),
+            blind_index_key=self.blind_index_key("VOICEGW_BLIND_INDEX_KEY"),
+            retention_calls_days=self.number("VOICEGW_RETENTION_CALLS_DAYS", 30, lo=1, hi=3650),
+            retention_audit_days=self.number(
+                "VOICEGW_RETENTION_AUDIT_DAYS", 7 * 365, lo=1, hi=36500
+            ),
         )
         self._check_secrets(settings)
         unknown = sorted(
@@ -367,6 +490,13 @@ class _Reader:
         for name, secret in secrets.items():
             if secret is not None and secret.get().startswith(DEV_SECRET_PREFIX):
                 self.problems.append(f"{name} is a development key; set the real one")
+        if s.encryption_keys is None:
+            self.problems.append(
+                "VOICEGW_ENCRYPTION_KEYS must be set in production (phone numbers are encrypted "
+                "at rest; development keys are generated only outside production)"
+            )
+        if s.blind_index_key is None:
+            self.problems.append("VOICEGW_BLIND_INDEX_KEY must be set in production")
         if "twilio" in s.carriers and s.twilio_auth_token is None:
             self.problems.append("VOICEGW_TWILIO_AUTH_TOKEN must be set in production")
         if "telnyx" in s.carriers:

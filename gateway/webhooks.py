@@ -22,6 +22,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 from gateway.calls import CallState, CallStateError
 from gateway.errors import json_error
 from gateway.runtime import Runtime
+from metrics.registry import WEBHOOK_REJECTIONS
 from security.exceptions import Layer, Rejection, StateUnavailable
 from security.webhooks import Carrier, VerifiedWebhook, WebhookRequest
 
@@ -91,13 +92,13 @@ async def _verify(request: Request, carrier: Carrier) -> VerifiedWebhook | Respo
     settings = runtime.settings
     if request.method != "POST":
         # Rejected before the body is read; counted like every other rejection.
-        return _rejected(
-            carrier, Rejection(Layer.REQUEST, "method not allowed", 405, {"Allow": "POST"})
+        return await _rejected(
+            request, carrier, Rejection(Layer.REQUEST, "method not allowed", 405, {"Allow": "POST"})
         )
     try:
         body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     except BodyError as exc:
-        return _rejected(carrier, Rejection(Layer.REQUEST, exc.reason, exc.status))
+        return await _rejected(request, carrier, Rejection(Layer.REQUEST, exc.reason, exc.status))
     query = request.url.query
     url = settings.public(request.url.path) + (f"?{query}" if query else "")
     client = request.client
@@ -112,17 +113,27 @@ async def _verify(request: Request, carrier: Carrier) -> VerifiedWebhook | Respo
     try:
         return await runtime.pipeline.check(webhook)
     except Rejection as rejection:
-        return _rejected(carrier, rejection, counted=True)
+        return await _rejected(request, carrier, rejection, counted=True)
     except StateUnavailable:
         # Shared state is down and this layer fails closed: the carrier retries later.
         return json_error(503, "temporarily unavailable", {"Retry-After": "5"})
 
 
-def _rejected(carrier: Carrier, rejection: Rejection, *, counted: bool = False) -> Response:
+async def _rejected(
+    request: Request, carrier: Carrier, rejection: Rejection, *, counted: bool = False
+) -> Response:
+    """Count, log and audit a rejection (the audit trail aggregates floods), then answer it."""
     if not counted:
-        from metrics.registry import WEBHOOK_REJECTIONS
-
         WEBHOOK_REJECTIONS.labels(carrier.value, rejection.layer.value).inc()
+    runtime: Runtime = request.app.state.runtime
+    await runtime.auditor.record(
+        "webhook.rejected",
+        "denied",
+        actor=f"carrier:{carrier.value}",
+        entity_type="webhook",
+        ip=request.client.host if request.client else None,
+        detail={"layer": rejection.layer.value, "status": rejection.status},
+    )
     log.info(
         "webhook rejected",
         extra={
@@ -133,6 +144,10 @@ def _rejected(carrier: Carrier, rejection: Rejection, *, counted: bool = False) 
         },
     )
     return json_error(rejection.status, rejection.reason, rejection.headers)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and len(value) <= 64 else None
 
 
 def _params(verified: VerifiedWebhook) -> Mapping[str, str]:
@@ -179,9 +194,9 @@ async def _twilio_voice(runtime: Runtime, verified: VerifiedWebhook) -> Response
     call_sid = params.get("CallSid", "")
     if not call_sid or len(call_sid) > 64:
         return json_error(400, "CallSid required")
-    call, _created = await runtime.registry.create(
-        "twilio", call_sid, runtime.settings.providers[0]
-    )
+    call, created = await runtime.registry.create("twilio", call_sid, runtime.settings.providers[0])
+    if created:
+        await runtime.record_call(call, from_number=params.get("From"), to_number=params.get("To"))
     if call.state is CallState.ENDED:
         response = VoiceResponse()
         response.hangup()
@@ -247,6 +262,11 @@ async def _telnyx(runtime: Runtime, verified: VerifiedWebhook) -> Response:
                 "telnyx", call_control_id, runtime.settings.providers[0]
             )
             if created:
+                await runtime.record_call(
+                    call,
+                    from_number=_text(payload.get("from")),
+                    to_number=_text(payload.get("to")),
+                )
                 runtime.answer_telnyx(call, call_control_id)
         case "call.answered":
             found = await runtime.registry.by_carrier_id("telnyx", call_control_id)

@@ -35,6 +35,9 @@ _PHONE = re.compile(
     r"(?P<body>\(?\d(?:[ ()-]{0,2}\d){6,14})"
     r"(?!\w|[.:/-]\d)"
 )
+# A number with its "+" as a whole URL path segment (``/api/v1/users/%2B15550100001/data``):
+# _PHONE keeps away from paths, but a data-subject URL carries exactly this.
+_PATH_PHONE = re.compile(r"(?<=/)(?P<plus>\+|%2[Bb])(?P<body>\d{7,15})(?=[/?#\s\"']|$)")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{2}-\d{2}-\d{4}")
 _SINGLE_NUMBER = re.compile(r"\s*(?:\+|00)?[\d ()-]+\s*")
 
@@ -184,6 +187,7 @@ def redact(text: str) -> str:
     text = _SECRET_ASSIGNMENT.sub(_mask_secret_assignment, text)
     text = _SECRET_SHAPES.sub(_mask_secret_shape, text)
     text = _EMAIL.sub(_mask_email_match, text)
+    text = _PATH_PHONE.sub(_mask_match, text)
     return _PHONE.sub(_mask_match, text)
 
 

@@ -157,7 +157,7 @@ class Gateway:
 
     async def settle(self) -> None:
         """Wait for the REST commands the handlers started in the background."""
-        pending = [t for t in self.runtime._tasks if t.get_name() != "heartbeat"]
+        pending = [t for t in self.runtime._tasks if t.get_name() not in ("heartbeat", "retention")]
         if pending:
             async with asyncio.timeout(5 * UNIT):
                 await asyncio.gather(*pending, return_exceptions=True)

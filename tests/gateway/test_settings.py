@@ -37,6 +37,8 @@ def production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "VOICEGW_TWILIO_ALLOWLIST": "any",
         "VOICEGW_TELNYX_PUBLIC_KEY": TELNYX_KEY,
         "VOICEGW_TELNYX_API_KEY": "KEY0123456789",
+        "VOICEGW_ENCRYPTION_KEYS": "k1:" + base64.b64encode(b"\x01" * 32).decode(),
+        "VOICEGW_BLIND_INDEX_KEY": base64.b64encode(b"\x02" * 32).decode(),
     }
     for name, value in overrides.items():
         if value == "":
@@ -281,9 +283,11 @@ def test_all_problems_are_reported_together():
         "VOICEGW_TWILIO_AUTH_TOKEN",
         "VOICEGW_TELNYX_PUBLIC_KEY",
         "VOICEGW_TELNYX_API_KEY",
+        "VOICEGW_ENCRYPTION_KEYS",
+        "VOICEGW_BLIND_INDEX_KEY",
     ):
         assert name in message
-    assert len(message.splitlines()) == 1 + 8
+    assert len(message.splitlines()) == 1 + 10
 
 
 # -- production --------------------------------------------------------------------------------
@@ -424,3 +428,22 @@ def test_allowlist_of_a_disabled_carrier_is_accepted(tmp_path):
         }
     )
     assert settings.carriers == ("telnyx",)
+
+
+@pytest.mark.parametrize("variable", ["VOICEGW_ENCRYPTION_KEYS", "VOICEGW_BLIND_INDEX_KEY"])
+def test_production_refuses_to_run_without_data_protection_keys(tmp_path, variable):
+    message = problems(production_env(tmp_path, **{variable: ""}))
+    assert f"{variable} must be set in production" in message
+
+
+def test_malformed_encryption_keys_are_refused_without_echoing_them(tmp_path):
+    message = problems(
+        {"VOICEGW_DATA_DIR": str(tmp_path), "VOICEGW_ENCRYPTION_KEYS": "k1:secretvalue"}
+    )
+    assert "VOICEGW_ENCRYPTION_KEYS" in message
+    assert "secretvalue" not in message
+
+
+def test_database_url_must_be_postgresql(tmp_path):
+    message = problems({"VOICEGW_DATA_DIR": str(tmp_path), "VOICEGW_DATABASE_URL": "mysql://x/y"})
+    assert "VOICEGW_DATABASE_URL must be a postgresql:// URL" in message

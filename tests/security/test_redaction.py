@@ -268,3 +268,17 @@ def test_redact_value_walks_nested_data():
 def test_redact_value_without_a_key_redacts_address_fields():
     assert redact_value({"client_ip": "192.0.2.1"}) == {"client_ip": REDACTED}
     assert redact_value("plain text") == "plain text"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GET /api/v1/users/%2B15550100009/data",
+        "POST https://gw.test/api/v1/users/%2b15550100009/delete HTTP/1.1",
+        "/api/v1/users/+15550100009/data?format=json",
+    ],
+)
+def test_a_phone_number_as_a_url_path_segment_is_masked(text):
+    masked = redact(text)
+    assert "5550100009" not in masked
+    assert masked.count("/") == text.count("/")  # the path keeps its shape

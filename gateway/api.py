@@ -1,0 +1,264 @@
+"""``/api/v1``: what the operator console and services read. Every route states the permission
+it needs (``gateway.auth.requires``); see README "Roles" for who holds which.
+
+* ``GET /api/v1/calls``: live calls (from the call registry, every replica) and recent ones
+  (from the durable store);
+* ``GET /api/v1/providers``: each provider's breaker state;
+* ``GET /api/v1/audit``: the audit trail, filtered and paged (proxied to the store);
+* ``GET /api/v1/events``: a Server-Sent Events stream of the live calls, sent whenever the set
+  changes; it ends when the session that opened it expires or is revoked.
+* ``GET /api/v1/users/{subject}/data``: everything held about a phone number (data-subject
+  access / portability), decrypted, audited;
+* ``POST /api/v1/users/{subject}/delete``: erase it (call records anonymised, recordings
+  securely deleted), audited without re-identifying the person.
+
+Phone numbers never appear here: the registry holds none, and the store's are encrypted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.auth import Permission, Principal, auth_of, requires
+from gateway.calls import Call
+from gateway.errors import json_error
+from gateway.privacy import erase_subject, export_subject
+from gateway.recording import delete_recording_file
+from gateway.store.base import MAX_PAGE, AuditEvent, AuditQuery, CallRecord
+from security.exceptions import StateUnavailable
+from security.revocation import jti_key, sid_key
+
+EVENTS_INTERVAL_S: Final = 1.0
+"""How often the event stream looks for changes."""
+EVENTS_KEEPALIVE_S: Final = 15.0
+EVENTS_SESSION_CHECK_S: Final = 5.0
+AUDIT_FILTERS: Final = ("action", "actor", "outcome", "entity_type", "entity_id")
+
+
+def _json(body: Any) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def live_call(call: Call, now: float) -> dict[str, Any]:
+    return {
+        "call_id": call.call_id,
+        "carrier": call.carrier,
+        "provider": call.provider,
+        "state": call.state.value,
+        "started_at": call.created_at,
+        "duration_s": round(max(0.0, now - call.created_at), 1),
+        "replica": call.replica,
+    }
+
+
+def recent_call(record: CallRecord) -> dict[str, Any]:
+    return {
+        "call_id": record.call_id,
+        "carrier": record.carrier,
+        "providers": list(record.providers),
+        "started_at": record.started_at,
+        "ended_at": record.ended_at,
+        "duration_s": None if record.duration_s is None else round(record.duration_s, 1),
+        "outcome": record.outcome,
+        "failovers": record.failovers,
+    }
+
+
+def audit_event(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "seq": event.seq,
+        "at": event.at,
+        "action": event.action,
+        "outcome": event.outcome,
+        "actor": event.actor,
+        "role": event.role,
+        "entity_type": event.entity_type,
+        "entity_id": event.entity_id,
+        "detail": event.detail,
+        "hash": event.hash,
+    }
+
+
+async def _live(request: Request) -> list[dict[str, Any]]:
+    calls = await request.app.state.runtime.registry.list_active()
+    now = time.time()
+    return [live_call(c, now) for c in sorted(calls, key=lambda c: c.created_at)]
+
+
+@requires(Permission.CALLS_READ)
+async def calls(request: Request) -> Response:
+    limit = _int(request, "limit", 50, hi=MAX_PAGE)
+    if limit is None:
+        return json_error(400, "limit must be a whole number from 0 to 1000")
+    records = await auth_of(request).store.list_calls(limit=limit) if limit else []
+    return _json({"live": await _live(request), "recent": [recent_call(r) for r in records]})
+
+
+@requires(Permission.PROVIDERS_READ)
+async def providers(request: Request) -> Response:
+    snapshots = await request.app.state.runtime.breakers.snapshots()
+    return _json(
+        {
+            "providers": [
+                {
+                    "name": s.name,
+                    "state": s.state.name.lower(),
+                    "consecutive_failures": s.consecutive_failures,
+                    "opened_at": s.opened_at,
+                    "last_failure": s.last_failure,
+                    "last_success_at": s.last_success_at,
+                }
+                for s in snapshots
+            ]
+        }
+    )
+
+
+@requires(Permission.AUDIT_READ)
+async def audit(request: Request) -> Response:
+    params = request.query_params
+    filters: dict[str, Any] = {}
+    for name in AUDIT_FILTERS:
+        value = params.get(name, "").strip()
+        if len(value) > 128:
+            return json_error(400, f"{name} is too long")
+        if value:
+            filters[name] = value
+    try:
+        for name in ("since", "until"):
+            if params.get(name):
+                filters[name] = float(params[name])
+    except ValueError:
+        return json_error(400, "since and until must be Unix seconds")
+    after_seq = _int(request, "after_seq", 0, hi=2**62)
+    before_seq = _int(request, "before_seq", 0, hi=2**62)
+    limit = _int(request, "limit", 100, hi=MAX_PAGE)
+    if after_seq is None or before_seq is None or limit is None:
+        return json_error(400, "after_seq, before_seq and limit must be whole numbers")
+    query = AuditQuery(
+        **filters,
+        after_seq=after_seq,
+        before_seq=before_seq or None,
+        newest_first=params.get("order", "newest") != "oldest",
+        limit=max(1, limit),
+    )
+    events = await auth_of(request).store.query_audit(query)
+    return _json({"events": [audit_event(e) for e in events]})
+
+
+@requires(Permission.CALLS_READ)
+async def events(request: Request) -> Response:
+    """Server-Sent Events: ``calls`` (the live calls, on every change) and ``session-ended``."""
+    principal: Principal = request.state.principal
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield b"retry: 3000\n\n"
+        last: bytes | None = None
+        last_sent = last_check = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now - last_check >= EVENTS_SESSION_CHECK_S:
+                last_check = now
+                if not await _still_valid(request, principal):
+                    yield b"event: session-ended\ndata: {}\n\n"
+                    return
+            payload = orjson.dumps(await _live(request))
+            if payload != last:
+                last = payload
+                last_sent = now
+                yield b"event: calls\ndata: " + payload + b"\n\n"
+            elif now - last_sent >= EVENTS_KEEPALIVE_S:
+                last_sent = now
+                yield b": keep-alive\n\n"
+            await asyncio.sleep(EVENTS_INTERVAL_S)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _still_valid(request: Request, principal: Principal) -> bool:
+    auth = auth_of(request)
+    claims = principal.claims
+    if claims is None:
+        return await auth.api_key_valid(principal.key_id)
+    if claims.exp <= time.time():
+        return False
+    try:
+        return not await auth.revocations.is_revoked([jti_key(claims.jti), sid_key(claims.sid)])
+    except StateUnavailable:
+        return False
+
+
+def _int(request: Request, name: str, default: int, *, hi: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) > hi:
+        return None
+    return int(raw)
+
+
+@requires(Permission.SUBJECTS_EXPORT)
+async def subject_data(request: Request) -> Response:
+    runtime = request.app.state.runtime
+    principal: Principal = request.state.principal
+    try:
+        export = await export_subject(
+            runtime.store,
+            runtime.data_keys,
+            runtime.blind_index,
+            request.path_params["subject"],
+            auditor=runtime.auditor,
+            actor=principal.name,
+            role=principal.role.value,
+        )
+    except ValueError:
+        return json_error(400, "subject must be a phone number")
+    return _json(export)
+
+
+@requires(Permission.SUBJECTS_ERASE)
+async def subject_delete(request: Request) -> Response:
+    runtime = request.app.state.runtime
+    principal: Principal = request.state.principal
+    try:
+        erasure = await erase_subject(
+            runtime.store,
+            runtime.blind_index,
+            request.path_params["subject"],
+            auditor=runtime.auditor,
+            delete_recording=delete_recording_file,
+            actor=principal.name,
+            role=principal.role.value,
+        )
+    except ValueError:
+        return json_error(400, "subject must be a phone number")
+    return _json(
+        {
+            "request_id": erasure.request_id,
+            "calls_anonymised": erasure.calls,
+            "recordings_deleted": erasure.recordings,
+        }
+    )
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/api/v1/users/{subject}/data", subject_data, methods=["GET"]),
+        Route("/api/v1/users/{subject}/delete", subject_delete, methods=["POST"]),
+        Route("/api/v1/calls", calls, methods=["GET"]),
+        Route("/api/v1/providers", providers, methods=["GET"]),
+        Route("/api/v1/audit", audit, methods=["GET"]),
+        Route("/api/v1/events", events, methods=["GET"]),
+    ]

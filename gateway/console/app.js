@@ -1,0 +1,296 @@
+// voicegw operator console. Plain JavaScript, no dependencies, no inline script (strict CSP).
+//
+// Sessions live in HttpOnly cookies the page never sees; it only reads the CSRF cookie and
+// echoes it in X-CSRF-Token on unsafe requests. Tabs coordinate through a BroadcastChannel
+// (logging out in one tab logs out all of them) and refresh the session under a Web Lock, so
+// two tabs never present the same refresh token (which the server would treat as reuse and
+// answer by revoking the session).
+"use strict";
+
+(() => {
+  const CSRF_COOKIES = ["__Host-voicegw_csrf", "voicegw_csrf"];
+  const REFRESH_MARGIN_S = 60;
+  const PROVIDERS_EVERY_MS = 5000;
+  const channel = "BroadcastChannel" in window ? new BroadcastChannel("voicegw-session") : null;
+
+  let session = null; // {user, role, expires_at, permissions}
+  let events = null;
+  let refreshTimer = null;
+  let providersTimer = null;
+  let tickTimer = null;
+  let liveCalls = [];
+
+  const $ = (id) => document.getElementById(id);
+
+  function csrfToken() {
+    for (const part of document.cookie.split(";")) {
+      const [name, ...rest] = part.trim().split("=");
+      if (CSRF_COOKIES.includes(name)) return decodeURIComponent(rest.join("="));
+    }
+    return "";
+  }
+
+  function post(path, body) {
+    const headers = { "X-CSRF-Token": csrfToken() };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    return fetch(path, {
+      method: "POST",
+      credentials: "same-origin",
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  }
+
+  // GET an /api/v1 resource; on 401 refresh once and retry; if that fails, the session is over.
+  async function get(path) {
+    let response = await fetch(path, { credentials: "same-origin" });
+    if (response.status === 401 && (await refresh())) {
+      response = await fetch(path, { credentials: "same-origin" });
+    }
+    if (response.status === 401) {
+      signedOut(true);
+      return null;
+    }
+    return response.ok ? response.json() : null;
+  }
+
+  async function currentSession() {
+    const response = await fetch("/auth/session", { credentials: "same-origin" });
+    return response.ok ? response.json() : null;
+  }
+
+  // Refresh under a lock shared by every tab. Whoever gets the lock first refreshes; a tab
+  // that waited finds a fresh session already in place and uses it instead.
+  async function refresh() {
+    const run = async () => {
+      const now = Date.now() / 1000;
+      const existing = await currentSession();
+      if (existing && existing.expires_at - now > REFRESH_MARGIN_S) return existing;
+      if (!csrfToken()) return null; // no session to refresh
+      const response = await post("/auth/refresh");
+      if (!response.ok) return null;
+      const fresh = await response.json();
+      if (channel) channel.postMessage({ type: "refreshed" });
+      return fresh;
+    };
+    const result = navigator.locks ? await navigator.locks.request("voicegw-refresh", run) : await run();
+    if (result) signedIn(result);
+    return result;
+  }
+
+  function scheduleRefresh() {
+    clearTimeout(refreshTimer);
+    if (!session) return;
+    const wait = Math.max(5, session.expires_at - Date.now() / 1000 - REFRESH_MARGIN_S);
+    refreshTimer = setTimeout(() => refresh().then((s) => s || signedOut(true)), wait * 1000);
+  }
+
+  function can(permission) {
+    return session && session.permissions.includes(permission);
+  }
+
+  function signedIn(newSession) {
+    const wasOut = !session;
+    session = newSession;
+    $("who-name").textContent = session.user;
+    $("who-role").textContent = session.role;
+    $("who").hidden = false;
+    $("login-view").hidden = true;
+    $("app-view").hidden = false;
+    document.body.dataset.state = "signed-in";
+    for (const panel of document.querySelectorAll("[data-permission]")) {
+      panel.hidden = !can(panel.dataset.permission);
+    }
+    scheduleRefresh();
+    if (wasOut) start();
+  }
+
+  // Back to the login form. ``local`` says whether this tab saw the session end (then it tells
+  // the other tabs); a message from another tab only updates this one.
+  function signedOut(local) {
+    const wasIn = session !== null;
+    session = null;
+    stop();
+    $("who").hidden = true;
+    $("app-view").hidden = true;
+    $("login-view").hidden = false;
+    $("password").value = "";
+    document.body.dataset.state = "signed-out";
+    if (local && wasIn && channel) channel.postMessage({ type: "logout" });
+  }
+
+  function start() {
+    if (can("calls:read")) openEvents();
+    if (can("providers:read")) {
+      loadProviders();
+      providersTimer = setInterval(loadProviders, PROVIDERS_EVERY_MS);
+    }
+    if (can("audit:read")) loadAudit();
+    tickTimer = setInterval(renderCalls, 1000);
+  }
+
+  function stop() {
+    clearTimeout(refreshTimer);
+    clearInterval(providersTimer);
+    clearInterval(tickTimer);
+    if (events) events.close();
+    events = null;
+    liveCalls = [];
+    renderCalls();
+  }
+
+  // -- live calls over Server-Sent Events ------------------------------------------------
+
+  function openEvents() {
+    if (events) events.close();
+    events = new EventSource("/api/v1/events");
+    $("stream-state").textContent = "connecting";
+    events.addEventListener("open", () => ($("stream-state").textContent = "live"));
+    events.addEventListener("calls", (e) => {
+      liveCalls = JSON.parse(e.data);
+      renderCalls();
+    });
+    events.addEventListener("session-ended", () => {
+      events.close();
+      refresh().then((s) => (s ? openEvents() : signedOut(true)));
+    });
+    events.addEventListener("error", () => {
+      $("stream-state").textContent = "reconnecting";
+      if (events.readyState === EventSource.CLOSED) {
+        // The server refused the stream (401): refresh, then reopen or sign out.
+        refresh().then((s) => (s ? openEvents() : signedOut(true)));
+      }
+    });
+  }
+
+  function cell(row, text, className) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (className) td.className = className;
+    row.appendChild(td);
+  }
+
+  function duration(seconds) {
+    const s = Math.max(0, Math.floor(seconds));
+    return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+  }
+
+  function renderCalls() {
+    const body = $("live-calls").tBodies[0];
+    body.replaceChildren();
+    const now = Date.now() / 1000;
+    for (const call of liveCalls) {
+      const row = document.createElement("tr");
+      row.dataset.callId = call.call_id;
+      cell(row, call.call_id, "mono");
+      cell(row, call.carrier);
+      cell(row, call.provider);
+      cell(row, call.state);
+      cell(row, duration(now - call.started_at));
+      body.appendChild(row);
+    }
+    $("live-count").textContent = String(liveCalls.length);
+    $("no-calls").hidden = liveCalls.length > 0;
+  }
+
+  // -- providers and audit ------------------------------------------------------------------
+
+  async function loadProviders() {
+    const data = await get("/api/v1/providers");
+    if (!data) return;
+    const body = $("providers").tBodies[0];
+    body.replaceChildren();
+    for (const p of data.providers) {
+      const row = document.createElement("tr");
+      cell(row, p.name);
+      cell(row, p.state.replace("_", "-"), `state-${p.state}`);
+      cell(row, String(p.consecutive_failures));
+      cell(row, p.last_failure || "—");
+      body.appendChild(row);
+    }
+  }
+
+  async function loadAudit() {
+    const params = new URLSearchParams();
+    for (const [name, id] of [["action", "audit-action"], ["actor", "audit-actor"], ["outcome", "audit-outcome"]]) {
+      const value = $(id).value.trim();
+      if (value) params.set(name, value);
+    }
+    params.set("limit", "100");
+    const data = await get(`/api/v1/audit?${params}`);
+    if (!data) return;
+    const body = $("audit").tBodies[0];
+    body.replaceChildren();
+    for (const e of data.events) {
+      const row = document.createElement("tr");
+      cell(row, String(e.seq));
+      cell(row, new Date(e.at * 1000).toISOString().replace("T", " ").slice(0, 19));
+      cell(row, e.action, "mono");
+      cell(row, e.outcome);
+      cell(row, e.actor);
+      cell(row, e.entity_type ? `${e.entity_type}:${e.entity_id || ""}` : "");
+      body.appendChild(row);
+    }
+  }
+
+  // -- wiring ---------------------------------------------------------------------------------
+
+  $("login-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    $("login-error").hidden = true;
+    $("login-button").disabled = true;
+    try {
+      const response = await fetch("/auth/login", {
+        method: "POST",
+        credentials: "same-origin",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ username: $("username").value, password: $("password").value }),
+      });
+      if (!response.ok) {
+        $("login-error").textContent =
+          response.status === 401 ? "Wrong user name or password, or the account is locked for a while." : "Sign-in failed.";
+        $("login-error").hidden = false;
+        return;
+      }
+      $("password").value = "";
+      signedIn(await response.json());
+      if (channel) channel.postMessage({ type: "login" });
+    } finally {
+      $("login-button").disabled = false;
+    }
+  });
+
+  $("logout").addEventListener("click", async () => {
+    await post("/auth/logout");
+    signedOut(true);
+  });
+
+  $("logout-all").addEventListener("click", async () => {
+    await post("/auth/logout-all");
+    signedOut(true);
+  });
+
+  $("audit-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadAudit();
+  });
+
+  if (channel) {
+    channel.addEventListener("message", async (event) => {
+      const type = event.data && event.data.type;
+      if (type === "logout") {
+        signedOut(false);
+      } else if (type === "login" || type === "refreshed") {
+        const current = await currentSession();
+        if (current) signedIn(current);
+      }
+    });
+  }
+
+  // On load: the session from the cookies, refreshed if the access token has lapsed.
+  (async () => {
+    const current = (await currentSession()) || (await refresh());
+    if (current) signedIn(current);
+    else signedOut(false);
+  })();
+})();

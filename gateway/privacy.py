@@ -1,0 +1,460 @@
+"""Personal data in call records: sealing numbers, data-subject rights and retention.
+
+``seal_numbers`` turns a call's phone numbers into what a ``CallRecord`` stores (AES-GCM
+ciphertexts bound to the call and column, and blind indexes); ``open_numbers`` reverses it.
+
+``export_subject`` returns everything held about one phone number as JSON-ready data
+(portability); ``erase_subject`` removes it: the subject's numbers and indexes leave every call
+record, the calls' recordings are deleted, and the blind index is cleared from earlier
+requests, so nothing left re-identifies the person. Both are recorded as a
+``SubjectRequest`` and in the audit trail (by request id, never by number or index).
+
+``RetentionSweeper`` deletes call records (with their recordings) and audit events older than
+their retention periods, in batches, and audits what it removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from gateway.store.base import AuditQuery, CallRecord, Store, SubjectRequest
+from security.audit import Auditor
+from security.crypto import (
+    CALL_FROM_COLUMN,
+    CALL_TO_COLUMN,
+    BlindIndex,
+    KeyRing,
+    normalize_e164,
+)
+from security.redaction import mask_phone
+
+__all__ = [
+    "DAY_S",
+    "DeleteRecording",
+    "Erasure",
+    "RetentionPeriods",
+    "RetentionSweeper",
+    "SealedNumbers",
+    "SweepResult",
+    "erase_subject",
+    "export_subject",
+    "open_numbers",
+    "seal_numbers",
+]
+
+logger = logging.getLogger(__name__)
+
+DAY_S: Final = 86_400.0
+EXPORT_FORMAT: Final = "voicegw.subject-export.v1"
+
+DeleteRecording = Callable[[str], Awaitable[None]]
+"""Securely deletes one recording by its stored path; a missing file is not an error."""
+
+
+# -- sealing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SealedNumbers:
+    """The number fields of a ``CallRecord``; ``dataclasses.replace(call, **sealed.fields())``."""
+
+    from_number: bytes | None = None
+    to_number: bytes | None = None
+    from_index: str | None = None
+    to_index: str | None = None
+    key_id: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "from_number": self.from_number,
+            "to_number": self.to_number,
+            "from_index": self.from_index,
+            "to_index": self.to_index,
+            "key_id": self.key_id,
+        }
+
+
+def seal_numbers(
+    keyring: KeyRing,
+    index: BlindIndex,
+    *,
+    call_id: str,
+    from_number: str | None,
+    to_number: str | None,
+    default_region: str = "US",
+) -> SealedNumbers:
+    """Encrypt and index a call's numbers (E.164). A value that is not a phone number
+    (``anonymous``, ``client:alice``, a SIP URI) is not kept at all."""
+    sealed: dict[str, Any] = {}
+    for side, raw, column in (
+        ("from", from_number, CALL_FROM_COLUMN),
+        ("to", to_number, CALL_TO_COLUMN),
+    ):
+        if raw is None:
+            continue
+        try:
+            e164 = normalize_e164(raw, default_region)
+        except ValueError:
+            continue
+        sealed[f"{side}_number"] = keyring.encrypt_field(e164, record_id=call_id, column=column)
+        sealed[f"{side}_index"] = index.of(e164)
+        sealed["key_id"] = keyring.active_key_id
+    return SealedNumbers(**sealed)
+
+
+def open_numbers(keyring: KeyRing, call: CallRecord) -> tuple[str | None, str | None]:
+    """The call's numbers in clear (E.164). Raises ``DecryptionError``."""
+    from_number = to_number = None
+    if call.from_number is not None:
+        from_number = keyring.decrypt_field(
+            call.from_number, record_id=call.call_id, column=CALL_FROM_COLUMN
+        )
+    if call.to_number is not None:
+        to_number = keyring.decrypt_field(
+            call.to_number, record_id=call.call_id, column=CALL_TO_COLUMN
+        )
+    return from_number, to_number
+
+
+# -- data-subject rights ---------------------------------------------------------------------
+
+
+def _iso(at: float | None) -> str | None:
+    return None if at is None else datetime.fromtimestamp(at, UTC).isoformat()
+
+
+def _new_request(kind: str, subject_index: str, actor: str, now: float) -> SubjectRequest:
+    return SubjectRequest(
+        request_id=str(uuid.uuid4()),
+        kind=kind,
+        subject_index=subject_index,
+        requested_by=actor,
+        status="pending",
+        created_at=now,
+    )
+
+
+async def export_subject(
+    store: Store,
+    keyring: KeyRing,
+    index: BlindIndex,
+    number: str,
+    *,
+    auditor: Auditor,
+    actor: str = "system",
+    role: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> dict[str, Any]:
+    """Everything held about ``number``, decrypted, as JSON-ready data.
+
+    Per call: identifiers, times, outcome, providers, which side the subject was on, the
+    subject's number in clear and the other party's number masked (it is someone else's
+    data). Also the earlier data-subject requests about this number and the audit events that
+    concern those calls. Raises ``ValueError`` if ``number`` is not a phone number and
+    ``DecryptionError`` if a record does not decrypt (the request is then recorded failed).
+    """
+    e164 = index.normalize(number)
+    subject_index = index.of(e164)
+    request = _new_request("export", subject_index, actor, clock())
+    await store.put_subject_request(request)
+    try:
+        calls = await store.find_calls(subject_index)
+        exported_calls = []
+        for call in calls:
+            from_number, to_number = open_numbers(keyring, call)
+            as_caller = call.from_index == subject_index
+            counterpart = to_number if as_caller else from_number
+            events = await store.query_audit(
+                AuditQuery(entity_type="call", entity_id=call.call_id, limit=1000)
+            )
+            exported_calls.append(
+                {
+                    "call_id": call.call_id,
+                    "carrier": call.carrier,
+                    "carrier_call_id": call.carrier_call_id,
+                    "subject_role": "caller" if as_caller else "callee",
+                    "subject_number": from_number if as_caller else to_number,
+                    "counterpart_number": None if counterpart is None else mask_phone(counterpart),
+                    "started_at": _iso(call.started_at),
+                    "ended_at": _iso(call.ended_at),
+                    "duration_s": call.duration_s,
+                    "outcome": call.outcome,
+                    "providers": list(call.providers),
+                    "failovers": call.failovers,
+                    "recording": call.recording_path is not None,
+                    "events": [
+                        {"at": _iso(e.at), "action": e.action, "outcome": e.outcome} for e in events
+                    ],
+                }
+            )
+        earlier = [
+            {
+                "request_id": r.request_id,
+                "kind": r.kind,
+                "status": r.status,
+                "created_at": _iso(r.created_at),
+                "completed_at": _iso(r.completed_at),
+            }
+            for r in await store.find_subject_requests(subject_index)
+            if r.request_id != request.request_id
+        ]
+    except BaseException:
+        await _finish(store, auditor, request, "failed", 0, actor, role, clock)
+        raise
+    await _finish(store, auditor, request, "done", len(calls), actor, role, clock)
+    return {
+        "format": EXPORT_FORMAT,
+        "request_id": request.request_id,
+        "generated_at": _iso(clock()),
+        "subject": {"number": e164},
+        "calls": exported_calls,
+        "subject_requests": earlier,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    request_id: str
+    calls: int
+    recordings: int
+
+
+async def erase_subject(
+    store: Store,
+    index: BlindIndex,
+    number: str,
+    *,
+    auditor: Auditor,
+    delete_recording: DeleteRecording | None = None,
+    actor: str = "system",
+    role: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Erasure:
+    """Erase ``number`` from every record; return the request id (the requester's receipt)
+    and how many call records were anonymised and recordings deleted.
+
+    Recordings of those calls are deleted first (so a failure leaves them referenced and the
+    request can be repeated), then the subject's numbers and indexes leave the calls in one
+    transaction, the index is cleared from earlier requests, and deleted data is pushed out
+    of the database files. Raises ``ValueError`` if ``number`` is not a phone number, and
+    whatever ``delete_recording`` or the store raises (the request is then recorded failed).
+    """
+    subject_index = index.of(number)
+    request = _new_request("erase", subject_index, actor, clock())
+    await store.put_subject_request(request)
+    deleted: set[str] = set()
+    erased: list[CallRecord] = []
+    try:
+        for call in await store.find_calls(subject_index):
+            await _delete_recording(call, delete_recording, deleted)
+        erased = await store.erase_call_numbers(subject_index)
+        for call in erased:  # recordings that appeared meanwhile
+            await _delete_recording(call, delete_recording, deleted)
+        await store.forget_subject_index(subject_index)
+        await store.purge_residue()
+    except BaseException:
+        await _finish(
+            store,
+            auditor,
+            replace(request, subject_index=""),
+            "failed",
+            len(erased),
+            actor,
+            role,
+            clock,
+            detail={"recordings": len(deleted)},
+        )
+        raise
+    await _finish(
+        store,
+        auditor,
+        replace(request, subject_index=""),
+        "done",
+        len(erased),
+        actor,
+        role,
+        clock,
+        detail={"recordings": len(deleted)},
+    )
+    return Erasure(request_id=request.request_id, calls=len(erased), recordings=len(deleted))
+
+
+async def _delete_recording(
+    call: CallRecord, delete_recording: DeleteRecording | None, deleted: set[str]
+) -> None:
+    path = call.recording_path
+    if path is None or path in deleted:
+        return
+    if delete_recording is None:
+        raise RuntimeError("a call has a recording but no recording deleter was configured")
+    await delete_recording(path)
+    deleted.add(path)
+
+
+async def _finish(
+    store: Store,
+    auditor: Auditor,
+    request: SubjectRequest,
+    status: str,
+    items: int,
+    actor: str,
+    role: str | None,
+    clock: Callable[[], float],
+    *,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    done = replace(request, status=status, items=items, completed_at=clock())
+    try:
+        await store.put_subject_request(done)
+    finally:
+        await auditor.record(
+            f"dsr.{request.kind}",
+            "success" if status == "done" else "failure",
+            actor=actor,
+            role=role,
+            entity_type="subject_request",
+            entity_id=request.request_id,
+            detail={"records": items, **(detail or {})},
+        )
+
+
+# -- retention -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPeriods:
+    """How long each kind of record is kept, in seconds (recordings go with their call)."""
+
+    calls_s: float = 30 * DAY_S
+    audit_s: float = 7 * 365 * DAY_S
+
+    def __post_init__(self) -> None:
+        if not (self.calls_s > 0 and self.audit_s > 0):
+            raise ValueError("retention periods must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    calls: int = 0
+    recordings: int = 0
+    audit_events: int = 0
+
+
+class RetentionSweeper:
+    """Deletes what has outlived its retention period, ``batch`` records per transaction.
+
+    ``sweep_once`` runs one pass and returns what it removed (and adds it to ``totals``);
+    ``run`` repeats it every ``interval_s`` until cancelled. A recording that cannot be
+    deleted is logged and counted in ``recording_failures``; its call record is already gone,
+    so the recordings module's own sweep of orphaned files must catch it.
+    """
+
+    __slots__ = (
+        "_auditor",
+        "_batch",
+        "_clock",
+        "_delete_recording",
+        "_periods",
+        "_store",
+        "failures",
+        "recording_failures",
+        "totals",
+    )
+
+    def __init__(
+        self,
+        store: Store,
+        periods: RetentionPeriods,
+        auditor: Auditor,
+        batch: int = 500,
+        *,
+        delete_recording: DeleteRecording | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self._store = store
+        self._periods = periods
+        self._auditor = auditor
+        self._batch = batch
+        self._delete_recording = delete_recording
+        self._clock = clock
+        self.totals = SweepResult()
+        self.failures = 0
+        self.recording_failures = 0
+
+    async def sweep_once(self) -> SweepResult:
+        now = self._clock()
+        calls = recordings = 0
+        while True:
+            removed = await self._store.delete_calls_before(
+                now - self._periods.calls_s, self._batch
+            )
+            calls += len(removed)
+            for call in removed:
+                recordings += await self._remove_recording(call)
+            if len(removed) < self._batch:
+                break
+            await asyncio.sleep(0)  # let calls and requests run between batches
+        audit_events = 0
+        while True:
+            count = await self._store.delete_audit_before(now - self._periods.audit_s, self._batch)
+            audit_events += count
+            if count < self._batch:
+                break
+            await asyncio.sleep(0)
+        result = SweepResult(calls=calls, recordings=recordings, audit_events=audit_events)
+        self.totals = SweepResult(
+            calls=self.totals.calls + calls,
+            recordings=self.totals.recordings + recordings,
+            audit_events=self.totals.audit_events + audit_events,
+        )
+        if calls or audit_events:
+            await self._store.purge_residue()
+            await self._auditor.record(
+                "retention.sweep",
+                "success",
+                detail={
+                    "calls": calls,
+                    "recordings": recordings,
+                    "audit_events": audit_events,
+                    "calls_before": now - self._periods.calls_s,
+                    "audit_before": now - self._periods.audit_s,
+                },
+            )
+        return result
+
+    async def _remove_recording(self, call: CallRecord) -> int:
+        if call.recording_path is None:
+            return 0
+        if self._delete_recording is None:
+            self.recording_failures += 1
+            logger.error("call record had a recording but no recording deleter is configured")
+            return 0
+        try:
+            await self._delete_recording(call.recording_path)
+        except Exception:
+            self.recording_failures += 1
+            logger.exception("retention could not delete a recording")
+            return 0
+        return 1
+
+    async def run(self, interval_s: float) -> None:
+        """Sweep now and then every ``interval_s`` seconds until cancelled; never raises
+        otherwise (a failed pass is logged, counted in ``failures`` and retried next time)."""
+        if not interval_s > 0:
+            raise ValueError("interval_s must be positive")
+        while True:
+            try:
+                await self.sweep_once()
+            except Exception:
+                self.failures += 1
+                logger.exception("retention sweep failed")
+            await asyncio.sleep(interval_s)

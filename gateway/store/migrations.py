@@ -1,0 +1,183 @@
+"""Schema migrations: an ordered list, each with its SQL for SQLite and for PostgreSQL.
+
+A store applies every migration newer than the highest version in its ``schema_version``
+table, each in its own transaction together with the row that records it, when it opens.
+Applying is idempotent (an applied version is never run again) and safe when several
+processes start at once (SQLite: ``BEGIN IMMEDIATE`` and a re-check; PostgreSQL: an advisory
+lock held while migrating). Migrations are append-only: never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["MIGRATIONS", "Dialect", "Migration", "statements"]
+
+
+class Dialect(enum.StrEnum):
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+SCHEMA_VERSION_TABLE = {
+    Dialect.SQLITE: "CREATE TABLE IF NOT EXISTS schema_version "
+    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)",
+    Dialect.POSTGRES: "CREATE TABLE IF NOT EXISTS schema_version "
+    "(version integer PRIMARY KEY, name text NOT NULL, applied_at double precision NOT NULL)",
+}
+
+
+def _both(template: str) -> tuple[str, str]:
+    """One statement in both dialects: ``{real}``, ``{blob}``, ``{bool}``, ``{bigint}``."""
+    sqlite = template.format(real="REAL", blob="BLOB", bool="INTEGER", bigint="INTEGER")
+    postgres = template.format(
+        real="double precision", blob="bytea", bool="boolean", bigint="bigint"
+    )
+    return sqlite, postgres
+
+
+_V1_COMMON = [
+    _both(
+        """CREATE TABLE users (
+            user_id TEXT PRIMARY KEY,
+            username TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            disabled {bool} NOT NULL DEFAULT FALSE,
+            created_at {real} NOT NULL,
+            password_changed_at {real} NOT NULL
+        )"""
+    ),
+    _both(
+        """CREATE TABLE api_keys (
+            key_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            key_hash TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            expires_at {real},
+            revoked_at {real},
+            last_used_at {real}
+        )"""
+    ),
+    _both(
+        """CREATE TABLE calls (
+            call_id TEXT PRIMARY KEY,
+            carrier TEXT NOT NULL,
+            carrier_call_id TEXT NOT NULL,
+            started_at {real} NOT NULL,
+            ended_at {real},
+            outcome TEXT,
+            failovers INTEGER NOT NULL DEFAULT 0,
+            providers TEXT NOT NULL DEFAULT '[]',
+            from_number {blob},
+            to_number {blob},
+            from_index TEXT,
+            to_index TEXT,
+            key_id TEXT,
+            recording_path TEXT
+        )"""
+    ),
+    _both("CREATE INDEX calls_started_at ON calls (started_at)"),
+    _both("CREATE INDEX calls_from_index ON calls (from_index)"),
+    _both("CREATE INDEX calls_to_index ON calls (to_index)"),
+    _both("CREATE INDEX calls_key_id ON calls (key_id)"),
+    _both(
+        """CREATE TABLE audit_events (
+            seq {bigint} PRIMARY KEY,
+            at {real} NOT NULL,
+            action TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            role TEXT,
+            entity_type TEXT,
+            entity_id TEXT,
+            ip_hash TEXT,
+            user_agent TEXT,
+            correlation_id TEXT,
+            detail TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        )"""
+    ),
+    _both("CREATE INDEX audit_events_at ON audit_events (at)"),
+    _both("CREATE INDEX audit_events_action ON audit_events (action)"),
+    _both("CREATE INDEX audit_events_actor ON audit_events (actor)"),
+    _both("CREATE INDEX audit_events_entity ON audit_events (entity_type, entity_id)"),
+    # One row: the chain head (serialises appends) and the retention anchor.
+    _both(
+        """CREATE TABLE audit_chain (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            head_seq {bigint} NOT NULL,
+            head_hash TEXT NOT NULL,
+            anchor_seq {bigint} NOT NULL,
+            anchor_hash TEXT NOT NULL
+        )"""
+    ),
+    _both("INSERT INTO audit_chain VALUES (1, 0, '', 0, '')"),
+    _both(
+        """CREATE TABLE subject_requests (
+            request_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            subject_index TEXT NOT NULL,
+            requested_by TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            completed_at {real},
+            items INTEGER NOT NULL DEFAULT 0
+        )"""
+    ),
+    _both("CREATE INDEX subject_requests_index ON subject_requests (subject_index)"),
+    _both("CREATE INDEX subject_requests_created ON subject_requests (created_at)"),
+    _both(
+        """CREATE TABLE login_failures (
+            username TEXT NOT NULL,
+            at {real} NOT NULL
+        )"""
+    ),
+    _both("CREATE INDEX login_failures_user ON login_failures (username, at)"),
+]
+
+# Audit rows are never updated: the database itself refuses (retention only deletes).
+_V1_SQLITE_ONLY = (
+    """CREATE TRIGGER audit_events_append_only BEFORE UPDATE ON audit_events
+       BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END""",
+)
+_V1_POSTGRES_ONLY = (
+    """CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN RAISE EXCEPTION 'audit events are append-only'; END $$""",
+    """CREATE TRIGGER audit_events_append_only BEFORE UPDATE ON audit_events
+       FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        version=1,
+        name="initial schema",
+        sqlite=tuple(s for s, _ in _V1_COMMON) + _V1_SQLITE_ONLY,
+        postgres=tuple(p for _, p in _V1_COMMON) + _V1_POSTGRES_ONLY,
+    ),
+)
+
+
+def statements(migration: Migration, dialect: Dialect) -> tuple[str, ...]:
+    """The migration's SQL for ``dialect``."""
+    return migration.sqlite if dialect is Dialect.SQLITE else migration.postgres
+
+
+def check_order(migrations: tuple[Migration, ...]) -> None:
+    """Raise ``ValueError`` unless versions are 1, 2, 3, ... in order."""
+    for expected, migration in enumerate(migrations, start=1):
+        if migration.version != expected:
+            raise ValueError(
+                f"migration {migration.name!r} has version {migration.version}, expected {expected}"
+            )

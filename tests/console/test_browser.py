@@ -1,0 +1,204 @@
+"""The operator console in a real browser: Debian's chromium driven by playwright, against a
+real uvicorn on loopback, with a simulated carrier call placed through the real webhooks and
+media stream. Log in, watch the call appear live, open a second tab, log out in one and watch
+the other leave. A screenshot is saved under the test's tmp_path (its path is printed)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import BrowserContext, ConsoleMessage, Page, async_playwright
+
+from gateway import devkeys
+from gateway.admin_cli import add_user
+from gateway.auth import AuthRuntime
+from gateway.settings import Settings
+from gateway.simulate import serve_app
+from gateway.store.base import Role
+from tests.conftest import UNIT
+from tests.e2e.carrier import Gateway, caller_audio, free_port, gateway_env, place_call
+from tests.fakes.carrier_rest import FakeCarrierRest
+from tests.sessions.harness import PASSWORD, TEST_HASHER, compose, make_auth, sqlite_store
+
+CHROMIUM = "/usr/bin/chromium"
+HAVE_CHROMIUM = Path(CHROMIUM).exists()
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS = int(10_000 * UNIT)
+
+pytestmark = pytest.mark.e2e
+
+
+@contextlib.asynccontextmanager
+async def console_gateway(tmp_path: Path, rest: FakeCarrierRest) -> AsyncIterator[Gateway]:
+    """The composed app (sessions, API, console) served by uvicorn on a free loopback port."""
+    port = free_port()
+    settings = devkeys.apply(Settings.from_env(gateway_env(tmp_path, port, rest)))
+    async with sqlite_store(tmp_path) as store:
+        await add_user(store, TEST_HASHER, "ada", Role.OPERATOR, PASSWORD)
+        app = compose(settings)
+        auth: AuthRuntime = make_auth(settings, store)
+        started = app.router.lifespan_context
+
+        @contextlib.asynccontextmanager
+        async def lifespan(a: Any) -> AsyncIterator[None]:
+            async with started(a):
+                a.state.runtime.auth = auth  # what Runtime.start does once integrated
+                yield
+
+        app.router.lifespan_context = lifespan
+        async with serve_app(app, port) as url:
+            yield Gateway(url, settings, app, rest)
+
+
+@contextlib.asynccontextmanager
+async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
+    if not HAVE_CHROMIUM:
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (see .ci/run)")
+    async with async_playwright() as p:
+        context = await p.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),  # fresh profile per test
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+        )
+        try:
+            yield context
+        finally:
+            await context.close()
+
+
+def watch_console(page: Page, problems: list[str]) -> None:
+    def on_message(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            problems.append(message.text)
+
+    page.on("console", on_message)
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+
+
+async def test_login_live_call_two_tabs_logout(tmp_path: Path, rest: FakeCarrierRest) -> None:
+    problems: list[str] = []
+    async with console_gateway(tmp_path, rest) as gw, browser(tmp_path) as context:
+        first = await context.new_page()
+        watch_console(first, problems)
+        await first.goto(gw.url + "/console/")
+        await first.wait_for_selector("body[data-state=signed-out]", timeout=WAIT_MS)
+
+        # A wrong password is refused without a hint of why.
+        await first.fill("#username", "ada")
+        await first.fill("#password", "not the password")
+        await first.click("#login-button")
+        await first.wait_for_selector("#login-error:not([hidden])", timeout=WAIT_MS)
+
+        await first.fill("#password", PASSWORD)
+        await first.click("#login-button")
+        await first.wait_for_selector("body[data-state=signed-in]", timeout=WAIT_MS)
+        assert await first.text_content("#who-name") == "ada"
+        assert await first.is_hidden("#audit-panel")  # an operator does not see the audit trail
+        cookies = {c["name"]: c for c in await context.cookies()}
+        assert (
+            cookies["voicegw_access"]["httpOnly"]
+            and cookies["voicegw_access"]["sameSite"] == "Strict"
+        )
+        assert not cookies["voicegw_csrf"]["httpOnly"]
+        assert await first.evaluate("document.cookie.includes('voicegw_access')") is False
+
+        # A simulated Twilio call, through the signed webhook and the media stream.
+        leg = await place_call(gw, "twilio")
+        try:
+            await leg.play(caller_audio(25), realtime=False)
+            call = await gw.call("twilio", leg.ticket.call_id)
+            assert call is not None
+            row = f"tr[data-call-id='{call.call_id}']"
+            await first.wait_for_selector(row, timeout=WAIT_MS)
+            assert "twilio" in (await first.text_content(row) or "")
+            await first.wait_for_selector(f"{row} >> text=streaming", timeout=WAIT_MS)
+            await first.wait_for_selector("#providers >> text=echo", timeout=WAIT_MS)
+
+            # A second tab shares the session and sees the same call.
+            second = await context.new_page()
+            watch_console(second, problems)
+            await second.goto(gw.url + "/console/")
+            await second.wait_for_selector("body[data-state=signed-in]", timeout=WAIT_MS)
+            await second.wait_for_selector(row, timeout=WAIT_MS)
+
+            shot = tmp_path / "console.png"
+            await first.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            print(f"console screenshot: {shot}")
+
+            # Log out in the second tab: the first leaves too (BroadcastChannel).
+            await second.click("#logout")
+            await second.wait_for_selector("body[data-state=signed-out]", timeout=WAIT_MS)
+            await first.wait_for_selector("body[data-state=signed-out]", timeout=WAIT_MS)
+            assert await first.is_hidden("#app-view")
+
+            # And the session is over on the server, not just in the pages.
+            await first.reload()
+            await first.wait_for_selector("body[data-state=signed-out]", timeout=WAIT_MS)
+            names = {c["name"] for c in await context.cookies()}
+            assert not names & {"voicegw_access", "voicegw_refresh", "voicegw_csrf"}
+        finally:
+            await leg.stop()
+    assert not [p for p in problems if "401" not in p and "403" not in p], problems
+
+
+async def test_two_tabs_refresh_without_racing(tmp_path: Path, rest: FakeCarrierRest) -> None:
+    """Both tabs refresh at once: the Web Lock lets one present the refresh token, the other
+    reuses the new session, so reuse detection never fires and both stay signed in."""
+    problems: list[str] = []
+    async with console_gateway(tmp_path, rest) as gw, browser(tmp_path) as context:
+        first = await context.new_page()
+        watch_console(first, problems)
+        await first.goto(gw.url + "/console/")
+        await first.fill("#username", "ada")
+        await first.fill("#password", PASSWORD)
+        await first.click("#login-button")
+        await first.wait_for_selector("body[data-state=signed-in]", timeout=WAIT_MS)
+        second = await context.new_page()
+        await second.goto(gw.url + "/console/")
+        await second.wait_for_selector("body[data-state=signed-in]", timeout=WAIT_MS)
+
+        # The access cookie lapses (as it does after 24 h); the refresh cookie remains.
+        await context.clear_cookies(name="voicegw_access")
+        script = "fetch('/api/v1/calls').then(r => r.status)"
+        assert await first.evaluate(script) == 401
+        # Both tabs refresh at the same moment.
+        refreshed = await _gather(
+            first.evaluate(_REFRESH_FROM_PAGE), second.evaluate(_REFRESH_FROM_PAGE)
+        )
+        assert refreshed == [200, 200], refreshed
+        assert await first.evaluate(script) == 200
+        assert await second.evaluate(script) == 200
+    assert not [p for p in problems if "401" not in p], problems
+
+
+# The console's own refresh path (app.js ``refresh``), called the way a 401 triggers it.
+_REFRESH_FROM_PAGE = """
+async () => navigator.locks.request('voicegw-refresh', async () => {
+  const now = Date.now() / 1000;
+  const s = await fetch('/auth/session');
+  if (s.ok && (await s.json()).expires_at - now > 60) return 200;
+  const csrf = document.cookie.split('; ').find(c => c.startsWith('voicegw_csrf=')).split('=')[1];
+  const r = await fetch('/auth/refresh', {method: 'POST', headers: {'X-CSRF-Token': csrf}});
+  return r.status;
+})
+"""
+
+
+async def _gather(*aws: Any) -> list[Any]:
+    return list(await asyncio.gather(*aws))

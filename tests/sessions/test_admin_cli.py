@@ -1,0 +1,153 @@
+"""``voicegw users|apikeys|keys`` through ``admin_cli.register``, against a real SQLite file,
+and the password hashing underneath."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway import admin_cli
+from gateway.store.base import Role
+from gateway.store.sqlite import SqliteStore
+from security import apikeys
+from security.passwords import PasswordHasher
+
+
+@pytest.fixture
+def voicegw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    for name in [n for n in os.environ if n.startswith("VOICEGW_")]:
+        if not name.startswith("VOICEGW_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("VOICEGW_DATA_DIR", str(tmp_path / "data"))
+
+    def run(*argv: str, stdin: str = "") -> int:
+        parser = argparse.ArgumentParser(prog="voicegw")
+        admin_cli.register(parser.add_subparsers(dest="command", required=True))
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        args = parser.parse_args(argv)
+        result: int = args.func(args)
+        return result
+
+    return run
+
+
+def users(tmp_path: Path) -> dict[str, tuple[Role, bool, str]]:
+    async def read() -> dict[str, tuple[Role, bool, str]]:
+        store = SqliteStore(tmp_path / "data" / "voicegw.sqlite3")
+        await store.open()
+        try:
+            return {
+                u.username: (u.role, u.disabled, u.password_hash) for u in await store.list_users()
+            }
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def test_users_commands(voicegw, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    assert (
+        voicegw(
+            "users",
+            "add",
+            "ada",
+            "--role",
+            "admin",
+            "--password-stdin",
+            stdin="a long enough password\n",
+        )
+        == 0
+    )
+    role, disabled, hashed = users(tmp_path)["ada"]
+    assert role is Role.ADMIN and not disabled and hashed.startswith("scrypt$ln=15,r=8,p=1$")
+    assert "a long enough password" not in hashed
+    assert (
+        voicegw(
+            "users",
+            "add",
+            "ada",
+            "--role",
+            "admin",
+            "--password-stdin",
+            stdin="another password!\n",
+        )
+        == 1
+    )
+    assert "exists" in capsys.readouterr().err
+    assert (
+        voicegw("users", "add", "bob", "--role", "operator", "--password-stdin", stdin="short\n")
+        == 1
+    )
+    assert (
+        voicegw(
+            "users",
+            "add",
+            "Bad Name",
+            "--role",
+            "operator",
+            "--password-stdin",
+            stdin="x" * 20 + "\n",
+        )
+        == 1
+    )
+    assert voicegw("users", "disable", "ada") == 0
+    assert users(tmp_path)["ada"][1] is True
+    assert (
+        voicegw("users", "passwd", "ada", "--password-stdin", stdin="a different password\n") == 0
+    )
+    assert users(tmp_path)["ada"][2] != hashed
+    capsys.readouterr()
+    assert voicegw("users", "list") == 0
+    out = capsys.readouterr().out
+    assert "ada" in out and "disabled" in out and "scrypt" not in out
+    assert (
+        voicegw("users", "passwd", "nobody", "--password-stdin", stdin="a different password\n")
+        == 1
+    )
+
+
+def test_apikeys_commands(voicegw, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    assert voicegw("apikeys", "create", "--name", "billing", "--role", "operator") == 0
+    captured = capsys.readouterr()
+    token = captured.out.strip()
+    key_id, _ = apikeys.parse(token) or ("", "")
+    assert key_id and "shown once" in captured.err and token not in captured.err
+    assert voicegw("apikeys", "list") == 0
+    listing = capsys.readouterr().out
+    assert key_id in listing and "active" in listing and token.rsplit("_", 1)[1] not in listing
+    assert voicegw("apikeys", "rotate", key_id) == 0
+    rotated = capsys.readouterr()
+    assert apikeys.parse(rotated.out.strip()) is not None and "works until" in rotated.err
+    assert voicegw("apikeys", "list") == 0
+    assert "grace" in capsys.readouterr().out
+    assert voicegw("apikeys", "revoke", key_id) == 0
+    assert voicegw("apikeys", "rotate", key_id) == 1  # a revoked key cannot be rotated
+    assert voicegw("apikeys", "revoke", "nope") == 1
+
+
+def test_keys_rotate(voicegw, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "data" / "signing-keys.json"
+    assert voicegw("keys", "rotate") == 0
+    assert voicegw("keys", "rotate") == 0
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    keys = json.loads(path.read_text())["keys"]
+    assert len(keys) == 2 and "private" in keys[0] and "private" not in keys[1]
+
+
+def test_password_hasher() -> None:
+    hasher = PasswordHasher()
+    encoded = hasher.hash("correct horse battery staple")
+    assert hasher.verify("correct horse battery staple", encoded)
+    assert not hasher.verify("correct horse battery stapl", encoded)
+    assert not hasher.needs_rehash(encoded)
+    assert PasswordHasher(log_n=16).needs_rehash(encoded)
+    assert encoded != hasher.hash("correct horse battery staple")  # salted
+    for junk in ("", "scrypt$", "bcrypt$x$y$z", "scrypt$ln=40,r=8,p=1$AA$AA", encoded + "$"):
+        assert not hasher.verify("x", junk)
+    assert hasher.verify_dummy("anything") is False
