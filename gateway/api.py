@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Literal
 
 import orjson
 from starlette.requests import Request
@@ -31,7 +32,8 @@ from gateway.auth import Permission, Principal, auth_of, requires
 from gateway.calls import Call
 from gateway.errors import json_error
 from gateway.privacy import erase_subject, export_subject
-from gateway.recording import delete_recording_file
+from gateway.recording import Direction, RecordingError, delete_recording_file, export_wav
+from gateway.runtime import RECORDING_KEY_USE
 from gateway.store.base import MAX_PAGE, AuditEvent, AuditQuery, CallRecord
 from security.exceptions import StateUnavailable
 from security.revocation import jti_key, sid_key
@@ -253,8 +255,48 @@ async def subject_delete(request: Request) -> Response:
     )
 
 
+@requires(Permission.SUBJECTS_EXPORT)
+async def recording(request: Request) -> Response:
+    """A call's recording as an 8 kHz mu-law WAV (both directions mixed, or ``?direction=``
+    from_carrier / to_carrier); every export is audited."""
+    runtime = request.app.state.runtime
+    principal: Principal = request.state.principal
+    call_id = request.path_params["call_id"]
+    direction = request.query_params.get("direction", "mixed")
+    if direction not in ("mixed", "from_carrier", "to_carrier"):
+        return json_error(400, "direction must be mixed, from_carrier or to_carrier")
+    record = await runtime.store.get_call(call_id) if len(call_id) <= 64 else None
+    if record is None or record.recording_path is None:
+        return json_error(404, "no recording")
+
+    def lookup(key_id: str) -> bytes:
+        key: bytes = runtime.data_keys.derive(key_id, RECORDING_KEY_USE)
+        return key
+
+    which: Direction | Literal["mixed"] = "mixed" if direction == "mixed" else Direction(direction)
+    try:
+        wav = await asyncio.to_thread(export_wav, Path(record.recording_path), lookup, which)
+    except (RecordingError, OSError):
+        outcome = "failure"
+        wav = None
+    else:
+        outcome = "success"
+    await runtime.auditor.record(
+        "recording.export",
+        outcome,
+        actor=principal.name,
+        role=principal.role.value,
+        entity_type="call",
+        entity_id=call_id,
+    )
+    if wav is None:
+        return json_error(409, "recording unavailable")
+    return Response(wav, media_type="audio/wav")
+
+
 def routes() -> list[Route]:
     return [
+        Route("/api/v1/calls/{call_id}/recording", recording, methods=["GET"]),
         Route("/api/v1/users/{subject}/data", subject_data, methods=["GET"]),
         Route("/api/v1/users/{subject}/delete", subject_delete, methods=["POST"]),
         Route("/api/v1/calls", calls, methods=["GET"]),

@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import json_error
 from gateway.store.base import ApiKeyRecord, Role, Store, UserRecord
+from metrics.registry import AUTH_FAILURES
 from security import apikeys, csrf
 from security.apikeys import KeyPolicy
 from security.exceptions import StateUnavailable
@@ -116,6 +117,9 @@ class AuthError(Exception):
         self.reason = reason
 
     def response(self) -> Response:
+        if self.status in (401, 403):
+            # Reasons are fixed strings of this module and security.csrf: a bounded label.
+            AUTH_FAILURES.labels(self.reason).inc()
         headers = {"WWW-Authenticate": 'Bearer realm="voicegw"'} if self.status == 401 else {}
         return json_error(self.status, self.reason, headers)
 

@@ -32,6 +32,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from gateway.audio import Framer, Transcoder, is_passthrough
 from gateway.calls import Call
 from gateway.errors import CloseCode, StreamRefused
+from gateway.recording import Direction, RecordingError, RecordingWriter
 from gateway.runtime import Runtime
 from metrics.logging import correlation_id
 from metrics.registry import (
@@ -155,7 +156,8 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
         await _close(websocket, CloseCode.NORMAL)
         runtime.hang_up_carrier(call, started.account_id)
         return
-    bridge = Bridge(runtime, websocket, codec, agent, call, started)
+    recorder = await runtime.open_recording(call)
+    bridge = Bridge(runtime, websocket, codec, agent, call, started, recorder=recorder)
     # The carrier kept sending while the provider connected: that backlog is not a flood.
     bridge.allow_backlog(time.monotonic() - connecting)
     await bridge.run(early)
@@ -263,6 +265,8 @@ class Bridge:
         agent: AgentSession,
         call: Call,
         started: StreamStarted,
+        *,
+        recorder: RecordingWriter | None = None,
     ) -> None:
         self.runtime = runtime
         self.ws = websocket
@@ -277,6 +281,12 @@ class Bridge:
         self._framer: Framer | None = None
         self._set_formats(agent)
         self._providers: list[str] = [agent.provider]  # every provider the call used
+        self.recorder = recorder
+        self._media_origin = asyncio.get_running_loop().time()
+        # Recordings are mu-law 8 kHz whatever the carrier sends (Telnyx may send A-law).
+        pcmu = self.carrier_format == PCMU_8K
+        self._record_in = None if pcmu else Transcoder(self.carrier_format, PCMU_8K)
+        self._record_out = None if pcmu else Transcoder(self.carrier_format, PCMU_8K)
         self._switching = False  # a failover is in progress: hold caller audio
         self._held: collections.deque[AudioChunk] = collections.deque(maxlen=FAILOVER_BUFFER_FRAMES)
         self._send_lock = asyncio.Lock()
@@ -355,8 +365,30 @@ class Bridge:
                 return EndReason.CARRIER_ERROR
         return EndReason.CARRIER_ERROR
 
+    def _media_ms(self, loop_time: float) -> int:
+        return max(0, int((loop_time - self._media_origin) * 1000))
+
+    async def _record(self, direction: Direction, chunk: AudioChunk, at_ms: int) -> None:
+        """Hand one chunk to the recording; returns at once and never fails the call."""
+        assert self.recorder is not None
+        transcoder = self._record_in if direction is Direction.FROM_CARRIER else self._record_out
+        audio = chunk.to_bytes()
+        if transcoder is not None:
+            audio = transcoder.convert(audio)
+        with contextlib.suppress(ValueError):  # at_ms beyond 49 days
+            await self.recorder.write(direction, audio, at_ms)
+
     async def _finish(self, reason: EndReason, duration_s: float) -> None:
         await self.agent.close()
+        if self.recorder is not None:
+            try:
+                await self.recorder.close()
+            except RecordingError:
+                log.error("call recording incomplete", extra={"call_id": self.call.call_id})
+            if self.recorder.dropped:
+                MEDIA_DROPPED.labels(self.carrier, "recording", "disk_slow").inc(
+                    self.recorder.dropped
+                )
         match reason:
             case EndReason.CARRIER_HANGUP:
                 pass  # the caller hung up: the carrier has ended the call
@@ -415,6 +447,11 @@ class Bridge:
                         await self._audio_to_agent(event)
                         self._frames_in.inc()
                         self._relay_in.observe(time.perf_counter() - received)
+                        if self.recorder is not None:
+                            at_ms = event.timestamp_ms
+                            if at_ms is None:
+                                at_ms = self._media_ms(asyncio.get_running_loop().time())
+                            await self._record(Direction.FROM_CARRIER, event, at_ms)
                     case Dtmf():
                         await self._send_to_agent(event)
                     case Mark(name=name):
@@ -648,7 +685,10 @@ class Bridge:
             self._outbound_s -= seconds
             await self._send_carrier(self.codec.encode(chunk))
             self._frames_out.inc()
-            self._play_until = max(self._play_until, loop.time()) + seconds
+            starts = max(self._play_until, loop.time())  # when the caller starts hearing it
+            self._play_until = starts + seconds
+            if self.recorder is not None:
+                await self._record(Direction.TO_CARRIER, chunk, self._media_ms(starts))
             if chunk.item_id != self._item_id:
                 self._item_id = chunk.item_id
                 self._item_ms = 0.0

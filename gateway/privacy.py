@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from gateway.store.base import AuditQuery, CallRecord, Store, SubjectRequest
+from metrics.registry import RETENTION_DELETED
 from security.audit import Auditor
 from security.crypto import (
     CALL_FROM_COLUMN,
@@ -411,6 +412,9 @@ class RetentionSweeper:
                 break
             await asyncio.sleep(0)
         result = SweepResult(calls=calls, recordings=recordings, audit_events=audit_events)
+        RETENTION_DELETED.labels("calls").inc(calls)
+        RETENTION_DELETED.labels("recordings").inc(recordings)
+        RETENTION_DELETED.labels("audit_events").inc(audit_events)
         self.totals = SweepResult(
             calls=self.totals.calls + calls,
             recordings=self.totals.recordings + recordings,

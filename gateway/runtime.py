@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import httpx
@@ -36,7 +37,7 @@ from gateway.devkeys import ensure_data_dir
 from gateway.errors import CloseCode, StreamRefused
 from gateway.fallback import fallback_audio
 from gateway.privacy import RetentionPeriods, RetentionSweeper, seal_numbers
-from gateway.recording import delete_recording_file
+from gateway.recording import RecordingWriter, delete_recording_file
 from gateway.settings import Settings
 from gateway.store import Store, create_store
 from gateway.store.base import CallRecord
@@ -69,6 +70,7 @@ REDIS_TIMEOUT_S: Final = 0.5
 
 
 RETENTION_INTERVAL_S: Final = 3600.0
+RECORDING_KEY_USE: Final = b"voicegw recording v1"  # one of security.crypto.DERIVED_KEY_USES
 DAY_S: Final = 86400.0
 
 
@@ -503,10 +505,32 @@ class Runtime:
         """A live session of ``provider`` died mid-call: count it against its breaker."""
         await self.breakers.get(provider).record_failure(error)
 
+    def recording_allowed(self, consent: bool) -> bool:
+        """Whether a new call is recorded: recording on, and consent given for this call (or
+        the configured rule records every call)."""
+        s = self.settings
+        return s.recording and (s.recording_consent == "all" or consent)
+
+    def recording_path(self, call: Call) -> Path:
+        # Call ids are "call_" + token_urlsafe: safe as a file name, no path traversal.
+        return self.settings.data_dir / "recordings" / f"{call.call_id}.vgwrec"
+
+    async def open_recording(self, call: Call) -> RecordingWriter | None:
+        """A writer for this call's recording, or None when it is not to be recorded."""
+        if not self.settings.recording:
+            return None
+        record = await self.store.get_call(call.call_id)
+        if record is None or record.recording_path is None:
+            return None
+        key_id = self.data_keys.active_key_id
+        key = self.data_keys.derive(key_id, RECORDING_KEY_USE)
+        return RecordingWriter(Path(record.recording_path), key, key_id, call.call_id)
+
     async def record_call(
-        self, call: Call, *, from_number: str | None, to_number: str | None
+        self, call: Call, *, from_number: str | None, to_number: str | None, record: bool = False
     ) -> None:
-        """Write the durable record of a new call; its numbers encrypted and blind-indexed."""
+        """Write the durable record of a new call; its numbers encrypted and blind-indexed.
+        ``record``: the call will be recorded (consent checked by the caller)."""
         sealed = seal_numbers(
             self.data_keys,
             self.blind_index,
@@ -514,16 +538,17 @@ class Runtime:
             from_number=from_number,
             to_number=to_number,
         )
-        record = CallRecord(
+        durable = CallRecord(
             call_id=call.call_id,
             carrier=call.carrier,
             carrier_call_id=call.carrier_call_id,
             started_at=call.created_at,
             providers=(call.provider,),
+            recording_path=str(self.recording_path(call)) if record else None,
             **sealed.fields(),
         )
         try:
-            await self.store.put_call(record)
+            await self.store.put_call(durable)
         except Exception as exc:  # the call goes on; the gap is logged
             log.error(
                 "call record not written",

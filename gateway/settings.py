@@ -114,6 +114,8 @@ class Settings:
     blind_index_key: Secret | None = None  # base64, 32 bytes
     retention_calls_days: float = 30.0
     retention_audit_days: float = 7 * 365.0
+    recording: bool = False
+    recording_consent: str = "parameter"  # "parameter": per-call consent; "all": every call
 
     @property
     def production(self) -> bool:
@@ -220,6 +222,13 @@ class _Reader:
             self.problems.append(f"{name} must be FAILURES/SECONDS, 1-100 failures in 60-86400 s")
             return 5, 900
         return f, w
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
+        value = (self.raw(name) or default).lower()
+        if value not in allowed:
+            self.problems.append(f"{name} must be one of {', '.join(allowed)}")
+            return default
+        return value
 
     def database_url(self, name: str) -> Secret | None:
         value = self.secret(name)
@@ -415,6 +424,10 @@ class _Reader:
             database_url=self.database_url("VOICEGW_DATABASE_URL"),
             encryption_keys=self.encryption_keys("VOICEGW_ENCRYPTION_KEYS"),
             blind_index_key=self.blind_index_key("VOICEGW_BLIND_INDEX_KEY"),
+            recording=self.choice("VOICEGW_RECORDING", ("off", "on"), "off") == "on",
+            recording_consent=self.choice(
+                "VOICEGW_RECORDING_CONSENT", ("parameter", "all"), "parameter"
+            ),
             retention_calls_days=self.number("VOICEGW_RETENTION_CALLS_DAYS", 30, lo=1, hi=3650),
             retention_audit_days=self.number(
                 "VOICEGW_RETENTION_AUDIT_DAYS", 7 * 365, lo=1, hi=36500

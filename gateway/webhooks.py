@@ -146,6 +146,23 @@ async def _rejected(
     return json_error(rejection.status, rejection.reason, rejection.headers)
 
 
+CONSENT_FIELD: Final = "recording_consent"
+CONSENT_HEADER: Final = "x-recording-consent"
+
+
+def _sip_consent(payload: Mapping[str, object]) -> bool:
+    """Telnyx: the caller's consent as a SIP header ``X-Recording-Consent: yes``."""
+    headers = payload.get("custom_headers")
+    if not isinstance(headers, list):
+        return False
+    return any(
+        isinstance(h, dict)
+        and str(h.get("name", "")).lower() == CONSENT_HEADER
+        and str(h.get("value", "")).lower() == "yes"
+        for h in headers[:32]
+    )
+
+
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) and len(value) <= 64 else None
 
@@ -157,7 +174,8 @@ def _params(verified: VerifiedWebhook) -> Mapping[str, str]:
 # -- Twilio --------------------------------------------------------------------------------
 
 
-Process = Callable[[Runtime, VerifiedWebhook], Awaitable[Response]]
+Process = Callable[[Runtime, VerifiedWebhook, Mapping[str, str]], Awaitable[Response]]
+"""A verified webhook's handler: the runtime, the verified request, its URL query."""
 
 
 async def _handle(request: Request, carrier: Carrier, process: Process) -> Response:
@@ -168,7 +186,7 @@ async def _handle(request: Request, carrier: Carrier, process: Process) -> Respo
         return verified
     runtime: Runtime = request.app.state.runtime
     try:
-        return await process(runtime, verified)
+        return await process(runtime, verified, dict(request.query_params))
     except (StateUnavailable, RedisError, OSError, TimeoutError) as exc:
         log.warning(
             "webhook not processed: shared state unavailable",
@@ -189,14 +207,23 @@ async def twilio_voice(request: Request) -> Response:
     return await _handle(request, Carrier.TWILIO, _twilio_voice)
 
 
-async def _twilio_voice(runtime: Runtime, verified: VerifiedWebhook) -> Response:
+async def _twilio_voice(
+    runtime: Runtime, verified: VerifiedWebhook, query: Mapping[str, str]
+) -> Response:
     params = _params(verified)
     call_sid = params.get("CallSid", "")
     if not call_sid or len(call_sid) > 64:
         return json_error(400, "CallSid required")
     call, created = await runtime.registry.create("twilio", call_sid, runtime.settings.providers[0])
     if created:
-        await runtime.record_call(call, from_number=params.get("From"), to_number=params.get("To"))
+        # Consent: "recording_consent=yes" as a form field or in the (signed) webhook URL.
+        consent = "yes" in (params.get(CONSENT_FIELD), query.get(CONSENT_FIELD))
+        await runtime.record_call(
+            call,
+            from_number=params.get("From"),
+            to_number=params.get("To"),
+            record=runtime.recording_allowed(consent),
+        )
     if call.state is CallState.ENDED:
         response = VoiceResponse()
         response.hangup()
@@ -222,7 +249,9 @@ async def twilio_status(request: Request) -> Response:
     return await _handle(request, Carrier.TWILIO, _twilio_status)
 
 
-async def _twilio_status(runtime: Runtime, verified: VerifiedWebhook) -> Response:
+async def _twilio_status(
+    runtime: Runtime, verified: VerifiedWebhook, query: Mapping[str, str]
+) -> Response:
     if verified.duplicate:
         return Response(ACK, media_type="application/json")
     params = _params(verified)
@@ -245,7 +274,9 @@ async def telnyx(request: Request) -> Response:
     return await _handle(request, Carrier.TELNYX, _telnyx)
 
 
-async def _telnyx(runtime: Runtime, verified: VerifiedWebhook) -> Response:
+async def _telnyx(
+    runtime: Runtime, verified: VerifiedWebhook, query: Mapping[str, str]
+) -> Response:
     if verified.duplicate:
         return Response(ACK, media_type="application/json")
     data = verified.payload.get("data") if verified.payload else None
@@ -266,6 +297,7 @@ async def _telnyx(runtime: Runtime, verified: VerifiedWebhook) -> Response:
                     call,
                     from_number=_text(payload.get("from")),
                     to_number=_text(payload.get("to")),
+                    record=runtime.recording_allowed(_sip_consent(payload)),
                 )
                 runtime.answer_telnyx(call, call_control_id)
         case "call.answered":

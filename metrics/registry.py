@@ -135,6 +135,25 @@ MEDIA_RELAY = Histogram(
     registry=REGISTRY,
 )
 
+# -- data protection -------------------------------------------------------------------------
+AUDIT_WRITE_FAILURES = Counter(
+    "voicegw_audit_write_failures_total",
+    "Audit events that could not be written",
+    registry=REGISTRY,
+)
+AUDIT_SUPPRESSED = Counter(
+    "voicegw_audit_events_suppressed_total",
+    "Audit events folded into a summary under a flood",
+    ["action"],
+    registry=REGISTRY,
+)
+RETENTION_DELETED = Counter(
+    "voicegw_retention_deleted_total",
+    "Records deleted by the retention sweeper",
+    ["kind"],
+    registry=REGISTRY,
+)
+
 # -- auth ------------------------------------------------------------------------------------
 AUTH_FAILURES = Counter(
     "voicegw_auth_failures_total",

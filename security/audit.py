@@ -33,6 +33,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from metrics.logging import correlation_id
+from metrics.registry import AUDIT_SUPPRESSED, AUDIT_WRITE_FAILURES
 from security.redaction import hash_ip, redact
 
 __all__ = [
@@ -313,6 +314,7 @@ class Auditor:
         if window.recorded >= self._flood_limit:
             window.suppressed += 1
             self.suppressed += 1
+            AUDIT_SUPPRESSED.labels(event.action).inc()
             return
         window.recorded += 1
         await self._append(event)
@@ -351,6 +353,7 @@ class Auditor:
 
     def _failed(self, action: str) -> None:
         self.failures += 1
+        AUDIT_WRITE_FAILURES.inc()
         logger.error("audit event could not be written", extra={"action": action}, exc_info=True)
 
 

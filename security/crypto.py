@@ -34,7 +34,9 @@ from typing import Final, Protocol
 
 import phonenumbers
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from security.exceptions import ConfigError, SecurityError
 
@@ -114,10 +116,14 @@ def key_id_of(blob: bytes) -> str:
         raise DecryptionError("malformed key id") from None
 
 
+DERIVED_KEY_USES: Final = (b"voicegw recording v1",)
+"""What ``KeyRing.derive`` may derive sub-keys for (each use its own key)."""
+
+
 class KeyRing:
     """Data keys by id; the first is active. Immutable; ``repr`` shows ids only."""
 
-    __slots__ = ("_active", "_ciphers")
+    __slots__ = ("_active", "_ciphers", "_derived")
 
     def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
         if not keys:
@@ -135,6 +141,14 @@ class KeyRing:
             ciphers[key_id] = AESGCM(key)
         self._active = keys[0][0]
         self._ciphers = ciphers
+        # Sub-keys for other uses (recordings), derived once per key with HKDF-SHA256 so the
+        # data keys themselves are not kept beyond the ciphers.
+        self._derived: dict[tuple[str, bytes], bytes] = {}
+        for key_id, key in keys:
+            for info in DERIVED_KEY_USES:
+                self._derived[key_id, info] = HKDF(
+                    algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info
+                ).derive(key)
 
     @classmethod
     def from_spec(cls, spec: str) -> KeyRing:
@@ -166,6 +180,11 @@ class KeyRing:
     @property
     def active_key_id(self) -> str:
         return self._active
+
+    def derive(self, key_id: str, info: bytes) -> bytes:
+        """The 32-byte sub-key of data key ``key_id`` for the use ``info`` (one of
+        ``DERIVED_KEY_USES``). Raises ``KeyError`` for an unknown key or use."""
+        return self._derived[key_id, info]
 
     @property
     def key_ids(self) -> tuple[str, ...]:

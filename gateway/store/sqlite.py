@@ -67,6 +67,20 @@ class _Tx:
         return row
 
 
+def _enable_wal(conn: sqlite3.Connection) -> tuple[object, ...] | None:
+    """Switch to WAL. The switch needs the file to itself and SQLite does not wait on its busy
+    handler for it, so processes starting together retry it briefly."""
+    for attempt in range(50):
+        try:
+            row: tuple[object, ...] | None = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            return row
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.02 * (1 + attempt % 5))
+    return None
+
+
 class SqliteStore(SqlStore):
     """The store in one SQLite file at ``path`` (its directory is created mode 0700)."""
 
@@ -130,8 +144,8 @@ class SqliteStore(SqlStore):
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
+            journal = _enable_wal(conn)
+            if journal is None or str(journal[0]).lower() != "wal":
                 raise StoreUnavailable("sqlite: WAL mode is not available for this file")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA secure_delete = ON")

@@ -18,6 +18,8 @@ from security.apikeys import DAY_S, KeyPolicy, KeyState
 from tests.sessions.harness import AsgiStream, Gw, cookie_header, csrf_headers, running
 
 SUBJECT = "%2B15550100009"  # a fictional number, URL-encoded as a subject
+# What a permitted request answers (the recording of an unknown call does not exist).
+ALLOWED_STATUS = {"/api/v1/calls/{call_id}/recording": 404}
 ROUTE_PERMISSION = {r.path: r.endpoint.permission for r in api.routes()}  # type: ignore[attr-defined]
 
 
@@ -37,6 +39,7 @@ def test_every_api_route_declares_a_permission() -> None:
         "/api/v1/events",
         "/api/v1/users/{subject}/data",
         "/api/v1/users/{subject}/delete",
+        "/api/v1/calls/{call_id}/recording",
     }
     assert all(isinstance(p, Permission) for p in ROUTE_PERMISSION.values())
 
@@ -59,7 +62,7 @@ async def get(
         status = await stream.start()
         await stream.close()
         return status
-    path = path.replace("{subject}", SUBJECT)
+    path = path.replace("{subject}", SUBJECT).replace("{call_id}", "call_unknown")
     if path.endswith("/delete"):  # the one unsafe route: CSRF headers as the console sends
         sent = {**csrf_headers(client), **(headers or {})}
         return (await client.post(path, headers=sent)).status_code
@@ -71,7 +74,8 @@ async def test_every_route_by_session_role(gw: Gw, role: Role) -> None:
     async with gw.client() as client:
         assert (await gw.login(client, f"{role.value}-user")).status_code == 200
         for path, permission in ROUTE_PERMISSION.items():
-            expected = 200 if permission in ROLE_PERMISSIONS[role] else 403
+            allowed = ALLOWED_STATUS.get(path, 200)
+            expected = allowed if permission in ROLE_PERMISSIONS[role] else 403
             assert await get(gw, client, path) == expected, (role, path)
 
 
@@ -81,7 +85,8 @@ async def test_every_route_by_api_key_role(gw: Gw, role: Role) -> None:
     bearer = {"Authorization": f"Bearer {new.token}"}
     async with gw.client() as client:
         for path, permission in ROUTE_PERMISSION.items():
-            expected = 200 if permission in ROLE_PERMISSIONS[role] else 403
+            allowed = ALLOWED_STATUS.get(path, 200)
+            expected = allowed if permission in ROLE_PERMISSIONS[role] else 403
             assert await get(gw, client, path, bearer) == expected, (role, path)
 
 
@@ -251,3 +256,19 @@ async def test_event_stream_ends_when_the_session_is_revoked(
             assert await stream.events(1) == [("session-ended", {})]
         finally:
             await stream.close()
+
+
+async def test_authentication_failures_are_counted_by_reason(gw: Gw) -> None:
+    from metrics.registry import AUTH_FAILURES, REGISTRY
+
+    def count() -> float:
+        value = REGISTRY.get_sample_value(
+            "voicegw_auth_failures_total", {"reason": "authentication required"}
+        )
+        return value or 0.0
+
+    assert AUTH_FAILURES is not None
+    before = count()
+    async with gw.client() as client:
+        assert (await client.get("/api/v1/calls")).status_code == 401
+    assert count() == before + 1
