@@ -67,8 +67,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("voicegw.runtime")
 
 REDIS_TIMEOUT_S: Final = 0.5
-
-
 RETENTION_INTERVAL_S: Final = 3600.0
 RECORDING_KEY_USE: Final = b"voicegw recording v1"  # one of security.crypto.DERIVED_KEY_USES
 DAY_S: Final = 86400.0
@@ -105,7 +103,16 @@ def load_data_keys(settings: Settings) -> tuple[KeyRing, BlindIndex]:
     return keyring, index
 
 
-async def _open_durable(settings: Settings, redis: aioredis.Redis | None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _Durable:
+    store: Store
+    data_keys: KeyRing
+    blind_index: BlindIndex
+    auditor: Auditor
+    auth: AuthRuntime
+
+
+async def _open_durable(settings: Settings, redis: aioredis.Redis | None) -> _Durable:
     """The store (migrated), data keys, audit trail and operator sessions."""
     store = open_store(settings)
     await store.open()
@@ -142,13 +149,7 @@ async def _open_durable(settings: Settings, redis: aioredis.Redis | None) -> dic
         redis_prefix=settings.redis_key_prefix,
         auditor=auditor,
     )
-    return {
-        "store": store,
-        "data_keys": data_keys,
-        "blind_index": blind_index,
-        "auditor": auditor,
-        "auth": auth,
-    }
+    return _Durable(store, data_keys, blind_index, auditor, auth)
 
 
 class Degradable(Protocol):
@@ -284,15 +285,19 @@ class Runtime:
             degradable=degradable,
             breakers=breakers,
             fallback=fallback_audio(settings.fallback_wav),
-            **durable,
+            store=durable.store,
+            data_keys=durable.data_keys,
+            blind_index=durable.blind_index,
+            auditor=durable.auditor,
+            auth=durable.auth,
         )
         sweeper = RetentionSweeper(
-            durable["store"],
+            durable.store,
             RetentionPeriods(
                 calls_s=settings.retention_calls_days * DAY_S,
                 audit_s=settings.retention_audit_days * DAY_S,
             ),
-            durable["auditor"],
+            durable.auditor,
             delete_recording=delete_recording_file,
         )
         runtime.spawn(sweeper.run(RETENTION_INTERVAL_S), "retention")
@@ -345,6 +350,9 @@ class Runtime:
             for task in self._tasks:
                 task.cancel()
         await self.http.aclose()
+        # Flood summaries still pending, and a signed checkpoint over the chain's head.
+        await self.auditor.flush()
+        await self.auditor.checkpoint()
         await self.store.close()
         if self.redis is not None:
             await self.redis.aclose()
