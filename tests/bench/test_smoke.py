@@ -70,3 +70,24 @@ def test_failover_benchmark_runs(tmp_path):
     result = json.loads(out.read_text())
     assert result["runs"] == 1
     assert result["to_next_ms"]["p50"] > 0
+
+
+@pytest.mark.redis
+def test_webhooks_benchmark_runs_every_phase_and_writes_json(tmp_path):
+    out = tmp_path / "webhooks.json"
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "webhooks.py"), "--requests", "40", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120 * UNIT,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    document = json.loads(out.read_text())
+    rows = {r["phase"]: r for r in document["results"]}
+    assert set(rows) == {"healthz", "telnyx", "twilio", "flood"}
+    for row in rows.values():
+        assert {"rps", "p50_ms", "p99_ms", "rps_vs_healthz", "statuses"} <= set(row)
+    assert rows["telnyx"]["statuses"] == {"200": 40}
+    assert rows["twilio"]["statuses"] == {"200": 40}
+    assert rows["flood"]["bad_all_403"] is True
