@@ -301,10 +301,14 @@ class _TelnyxApi:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: Any, port: int = 0) -> AsyncIterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 inside this event loop; yields the base URL."""
+async def serve_app(app: Any, port: int = 0, *, sndbuf: int | None = None) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on 127.0.0.1 inside this event loop; yields the base URL.
+    ``sndbuf`` pins the send buffer of accepted sockets (they inherit it from the listening
+    one), for tests of peers that stop reading."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     sock.bind(("127.0.0.1", port))
     config = uvicorn.Config(
         app,

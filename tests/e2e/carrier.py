@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-import uvicorn
 import websockets
 from starlette.applications import Starlette
 from twilio.request_validator import RequestValidator
@@ -162,40 +161,8 @@ async def start_gateway(
     port = free_port()
     settings = devkeys.apply(Settings.from_env(gateway_env(tmp_path, port, rest, **env)))
     app = build_app(settings)
-    serve = serve_app(app, port) if sndbuf is None else _serve_with_sndbuf(app, port, sndbuf)
-    async with serve as url:
+    async with serve_app(app, port, sndbuf=sndbuf) as url:
         yield Gateway(url, settings, app, rest)
-
-
-@contextlib.asynccontextmanager
-async def _serve_with_sndbuf(app: Any, port: int, sndbuf: int) -> AsyncIterator[str]:
-    """``serve_app`` with ``SO_SNDBUF`` set on the listening socket."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-    sock.bind(("127.0.0.1", port))
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        ws="websockets-sansio",
-        ws_max_size=64 * 1024,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if task.done():
-                await task
-                raise RuntimeError("server failed to start")
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        sock.close()
 
 
 # -- webhooks --------------------------------------------------------------------------------
