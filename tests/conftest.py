@@ -15,6 +15,24 @@ pytest_plugins = ["tests.pii_scan"]
 
 REDIS_URL = os.environ.get("VOICEGW_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
+# A Redis URL on a port nothing listens on: connections are refused at once.
+DEAD_REDIS_URL = "redis://127.0.0.1:1/15"
+
+
+class FakeClock:
+    """Seconds (unix time by default) that tests move by hand; pass it where code takes a
+    ``clock`` callable."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 # One time unit every test timeout is a multiple of; raise it on slow machines.
 UNIT = float(os.environ.get("VOICEGW_TEST_TIMEOUT_UNIT", "1.0"))
 

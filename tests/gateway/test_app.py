@@ -19,7 +19,7 @@ from twilio.request_validator import RequestValidator
 from gateway.app import build_app
 from gateway.calls import CallState
 from gateway.errors import CloseCode
-from tests.conftest import UNIT
+from tests.conftest import DEAD_REDIS_URL, UNIT
 from tests.gateway.conftest import (
     PUBLIC_WS_URL,
     Gateway,
@@ -66,7 +66,7 @@ async def test_readyz_503_while_draining_healthz_still_200(gw: Gateway):
 
 
 async def test_readyz_503_when_redis_unreachable(make_gateway: GatewayFactory):
-    gw = await make_gateway({"VOICEGW_REDIS_URL": "redis://127.0.0.1:1/15"})
+    gw = await make_gateway({"VOICEGW_REDIS_URL": DEAD_REDIS_URL})
     async with asyncio.timeout(5 * UNIT):
         response = await gw.http.get("/readyz")
     assert response.status_code == 503

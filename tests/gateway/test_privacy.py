@@ -31,7 +31,7 @@ from gateway.store.base import AuditQuery, CallRecord
 from gateway.store.sql import SqlStore
 from security.audit import AuditEvent, Auditor, HashChainer, verify
 from security.crypto import BlindIndex, KeyRing
-from tests.conftest import UNIT
+from tests.conftest import UNIT, FakeClock
 from tests.store.backends import BACKENDS, Backend, open_backend
 
 RING = KeyRing([("k1", bytes([7]) * 32)])
@@ -43,14 +43,6 @@ SUBJECT = "(415) 555-0123"
 SUBJECT_FORMS = ("+14155550123", "4155550123", "(415) 555-0123", "415-555-0123", "5550123")
 BUSINESS = "+14155559876"
 STRANGER = "+442079460958"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Recordings:
@@ -75,12 +67,12 @@ async def env(
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(NOW)
 
 
 @pytest.fixture
-def auditor(env: tuple[Backend, SqlStore], clock: Clock) -> Auditor:
+def auditor(env: tuple[Backend, SqlStore], clock: FakeClock) -> Auditor:
     return Auditor(
         env[1], HashChainer(SIGNING_KEY), ip_hash_key=b"h" * 32, checkpoint_every=5, clock=clock
     )
@@ -145,7 +137,7 @@ def ciphertext_forms(blob: bytes | None) -> list[str]:
 
 
 async def test_find_export_erase_leaves_no_trace(
-    env: tuple[Backend, SqlStore], auditor: Auditor, clock: Clock
+    env: tuple[Backend, SqlStore], auditor: Auditor, clock: FakeClock
 ) -> None:
     backend, store = env
     recordings = Recordings()
@@ -311,7 +303,7 @@ def test_seal_numbers_skips_what_is_not_a_number() -> None:
 
 
 async def test_retention_sweep(
-    env: tuple[Backend, SqlStore], auditor: Auditor, clock: Clock
+    env: tuple[Backend, SqlStore], auditor: Auditor, clock: FakeClock
 ) -> None:
     backend, store = env
     recordings = Recordings()
@@ -356,7 +348,7 @@ async def test_retention_sweep(
 
 
 async def test_a_failing_recording_deleter_does_not_stop_the_sweep(
-    env: tuple[Backend, SqlStore], auditor: Auditor, clock: Clock
+    env: tuple[Backend, SqlStore], auditor: Auditor, clock: FakeClock
 ) -> None:
     _, store = env
     await add_call(
@@ -383,7 +375,7 @@ async def test_retention_periods_are_validated() -> None:
 
 
 async def test_run_keeps_sweeping_after_a_failure(
-    env: tuple[Backend, SqlStore], auditor: Auditor, clock: Clock
+    env: tuple[Backend, SqlStore], auditor: Auditor, clock: FakeClock
 ) -> None:
     _, store = env
     third_pass = asyncio.Event()

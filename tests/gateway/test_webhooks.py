@@ -17,7 +17,7 @@ from nacl.signing import SigningKey
 from twilio.request_validator import RequestValidator
 
 from gateway.calls import CallState
-from tests.conftest import UNIT
+from tests.conftest import DEAD_REDIS_URL, UNIT
 from tests.fakes.carrier_rest import Behavior, FakeCarrierRest
 from tests.gateway.conftest import (
     PUBLIC_WS_URL,
@@ -697,8 +697,6 @@ async def test_telnyx_call_without_api_key_is_acknowledged(make_gateway: Gateway
 
 
 # -- shared state down ------------------------------------------------------------------------
-
-DEAD_REDIS_URL = "redis://127.0.0.1:1/15"
 
 
 @pytest.fixture

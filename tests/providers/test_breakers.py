@@ -26,20 +26,7 @@ from providers.breakers import (
 )
 from providers.exceptions import ConnectError, ProviderError
 from security.replay import Degradation
-from tests.conftest import UNIT
-
-# A port nothing listens on: connections are refused at once.
-DEAD_REDIS_URL = "redis://127.0.0.1:1/15"
-
-
-class FakeClock:
-    """Unix seconds that tests move by hand."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.conftest import DEAD_REDIS_URL, UNIT, FakeClock
 
 
 class Backend:

@@ -12,23 +12,7 @@ from redis.backoff import NoBackoff
 from security.ratelimit import InProcessLimiter, Limiter, RedisLimiter
 from security.replay import InProcessReplayCache, RedisReplayCache, ReplayCache
 from security.streamtokens import InProcessStreamTokens, RedisStreamTokens, StreamTokens
-from tests.conftest import UNIT
-
-# A port nothing listens on: connections are refused at once.
-DEAD_REDIS_URL = "redis://127.0.0.1:1/15"
-
-
-class FakeClock:
-    """A clock tests move by hand."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.conftest import DEAD_REDIS_URL, UNIT, FakeClock
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from security.audit import (
     verify,
 )
 from security.redaction import hash_ip
-from tests.security.conftest import FakeClock
+from tests.conftest import FakeClock
 
 IP_KEY = b"k" * 32
 

@@ -21,28 +21,21 @@ from security.revocation import (
     jti_key,
     sid_key,
 )
+from tests.conftest import FakeClock
 
 DAY = 86400
 
 
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
+def clock() -> FakeClock:
     import time
 
-    return Clock(time.time())
+    return FakeClock(time.time())
 
 
 @pytest.fixture
 def families(
-    state_redis: aioredis.Redis | None, redis_prefix: str, clock: Clock
+    state_redis: aioredis.Redis | None, redis_prefix: str, clock: FakeClock
 ) -> RefreshFamilies:
     if state_redis is None:
         return InProcessRefreshFamilies(clock=clock)
@@ -96,7 +89,7 @@ async def test_concurrent_rotations_of_one_token_are_atomic(families: RefreshFam
 
 
 async def test_concurrent_rotations_across_clients(
-    redis_url: str, redis_prefix: str, clock: Clock, redis_clean: aioredis.Redis
+    redis_url: str, redis_prefix: str, clock: FakeClock, redis_clean: aioredis.Redis
 ) -> None:
     """Replicas (separate connections to the real Redis; they share state only there) racing
     the same token: one wins, reuse is caught."""
@@ -112,7 +105,9 @@ async def test_concurrent_rotations_across_clients(
             await c.aclose()
 
 
-async def test_absolute_lifetime_is_never_extended(families: RefreshFamilies, clock: Clock) -> None:
+async def test_absolute_lifetime_is_never_extended(
+    families: RefreshFamilies, clock: FakeClock
+) -> None:
     token, family = await families.create("ada", 30 * DAY)
     for _ in range(3):
         clock.now += 10 * DAY - 1
@@ -153,7 +148,7 @@ async def test_revoke_and_revoke_user(families: RefreshFamilies) -> None:
 
 
 async def test_redis_stores_only_hashes_with_ttl(
-    redis_clean: aioredis.Redis, redis_prefix: str, clock: Clock
+    redis_clean: aioredis.Redis, redis_prefix: str, clock: FakeClock
 ) -> None:
     families = RedisRefreshFamilies(redis_clean, redis_prefix, clock=clock)
     token, family = await families.create("ada", 3600)

@@ -18,17 +18,10 @@ from security import signing_keys
 from security.exceptions import ConfigError
 from security.sessions import REQUIRED_CLAIMS, InvalidToken, TokenService
 from security.signing_keys import FileKeyRing, KeyRing, thumbprint
+from tests.conftest import FakeClock
 
 ISS, AUD = "https://gw.test", "https://gw.test/api"
 ROLES = ("admin", "operator", "auditor")
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def b64(data: bytes) -> str:
@@ -36,21 +29,21 @@ def b64(data: bytes) -> str:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def ring(tmp_path: Path, clock: Clock) -> FileKeyRing:
+def ring(tmp_path: Path, clock: FakeClock) -> FileKeyRing:
     return FileKeyRing(tmp_path / "keys.json", clock=clock)
 
 
 @pytest.fixture
-def tokens(ring: KeyRing, clock: Clock) -> TokenService:
+def tokens(ring: KeyRing, clock: FakeClock) -> TokenService:
     return TokenService(ring, issuer=ISS, audience=AUD, ttl_s=3600, roles=ROLES, clock=clock)
 
 
-def claims(clock: Clock, **over: object) -> dict[str, object]:
+def claims(clock: FakeClock, **over: object) -> dict[str, object]:
     now = int(clock())
     base: dict[str, object] = {
         "iss": ISS,
@@ -116,7 +109,7 @@ def test_issue_refuses_unknown_role(tokens: TokenService) -> None:
 # -- rejections -------------------------------------------------------------------------------
 
 
-def test_alg_none_refused(tokens: TokenService, clock: Clock, ring: KeyRing) -> None:
+def test_alg_none_refused(tokens: TokenService, clock: FakeClock, ring: KeyRing) -> None:
     header = b64(json.dumps({"alg": "none", "typ": "JWT", "kid": ring.active.kid}).encode())
     body = b64(json.dumps(claims(clock)).encode())
     for token in (f"{header}.{body}.", f"{header}.{body}"):
@@ -127,7 +120,7 @@ def test_alg_none_refused(tokens: TokenService, clock: Clock, ring: KeyRing) -> 
 
 @pytest.mark.parametrize("encoding", ["raw", "pem", "jwk-x"])
 def test_hs256_signed_with_the_public_key_refused(
-    tokens: TokenService, clock: Clock, ring: KeyRing, encoding: str
+    tokens: TokenService, clock: FakeClock, ring: KeyRing, encoding: str
 ) -> None:
     """The classic confusion attack: HMAC keyed with the (public) verification key."""
     public = ring.active.public
@@ -142,40 +135,42 @@ def test_hs256_signed_with_the_public_key_refused(
     reject(tokens, f"{header}.{body}.{signature}", "algorithm not allowed")
 
 
-def test_other_algorithms_refused(tokens: TokenService, clock: Clock, ring: KeyRing) -> None:
+def test_other_algorithms_refused(tokens: TokenService, clock: FakeClock, ring: KeyRing) -> None:
     token = jwt.encode(claims(clock), "s" * 32, algorithm="HS256", headers={"kid": ring.active.kid})
     reject(tokens, token, "algorithm not allowed")
 
 
-def test_unknown_kid_refused(tokens: TokenService, clock: Clock, tmp_path: Path) -> None:
+def test_unknown_kid_refused(tokens: TokenService, clock: FakeClock, tmp_path: Path) -> None:
     stranger = FileKeyRing(tmp_path / "other.json", clock=clock)
     reject(tokens, signed(stranger, claims(clock)), "unknown kid")
 
 
 def test_known_kid_with_another_key_refused(
-    tokens: TokenService, clock: Clock, ring: KeyRing
+    tokens: TokenService, clock: FakeClock, ring: KeyRing
 ) -> None:
     other = Ed25519PrivateKey.generate()
     token = jwt.encode(claims(clock), other, algorithm="EdDSA", headers={"kid": ring.active.kid})
     reject(tokens, token, "bad signature")
 
 
-def test_missing_kid_refused(tokens: TokenService, clock: Clock, ring: KeyRing) -> None:
+def test_missing_kid_refused(tokens: TokenService, clock: FakeClock, ring: KeyRing) -> None:
     key = ring.active.private
     assert key is not None
     reject(tokens, jwt.encode(claims(clock), key, algorithm="EdDSA"), "missing kid")
 
 
-def test_wrong_audience_refused(tokens: TokenService, clock: Clock, ring: KeyRing) -> None:
+def test_wrong_audience_refused(tokens: TokenService, clock: FakeClock, ring: KeyRing) -> None:
     reject(tokens, signed(ring, claims(clock, aud="https://other.test/api")), "wrong audience")
     reject(tokens, signed(ring, claims(clock, aud=[AUD, "https://other.test"])), "wrong audience")
 
 
-def test_wrong_issuer_refused(tokens: TokenService, clock: Clock, ring: KeyRing) -> None:
+def test_wrong_issuer_refused(tokens: TokenService, clock: FakeClock, ring: KeyRing) -> None:
     reject(tokens, signed(ring, claims(clock, iss="https://evil.test")), "wrong issuer")
 
 
-def test_expired_refused_beyond_leeway(tokens: TokenService, clock: Clock, ring: KeyRing) -> None:
+def test_expired_refused_beyond_leeway(
+    tokens: TokenService, clock: FakeClock, ring: KeyRing
+) -> None:
     now = int(clock())
     within = signed(ring, claims(clock, iat=now - 4000, nbf=now - 4000, exp=now - 20))
     assert tokens.verify(within).sub == "ada"  # 20 s past exp: inside the 30 s leeway
@@ -184,7 +179,7 @@ def test_expired_refused_beyond_leeway(tokens: TokenService, clock: Clock, ring:
 
 
 def test_expired_token_still_identifies_its_session_for_logout(
-    tokens: TokenService, clock: Clock, ring: KeyRing
+    tokens: TokenService, clock: FakeClock, ring: KeyRing
 ) -> None:
     now = int(clock())
     token = signed(ring, claims(clock, iat=now - 7200, nbf=now - 7200, exp=now - 3600))
@@ -196,7 +191,7 @@ def test_expired_token_still_identifies_its_session_for_logout(
         tokens.verify(ancient, allow_expired=True)
 
 
-def test_not_yet_valid_refused(tokens: TokenService, clock: Clock, ring: KeyRing) -> None:
+def test_not_yet_valid_refused(tokens: TokenService, clock: FakeClock, ring: KeyRing) -> None:
     now = int(clock())
     reject(tokens, signed(ring, claims(clock, nbf=now + 120)), "token not yet valid")
     reject(tokens, signed(ring, claims(clock, iat=now + 120, nbf=now)), "token not yet valid")
@@ -204,21 +199,21 @@ def test_not_yet_valid_refused(tokens: TokenService, clock: Clock, ring: KeyRing
 
 @pytest.mark.parametrize("missing", REQUIRED_CLAIMS)
 def test_every_claim_is_required(
-    tokens: TokenService, clock: Clock, ring: KeyRing, missing: str
+    tokens: TokenService, clock: FakeClock, ring: KeyRing, missing: str
 ) -> None:
     reject(tokens, signed(ring, claims(clock, **{missing: None})), "missing claim")
 
 
 @pytest.mark.parametrize("name", ["sub", "jti", "role", "sid", "csrf"])
 def test_empty_or_non_string_claims_refused(
-    tokens: TokenService, clock: Clock, ring: KeyRing, name: str
+    tokens: TokenService, clock: FakeClock, ring: KeyRing, name: str
 ) -> None:
     for value in ("", 7, ["x"]):
         with pytest.raises(InvalidToken):
             tokens.verify(signed(ring, claims(clock, **{name: value})))
 
 
-def test_unknown_role_refused(tokens: TokenService, clock: Clock, ring: KeyRing) -> None:
+def test_unknown_role_refused(tokens: TokenService, clock: FakeClock, ring: KeyRing) -> None:
     reject(tokens, signed(ring, claims(clock, role="root")), "unknown role")
 
 
@@ -271,7 +266,7 @@ def test_jwks_is_public_only(ring: KeyRing) -> None:
 
 
 def test_rotation_keeps_the_retired_key_until_its_last_token_expires(
-    ring: FileKeyRing, tokens: TokenService, clock: Clock
+    ring: FileKeyRing, tokens: TokenService, clock: FakeClock
 ) -> None:
     old_token, _ = tokens.issue("ada", "admin", sid="s", csrf="c")
     old_kid = ring.active.kid
@@ -295,7 +290,7 @@ def test_rotation_keeps_the_retired_key_until_its_last_token_expires(
 
 
 def test_running_ring_sees_a_rotation_from_another_process(
-    ring: FileKeyRing, clock: Clock, tmp_path: Path
+    ring: FileKeyRing, clock: FakeClock, tmp_path: Path
 ) -> None:
     other_process = FileKeyRing(ring.path, clock=clock)  # e.g. a second replica
     new = signing_keys.rotate(ring.path, token_ttl_s=3600, clock=clock)
@@ -308,7 +303,7 @@ def test_running_ring_sees_a_rotation_from_another_process(
     assert verifier.verify(token).kid == new.kid  # unknown kid → re-read the file once
 
 
-def test_seeds_from_the_environment(clock: Clock) -> None:
+def test_seeds_from_the_environment(clock: FakeClock) -> None:
     seeds = [b64(os.urandom(32)), b64(os.urandom(32))]
     ring = KeyRing.from_seeds(seeds, clock=clock)
     assert len(ring.jwks()["keys"]) == 2
