@@ -1,4 +1,5 @@
-"""Load generator for ``bench/relay.py``: plays Twilio for many concurrent calls.
+"""Load generator for ``bench/relay.py``: plays Twilio for many concurrent calls (its ``Call``,
+``setup`` and ``finish`` also make the calls of ``bench/soakgen.py``).
 
 Usage (``bench/relay.py`` runs it; by hand only to debug)::
 
@@ -18,9 +19,11 @@ WebSocket upgrade signed over that URL, ``connected`` and ``start`` carrying the
 ``baseline`` the webhook is skipped. Then one probe frame whose echo proves the path is up (the
 call's setup time ends there), and the measured frames.
 
-Each frame's first four bytes are its index, big-endian: the relays forward the payload
-untouched, so the first eight base64 characters of an echo name the frame it answers. A
-``mark`` from the relay is acknowledged at once, as Twilio does once the audio before it played.
+Each frame's first four bytes are its index, big-endian, and the next eight the time it was
+sent: the relays forward the payload untouched, so the first eight base64 characters of an echo
+name the frame it answers, and the echo server (``bench/echo_agent.py``) reads the send time to
+measure the one-way carrier -> provider latency. A ``mark`` from the relay is acknowledged at
+once, as Twilio does once the audio before it played.
 """
 
 from __future__ import annotations
@@ -59,14 +62,23 @@ TAIL_S: Final = 2.0
 """After the last frame, wait this long at most for outstanding echoes."""
 GO_DELAY_S: Final = 0.1
 
-# The 154 bytes after the 6-byte prefix are the same in every frame; the prefix is 3-byte
-# aligned, so the payload is prefix's base64 + this constant base64.
+# A frame starts with its index (4 bytes, big-endian) and the ``time.perf_counter()`` it was
+# sent at (8-byte double); the 148 bytes after that 12-byte prefix are the same in every frame.
+# The prefix is 3-byte aligned, so the payload is the prefix's base64 + this constant base64.
+_PREFIX: Final = struct.Struct(">Id")
 _FILL: Final = b"\xff" * FRAME_BYTES
-_TAIL_B64: Final = base64.b64encode(_FILL[6:]).decode()
+_TAIL_B64: Final = base64.b64encode(_FILL[_PREFIX.size :]).decode()
 
 
-def payload(index: int) -> str:
-    return base64.b64encode(struct.pack(">IH", index, 0xFFFF)).decode() + _TAIL_B64
+def payload(index: int, sent_at: float = 0.0) -> str:
+    return base64.b64encode(_PREFIX.pack(index, sent_at)).decode() + _TAIL_B64
+
+
+def frame_stamp(b64: str) -> tuple[int, float]:
+    """The index and send time (``time.perf_counter``, 0 if none) a payload carries. The
+    clock is the machine's monotonic clock, the same in every process."""
+    index, sent_at = _PREFIX.unpack(base64.b64decode(b64[:16]))
+    return int(index), float(sent_at)
 
 
 def frame_index(b64: str) -> int:
@@ -193,8 +205,8 @@ class Call:
             delay = due - clock()
             if delay > 0:
                 await asyncio.sleep(delay)
-            text = self.media(i, payload(i))
             now = clock()
+            text = self.media(i, payload(i, now))
             self.lag_ms.append((now - due) * 1000)
             self.sent_at[i] = now
             try:
@@ -205,25 +217,35 @@ class Call:
                 return
 
 
-async def _webhook(
-    args: argparse.Namespace, call: Call, http: Any, validator: Any
-) -> tuple[str, str]:
-    """POST the signed voice webhook; return the TwiML stream URL and token."""
-    params = {
+def twilio_params(call: Call, status: str) -> dict[str, str]:
+    """The form Twilio posts about ``call`` (fictional 555-01xx numbers)."""
+    return {
         "AccountSid": call.account_sid,
         "CallSid": call.call_sid,
-        "CallStatus": "ringing",
+        "CallStatus": status,
         "Direction": "inbound",
         "From": "+15550100001",
         "To": "+15550100002",
         "ApiVersion": "2010-04-01",
     }
-    url = args.url.rstrip("/") + "/webhooks/twilio/voice"
-    reply = await http.post(
-        "/webhooks/twilio/voice",
-        data=params,
-        headers={"X-Twilio-Signature": validator.compute_signature(url, params)},
+
+
+async def post_signed(
+    args: argparse.Namespace, http: Any, validator: Any, path: str, params: dict[str, str]
+) -> Any:
+    """POST ``params`` to ``path`` with Twilio's ``X-Twilio-Signature`` over the full URL."""
+    url = args.url.rstrip("/") + path
+    return await http.post(
+        path, data=params, headers={"X-Twilio-Signature": validator.compute_signature(url, params)}
     )
+
+
+async def _webhook(
+    args: argparse.Namespace, call: Call, http: Any, validator: Any
+) -> tuple[str, str]:
+    """POST the signed voice webhook; return the TwiML stream URL and token."""
+    params = twilio_params(call, "ringing")
+    reply = await post_signed(args, http, validator, "/webhooks/twilio/voice", params)
     if reply.status_code != 200:
         raise RuntimeError(f"webhook HTTP {reply.status_code}")
     stream = ET.fromstring(reply.text).find("./Connect/Stream")
@@ -285,7 +307,8 @@ async def _setup_all(args: argparse.Namespace, calls: list[Call]) -> None:
         await asyncio.gather(*(one(c) for c in calls))
 
 
-async def _finish(call: Call) -> None:
+async def finish(call: Call) -> None:
+    """Send ``stop``, close the stream, stop reading it."""
     ws = call.ws
     if ws is None:
         return
@@ -328,7 +351,7 @@ async def run(args: argparse.Namespace) -> None:
         async with asyncio.timeout(TAIL_S):
             await asyncio.gather(*(c.done.wait() for c in live))
     emit({"streamed": True, "wall_s": round(time.perf_counter() - began, 3)})
-    await asyncio.gather(*(_finish(c) for c in live))
+    await asyncio.gather(*(finish(c) for c in live))
     latencies = array("d")
     lags = array("d")
     for c in live:

@@ -1,6 +1,7 @@
 """Round-trip latency, delivery, CPU and memory of the media relay, next to a baseline relay.
 
 Usage: python bench/relay.py [--calls 5,25,50] [--seconds 8] [--json out.json]
+       python bench/relay.py --calls 10,25,50,100,150,200 --seconds 10   (the capacity curve)
        python bench/relay.py --profile [--calls 50]   (voicegw only, under cProfile)
 
 For each concurrency level, in the same run on the same machine, two systems relay the same
@@ -12,9 +13,12 @@ load between a simulated Twilio and an echoing OpenAI Realtime stand-in (bench/e
 
 Each system gets fresh processes (echo server, relay, load generators). The load generators
 (bench/loadgen.py) set every call up, then stream 20 ms frames at real-time pace for
-``--seconds``; each frame carries its index, so every echo is matched to its frame. CPU is
-read from /proc/<pid>/stat over the streaming window only. Prints a table, then writes JSON
-(default bench/results/relay-<time>.json). No figure is asserted.
+``--seconds``; each frame carries its index and send time, so every echo is matched to its
+frame and the echo server measures the one-way carrier -> provider latency. CPU is read from
+/proc/<pid>/stat over the streaming window only. Prints a table, the capacity of each system
+and how its cost grows with the number of calls (bench/curve.py), then writes JSON (default
+bench/last-run/relay.json) and, when matplotlib is installed, the plot beside it
+(bench/plot_relay.py). No figure is asserted.
 """
 
 from __future__ import annotations
@@ -24,167 +28,39 @@ import json
 import os
 import platform
 import secrets
-import select
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import curve
 import numpy as np
+from processes import (
+    BENCH,
+    Child,
+    cpu_seconds,
+    free_port,
+    machine_busy_seconds,
+    memory_kib,
+    scrape,
+    voicegw_argv,
+    wait_http,
+)
 
-BENCH: Final = Path(__file__).resolve().parent
 RESULTS: Final = BENCH / "results"
-CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+LAST_RUN: Final = BENCH / "last-run" / "relay.json"
+MEDIA_COUNTERS: Final = (
+    "voicegw_media_frames_total",
+    "voicegw_media_frames_dropped_total",
+    "voicegw_media_relay_seconds_sum",
+    "voicegw_media_relay_seconds_count",
+)
 SYSTEMS: Final = ("voicegw", "baseline")
 START_TIMEOUT_S: Final = 30.0
 SETUP_TIMEOUT_S: Final = 120.0
-
-
-# -- processes -------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` (all its threads) so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def machine_busy_seconds() -> float:
-    """CPU time all cores have spent busy since boot (/proc/stat), in seconds."""
-    with open("/proc/stat") as f:
-        ticks = [int(v) for v in f.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
-    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
-
-
-def memory_kib(pid: int, key: str) -> int:
-    """``VmHWM`` (peak resident set) or ``VmRSS`` of ``pid``, in KiB."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Child:
-    """A subprocess speaking one JSON object (or ``ready <port>``) a line on stdout."""
-
-    def __init__(self, name: str, argv: Sequence[str], log_dir: Path, **kwargs: Any) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            **{"cwd": BENCH.parent, **kwargs},
-        )
-        self.pid = self.proc.pid
-        self._buffer = b""
-
-    def readline(self, timeout_s: float) -> str:
-        """The next line of stdout; raises RuntimeError on timeout or exit."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout_s
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RuntimeError(f"{self.name}: no answer within {timeout_s:g} s{self._tail()}")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    raise RuntimeError(f"{self.name} exited ({self.proc.wait()}){self._tail()}")
-                self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.decode()
-
-    def json(self, timeout_s: float) -> dict[str, Any]:
-        obj: dict[str, Any] = json.loads(self.readline(timeout_s))
-        return obj
-
-    def tell(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-    def _tail(self) -> str:
-        self._log.flush()
-        text = self.log_path.read_text(errors="replace")[-2000:]
-        return f"\n--- {self.log_path} (tail) ---\n{text}" if text else ""
-
-
-def _voicegw_argv(port: int, profile: Path | None) -> list[str]:
-    if profile is not None:
-        cli = ["-m", "cProfile", "-o", str(profile), "-m", "gateway.cli"]
-        return [sys.executable, *cli, "serve", "--port", str(port)]
-    script = Path(sys.executable).parent / "voicegw"
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
-    return [*head, "serve", "--port", str(port)]
-
-
-def _wait_http(url: str, timeout_s: float, child: Child) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"{child.name} exited ({child.proc.returncode}){child._tail()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{child.name} not healthy within {timeout_s:g} s{child._tail()}")
-
-
-def _scrape(url: str) -> dict[str, float]:
-    """The media counters and relay-time sums from voicegw's /metrics."""
-    wanted = (
-        "voicegw_media_frames_total",
-        "voicegw_media_frames_dropped_total",
-        "voicegw_media_relay_seconds_sum",
-        "voicegw_media_relay_seconds_count",
-    )
-    out: dict[str, float] = {}
-    try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            text = reply.read().decode()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        if line.startswith(wanted):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 # -- one measured run ----------------------------------------------------------------------
@@ -203,6 +79,7 @@ class Run:
     unknown: int = 0
     marks: int = 0
     latency_ms: list[float] = field(default_factory=list)
+    one_way_ms: list[float] = field(default_factory=list)
     send_lag_ms: list[float] = field(default_factory=list)
     window_s: float = 0.0
     relay_cpu_s: float = 0.0
@@ -218,11 +95,12 @@ class Run:
 
     def summary(self) -> dict[str, Any]:
         lat = np.array(self.latency_ms) if self.latency_ms else np.array([np.nan])
+        one_way = np.array(self.one_way_ms) if self.one_way_ms else np.array([np.nan])
         lag = np.array(self.send_lag_ms) if self.send_lag_ms else np.array([np.nan])
         call_s = self.calls * self.seconds
         cores = os.cpu_count() or 1
         total_cpu = self.relay_cpu_s + self.echo_cpu_s + sum(self.gen_cpu_s)
-        return {
+        row = {
             "system": self.system,
             "calls": self.calls,
             "seconds": self.seconds,
@@ -239,12 +117,22 @@ class Run:
             "rtt_ms_p95": round(float(np.percentile(lat, 95)), 3),
             "rtt_ms_p99": round(float(np.percentile(lat, 99)), 3),
             "rtt_ms_max": round(float(np.max(lat)), 3),
+            "one_way_ms_p50": round(float(np.percentile(one_way, 50)), 3),
+            "one_way_ms_p99": round(float(np.percentile(one_way, 99)), 3),
+            "one_way_ms_max": round(float(np.max(one_way)), 3),
             "window_s": round(self.window_s, 3),
             "relay_cpu_s": round(self.relay_cpu_s, 3),
             "relay_cpu_ms_per_call_s": round(1000 * self.relay_cpu_s / call_s, 3),
             "relay_cpu_pct": round(100 * self.relay_cpu_s / self.window_s, 1),
+            # Per frame that made the round trip: steadier than per call-second when a
+            # disturbed run could not play all its frames.
+            "relay_cpu_us_per_frame": round(1e6 * self.relay_cpu_s / self.received, 2)
+            if self.received
+            else None,
             "relay_idle_rss_mib": round(self.idle_rss_kib / 1024, 1),
             "relay_peak_rss_mib": round(self.peak_rss_kib / 1024, 1),
+            "relay_idle_rss_kib": self.idle_rss_kib,
+            "relay_peak_rss_kib": self.peak_rss_kib,
             "relay_rss_kib_per_call": round(
                 (self.peak_rss_kib - self.idle_rss_kib) / self.calls, 1
             ),
@@ -259,6 +147,8 @@ class Run:
             "metrics": self.metrics,
             "gc": self.gc,
         }
+        row["holds"] = curve.holds(row)
+        return row
 
 
 def _q(values: list[float], pct: float) -> float | None:
@@ -305,10 +195,10 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
                 env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
                 env["PYTHONPATH"] = env["PYTHONPATH"].rstrip(os.pathsep)
             profile = log_dir / "voicegw.prof" if options.profile else None
-            argv = _voicegw_argv(port, profile)
-            relay = Child(f"{tag}-relay", argv, log_dir, env=env, cwd=source)
+            argv = voicegw_argv(port, profile)
+            relay = Child(f"{tag}-relay", argv, log_dir, capture=False, env=env, cwd=source)
             children.append(relay)
-            _wait_http(f"http://127.0.0.1:{port}/healthz", START_TIMEOUT_S, relay)
+            wait_http(f"http://127.0.0.1:{port}/healthz", START_TIMEOUT_S, relay)
         else:
             relay = Child(f"{tag}-relay", [sys.executable, str(BENCH / "baseline_relay.py"),
                                            "--openai-url", echo_url, "--api-key", api_key],
@@ -359,9 +249,11 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
             run.send_lag_ms.extend(result["send_lag_ms"])
             run.errors.extend(result["errors"])
             run.close_codes = sorted(set(run.close_codes) | set(result["close_codes"]))
+        echo.tell("report")
+        run.one_way_ms = echo.json(60)["one_way_ms"]
         run.peak_rss_kib = memory_kib(relay.pid, "VmHWM")
         if system == "voicegw":
-            run.metrics = _scrape(f"{url}/metrics")
+            run.metrics = scrape(f"{url}/metrics", MEDIA_COUNTERS)
     finally:
         for child in reversed(children):
             child.stop()
@@ -379,7 +271,11 @@ COLUMNS: Final = [
     ("rtt_ms_p50", "p50 ms", "{:>7.2f}"),
     ("rtt_ms_p95", "p95 ms", "{:>7.2f}"),
     ("rtt_ms_p99", "p99 ms", "{:>7.2f}"),
+    ("rtt_ms_max", "max ms", "{:>7.1f}"),
+    ("one_way_ms_p50", "1way p50", "{:>8.2f}"),
+    ("one_way_ms_p99", "1way p99", "{:>8.2f}"),
     ("delivered_pct", "back %", "{:>7.2f}"),
+    ("holds", "holds", "{:>5}"),
     ("relay_cpu_ms_per_call_s", "cpu ms/call-s", "{:>13.2f}"),
     ("relay_cpu_pct", "relay cpu%", "{:>10.1f}"),
     ("relay_peak_rss_mib", "peak MiB", "{:>8.1f}"),
@@ -393,12 +289,15 @@ RATIOS: Final = [
     ("rtt_ms_p50", "p50"),
     ("rtt_ms_p95", "p95"),
     ("rtt_ms_p99", "p99"),
+    ("one_way_ms_p50", "1way p50"),
     ("relay_cpu_ms_per_call_s", "cpu/call-s"),
     ("relay_peak_rss_mib", "peak rss"),
 ]
 
 
 def _cell(fmt: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return fmt.format("yes" if value else "no")
     if isinstance(value, list):
         value = "+".join(f"{v:.0f}" for v in value)
         return fmt.replace(".2f", "").replace(".1f", "").replace(".0f", "").format(value)
@@ -490,24 +389,83 @@ REPEAT_KEYS: Final = ("rtt_ms_p50", "rtt_ms_p99", "relay_cpu_ms_per_call_s", "ot
 
 def _progress(row: dict[str, Any]) -> None:
     print(
-        f"  {row['system']:<9}{row['calls']:>4} calls: p50 {row['rtt_ms_p50']:.2f} ms, "
-        f"p99 {row['rtt_ms_p99']:.2f} ms, back {row['delivered_pct']:.2f} %, relay cpu "
-        f"{row['relay_cpu_pct']:.0f} %, gen cpu {row['gen_cpu_pct']} %, other load "
-        f"{row['other_cpu_pct']:.0f} %"
+        f"      p50 {row['rtt_ms_p50']:.2f} ms, p99 {row['rtt_ms_p99']:.2f} ms, one-way p50 "
+        f"{row['one_way_ms_p50']:.2f} ms, back {row['delivered_pct']:.2f} %"
+        f"{'' if row['holds'] else ' (does not hold)'}, relay cpu {row['relay_cpu_pct']:.0f} % "
+        f"({row['relay_cpu_ms_per_call_s']:.2f} ms/call-s), gen cpu {row['gen_cpu_pct']} %, "
+        f"other load {row['other_cpu_pct']:.0f} %"
         + (f", errors {row['errors']}" if row["errors"] else "")
         + (f", gc {_gc_line(row['gc'])}" if row["gc"] else ""),
         flush=True,
     )
 
 
+class Sweep:
+    """Runs the measurements in order, printing where it is and how long it has taken."""
+
+    def __init__(self, options: argparse.Namespace, log_dir: Path, planned: int) -> None:
+        self.options = options
+        self.log_dir = log_dir
+        self.planned = planned
+        self.done = 0
+        self.began = time.monotonic()
+
+    def measure(self, system: str, calls: int, note: str = "") -> dict[str, Any]:
+        self.done += 1
+        elapsed = time.monotonic() - self.began
+        total = max(self.planned, self.done)
+        print(
+            f"[{self.done}/{total} {elapsed / 60:.1f} min] {system} {calls} calls{note}",
+            flush=True,
+        )
+        row = measure(system, calls, self.options, self.log_dir).summary()
+        _progress(row)
+        return row
+
+    def level(self, calls: int, systems: list[str]) -> list[dict[str, Any]]:
+        """Each system at ``calls``, ``--repeat`` times alternating; the least disturbed run
+        of each is kept, the others' key figures go with it."""
+        best: dict[str, dict[str, Any]] = {}
+        tries: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
+        for _ in range(self.options.repeat):
+            for system in systems:  # alternate, so both meet the same machine
+                row = self.measure(system, calls)
+                tries[system].append({k: row[k] for k in REPEAT_KEYS})
+                # Keep the least disturbed repeat, as bench/transcode.py keeps the best pass.
+                if system not in best or row["other_cpu_pct"] < best[system]["other_cpu_pct"]:
+                    best[system] = row
+        for system in systems:
+            best[system]["repeats"] = tries[system]
+        return [best[system] for system in systems]
+
+    def refine(self, rows: list[dict[str, Any]], system: str, steps: int) -> list[dict[str, Any]]:
+        """Bisect between the highest level that held and the lowest above it that did not."""
+        added: list[dict[str, Any]] = []
+        for _ in range(steps):
+            s = curve.summarize(r for r in rows + added if r["system"] == system)[system]
+            low, high = s["capacity"], s["first_failing"]
+            if low is None or high is None or high - low <= max(5, low // 10):
+                break
+            calls = (low + high) // 2
+            added.extend(self.level(calls, [system]))
+        return added
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", default="5,25,50", help="concurrency levels, comma-separated")
     parser.add_argument("--seconds", type=float, default=8.0, help="audio per call")
-    parser.add_argument("--json", default=None, help="where to write the JSON results")
+    parser.add_argument("--json", default=None, help=f"JSON results (default {LAST_RUN})")
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per level and system; keeps the least disturbed"
     )
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        help="levels to add per system, bisecting between its capacity and the next level",
+    )
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG beside the JSON")
     parser.add_argument("--gen-procs", type=int, default=1, help="load generator processes")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="voicegw,baseline")
     parser.add_argument(
@@ -526,7 +484,7 @@ def main() -> None:
         "--profile", action="store_true", help="voicegw only, under cProfile; print hot spots"
     )
     options = parser.parse_args()
-    levels = [int(c) for c in options.calls.split(",") if c]
+    levels = sorted({int(c) for c in options.calls.split(",") if c})
     systems = ["voicegw"] if options.profile else options.systems.split(",")
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -534,28 +492,24 @@ def main() -> None:
 
     print(
         f"voicegw relay bench: {options.seconds:g} s of 20 ms frames per call, calls "
-        f"{options.calls}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{options.gen_procs} generator process(es); logs in {log_dir}",
+        f"{','.join(map(str, levels))}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {options.gen_procs} generator process(es); "
+        f"logs in {log_dir}",
         flush=True,
     )
-    rows = []
+    sweep = Sweep(options, log_dir, len(levels) * options.repeat * len(systems))
+    rows: list[dict[str, Any]] = []
     for calls in levels:
-        best: dict[str, dict[str, Any]] = {}
-        tries: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
-        for _ in range(options.repeat):
-            for system in systems:  # alternate, so both meet the same machine
-                row = measure(system, calls, options, log_dir).summary()
-                _progress(row)
-                tries[system].append({k: row[k] for k in REPEAT_KEYS})
-                # Keep the least disturbed repeat, as bench_audio keeps the best pass.
-                if system not in best or row["other_cpu_pct"] < best[system]["other_cpu_pct"]:
-                    best[system] = row
-        for system in systems:
-            best[system]["repeats"] = tries[system]
-            rows.append(best[system])
+        rows.extend(sweep.level(calls, systems))
+    for system in systems:
+        rows.extend(sweep.refine(rows, system, options.refine))
+    rows.sort(key=lambda r: (r["calls"], SYSTEMS.index(r["system"])))
     ratio_rows = ratios(rows)
+    capacity = curve.summarize(rows)
     print()
     print(render(rows, ratio_rows))
+    print()
+    print(curve.render(capacity))
     document = {
         "bench": "relay",
         "python": platform.python_version(),
@@ -566,12 +520,25 @@ def main() -> None:
         "repeat": options.repeat,
         "profile": options.profile,
         "source": str(Path(options.source).resolve()) if options.source else str(BENCH.parent),
+        "hold": {"delivered_pct": curve.HOLD_DELIVERED_PCT, "rtt_ms_p99": curve.HOLD_P99_MS},
+        "capacity": capacity,
         "results": rows,
         "ratios": ratio_rows,
     }
-    out = Path(options.json) if options.json else RESULTS / f"relay-{stamp}.json"
+    if options.json:
+        out = Path(options.json)
+    else:  # a profiled run is not a result to keep
+        out = RESULTS / f"relay-{stamp}.json" if options.profile else LAST_RUN
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(document, indent=1) + "\n")
     print(f"\nJSON: {out}")
+    if not options.no_plot:
+        from plot_relay import plot
+
+        try:
+            print(f"plot: {plot(document, out.with_suffix('.png'))}")
+        except ImportError:  # matplotlib is the optional ``bench`` extra
+            print("plot: matplotlib is not installed (pip install -e .[bench])")
     if options.profile:
         print()
         print(profile_report(log_dir / "voicegw.prof"))

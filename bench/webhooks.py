@@ -1,60 +1,58 @@
 """Throughput and latency of signed carrier webhooks through every security layer, next to
-``GET /healthz`` on the same server.
+``GET /healthz`` on the same server, with a load generator that is not the bottleneck.
 
-Usage: python bench/webhooks.py [--requests 3000] [--concurrency 16] [--json out.json]
+Usage: python bench/webhooks.py [--seconds 4] [--workers 1] [--py-spy DIR] [--gc-stats]
 
 One real ``voicegw serve`` process (uvloop, httptools, JSON logs at WARNING) backed by the
 local Redis (``redis://127.0.0.1:6379/13``, a key prefix unique to the run, removed at the
 end), ``VOICEGW_PROVIDERS=echo``, a rate limit too high to trip, and carrier REST URLs that
 point at a closed loopback port (no event used here makes a REST call). The load generator is
-this process: one ``httpx.AsyncClient`` on uvloop, every request built and signed before its
-phase starts, so signing costs the generator nothing while it is timed.
+``bench/httpload.py``: ``--workers`` processes, each with its own uvloop and raw HTTP/1.1
+keep-alive connections opened before the phase; every request is built, signed and
+serialized before its phase starts.
 
 Phases, in order, in the same run on the same server:
 
-1. ``healthz``: ``GET /healthz``, closed loop at ``--concurrency``: the baseline;
-2. ``telnyx``: signed Telnyx ``call.bridged`` events (unique ``data.id``, Ed25519 over
-   ``timestamp|body``), same concurrency: request sanity, allowlist, freshness, signature,
-   replay and rate limit all run, no REST call is made;
-3. ``twilio``: signed Twilio status callbacks (form-encoded, ``X-Twilio-Signature`` from
-   ``RequestValidator`` with an explicit ``VOICEGW_TWILIO_AUTH_TOKEN``, a ``ts`` query
-   parameter and a ``Timestamp`` field for freshness, ``CallStatus=in-progress``, unique
-   ``CallSid``), same concurrency;
-4. ``flood``: open loop. Valid Telnyx webhooks at half the ``telnyx`` throughput, with ten
-   times as many carrying a signature with one byte flipped, interleaved evenly; at most
-   ``--flood-concurrency`` requests in flight. Valid latency is send to answer; the JSON also
-   has it counted from each request's scheduled time (waiting for a free slot included), which
-   grows without bound when the generator cannot issue the schedule. Every bad one should get
-   403.
+1. ``max``: after a warm-up, closed loop at ``--concurrency`` for ``--seconds``, per route:
+   ``healthz`` (the baseline), ``telnyx`` (signed ``call.bridged`` events, unique ``data.id``,
+   Ed25519 over ``timestamp|body``: every layer runs, no REST call) and ``twilio`` (signed
+   status callbacks, form-encoded, ``X-Twilio-Signature``, a ``ts`` query parameter and a
+   ``Timestamp`` field for freshness, ``CallStatus=in-progress``, unique ``CallSid``): each
+   route's maximum throughput;
+2. ``half``: open loop, each route at half its own maximum for ``--open-seconds``; latency
+   counted from each request's scheduled send time (waiting for a free connection included);
+3. ``flood``: open loop, valid Telnyx webhooks at ``--flood-valid-share`` of the Telnyx
+   maximum, interleaved with ten times as many whose signature has one byte flipped: the valid
+   ones' latency, and every bad one's status (all should be 403).
 
-Prints a table, then writes JSON (default bench/results/webhooks-<time>.json). No figure is
-asserted.
+Each row also gives the server's CPU per answer, the generator's CPU and everything else the
+machine ran meanwhile (``other%``: Redis, the kernel and any other process; read latency only
+from runs where it is low). Prints a table with the ratios and the targets of issue 8, writes
+JSON (default ``bench/last-run/webhooks.json``). No figure is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import collections
+import contextlib
 import email.utils
 import json
 import os
 import platform
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
 
-import httpx
 import numpy as np
 import orjson
 from twilio.request_validator import RequestValidator
@@ -62,32 +60,32 @@ from twilio.request_validator import RequestValidator
 BENCH: Final = Path(__file__).resolve().parent
 ROOT: Final = BENCH.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+
+from httpload import (  # noqa: E402
+    LoadGenerator,
+    Result,
+    Sample,
+    http_request,
+    split_closed,
+    split_open,
+)
+from processes import Child, free_port, voicegw_argv, wait_http  # noqa: E402
 
 from gateway import devkeys  # noqa: E402
 
 RESULTS: Final = BENCH / "results"
+LAST_RUN: Final = BENCH / "last-run" / "webhooks.json"
 REDIS_URL: Final = "redis://127.0.0.1:6379/13"
-CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT_S: Final = 30.0
-WARMUP: Final = 200
 CALLER: Final = "+15550100001"  # fictional (555-01xx) numbers
 CALLEE: Final = "+15550100002"
+ROUTES: Final = ("healthz", "telnyx", "twilio")
 
-Request = tuple[str, str, bytes, dict[str, str]]  # method, path, body, headers
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+# The targets of issue 8, checked under the table.
+TARGET_RATIO: Final = 0.5
+TARGET_HALF_P99_MS: Final = 10.0
+TARGET_FLOOD_P99_MS: Final = 25.0
 
 
 # -- requests ------------------------------------------------------------------------------
@@ -116,253 +114,135 @@ def telnyx_body() -> bytes:
     )
 
 
-def telnyx_request(keys: devkeys.DevKeys, *, bad: bool = False) -> Request:
-    body = telnyx_body()
-    ts = str(int(time.time()))
-    signature = bytearray(keys.telnyx_signing_key().sign(ts.encode() + b"|" + body).signature)
-    if bad:
-        signature[secrets.randbelow(len(signature))] ^= 0x01
-    headers = {
-        "content-type": "application/json",
-        "telnyx-signature-ed25519": base64.b64encode(bytes(signature)).decode(),
-        "telnyx-timestamp": ts,
-    }
-    return ("POST", "/webhooks/telnyx", body, headers)
+class Builder:
+    """Builds serialized, signed requests for one server."""
 
+    def __init__(self, host: str, keys: devkeys.DevKeys, twilio_token: str) -> None:
+        self.host = host
+        self.public_url = f"http://{host}"
+        self.signing = keys.telnyx_signing_key()
+        self.validator = RequestValidator(twilio_token)
 
-def twilio_request(validator: RequestValidator, public_url: str) -> Request:
-    path = f"/webhooks/twilio/status?ts={int(time.time())}"
-    params = {
-        "AccountSid": "AC" + secrets.token_hex(16),
-        "CallSid": "CA" + secrets.token_hex(16),
-        "CallStatus": "in-progress",
-        "Direction": "inbound",
-        "From": CALLER,
-        "To": CALLEE,
-        "ApiVersion": "2010-04-01",
-        "Timestamp": email.utils.formatdate(usegmt=True),
-        "SequenceNumber": "1",
-    }
-    headers = {
-        "content-type": "application/x-www-form-urlencoded",
-        "x-twilio-signature": validator.compute_signature(public_url + path, params),
-    }
-    return ("POST", path, urlencode(params).encode(), headers)
+    def healthz(self) -> bytes:
+        return http_request("GET", "/healthz", self.host, {})
 
-
-def healthz_request() -> Request:
-    return ("GET", "/healthz", b"", {})
-
-
-# -- measurement ---------------------------------------------------------------------------
-
-
-@dataclass
-class Phase:
-    name: str
-    requests: int = 0
-    elapsed_s: float = 0.0
-    latency_ms: list[float] = field(default_factory=list)
-    statuses: collections.Counter[int] = field(default_factory=collections.Counter)
-    errors: collections.Counter[str] = field(default_factory=collections.Counter)
-    server_cpu_s: float = 0.0
-    client_cpu_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-    uncounted: int = 0  # answers outside ``statuses`` (the flood's bad requests)
-
-    def summary(self) -> dict[str, Any]:
-        lat = np.array(self.latency_ms) if self.latency_ms else np.array([np.nan])
-        done = sum(self.statuses.values()) + self.uncounted
-        return {
-            "phase": self.name,
-            "requests": self.requests,
-            "elapsed_s": round(self.elapsed_s, 3),
-            "rps": round(done / self.elapsed_s, 1) if self.elapsed_s else 0.0,
-            "p50_ms": round(float(np.percentile(lat, 50)), 3),
-            "p99_ms": round(float(np.percentile(lat, 99)), 3),
-            "max_ms": round(float(np.max(lat)), 3),
-            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
-            "errors": dict(self.errors),
-            "server_cpu_pct": round(100 * self.server_cpu_s / self.elapsed_s, 1)
-            if self.elapsed_s
-            else 0.0,
-            "server_cpu_us_per_req": round(1e6 * self.server_cpu_s / done, 1) if done else None,
-            "client_cpu_pct": round(100 * self.client_cpu_s / self.elapsed_s, 1)
-            if self.elapsed_s
-            else 0.0,
-            **self.extra,
+    def telnyx(self, *, bad: bool = False) -> bytes:
+        body = telnyx_body()
+        ts = str(int(time.time()))
+        signature = bytearray(self.signing.sign(ts.encode() + b"|" + body).signature)
+        if bad:
+            signature[secrets.randbelow(len(signature))] ^= 0x01
+        headers = {
+            "content-type": "application/json",
+            "telnyx-signature-ed25519": base64.b64encode(bytes(signature)).decode(),
+            "telnyx-timestamp": ts,
         }
+        return http_request("POST", "/webhooks/telnyx", self.host, headers, body)
+
+    def twilio(self) -> bytes:
+        path = f"/webhooks/twilio/status?ts={int(time.time())}"
+        params = {
+            "AccountSid": "AC" + secrets.token_hex(16),
+            "CallSid": "CA" + secrets.token_hex(16),
+            "CallStatus": "in-progress",
+            "Direction": "inbound",
+            "From": CALLER,
+            "To": CALLEE,
+            "ApiVersion": "2010-04-01",
+            "Timestamp": email.utils.formatdate(usegmt=True),
+            "SequenceNumber": "1",
+        }
+        headers = {
+            "content-type": "application/x-www-form-urlencoded",
+            "x-twilio-signature": self.validator.compute_signature(self.public_url + path, params),
+        }
+        return http_request("POST", path, self.host, headers, urlencode(params).encode())
+
+    def route(self, name: str) -> Callable[[], bytes]:
+        return {"healthz": self.healthz, "telnyx": self.telnyx, "twilio": self.twilio}[name]
 
 
-async def send(http: httpx.AsyncClient, request: Request) -> int:
-    method, path, body, headers = request
-    reply = await http.request(method, path, content=body or None, headers=headers)
-    return reply.status_code
+# -- figures -------------------------------------------------------------------------------
 
 
-async def closed_loop(
-    name: str, http: httpx.AsyncClient, requests: list[Request], concurrency: int, pid: int
-) -> Phase:
-    """``concurrency`` workers, each sending its next request as soon as the last answered."""
-    phase = Phase(name, len(requests))
-    pending = iter(requests)
-
-    async def worker() -> None:
-        for request in pending:
-            start = time.perf_counter()
-            try:
-                status = await send(http, request)
-            except httpx.HTTPError as exc:
-                phase.errors[type(exc).__name__] += 1
-                continue
-            phase.latency_ms.append((time.perf_counter() - start) * 1000)
-            phase.statuses[status] += 1
-
-    cpu0, own0, began = cpu_seconds(pid), time.process_time(), time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    phase.elapsed_s = time.perf_counter() - began
-    phase.server_cpu_s = cpu_seconds(pid) - cpu0
-    phase.client_cpu_s = time.process_time() - own0
-    return phase
+def _pct(values: np.ndarray[Any, Any], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values.size else None
 
 
-async def flood(
-    http: httpx.AsyncClient,
-    good: list[Request],
-    bad: list[Request],
-    rate: float,
-    concurrency: int,
-    pid: int,
-) -> Phase:
-    """Open loop: ``good`` at ``rate``/s, ``bad`` interleaved evenly over the same span."""
-    phase = Phase("flood", len(good) + len(bad))
-    span = len(good) / rate
-    schedule = sorted(
-        [(i / rate, True, r) for i, r in enumerate(good)]
-        + [(j * span / len(bad), False, r) for j, r in enumerate(bad)],
-        key=lambda item: item[0],
-    )
-    slots = asyncio.Semaphore(concurrency)
-    bad_statuses: collections.Counter[int] = collections.Counter()
-    service_ms: list[float] = []
-    late_ms: list[float] = []
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def one(due: float, valid: bool, request: Request) -> None:
-        try:
-            start = time.perf_counter()
-            try:
-                status = await send(http, request)
-            except httpx.HTTPError as exc:
-                phase.errors[("valid " if valid else "bad ") + type(exc).__name__] += 1
-                return
-            end = time.perf_counter()
-            if valid:
-                phase.statuses[status] += 1
-                phase.latency_ms.append((end - start) * 1000)  # send -> answer
-                service_ms.append((end - due) * 1000)  # from its scheduled time
-                late_ms.append((start - due) * 1000)
-            else:
-                bad_statuses[status] += 1
-        finally:
-            slots.release()
-
-    cpu0, own0 = cpu_seconds(pid), time.process_time()
-    began = time.perf_counter()
-    for offset, valid, request in schedule:
-        due = began + offset
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        await slots.acquire()
-        task = asyncio.create_task(one(due, valid, request))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    while tasks:
-        await asyncio.gather(*list(tasks))
-    phase.elapsed_s = time.perf_counter() - began
-    phase.server_cpu_s = cpu_seconds(pid) - cpu0
-    phase.client_cpu_s = time.process_time() - own0
-    phase.uncounted = sum(bad_statuses.values())
-    svc = np.array(service_ms) if service_ms else np.array([np.nan])
-    late = np.array(late_ms) if late_ms else np.array([np.nan])
-    phase.extra = {
-        "valid": len(good),
-        "bad": len(bad),
-        "valid_rate_target": round(rate, 1),
-        "valid_rate_achieved": round(sum(phase.statuses.values()) / phase.elapsed_s, 1),
-        "bad_rate_achieved": round(sum(bad_statuses.values()) / phase.elapsed_s, 1),
-        "valid_from_schedule_p50_ms": round(float(np.percentile(svc, 50)), 3),
-        "valid_from_schedule_p99_ms": round(float(np.percentile(svc, 99)), 3),
-        "valid_late_p99_ms": round(float(np.percentile(late, 99)), 3),
-        "bad_statuses": {str(k): v for k, v in sorted(bad_statuses.items())},
-        "bad_all_403": bad_statuses == collections.Counter({403: len(bad)}),
+def summarize(
+    phase: str,
+    route: str,
+    results: list[Result],
+    sample: Sample,
+    *,
+    target_rps: float | None = None,
+    tag: int = 0,
+) -> dict[str, Any]:
+    """One row: answers per second over the phase, latency of ``tag`` requests, CPU."""
+    started = min(r.started for r in results)
+    ended = max(r.last_answer for r in results)
+    elapsed = max(ended - started, 1e-9)
+    answered = sum(r.answered for r in results)
+    from_send = np.concatenate([np.asarray(r.from_send_ms.get(tag, ())) for r in results])
+    from_due = np.concatenate([np.asarray(r.from_due_ms.get(tag, ())) for r in results])
+    statuses: collections.Counter[int] = collections.Counter()
+    errors: collections.Counter[str] = collections.Counter()
+    for r in results:
+        statuses.update(r.statuses.get(tag, {}))
+        errors.update(r.errors)
+    gen_cpu_s = sum(r.cpu_s for r in results)
+    server_cpu_s = sample.server_cpu_s
+    other_cpu_s = max(0.0, sample.busy_s - server_cpu_s - gen_cpu_s)
+    return {
+        "phase": phase,
+        "route": route,
+        "requests": answered + sum(errors.values()),
+        "target_rps": round(target_rps, 1) if target_rps is not None else None,
+        "rps": round(answered / elapsed, 1),
+        "elapsed_s": round(elapsed, 3),
+        "p50_ms": _pct(from_due, 50),
+        "p99_ms": _pct(from_due, 99),
+        "max_ms": round(float(from_due.max()), 3) if from_due.size else None,
+        "send_p50_ms": _pct(from_send, 50),
+        "send_p99_ms": _pct(from_send, 99),
+        "waited_for_connection": sum(r.waited for r in results),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "errors": dict(errors),
+        "server_cpu_pct": round(100 * server_cpu_s / elapsed, 1),
+        "server_cpu_us_per_req": round(1e6 * server_cpu_s / answered, 1) if answered else None,
+        "gen_cpu_pct": round(100 * gen_cpu_s / elapsed, 1),
+        "gen_cpu_us_per_req": round(1e6 * gen_cpu_s / answered, 1) if answered else None,
+        # Everything else the machine ran meanwhile (other processes, Redis, the kernel).
+        "other_cpu_pct": round(100 * other_cpu_s / elapsed, 1),
     }
-    return phase
 
 
 # -- the server ----------------------------------------------------------------------------
 
 
-async def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    async with httpx.AsyncClient(base_url=url, timeout=1.0) as http:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"voicegw exited ({proc.returncode}):\n{_tail(log)}")
-            try:
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"voicegw not ready within {START_TIMEOUT_S:g} s:\n{_tail(log)}")
+def clear_prefix(prefix: str) -> int:
+    import redis
 
-
-def _tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-3000:]
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-async def clear_prefix(prefix: str) -> int:
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(REDIS_URL)
     try:
-        keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
         for i in range(0, len(keys), 1000):
-            await client.delete(*keys[i : i + 1000])
+            client.delete(*keys[i : i + 1000])
         return len(keys)
     finally:
-        await client.aclose()
+        client.close()
 
 
-# -- the run -------------------------------------------------------------------------------
-
-
-async def run(options: argparse.Namespace, work: Path) -> dict[str, Any]:
-    port = free_port()
-    public_url = f"http://127.0.0.1:{port}"
-    data_dir = work / "data"
-    keys = devkeys.load_or_create(data_dir)
-    token = secrets.token_hex(16)
-    prefix = f"bench-wh-{secrets.token_hex(6)}:"
+def server_env(
+    work: Path, port: int, keys: devkeys.DevKeys, token: str, prefix: str
+) -> dict[str, str]:
     closed = free_port()  # nothing listens here: a stray REST call fails at once, locally
-    env = {
+    return {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", str(work)),
         "VOICEGW_ENV": "development",
-        "VOICEGW_PUBLIC_URL": public_url,
-        "VOICEGW_DATA_DIR": str(data_dir),
+        "VOICEGW_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "VOICEGW_DATA_DIR": str(work / "data"),
         "VOICEGW_REDIS_URL": REDIS_URL,
         "VOICEGW_REDIS_KEY_PREFIX": prefix,
         "VOICEGW_RATE_LIMIT_PER_MINUTE": "1000000",
@@ -375,64 +255,146 @@ async def run(options: argparse.Namespace, work: Path) -> dict[str, Any]:
         "VOICEGW_LOG_LEVEL": "WARNING",
         "VOICEGW_DRAIN_SECONDS": "1",
     }
-    log = work / "voicegw.log"
-    n, conc = options.requests, options.concurrency
-    validator = RequestValidator(token)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(  # noqa: ASYNC220 (start-up, before any timing)
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    limits = httpx.Limits(
-        max_connections=max(conc, options.flood_concurrency),
-        max_keepalive_connections=max(conc, options.flood_concurrency),
-    )
-    phases: list[dict[str, Any]] = []
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def run(options: argparse.Namespace, work: Path) -> dict[str, Any]:
+    port = free_port()
+    host = f"127.0.0.1:{port}"
+    keys = devkeys.load_or_create(work / "data")
+    token = secrets.token_hex(16)
+    prefix = f"bench-wh-{secrets.token_hex(6)}:"
+    build = Builder(host, keys, token)
+    env = server_env(work, port, keys, token, prefix)
+    gc_log = work / "gc.json"
+    if options.gc_stats:
+        # bench/hooks/sitecustomize.py times every collector pass in the server.
+        env["PYTHONPATH"] = str(BENCH / "hooks")
+        env["BENCH_GC_LOG"] = str(gc_log)
+    server = Child("voicegw", voicegw_argv(port), work, capture=False, env=env)
+    generator = LoadGenerator(options.workers)
+    workers, conc = options.workers, options.concurrency
+    rows: list[dict[str, Any]] = []
+
+    def report(row: dict[str, Any]) -> dict[str, Any]:
+        print(_progress(row), flush=True)
+        rows.append(row)
+        return row
+
+    def closed(route: str, n: int, seconds: float | None = None) -> tuple[list[Result], Sample]:
+        # /healthz requests are all alike: one serialized request, sent n times.
+        one = build.healthz() if route == "healthz" else None
+        requests = [one or build.route(route)() for _ in range(n)]
+        jobs = split_closed("127.0.0.1", port, requests, conc, workers, seconds)
+        return generator.run(jobs, server.pid)
+
+    def open_loop(
+        requests: list[bytes], rate: float, tags: bytes | None = None
+    ) -> tuple[list[Result], Sample]:
+        offsets = [i / rate for i in range(len(requests))]
+        connections = max(2, options.connections // workers)
+        jobs = split_open("127.0.0.1", port, requests, offsets, connections, workers, tags)
+        return generator.run(jobs, server.pid)
+
     try:
-        await wait_ready(public_url, proc, log)
-        async with httpx.AsyncClient(base_url=public_url, timeout=30.0, limits=limits) as http:
+        wait_http(f"http://{host}/readyz", START_TIMEOUT_S, server)
+        maximum: dict[str, float] = {}
+        for route in ROUTES:
+            warm = summarize("warm-up", route, *closed(route, options.warmup))
+            # Enough requests for --seconds at 1.5 times the warm-up's rate; the phase stops
+            # sending at --seconds (or earlier, when they run out).
+            n = max(options.warmup, round(1.5 * warm["rps"] * options.seconds))
+            with profiled(options.py_spy, route, server.pid):
+                row = report(summarize("max", route, *closed(route, n, options.seconds)))
+            maximum[route] = row["rps"]
+        for route in ROUTES:
+            rate = max(1.0, maximum[route] / 2)
+            n = max(10, round(rate * options.open_seconds))
+            requests = [build.route(route)() for _ in range(n)]
+            report(summarize("half", route, *open_loop(requests, rate), target_rps=rate))
 
-            async def measure(name: str, build: Any) -> dict[str, Any]:
-                warm = [build() for _ in range(min(WARMUP, n))]
-                await closed_loop(name, http, warm, conc, proc.pid)
-                requests = [build() for _ in range(n)]
-                row = (await closed_loop(name, http, requests, conc, proc.pid)).summary()
-                print(_progress(row), flush=True)
-                phases.append(row)
-                return row
+        valid_rate = max(1.0, maximum["telnyx"] * options.flood_valid_share)
+        valid = max(10, round(valid_rate * options.flood_seconds))
+        rate = valid_rate * 11
+        requests, tags = [], bytearray()
+        for i in range(valid * 11):  # every 11th request is valid: even interleaving
+            good = i % 11 == 0
+            requests.append(build.telnyx(bad=not good))
+            tags.append(0 if good else 1)
+        results, sample = open_loop(requests, rate, bytes(tags))
+        row = summarize("flood", "telnyx", results, sample, target_rps=valid_rate)
+        bad = summarize("flood", "telnyx", results, sample, tag=1)
+        row["valid_rps"] = round(sum(row["statuses"].values()) / row["elapsed_s"], 1)
+        row["bad"] = sum(bad["statuses"].values())
+        row["bad_statuses"] = bad["statuses"]
+        row["bad_all_403"] = bad["statuses"] == {"403": valid * 10}
+        row["bad_p99_ms"] = bad["p99_ms"]
+        report(row)
 
-            base = await measure("healthz", healthz_request)
-            tel = await measure("telnyx", lambda: telnyx_request(keys))
-            await measure("twilio", lambda: twilio_request(validator, public_url))
-
-            valid = max(10, n // 10)
-            rate = max(1.0, tel["rps"] / 2)
-            good = [telnyx_request(keys) for _ in range(valid)]
-            bad = [telnyx_request(keys, bad=True) for _ in range(10 * valid)]
-            row = (
-                await flood(http, good, bad, rate, options.flood_concurrency, proc.pid)
-            ).summary()
-            print(_progress(row), flush=True)
-            phases.append(row)
-        for row in phases:
-            row["rps_vs_healthz"] = round(row["rps"] / base["rps"], 3) if base["rps"] else None
-        return {
-            "redis_keys_removed": await clear_prefix(prefix),
-            "results": phases,
-            "server_log_tail": _tail(log)[-1000:],
-        }
+        base = maximum["healthz"]
+        for row in rows:
+            if row["phase"] == "max":
+                row["rps_vs_healthz"] = round(row["rps"] / base, 3) if base else None
     finally:
-        stop(proc)
-        await clear_prefix(prefix)
+        generator.close()
+        server.stop(sig=signal.SIGTERM)  # as an orchestrator stops it
+        removed = clear_prefix(prefix)
+    document: dict[str, Any] = {"results": rows, "redis_keys_removed": removed}
+    document["server_log_tail"] = server.tail()[-1000:]
+    if gc_log.exists():
+        document["server_gc"] = json.loads(gc_log.read_text())
+    return document
+
+
+@contextlib.contextmanager
+def profiled(directory: str | None, route: str, pid: int) -> Iterator[None]:
+    """With ``directory``, sample the server with py-spy (``--nonblocking``, 250 Hz, idle
+    frames left out) and write its collapsed stacks to ``<directory>/<route>.txt``."""
+    if directory is None:
+        yield
+        return
+    binary = Path(sys.executable).with_name("py-spy")
+    if not binary.exists():
+        raise SystemExit("--py-spy needs py-spy next to this Python: pip install py-spy")
+    out = Path(directory) / f"{route}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(
+        [str(binary), "record", "--pid", str(pid), "--format",
+         "raw", "--rate", "250", "--nonblocking", "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)  # attached before the phase starts
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+        print(f"  py-spy: {out} ({_top_frames(out)})", flush=True)
+
+
+def _top_frames(path: Path, limit: int = 5) -> str:
+    """The functions with the most samples at the top of the stack."""
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    if not path.exists():
+        return "no samples"
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        leaf = stack.rsplit(";", 1)[-1]
+        own[leaf.split(" (")[0]] += int(count)
+        total += int(count)
+    return ", ".join(f"{name} {100 * n / total:.0f} %" for name, n in own.most_common(limit))
 
 
 def _progress(row: dict[str, Any]) -> str:
     text = (
-        f"  {row['phase']:<8} {row['requests']:>6} req: {row['rps']:>8.1f} req/s, "
-        f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, statuses {row['statuses']}"
+        f"  {row['phase']:<5} {row['route']:<7} {row['requests']:>6} req: "
+        f"{row['rps']:>8.1f} req/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
+        f"server {row['server_cpu_us_per_req']} µs/req, generator {row['gen_cpu_pct']} % cpu, "
+        f"statuses {row['statuses']}"
     )
     if row["errors"]:
         text += f", errors {row['errors']}"
@@ -442,8 +404,10 @@ def _progress(row: dict[str, Any]) -> str:
 
 
 COLUMNS: Final = [
-    ("phase", "phase", "{:<8}"),
+    ("phase", "phase", "{:<5}"),
+    ("route", "route", "{:<7}"),
     ("requests", "requests", "{:>8}"),
+    ("target_rps", "offered/s", "{:>9.1f}"),
     ("rps", "req/s", "{:>8.1f}"),
     ("rps_vs_healthz", "vs healthz", "{:>10.3f}"),
     ("p50_ms", "p50 ms", "{:>7.2f}"),
@@ -451,11 +415,12 @@ COLUMNS: Final = [
     ("max_ms", "max ms", "{:>7.1f}"),
     ("server_cpu_pct", "srv cpu%", "{:>8.1f}"),
     ("server_cpu_us_per_req", "srv µs/req", "{:>10.1f}"),
-    ("client_cpu_pct", "gen cpu%", "{:>8.1f}"),
+    ("gen_cpu_pct", "gen cpu%", "{:>8.1f}"),
+    ("other_cpu_pct", "other%", "{:>6.1f}"),
 ]
 
 
-def render(rows: list[dict[str, Any]], concurrency: int) -> str:
+def render(rows: list[dict[str, Any]], options: argparse.Namespace) -> str:
     header = "  ".join(
         f"{t:<{_width(f)}}" if "<" in f else f"{t:>{_width(f)}}" for _, t, f in COLUMNS
     )
@@ -467,30 +432,46 @@ def render(rows: list[dict[str, Any]], concurrency: int) -> str:
                 for k, _, f in COLUMNS
             )
         )
-    flood_row = next((r for r in rows if r["phase"] == "flood"), None)
-    lines.append("")
-    lines.append(
-        f"healthz, telnyx, twilio: closed loop, {concurrency} in flight; req/s counts answers "
-        "(flood: valid and bad); srv µs/req = server CPU per answer."
-    )
-    lines.append(
-        "gen cpu% near 100 means the load generator (this process) bounds req/s: compare "
-        "srv µs/req, not req/s, then."
-    )
-    if flood_row:
-        lines.append(
-            f"flood: {flood_row['valid']} valid Telnyx webhooks at {flood_row['valid_rate_target']}"
-            f"/s (achieved {flood_row['valid_rate_achieved']}/s) + {flood_row['bad']} with a "
-            f"flipped signature byte (achieved {flood_row['bad_rate_achieved']}/s)"
-        )
-        lines.append(
-            f"  valid: p50 {flood_row['p50_ms']:.2f} ms, p99 {flood_row['p99_ms']:.2f} ms send to "
-            f"answer (from schedule: p50 {flood_row['valid_from_schedule_p50_ms']:.2f}, p99 "
-            f"{flood_row['valid_from_schedule_p99_ms']:.2f} ms), statuses {flood_row['statuses']}"
-        )
-        verdict = "all 403" if flood_row["bad_all_403"] else "NOT all 403"
-        lines.append(f"  bad: {flood_row['bad_statuses']} ({verdict})")
+    lines += [
+        "",
+        f"max: closed loop, {options.concurrency} connections over {options.workers} generator "
+        "process(es); half: open loop at half that route's max, latency from each request's "
+        "scheduled time; flood: offered/s and latency are the valid requests', req/s counts "
+        "valid and bad.",
+        "srv µs/req = server CPU per answer; gen cpu% = all generator processes; other% = "
+        "everything else the machine ran (Redis, kernel, other processes); % of one core.",
+        "",
+        *verdicts(rows),
+    ]
     return "\n".join(lines)
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """The targets of issue 8, met or not, from this run's rows."""
+    by = {(r["phase"], r["route"]): r for r in rows}
+    lines = []
+    for route in ("telnyx", "twilio"):
+        ratio = by[("max", route)].get("rps_vs_healthz")
+        if ratio is not None:
+            lines.append(_verdict(f"{route} max throughput vs healthz", ratio, TARGET_RATIO, "≥"))
+    for route in ("telnyx", "twilio"):
+        p99 = by[("half", route)]["p99_ms"]
+        if p99 is not None:
+            lines.append(_verdict(f"{route} p99 at half max (ms)", p99, TARGET_HALF_P99_MS, "≤"))
+    flood = by.get(("flood", "telnyx"))
+    if flood is not None and flood["p99_ms"] is not None:
+        lines.append(_verdict("flood: valid p99 (ms)", flood["p99_ms"], TARGET_FLOOD_P99_MS, "≤"))
+        refused = "all 403" if flood["bad_all_403"] else "NOT all 403"
+        lines.append(
+            f"flood: {sum(flood['statuses'].values())} valid answered {flood['statuses']}; "
+            f"{flood['bad']} badly signed answered {flood['bad_statuses']} ({refused})"
+        )
+    return lines
+
+
+def _verdict(name: str, value: float, target: float, sense: str) -> str:
+    met = value >= target if sense == "≥" else value <= target
+    return f"{name:<38} {value:>8.3f}  target {sense} {target:g}: {'met' if met else 'MISSED'}"
 
 
 def _width(fmt: str) -> int:
@@ -500,41 +481,55 @@ def _width(fmt: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=3000, help="requests per closed phase")
-    parser.add_argument("--concurrency", type=int, default=16, help="in flight, closed phases")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of max phases")
+    parser.add_argument("--warmup", type=int, default=1000, help="warm-up requests per route")
+    parser.add_argument("--concurrency", type=int, default=16, help="connections, max phases")
+    parser.add_argument("--workers", type=int, default=1, help="load generator processes")
     parser.add_argument(
-        "--flood-concurrency", type=int, default=64, help="most in flight during the flood"
+        "--connections", type=int, default=64, help="connections, open-loop phases (all workers)"
     )
-    parser.add_argument("--json", default=None, help="where to write the JSON results")
+    parser.add_argument("--open-seconds", type=float, default=4.0, help="length of half phases")
+    parser.add_argument("--flood-seconds", type=float, default=4.0, help="length of the flood")
+    parser.add_argument(
+        "--flood-valid-share",
+        type=float,
+        default=0.05,
+        help="valid flood requests per second, as a share of the Telnyx maximum",
+    )
+    parser.add_argument(
+        "--gc-stats", action="store_true", help="time the server's garbage-collector passes"
+    )
+    parser.add_argument(
+        "--py-spy", default=None, metavar="DIR", help="profile the server in each max phase"
+    )
+    parser.add_argument("--json", default=str(LAST_RUN), help="where to write the JSON results")
     options = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     work = Path(tempfile.mkdtemp(prefix=f"webhooks-{stamp}-", dir=RESULTS))
     print(
-        f"voicegw webhook bench: {options.requests} requests per phase, concurrency "
-        f"{options.concurrency}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"logs in {work}",
+        f"voicegw webhook bench: max phases {options.seconds:g} s, concurrency "
+        f"{options.concurrency}, {options.workers} generator process(es), {os.cpu_count()} "
+        f"cores, Python {platform.python_version()}; logs in {work}",
         flush=True,
     )
-    try:
-        import uvloop
-    except ImportError:
-        result = asyncio.run(run(options, work))
-    else:
-        result = uvloop.run(run(options, work))
+    result = run(options, work)
     print()
-    print(render(result["results"], options.concurrency))
+    print(render(result["results"], options))
+    if "server_gc" in result:
+        print(f"server gc: {json.dumps(result['server_gc']['generations'])}")
     document = {
         "bench": "webhooks",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cores": os.cpu_count(),
-        "requests": options.requests,
-        "concurrency": options.concurrency,
-        "flood_concurrency": options.flood_concurrency,
+        "load_average": os.getloadavg(),
+        "options": vars(options),
         **result,
     }
-    out = Path(options.json) if options.json else RESULTS / f"webhooks-{stamp}.json"
+    out = Path(options.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(document, indent=1) + "\n")
     print(f"\nJSON: {out}")
 

@@ -20,13 +20,16 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from gateway.store.base import ApiKeyRecord, DuplicateError, Role, Store, UserRecord
 from security import apikeys
 from security.apikeys import KeyPolicy, NewKey
 from security.passwords import PasswordHasher, WeakPassword, check_new_password
 from security.signing_keys import default_path, rotate
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 USERNAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 KEY_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
@@ -209,27 +212,23 @@ def register(
     bind(p, _audit_verify)
 
 
-def _settings() -> object:
+def _settings() -> Settings:
     from gateway.cli import load_settings
 
     return load_settings()
 
 
-def _sqlite_store(settings: object) -> Store:
+def _sqlite_store(settings: Settings) -> Store:
     from gateway.runtime import open_store
-    from gateway.settings import Settings
 
-    assert isinstance(settings, Settings)
     return open_store(settings)
 
 
 async def _rotate_data(args: argparse.Namespace, store: Store) -> int:
     from gateway.runtime import load_data_keys
-    from gateway.settings import Settings
     from security.crypto import rotate_data
 
-    settings = args.settings
-    assert isinstance(settings, Settings)
+    settings: Settings = args.settings
     keyring, _ = load_data_keys(settings)
     changed = await rotate_data(store, keyring, args.batch)
     print(f"re-encrypted {changed} call records with key {keyring.active_key_id}")
@@ -240,18 +239,16 @@ async def _audit_verify(args: argparse.Namespace, store: Store) -> int:
     from nacl.signing import VerifyKey
 
     from gateway.auth import signing_ring
-    from gateway.settings import Settings
-    from security.audit import verify
+    from gateway.compliance.evidence import verify_and_record
 
-    settings = args.settings
-    assert isinstance(settings, Settings)
+    settings: Settings = args.settings
     ring = signing_ring(
         settings.data_dir,
         key_file=settings.signing_key_file,
         seeds=settings.signing_keys.get().split(",") if settings.signing_keys else (),
     )
-    keys = [VerifyKey(key.public_raw) for key in ring.keys()]
-    result = await verify(store, keys)
+    # The result is kept as the chain's last verification (compliance evidence).
+    result = await verify_and_record(store, (VerifyKey(key.public_raw) for key in ring.keys()))
     if result.ok:
         print(
             f"audit trail intact: {result.events} events, {result.checkpoints} checkpoints, "
@@ -265,7 +262,7 @@ async def _audit_verify(args: argparse.Namespace, store: Store) -> int:
 def _run(
     args: argparse.Namespace,
     fn: Command,
-    factory: Callable[[object], Store],
+    factory: Callable[[Settings], Store],
 ) -> int:
     settings = _settings()
     args.settings = settings
@@ -364,20 +361,18 @@ async def _keys_rotate(args: argparse.Namespace, store: Store) -> int:
 
 def _keys_rotate_signing(args: argparse.Namespace) -> int:
     settings = _settings()
-    path = args.file or getattr(settings, "signing_key_file", None)
-    if path is None:
-        path = default_path(settings.data_dir)  # type: ignore[attr-defined]
-    ttl = getattr(settings, "session_ttl_s", 24 * 3600)
+    path = args.file or settings.signing_key_file or default_path(settings.data_dir)
+    ttl = settings.session_ttl_s
     key = rotate(Path(path), ttl)
     print(f"new signing key {key.kid} in {path}; the previous one verifies for {ttl} s more")
     return 0
 
 
-def _key_policy(settings: object) -> KeyPolicy:
+def _key_policy(settings: Settings) -> KeyPolicy:
     days = 86400
     return KeyPolicy(
-        max_age_s=getattr(settings, "api_key_max_age_days", 90) * days,
-        grace_s=getattr(settings, "api_key_grace_days", 7) * days,
+        max_age_s=settings.api_key_max_age_days * days,
+        grace_s=settings.api_key_grace_days * days,
     )
 
 

@@ -10,7 +10,8 @@ it needs (``gateway.auth.requires``); see README "Roles" for who holds which.
 * ``GET /api/v1/users/{subject}/data``: everything held about a phone number (data-subject
   access / portability), decrypted, audited;
 * ``POST /api/v1/users/{subject}/delete``: erase it (call records anonymised, recordings
-  securely deleted), audited without re-identifying the person.
+  securely deleted), audited without re-identifying the person;
+* ``GET /api/v1/compliance/report``: the compliance evidence report, audited.
 
 Phone numbers never appear here: the registry holds none, and the store's are encrypted.
 """
@@ -24,12 +25,14 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import orjson
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.auth import Permission, Principal, auth_of, requires
-from gateway.calls import Call
+from gateway.calls import Call, CallError
+from gateway.compliance import render_markdown, report_of_runtime
 from gateway.errors import json_error
 from gateway.privacy import erase_subject, export_subject
 from gateway.recording import Direction, RecordingError, delete_recording_file, export_wav
@@ -89,6 +92,10 @@ def audit_event(event: AuditEvent) -> dict[str, Any]:
     }
 
 
+REGISTRY_ERRORS: Final = (RedisError, OSError, TimeoutError, CallError)
+"""What the live-call registry raises while its shared state (Redis) is unavailable."""
+
+
 async def _live(request: Request) -> list[dict[str, Any]]:
     calls = await request.app.state.runtime.registry.list_active()
     now = time.time()
@@ -101,7 +108,12 @@ async def calls(request: Request) -> Response:
     if limit is None:
         return json_error(400, "limit must be a whole number from 0 to 1000")
     records = await auth_of(request).store.list_calls(limit=limit) if limit else []
-    return _json({"live": await _live(request), "recent": [recent_call(r) for r in records]})
+    try:
+        live = await _live(request)
+    except REGISTRY_ERRORS:
+        # Without the shared registry the live list would be a guess: say so, briefly.
+        return json_error(503, "live calls unavailable", {"Retry-After": "5"})
+    return _json({"live": live, "recent": [recent_call(r) for r in records]})
 
 
 @requires(Permission.PROVIDERS_READ)
@@ -172,8 +184,12 @@ async def events(request: Request) -> Response:
                 if not await _still_valid(request, principal):
                     yield b"event: session-ended\ndata: {}\n\n"
                     return
-            payload = orjson.dumps(await _live(request))
-            if payload != last:
+            payload: bytes | None
+            try:
+                payload = orjson.dumps(await _live(request))
+            except REGISTRY_ERRORS:
+                payload = None  # registry unavailable: the stream stays open, says nothing new
+            if payload is not None and payload != last:
                 last = payload
                 last_sent = now
                 yield b"event: calls\ndata: " + payload + b"\n\n"
@@ -206,7 +222,8 @@ def _int(request: Request, name: str, default: int, *, hi: int) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) > hi:
+    # isdigit() alone passes "²" and other digits int() refuses; 19 digits bound int()'s work.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > hi:
         return None
     return int(raw)
 
@@ -294,8 +311,32 @@ async def recording(request: Request) -> Response:
     return Response(wav, media_type="audio/wav")
 
 
+@requires(Permission.AUDIT_READ)
+async def compliance_report(request: Request) -> Response:
+    """The compliance evidence report (``gateway.compliance``): JSON, or Markdown tables with
+    ``?format=markdown``. Auditors and admins (the audit-reading roles); every read audited."""
+    runtime = request.app.state.runtime
+    principal: Principal = request.state.principal
+    form = request.query_params.get("format", "json")
+    if form not in ("json", "markdown"):
+        return json_error(400, "format must be json or markdown")
+    report = await report_of_runtime(runtime)
+    await runtime.auditor.record(
+        "compliance.report",
+        "success",
+        actor=principal.name,
+        role=principal.role.value,
+        entity_type="report",
+        entity_id=form,
+    )
+    if form == "markdown":
+        return Response(render_markdown(report), media_type="text/markdown; charset=utf-8")
+    return _json(report)
+
+
 def routes() -> list[Route]:
     return [
+        Route("/api/v1/compliance/report", compliance_report, methods=["GET"]),
         Route("/api/v1/calls/{call_id}/recording", recording, methods=["GET"]),
         Route("/api/v1/users/{subject}/data", subject_data, methods=["GET"]),
         Route("/api/v1/users/{subject}/delete", subject_delete, methods=["POST"]),

@@ -12,15 +12,16 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import api, auth, console, media, webhooks
 from gateway.errors import json_error
+from gateway.review import api as review_api
 from gateway.runtime import Runtime
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
 from metrics.logging import correlation_id
 from metrics.registry import BUILD_INFO, HTTP_DURATION, REGISTRY
 
@@ -63,6 +64,7 @@ ROUTES: list[Route | WebSocketRoute] = [
     WebSocketRoute("/media/telnyx", media.telnyx_stream),
     *auth.routes(),
     *api.routes(),
+    *review_api.routes(),
     *console.routes(),
 ]
 _TEMPLATES: dict[Callable[..., Any], str] = {r.endpoint: r.path for r in ROUTES}
@@ -70,7 +72,8 @@ _TEMPLATES: dict[Callable[..., Any], str] = {r.endpoint: r.path for r in ROUTES}
 
 class HttpMiddleware:
     """Times every HTTP request by route template, sets a correlation id, and turns any
-    uncaught exception into a bare 500 JSON reply (logged, never shown to the client)."""
+    uncaught exception into a bare 500 JSON reply (logged, never shown to the client). A
+    client that leaves mid-request is no error: it is timed with status 499."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -93,6 +96,9 @@ class HttpMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # The client left before its request was all in: nobody to answer, nothing wrong.
+            status = 499  # nginx's "client closed request", for the duration metric
         except Exception:
             log.exception("unhandled error", extra={"path_template": _template(scope)})
             if not response_started:
@@ -124,7 +130,11 @@ def build_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        runtime = await Runtime.start(settings)
+        try:
+            runtime = await Runtime.start(settings)
+        except SettingsError as exc:  # the security review refused: `voicegw serve` says why
+            app.state.start_refused = str(exc)
+            raise
         app.state.runtime = runtime
         try:
             yield

@@ -77,6 +77,7 @@ class Permission(enum.StrEnum):
     AUDIT_READ = "audit:read"
     SUBJECTS_EXPORT = "subjects:export"  # data-subject access requests
     SUBJECTS_ERASE = "subjects:erase"
+    SECURITY_REVIEW = "security:review"  # admin only: the security review and key inventory
 
 
 ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
@@ -520,7 +521,7 @@ async def refresh(request: Request) -> Response:
         rotation = await auth.families.rotate(token)
     except StateUnavailable:
         return json_error(503, "session state unavailable")
-    if rotation.outcome is not Outcome.ROTATED or rotation.family is None:
+    if rotation.outcome is not Outcome.ROTATED or rotation.family is None or rotation.token is None:
         if rotation.outcome is Outcome.REUSED and rotation.family is not None:
             family = rotation.family
             # A copy of a spent token: whoever holds the family's tokens loses the session.
@@ -543,7 +544,6 @@ async def refresh(request: Request) -> Response:
     minted = auth.mint(user, family.family_id)
     response = _json(_session_body(minted, family.expires_at))
     auth.set_session(response, minted, remaining)
-    assert rotation.token is not None
     auth.set_refresh(response, rotation.token, remaining)
     return response
 

@@ -32,7 +32,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Final, NoReturn, Protocol, assert_never
+from typing import Any, Final, NoReturn, Protocol, TypeVar, assert_never
 
 import orjson
 import redis.asyncio as aioredis
@@ -145,6 +145,10 @@ def _new_call(carrier: str, carrier_call_id: str, provider: str, replica: str) -
     return Call(
         new_call_id(), carrier, carrier_call_id, provider, CallState.RINGING, now, now, replica
     )
+
+
+_Changed = TypeVar("_Changed", Call, Call | None)
+"""What a registry update's change returns: the new call, or None for "leave it as it is"."""
 
 
 def _transitioned(call: Call, new_state: CallState, reason: str | None, replica: str) -> Call:
@@ -324,16 +328,12 @@ class InProcessCallRegistry:
     async def transition(
         self, call_id: CallId, new_state: CallState, *, reason: str | None = None
     ) -> Call:
-        call = self._update(
+        return self._update(
             call_id, lambda c: _transitioned(c, new_state, reason, self._replica_id)
         )
-        assert call is not None
-        return call
 
     async def set_provider(self, call_id: CallId, provider: str) -> Call:
-        call = self._update(call_id, lambda c: _with_provider(c, provider))
-        assert call is not None
-        return call
+        return self._update(call_id, lambda c: _with_provider(c, provider))
 
     async def list_active(self) -> list[Call]:
         self._store.purge()
@@ -354,7 +354,7 @@ class InProcessCallRegistry:
             1 for c in self._store.calls.values() if c.active and c.replica == self._replica_id
         )
 
-    def _update(self, call_id: CallId, change: Callable[[Call], Call | None]) -> Call | None:
+    def _update(self, call_id: CallId, change: Callable[[Call], _Changed]) -> _Changed:
         store = self._store
         store.purge()
         call = store.calls.get(call_id)
@@ -572,16 +572,12 @@ class RedisCallRegistry:
     async def transition(
         self, call_id: CallId, new_state: CallState, *, reason: str | None = None
     ) -> Call:
-        call = await self._update(
+        return await self._update(
             call_id, lambda c: _transitioned(c, new_state, reason, self._replica_id)
         )
-        assert call is not None
-        return call
 
     async def set_provider(self, call_id: CallId, provider: str) -> Call:
-        call = await self._update(call_id, lambda c: _with_provider(c, provider))
-        assert call is not None
-        return call
+        return await self._update(call_id, lambda c: _with_provider(c, provider))
 
     async def list_active(self) -> list[Call]:
         ids = await self._active(keys=[self._active_key], args=["list"])
@@ -616,7 +612,7 @@ class RedisCallRegistry:
         args: list[str | int] = [self._active_ttl_ms, self._base, self._replica_id]
         return int(await self._heartbeat(keys=keys, args=args))
 
-    async def _update(self, call_id: CallId, change: Callable[[Call], Call | None]) -> Call | None:
+    async def _update(self, call_id: CallId, change: Callable[[Call], _Changed]) -> _Changed:
         """Read, change, compare-and-set; on a lost race re-read and re-check the change."""
         key = self._call_key(call_id)
         for _ in range(_MAX_ATTEMPTS):
@@ -626,7 +622,7 @@ class RedisCallRegistry:
             old = _decode(raw)
             new = change(old)
             if new is None:
-                return None
+                return new
             keys = [
                 key,
                 self._carrier_key(new.carrier, new.carrier_call_id),

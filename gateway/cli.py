@@ -26,7 +26,9 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import build_app
+    from gateway.request_limits import REQUEST_GRACE_S, guarded_http_protocol
     from gateway.server import DrainingServer
+    from gateway.wsprotocol import MediaWebSocketProtocol
     from metrics import logging as jsonlog
     from metrics import sentry
 
@@ -40,8 +42,9 @@ def serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         loop="uvloop" if _has_uvloop() else "asyncio",
-        http="httptools",
-        ws="websockets-sansio",
+        # httptools with a deadline per request and a cap on request heads (slow loris).
+        http=guarded_http_protocol(request_timeout_s=settings.body_timeout_s + REQUEST_GRACE_S),
+        ws=MediaWebSocketProtocol,
         ws_max_size=64 * 1024,
         ws_ping_interval=20.0,
         ws_ping_timeout=40.0,
@@ -53,7 +56,15 @@ def serve(args: argparse.Namespace) -> int:
         # Live calls drain first (DrainingServer); then connections get this long to close.
         timeout_graceful_shutdown=10,
     )
-    DrainingServer(config, app).run()
+    try:
+        DrainingServer(config, app).run()
+    except SystemExit:  # uvicorn's exit when the application did not start
+        refused = getattr(app.state, "start_refused", None)
+        if refused is None:
+            raise
+        # The security review's critical findings, reported like a settings refusal.
+        print(f"voicegw: {refused}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -117,8 +128,12 @@ def parser() -> argparse.ArgumentParser:
     call.set_defaults(func=simulate)
 
     from gateway import admin_cli
+    from gateway.compliance import cli as compliance_cli
+    from gateway.review import cli as review_cli
 
     admin_cli.register(sub)
+    compliance_cli.register(sub)
+    review_cli.register(sub)
     return p
 
 

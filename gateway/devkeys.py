@@ -17,10 +17,10 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from gateway.settings import DEV_SECRET_PREFIX, Settings
+from gateway.settings import DEV_KEYS_FILE, DEV_SECRET_PREFIX, Settings
 from security.secret import Secret
 
-FILENAME = "dev-keys.json"
+FILENAME = DEV_KEYS_FILE
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,13 @@ Data takes one path: carrier frame → carrier codec → typed events → Bridge
 
 * ``from_carrier``: reads carrier frames and forwards audio/DTMF to the agent. On the fast path
   (both sides G.711 μ-law 8 kHz) the base64 payload is forwarded untouched.
-* ``from_agent``: reads agent events, transcodes audio when needed, queues it for the carrier,
-  and handles barge-in.
+* ``from_agent``: reads agent events, transcodes audio when needed, and handles barge-in.
+  Audio goes straight to the carrier while nothing is queued and the carrier holds less than
+  ``OUTBOUND_LEAD_S`` of it (the usual case: one task hop less per frame); otherwise it is
+  queued for ``to_carrier``.
 * ``to_carrier``: paces queued audio so the carrier holds at most ``OUTBOUND_LEAD_S`` of it
-  (no starvation, no ballooning buffer) and places marks to learn what the caller heard.
+  (no starvation, no ballooning buffer). Marks, every ``MARK_EVERY_S`` of audio sent and once
+  it pauses, tell what the caller heard.
 
 Drop policy: inbound audio is never queued (each frame is sent before the next is read; a
 provider that stops reading fails the send after its timeout). Outbound audio waits in a queue
@@ -34,6 +37,7 @@ from gateway.calls import Call
 from gateway.errors import CloseCode, StreamRefused
 from gateway.recording import Direction, RecordingError, RecordingWriter
 from gateway.runtime import Runtime
+from metrics.framemeter import FrameMeter
 from metrics.logging import correlation_id
 from metrics.registry import (
     ACTIVE_CALLS,
@@ -151,7 +155,7 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
         log.warning("no provider available", extra={"call_id": call.call_id})
         CALLS.labels(carrier, "none", "no_provider").inc()
         await _play_fallback(websocket, codec, runtime.fallback)
-        await runtime.end_call(call, "no_provider")
+        await runtime.end_call_eventually(call, "no_provider")
         await runtime.close_call_record(call, "no_provider", (), 0)
         await _close(websocket, CloseCode.NORMAL)
         runtime.hang_up_carrier(call, started.account_id)
@@ -289,11 +293,15 @@ class Bridge:
         self._record_out = None if pcmu else Transcoder(self.carrier_format, PCMU_8K)
         self._switching = False  # a failover is in progress: hold caller audio
         self._held: collections.deque[AudioChunk] = collections.deque(maxlen=FAILOVER_BUFFER_FRAMES)
-        self._send_lock = asyncio.Lock()
+        self._loop = asyncio.get_running_loop()
         self._outbound: collections.deque[AudioChunk] = collections.deque()
         self._outbound_s = 0.0
         self._wakeup = asyncio.Event()
+        self._playing = False  # a chunk is being sent to the carrier (_play)
+        self._idle_timer: asyncio.TimerHandle | None = None  # checks for a pause (_idle_check)
+        self._mark_due = False  # audio paused: to_carrier marks its end
         self._play_until = 0.0  # loop time when everything sent so far will have played
+        self._last_played = 0.0  # loop time the last chunk was sent
         self._marks: dict[str, _Placed] = {}
         self._mark_seq = 0
         self._since_mark_s = 0.0
@@ -301,15 +309,19 @@ class Bridge:
         self._item_ms = 0.0  # how much of it has been sent
         self._heard: dict[str | None, float] = {}  # item -> ms the caller has heard
         self._malformed = 0
-        self._send_began: float | None = None  # loop time the send in progress began
+        self._sends = 0  # carrier sends in progress
+        self._send_began: float | None = None  # loop time the oldest of them began
         self._burst = FRAME_BURST
         self._tokens = FRAME_BURST
-        self._tokens_at = time.monotonic()
+        self._tokens_at = time.perf_counter()
         self._agent_hung_up = False
-        self._frames_in = MEDIA_FRAMES.labels(self.carrier, "from_carrier")
-        self._frames_out = MEDIA_FRAMES.labels(self.carrier, "to_carrier")
-        self._relay_in = MEDIA_RELAY.labels("from_carrier")
-        self._relay_out = MEDIA_RELAY.labels("to_carrier")
+        # Frame counts and relay times are tallied per call and added in batches.
+        self._meter_in = FrameMeter(
+            MEDIA_FRAMES.labels(self.carrier, "from_carrier"), MEDIA_RELAY.labels("from_carrier")
+        )
+        self._meter_out = FrameMeter(
+            MEDIA_FRAMES.labels(self.carrier, "to_carrier"), MEDIA_RELAY.labels("to_carrier")
+        )
         self.ended = asyncio.Event()
         self._stop_reason: EndReason | None = None
 
@@ -336,6 +348,8 @@ class Bridge:
         finally:
             for task in tasks:
                 task.cancel()
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.runtime.remove_bridge(self)
             ACTIVE_CALLS.labels(self.carrier, self.agent.provider).dec()
@@ -370,7 +384,8 @@ class Bridge:
 
     async def _record(self, direction: Direction, chunk: AudioChunk, at_ms: int) -> None:
         """Hand one chunk to the recording; returns at once and never fails the call."""
-        assert self.recorder is not None
+        if self.recorder is None:
+            return
         transcoder = self._record_in if direction is Direction.FROM_CARRIER else self._record_out
         audio = chunk.to_bytes()
         if transcoder is not None:
@@ -379,6 +394,8 @@ class Bridge:
             await self.recorder.write(direction, audio, at_ms)
 
     async def _finish(self, reason: EndReason, duration_s: float) -> None:
+        self._meter_in.flush()
+        self._meter_out.flush()
         await self.agent.close()
         if self.recorder is not None:
             try:
@@ -402,7 +419,7 @@ class Bridge:
                 self.runtime.hang_up_carrier(self.call, self.started.account_id)
         CALLS.labels(self.carrier, self.agent.provider, reason.value).inc()
         CALL_DURATION.observe(duration_s)
-        await self.runtime.end_call(self.call, reason.value)
+        await self.runtime.end_call_eventually(self.call, reason.value)
         await self.runtime.close_call_record(
             self.call, reason.value, tuple(self._providers), len(self._providers) - 1
         )
@@ -426,7 +443,7 @@ class Bridge:
             received = time.perf_counter()
             if message["type"] == "websocket.disconnect":
                 return EndReason.CARRIER_GONE
-            if not self._admit():
+            if not self._admit(received):
                 MEDIA_DROPPED.labels(self.carrier, "from_carrier", "flood").inc()
                 log.warning("media flood", extra={"call_id": self.call.call_id})
                 return EndReason.FLOOD
@@ -445,12 +462,12 @@ class Bridge:
                 match event:
                     case AudioChunk():
                         await self._audio_to_agent(event)
-                        self._frames_in.inc()
-                        self._relay_in.observe(time.perf_counter() - received)
+                        self._meter_in.count()
+                        self._meter_in.time(time.perf_counter() - received)
                         if self.recorder is not None:
                             at_ms = event.timestamp_ms
                             if at_ms is None:
-                                at_ms = self._media_ms(asyncio.get_running_loop().time())
+                                at_ms = self._media_ms(self._loop.time())
                             await self._record(Direction.FROM_CARRIER, event, at_ms)
                     case Dtmf():
                         await self._send_to_agent(event)
@@ -472,9 +489,9 @@ class Bridge:
         self._burst = FRAME_BURST + seconds * CARRIER_FRAMES_PER_S
         self._tokens = self._burst
 
-    def _admit(self) -> bool:
-        """Token bucket on inbound frames; False means a flood."""
-        now = time.monotonic()
+    def _admit(self, now: float) -> bool:
+        """Token bucket on inbound frames (``now`` from ``time.perf_counter``); False means a
+        flood."""
         self._tokens = min(self._burst, self._tokens + (now - self._tokens_at) * MAX_FRAMES_PER_S)
         self._tokens_at = now
         if self._tokens < 1.0:
@@ -525,8 +542,11 @@ class Bridge:
             received = time.perf_counter()
             match event:
                 case AudioChunk():
-                    self._queue_audio(event)
-                    self._relay_out.observe(time.perf_counter() - received)
+                    if self._transcode_out is None and self._may_play_now():
+                        await self._play(event)  # nothing queued ahead: no hop to to_carrier
+                    else:
+                        self._queue_audio(event)
+                    self._meter_out.time(time.perf_counter() - received)
                 case SpeechStarted():
                     await self._barge_in()
                 case Hangup():
@@ -661,19 +681,16 @@ class Bridge:
     # -- to_carrier -------------------------------------------------------------------------
 
     async def _to_carrier(self) -> EndReason:
-        loop = asyncio.get_running_loop()
+        """Play queued audio, paced; mark the end of audio once it pauses (``_idle_check``)."""
+        loop = self._loop
         while True:
-            if not self._outbound:
-                self._wakeup.clear()
-                if self._since_mark_s > 0:
-                    # Mark the end of the audio once no more follows for a moment, rather
-                    # than after every chunk that happens to empty the queue.
-                    try:
-                        async with asyncio.timeout(MARK_IDLE_S):
-                            await self._wakeup.wait()
-                    except TimeoutError:
+            if self._playing or not self._outbound:
+                if self._mark_due and not self._playing:
+                    self._mark_due = False
+                    if self._since_mark_s > 0:
                         await self._place_mark()
                     continue
+                self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             ahead = self._play_until - loop.time()
@@ -681,12 +698,45 @@ class Bridge:
                 await asyncio.sleep(ahead - OUTBOUND_LEAD_S)
                 continue
             chunk = self._outbound.popleft()
-            seconds = chunk.duration_ms / 1000
-            self._outbound_s -= seconds
+            self._outbound_s -= chunk.duration_ms / 1000
+            await self._play(chunk)
+
+    def _idle_check(self) -> None:
+        """Timer callback: once no audio has been sent for ``MARK_IDLE_S``, have to_carrier
+        mark the end of what was sent (rather than after every chunk that happens to empty
+        the queue); while audio flows, check again ``MARK_IDLE_S`` after the last chunk. One
+        timer per pause, not one per chunk."""
+        self._idle_timer = None
+        if self._since_mark_s <= 0:
+            return  # marked already (every MARK_EVERY_S); the next chunk re-arms
+        due = self._last_played + MARK_IDLE_S
+        if self._playing or self._outbound or self._loop.time() < due:
+            self._idle_timer = self._loop.call_at(max(due, self._loop.time()), self._idle_check)
+            return
+        self._mark_due = True
+        self._wakeup.set()
+
+    def _may_play_now(self) -> bool:
+        """Whether a chunk from the agent can go to the carrier at once: nothing is queued or
+        being sent ahead of it, and the carrier holds less than ``OUTBOUND_LEAD_S``."""
+        return (
+            not self._outbound
+            and not self._playing
+            and self._play_until - self._loop.time() <= OUTBOUND_LEAD_S
+        )
+
+    async def _play(self, chunk: AudioChunk) -> None:
+        """Send one chunk to the carrier, then account for it (pacing, recording, marks).
+        One task at a time plays (``_playing``), so chunks and their marks go out in order."""
+        self._playing = True
+        try:
             await self._send_carrier(self.codec.encode(chunk))
-            self._frames_out.inc()
-            starts = max(self._play_until, loop.time())  # when the caller starts hearing it
+            self._meter_out.count()
+            seconds = chunk.duration_ms / 1000
+            now = self._loop.time()
+            starts = self._play_until if self._play_until > now else now  # caller hears it
             self._play_until = starts + seconds
+            self._last_played = now
             if self.recorder is not None:
                 await self._record(Direction.TO_CARRIER, chunk, self._media_ms(starts))
             if chunk.item_id != self._item_id:
@@ -696,6 +746,12 @@ class Bridge:
             self._since_mark_s += seconds
             if self._since_mark_s >= MARK_EVERY_S:
                 await self._place_mark()
+        finally:
+            self._playing = False
+        if self._outbound:
+            self._wakeup.set()  # to_carrier: more to play
+        if self._since_mark_s > 0 and self._idle_timer is None:
+            self._idle_timer = self._loop.call_at(self._last_played + MARK_IDLE_S, self._idle_check)
 
     async def _place_mark(self) -> None:
         self._mark_seq += 1
@@ -712,15 +768,18 @@ class Bridge:
                 self._heard.pop(next(iter(self._heard)))
 
     async def _send_carrier(self, text: str) -> None:
-        # Sends are serialised, so the one in progress is the only one to watch
-        # (_watch_sends): a timer per send would cost more than the send itself.
-        async with self._send_lock:
-            self._send_began = asyncio.get_running_loop().time()
-            try:
-                await self.ws.send_text(text)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                raise CarrierGone from None
-            finally:
+        # The oldest send in progress is the one to watch (_watch_sends): a timer per send
+        # would cost more than the send itself.
+        if not self._sends:
+            self._send_began = self._loop.time()
+        self._sends += 1
+        try:
+            await self.ws.send_text(text)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            raise CarrierGone from None
+        finally:
+            self._sends -= 1
+            if not self._sends:
                 self._send_began = None
 
     async def _watch_sends(self) -> EndReason:

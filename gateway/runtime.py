@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import httpx
 import redis.asyncio as aioredis
 from nacl.signing import SigningKey as NaclSigningKey
+from nacl.signing import VerifyKey
+from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
 
 from gateway.auth import AuthConfig, AuthRuntime, signing_ring
 from gateway.calls import (
     Call,
+    CallError,
     CallRegistry,
     CallState,
     CallStateError,
@@ -33,11 +36,15 @@ from gateway.calls import (
     default_replica_id,
     keep_alive,
 )
+from gateway.compliance.evidence import verify_periodically
+from gateway.compliance.rejections import RejectionLedger
 from gateway.devkeys import ensure_data_dir
 from gateway.errors import CloseCode, StreamRefused
 from gateway.fallback import fallback_audio
 from gateway.privacy import RetentionPeriods, RetentionSweeper, seal_numbers
 from gateway.recording import RecordingWriter, delete_recording_file
+from gateway.review.inventory import watch_keys
+from gateway.review.startup import check_start
 from gateway.settings import Settings
 from gateway.store import Store, create_store
 from gateway.store.base import CallRecord
@@ -53,10 +60,16 @@ from security.allowlist import Allowlist, AnySource, ClientAddressResolver
 from security.apikeys import KeyPolicy
 from security.audit import Auditor, HashChainer
 from security.crypto import BlindIndex, KeyRing, load_or_create_dev_keys
-from security.exceptions import Rejection
+from security.exceptions import Rejection, StateUnavailable
 from security.lockout import LockoutPolicy
 from security.ratelimit import FallbackLimiter, InProcessLimiter, Limiter, RedisLimiter
-from security.replay import FallbackReplayCache, InProcessReplayCache, RedisReplayCache, ReplayCache
+from security.replay import (
+    Degradation,
+    FallbackReplayCache,
+    InProcessReplayCache,
+    RedisReplayCache,
+    ReplayCache,
+)
 from security.signatures import TelnyxSignatureVerifier, TwilioSignatureVerifier
 from security.streamtokens import InProcessStreamTokens, RedisStreamTokens, StreamTokens
 from security.webhooks import Carrier, CarrierPolicy, WebhookPipeline
@@ -67,9 +80,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("voicegw.runtime")
 
 REDIS_TIMEOUT_S: Final = 0.5
+END_RETRY_S: Final = (0.5, 5.0)
+"""First and longest wait between attempts to end a call in the registry while Redis is down."""
 RETENTION_INTERVAL_S: Final = 3600.0
 RECORDING_KEY_USE: Final = b"voicegw recording v1"  # one of security.crypto.DERIVED_KEY_USES
 DAY_S: Final = 86400.0
+# Tasks that loop for the runtime's life (or retry until Redis returns): stop() cancels them
+# rather than waiting for them to finish.
+BACKGROUND_LOOPS: Final = frozenset(
+    {"heartbeat", "retention", "end-call", "key-inventory", "audit-verify"}
+)
 
 
 def open_store(settings: Settings) -> Store:
@@ -112,6 +132,21 @@ class _Durable:
     auth: AuthRuntime
 
 
+def auth_config(settings: Settings) -> AuthConfig:
+    """The operator-session configuration ``settings`` describe."""
+    return AuthConfig(
+        public_url=settings.public_url,
+        access_ttl_s=settings.session_ttl_s,
+        refresh_ttl_s=settings.refresh_ttl_s,
+        cors_origins=settings.cors_origins,
+        lockout=LockoutPolicy(settings.login_lockout_failures, settings.login_lockout_window_s),
+        api_keys=KeyPolicy(
+            settings.api_key_max_age_days * DAY_S, settings.api_key_grace_days * DAY_S
+        ),
+        production=settings.production,
+    )
+
+
 async def _open_durable(settings: Settings, redis: aioredis.Redis | None) -> _Durable:
     """The store (migrated), data keys, audit trail and operator sessions."""
     store = open_store(settings)
@@ -132,17 +167,7 @@ async def _open_durable(settings: Settings, redis: aioredis.Redis | None) -> _Du
         ip_hash_key=load_ip_hash_key(settings.data_dir),
     )
     auth = AuthRuntime.build(
-        AuthConfig(
-            public_url=settings.public_url,
-            access_ttl_s=settings.session_ttl_s,
-            refresh_ttl_s=settings.refresh_ttl_s,
-            cors_origins=settings.cors_origins,
-            lockout=LockoutPolicy(settings.login_lockout_failures, settings.login_lockout_window_s),
-            api_keys=KeyPolicy(
-                settings.api_key_max_age_days * DAY_S, settings.api_key_grace_days * DAY_S
-            ),
-            production=settings.production,
-        ),
+        auth_config(settings),
         ring=ring,
         store=store,
         redis=redis,
@@ -153,6 +178,10 @@ async def _open_durable(settings: Settings, redis: aioredis.Redis | None) -> _Du
 
 
 class Degradable(Protocol):
+    """A Redis-backed component with an in-process fallback (rate limits, replay cache)."""
+
+    degradation: Degradation
+
     @property
     def degraded(self) -> bool: ...
 
@@ -177,6 +206,7 @@ class Runtime:
     blind_index: BlindIndex
     auditor: Auditor
     auth: AuthRuntime
+    rejections: RejectionLedger  # webhook rejections per hour, for the compliance report
     draining: bool = False
     bridges: set[Bridge] = field(default_factory=set)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -290,6 +320,7 @@ class Runtime:
             blind_index=durable.blind_index,
             auditor=durable.auditor,
             auth=durable.auth,
+            rejections=RejectionLedger(durable.store),
         )
         sweeper = RetentionSweeper(
             durable.store,
@@ -300,7 +331,16 @@ class Runtime:
             durable.auditor,
             delete_recording=delete_recording_file,
         )
+        if settings.production:
+            # The security review's critical failures refuse the start; warnings are logged.
+            try:
+                await check_start(runtime)
+            except BaseException:
+                await runtime.stop()
+                raise
         runtime.spawn(sweeper.run(RETENTION_INTERVAL_S), "retention")
+        runtime.spawn(watch_keys(runtime), "key-inventory")
+        runtime.spawn(verify_periodically(durable.store, runtime.audit_verify_keys), "audit-verify")
         for provider in settings.providers:
             breakers.get(provider)  # listed in /readyz from the start
         runtime.spawn(keep_alive(registry, on_error=runtime._heartbeat_failed), "heartbeat")
@@ -341,7 +381,7 @@ class Runtime:
         """End live calls (if ``drain`` did not), wait for background work, close pools."""
         await self.drain(lambda: True)
         for task in self._tasks:
-            if task.get_name() in ("heartbeat", "retention"):
+            if task.get_name() in BACKGROUND_LOOPS:
                 task.cancel()
         if self._tasks:
             with contextlib.suppress(TimeoutError):
@@ -351,6 +391,7 @@ class Runtime:
                 task.cancel()
         await self.http.aclose()
         # Flood summaries still pending, and a signed checkpoint over the chain's head.
+        await self.rejections.close()
         await self.auditor.flush()
         await self.auditor.checkpoint()
         await self.store.close()
@@ -365,6 +406,10 @@ class Runtime:
         self.bridges.discard(bridge)
         if not self.bridges:
             self._idle.set()
+
+    def audit_verify_keys(self) -> list[VerifyKey]:
+        """Public keys of the session signing ring: checkpoints are signed with them."""
+        return [VerifyKey(key.public_raw) for key in self.auth.tokens.ring.keys()]
 
     def _heartbeat_failed(self, exc: Exception) -> None:
         log.warning("call registry heartbeat failed", extra={"error": type(exc).__name__})
@@ -385,6 +430,11 @@ class Runtime:
             except Exception:
                 report["redis"] = "unreachable"
                 report["ready"] = False
+            else:
+                # Redis answers: components on their fallback return to it now rather than at
+                # their next use, so "degraded" clears without waiting for traffic.
+                for component in self.degradable:
+                    component.degradation.primary_succeeded()
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_S * 2):
                 report["store"] = "ok" if await self.store.ping() else "unreachable"
@@ -392,7 +442,9 @@ class Runtime:
             report["store"] = "unreachable"
         if report["store"] != "ok":
             report["ready"] = False
-        report["degraded"] = any(d.degraded for d in self.degradable)
+        report["degraded"] = report.get("redis") == "unreachable" or any(
+            d.degraded for d in self.degradable
+        )
         now = time.time()
         report["providers"] = {
             snap.name: {
@@ -440,14 +492,18 @@ class Runtime:
     # -- calls ----------------------------------------------------------------------------
 
     async def claim_stream(self, carrier: str, started: StreamStarted) -> Call:
-        """Consume the stream token bound to this call and mark the call streaming."""
+        """Consume the stream token bound to this call and mark the call streaming. Raises
+        StreamRefused; while shared state is down, with TRY_AGAIN_LATER (tokens fail closed)."""
         token = started.auth_token or ""
-        if not await self.stream_tokens.consume(token, f"{carrier}:{started.call_id}"):
-            raise StreamRefused(CloseCode.POLICY_VIOLATION, "invalid stream token")
-        call = await self.registry.by_carrier_id(carrier, started.call_id)
-        if call is None or call.state is not CallState.CONNECTING:
-            raise StreamRefused(CloseCode.POLICY_VIOLATION, "call not awaiting a stream")
-        return await self.registry.transition(call.call_id, CallState.STREAMING)
+        try:
+            if not await self.stream_tokens.consume(token, f"{carrier}:{started.call_id}"):
+                raise StreamRefused(CloseCode.POLICY_VIOLATION, "invalid stream token")
+            call = await self.registry.by_carrier_id(carrier, started.call_id)
+            if call is None or call.state is not CallState.CONNECTING:
+                raise StreamRefused(CloseCode.POLICY_VIOLATION, "call not awaiting a stream")
+            return await self.registry.transition(call.call_id, CallState.STREAMING)
+        except (StateUnavailable, RedisError, OSError, TimeoutError):
+            raise StreamRefused(CloseCode.TRY_AGAIN_LATER, "shared state unavailable") from None
 
     def agent_config(self, provider: str) -> AgentConfig:
         s = self.settings
@@ -593,6 +649,32 @@ class Runtime:
             # Another request (a duplicate hang-up, the bridge) may end it first.
             with contextlib.suppress(CallStateError):
                 await self.registry.transition(call.call_id, CallState.ENDED, reason=reason)
+
+    async def end_call_eventually(self, call: Call, reason: str) -> None:
+        """``end_call`` for a call whose media has ended; never raises. While shared state is
+        down the registry is updated in the background once Redis answers again, so the call
+        is not kept alive by this replica's heartbeat as a ghost (until then it is still
+        listed; if this process dies first, the registry's TTL ends it)."""
+        try:
+            await self.end_call(call, reason)
+        except (RedisError, OSError, TimeoutError, CallError) as exc:
+            log.warning(
+                "call not ended in the registry yet",
+                extra={"call_id": call.call_id, "error": type(exc).__name__},
+            )
+            self.spawn(self._end_call_later(call, reason), "end-call")
+
+    async def _end_call_later(self, call: Call, reason: str) -> None:
+        delay, longest = END_RETRY_S
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.end_call(call, reason)
+            except (RedisError, OSError, TimeoutError, CallError):
+                delay = min(delay * 2, longest)
+            else:
+                log.info("call ended in the registry", extra={"call_id": call.call_id})
+                return
 
     def stop_bridge(self, call: Call) -> None:
         from gateway.media import EndReason

@@ -9,6 +9,7 @@ the listeners and connections.
 
 from __future__ import annotations
 
+import gc
 import socket
 
 import uvicorn
@@ -21,6 +22,14 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
         super().__init__(config)
         self._app = app
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # What start-up built (modules, settings, pools, tables) lives as long as the process.
+        # Frozen, it is no longer re-scanned by every full collection, which otherwise stalls
+        # the event loop for tens of milliseconds under load (bench/webhooks.py --gc-stats).
+        gc.collect()
+        gc.freeze()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         runtime: Runtime | None = getattr(self._app.state, "runtime", None)

@@ -17,7 +17,6 @@ import orjson
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
-from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from gateway.calls import CallState, CallStateError
 from gateway.errors import json_error
@@ -68,9 +67,10 @@ async def read_body(request: Request, cap: int, timeout_s: float) -> bytes:
     if len(declared) > 1:
         raise BodyError(400, "duplicate content-length")
     if declared:
-        if not declared[0].isdigit():
+        value = declared[0]
+        if not (value.isascii() and value.isdigit()):  # isdigit() alone passes "²"
             raise BodyError(400, "bad content-length")
-        if int(declared[0]) > cap:
+        if len(value.lstrip("0")) > len(str(cap)) or int(value) > cap:
             raise BodyError(413, "body too large")
     chunks: list[bytes] = []
     size = 0
@@ -126,6 +126,7 @@ async def _rejected(
     if not counted:
         WEBHOOK_REJECTIONS.labels(carrier.value, rejection.layer.value).inc()
     runtime: Runtime = request.app.state.runtime
+    runtime.rejections.count(carrier.value, rejection.layer.value)
     await runtime.auditor.record(
         "webhook.rejected",
         "denied",
@@ -185,6 +186,8 @@ async def _handle(request: Request, carrier: Carrier, process: Process) -> Respo
     if isinstance(verified, Response):
         return verified
     runtime: Runtime = request.app.state.runtime
+    if verified.duplicate:  # the replay layer's catch: answered, never processed again
+        runtime.rejections.count(carrier.value, Layer.REPLAY.value)
     try:
         return await process(runtime, verified, dict(request.query_params))
     except (StateUnavailable, RedisError, OSError, TimeoutError) as exc:
@@ -198,6 +201,32 @@ async def _handle(request: Request, carrier: Carrier, process: Process) -> Respo
     except CallStateError:
         # A concurrent event moved the call first; this one has nothing left to do.
         return Response(ACK, media_type="application/json")
+
+
+# TwiML exactly as the twilio package renders it (a test keeps them equal), without building
+# its element tree for every call.
+_XML_DECLARATION: Final = '<?xml version="1.0" encoding="UTF-8"?>'
+HANGUP_TWIML: Final = _XML_DECLARATION + "<Response><Hangup /></Response>"
+_ATTRIBUTE: Final = str.maketrans(
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        '"': "&quot;",
+        "\r": "&#13;",
+        "\n": "&#10;",
+        "\t": "&#09;",
+    }
+)
+
+
+def connect_twiml(stream_url: str, token: str) -> str:
+    """``<Connect><Stream url=...>`` with the stream token as its one ``<Parameter>``."""
+    return (
+        f'{_XML_DECLARATION}<Response><Connect><Stream url="{stream_url.translate(_ATTRIBUTE)}">'
+        f'<Parameter name="token" value="{token.translate(_ATTRIBUTE)}" /></Stream></Connect>'
+        "</Response>"
+    )
 
 
 async def twilio_voice(request: Request) -> Response:
@@ -225,23 +254,17 @@ async def _twilio_voice(
             record=runtime.recording_allowed(consent),
         )
     if call.state is CallState.ENDED:
-        response = VoiceResponse()
-        response.hangup()
-        return Response(str(response), media_type="application/xml")
+        return Response(HANGUP_TWIML, media_type="application/xml")
     if call.state is CallState.RINGING:
         call = await runtime.registry.transition(call.call_id, CallState.CONNECTING)
     token = await runtime.stream_tokens.mint(
         f"twilio:{call_sid}", runtime.settings.stream_token_ttl_s
     )
-    response = VoiceResponse()
-    connect = Connect()
-    stream = connect.stream(url=runtime.settings.public_ws_url + "/media/twilio")
-    stream.parameter(name="token", value=token)
-    response.append(connect)
+    twiml = connect_twiml(runtime.settings.public_ws_url + "/media/twilio", token)
     log.info(
         "twilio call answered", extra={"call_id": call.call_id, "duplicate": verified.duplicate}
     )
-    return Response(str(response), media_type="application/xml")
+    return Response(twiml, media_type="application/xml")
 
 
 async def twilio_status(request: Request) -> Response:
@@ -256,8 +279,11 @@ async def _twilio_status(
         return Response(ACK, media_type="application/json")
     params = _params(verified)
     status = params.get("CallStatus", "")
+    if status not in TWILIO_TERMINAL:
+        # Progress reports change nothing here: no registry round trip for them.
+        return Response(ACK, media_type="application/json")
     call = await runtime.registry.by_carrier_id("twilio", params.get("CallSid", ""))
-    if call is not None and status in TWILIO_TERMINAL:
+    if call is not None:
         await runtime.end_call(call, f"twilio_{status}")
         runtime.stop_bridge(call)
     return Response(ACK, media_type="application/json")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -19,6 +22,25 @@ PlatformCollector(registry=REGISTRY)
 GCCollector(registry=REGISTRY)
 
 BUILD_INFO = Info("voicegw_build", "Build information", registry=REGISTRY)
+
+
+def _asyncio_tasks() -> float:
+    """Tasks not yet done on the event loop of the scraping thread: the leak check of a soak
+    (``bench/soak.py``) reads it, as the process collector gives memory and file descriptors.
+    Counted at scrape time only, so it costs nothing between scrapes. NaN when scraped from a
+    thread without a running loop."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return math.nan
+
+
+ASYNCIO_TASKS = Gauge(
+    "voicegw_asyncio_tasks",
+    "Asyncio tasks not yet done on the server's event loop, counted at scrape time",
+    registry=REGISTRY,
+)
+ASYNCIO_TASKS.set_function(_asyncio_tasks)
 
 # -- webhooks --------------------------------------------------------------------------------
 WEBHOOK_REQUESTS = Counter(
@@ -162,3 +184,17 @@ AUTH_FAILURES = Counter(
     registry=REGISTRY,
 )
 SESSIONS_ACTIVE = Gauge("voicegw_sessions_active", "Operator sessions active", registry=REGISTRY)
+
+# -- keys ------------------------------------------------------------------------------------
+KEY_AGE = Gauge(
+    "voicegw_key_age_seconds",
+    "Age of the oldest active key of each kind (signing, data, api, twilio_secondary)",
+    ["kind"],
+    registry=REGISTRY,
+)
+KEY_ROTATION_DUE = Gauge(
+    "voicegw_key_rotation_due_seconds",
+    "Seconds until the next rotation of a key of each kind is due (negative: overdue)",
+    ["kind"],
+    registry=REGISTRY,
+)

@@ -17,10 +17,17 @@ from __future__ import annotations
 
 import secrets
 import warnings
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 from security.redaction import SENSITIVE_KEYS, redact_value
+
+PRIVACY_OPTIONS: Final[Mapping[str, Any]] = {
+    "send_default_pii": False,
+    "max_request_body_size": "never",
+}
+"""The SDK options ``init`` passes that keep personal data out (the security review checks a
+running client against them)."""
 
 
 def scrubber(ip_hash_key: bytes) -> Callable[[Any, Any], Any]:
@@ -70,8 +77,7 @@ def init(
             dsn=dsn,
             environment=environment,
             release=release,
-            send_default_pii=False,
-            max_request_body_size="never",
+            **PRIVACY_OPTIONS,
             event_scrubber=EventScrubber(denylist=denylist(), recursive=True),
             before_send=scrub,
             before_send_transaction=scrub,

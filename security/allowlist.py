@@ -7,6 +7,7 @@ the address a request really came from; ``Allowlist`` decides whether that addre
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -76,11 +77,26 @@ def parse_networks(
     return tuple(networks)
 
 
+def is_loopback_host(host: str | None) -> bool:
+    """Whether a URL's host name never leaves this machine: ``localhost`` or a loopback
+    address (IPv4 127/8, IPv6 ``::1``)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@functools.lru_cache(maxsize=4096)
 def parse_address(text: str) -> IPAddress:
     """Parse one IP address, mapping IPv4-mapped IPv6 (``::ffff:a.b.c.d``) to IPv4.
 
     Raises ``ValueError`` when ``text`` is not exactly an address (no port, no brackets, no
-    zone, no surrounding space).
+    zone, no surrounding space). Results are cached: webhooks come from few addresses, and
+    the addresses are immutable.
     """
     if not text or len(text) > 45 or not text.isascii() or "%" in text:
         raise ValueError("not an IP address")

@@ -266,6 +266,10 @@ class Auditor:
     ) -> None:
         """Append one event (or count it, under a flood). Never raises."""
         try:
+            clean = _clean_detail(detail)
+            # Under a flood most events are only counted: decide before building one.
+            if action in FLOOD_ACTIONS and not await self._flood_admits(action, clean):
+                return
             event = AuditEvent(
                 action=action,
                 outcome=outcome,
@@ -276,12 +280,9 @@ class Auditor:
                 ip_hash=None if ip is None else hash_ip(ip, self._ip_hash_key),
                 user_agent=None if user_agent is None else redact(user_agent[:256]),
                 correlation_id=correlation_id.get(),
-                detail=_clean_detail(detail),
+                detail=clean,
             )
-            if action in FLOOD_ACTIONS:
-                await self._record_flooding(event)
-            else:
-                await self._append(event)
+            await self._append(event)
         except Exception:
             self._failed(action)
 
@@ -298,9 +299,10 @@ class Auditor:
             window = self._floods.pop(scope)
             await self._summarise(scope, window)
 
-    async def _record_flooding(self, event: AuditEvent) -> None:
+    async def _flood_admits(self, action: str, detail: Mapping[str, DetailValue]) -> bool:
+        """Whether this event of a flood-prone action is recorded (else it is only counted)."""
         now = self._clock()
-        scope = f"{event.action}:{event.detail.get('layer')}"
+        scope = f"{action}:{detail.get('layer')}"
         window = self._floods.get(scope)
         if window is not None and now - window.start >= self._flood_window_s:
             del self._floods[scope]
@@ -314,10 +316,10 @@ class Auditor:
         if window.recorded >= self._flood_limit:
             window.suppressed += 1
             self.suppressed += 1
-            AUDIT_SUPPRESSED.labels(event.action).inc()
-            return
+            AUDIT_SUPPRESSED.labels(action).inc()
+            return False
         window.recorded += 1
-        await self._append(event)
+        return True
 
     async def _summarise(self, scope: str, window: _FloodWindow) -> None:
         if not window.suppressed:
@@ -401,6 +403,11 @@ async def verify(
     checkpoint must carry a valid signature, and with ``max_checkpoint_gap`` no more than that
     many events may follow the last checkpoint (or the start) without one. The last event must
     match the store's recorded head (a truncated tail is detected).
+
+    The chain may grow while it is walked (replicas appending to a live trail). The head is
+    read only once the walk has reached the last stored event: an append stores its event and
+    the head in one transaction, so that head covers every event read before it, and a head
+    further on means events were appended meanwhile (the walk goes on) or are missing.
     """
     keys: list[VerifyKey] = []
     if isinstance(verify_key, VerifyKey):
@@ -408,7 +415,7 @@ async def verify(
     elif verify_key is not None:
         keys = list(verify_key)
     anchor = await store.audit_anchor()
-    head = await store.audit_head()
+    head: ChainHead | None = None
     prev = anchor or ChainHead(0, GENESIS_HASH)
     first_seq: int | None = None
     events = checkpoints = signed = 0
@@ -429,7 +436,12 @@ async def verify(
     while True:
         batch = await store.iter_audit(prev.seq, _VERIFY_BATCH)
         if not batch:
-            break
+            head = await store.audit_head()
+            if head is None or head.seq <= prev.seq:
+                break
+            batch = await store.iter_audit(prev.seq, _VERIFY_BATCH)
+            if not batch:
+                break
         for event in batch:
             expected = prev.seq + 1
             if event.seq != expected:

@@ -123,7 +123,7 @@ DERIVED_KEY_USES: Final = (b"voicegw recording v1",)
 class KeyRing:
     """Data keys by id; the first is active. Immutable; ``repr`` shows ids only."""
 
-    __slots__ = ("_active", "_ciphers", "_derived")
+    __slots__ = ("_active", "_ciphers", "_derived", "_fingerprints")
 
     def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
         if not keys:
@@ -141,6 +141,12 @@ class KeyRing:
             ciphers[key_id] = AESGCM(key)
         self._active = keys[0][0]
         self._ciphers = ciphers
+        # A public name for each key's material (key age is tracked by it: an id can be
+        # reused for new material); a truncated domain-separated hash of 256 random bits.
+        self._fingerprints = {
+            key_id: hashlib.sha256(b"voicegw-data-key-fingerprint\n" + key).hexdigest()[:16]
+            for key_id, key in keys
+        }
         # Sub-keys for other uses (recordings), derived once per key with HKDF-SHA256 so the
         # data keys themselves are not kept beyond the ciphers.
         self._derived: dict[tuple[str, bytes], bytes] = {}
@@ -189,6 +195,10 @@ class KeyRing:
     @property
     def key_ids(self) -> tuple[str, ...]:
         return tuple(self._ciphers)
+
+    def fingerprint(self, key_id: str) -> str:
+        """A public fingerprint of key ``key_id``'s material. Raises ``KeyError``."""
+        return self._fingerprints[key_id]
 
     def __contains__(self, key_id: object) -> bool:
         return key_id in self._ciphers

@@ -11,6 +11,7 @@ uses Redis while it answers and an in-process limiter while it does not.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 import time
@@ -129,28 +130,22 @@ class InProcessLimiter:
         )
 
 
-# KEYS[1]: sorted set of accepted hits (score = Redis time in ms); KEYS[2]: member counter.
-# ARGV[1]: limit; ARGV[2]: window in ms. Returns {allowed, remaining, reset_ms}.
-# TIME is the Redis server's clock, so replicas with skewed clocks still share one window;
-# members come from INCR, so two hits in the same millisecond are both counted.
-_SLIDING_LOG: Final = """
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
+SLIDING_LOG_LUA: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
+redis.call('ZREMRANGEBYSCORE', log_key, '-inf', now - window)
+local count = redis.call('ZCARD', log_key)
 local allowed = 0
 if count < limit then
-  local member = redis.call('INCR', KEYS[2])
-  redis.call('ZADD', KEYS[1], now, member)
-  redis.call('PEXPIRE', KEYS[1], window)
-  redis.call('PEXPIRE', KEYS[2], window)
+  local member = redis.call('INCR', seq_key)
+  redis.call('ZADD', log_key, now, member)
+  redis.call('PEXPIRE', log_key, window)
+  redis.call('PEXPIRE', seq_key, window)
   count = count + 1
   allowed = 1
 end
 local reset = 0
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local oldest = redis.call('ZRANGE', log_key, 0, 0, 'WITHSCORES')
 if oldest[2] then
   reset = tonumber(oldest[2]) + window - now
 end
@@ -158,8 +153,41 @@ local remaining = limit - count
 if remaining < 0 then
   remaining = 0
 end
-return {allowed, remaining, reset}
 """
+"""The sliding log's decision, as Lua to embed in a script that defines ``log_key`` (sorted
+set of accepted hits, score = Redis time in ms), ``seq_key`` (member counter), ``limit`` and
+``window`` (ms); it leaves ``allowed`` (0/1), ``remaining`` and ``reset`` (ms) defined.
+TIME is the Redis server's clock, so replicas with skewed clocks still share one window;
+members come from INCR, so two hits in the same millisecond are both counted."""
+
+# KEYS: log_key, seq_key; ARGV: limit, window ms. Returns {allowed, remaining, reset_ms}.
+_SLIDING_LOG: Final = (
+    """
+local log_key, seq_key = KEYS[1], KEYS[2]
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+"""
+    + SLIDING_LOG_LUA
+    + "return {allowed, remaining, reset}\n"
+)
+
+
+def sliding_log_decision(limit: int, allowed: int, remaining: int, reset_ms: int) -> Decision:
+    """The ``Decision`` for the sliding log script's answer."""
+    reset_s = max(0, reset_ms) / 1000
+    return Decision(
+        allowed=bool(allowed),
+        limit=limit,
+        remaining=remaining,
+        retry_after_s=0.0 if allowed else reset_s,
+        reset_s=reset_s,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _scope_tag(scope: str) -> str:
+    # Scopes repeat (one per carrier): hash each once.
+    return hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class RedisLimiter:
@@ -197,25 +225,33 @@ class RedisLimiter:
     def window_s(self) -> float:
         return self._window_ms / 1000
 
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._client
+
+    @property
+    def window_ms(self) -> int:
+        return self._window_ms
+
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
+    def keys(self, scope: str) -> tuple[str, str]:
+        """The sorted set and the member counter of ``scope`` (one hash tag)."""
+        key = f"{self._prefix}ratelimit:{{{_scope_tag(scope)}}}"
+        return key, f"{key}:seq"
+
     async def hit(self, scope: str) -> Decision:
-        tag = hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        key = f"{self._prefix}ratelimit:{{{tag}}}"
         try:
             async with asyncio.timeout(self._timeout_s):
                 result = await self._script(
-                    keys=[key, f"{key}:seq"], args=[self._limit, self._window_ms]
+                    keys=self.keys(scope), args=[self._limit, self._window_ms]
                 )
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable("rate limiter unavailable") from exc
         allowed, remaining, reset_ms = (int(value) for value in result)
-        reset_s = max(0, reset_ms) / 1000
-        return Decision(
-            allowed=bool(allowed),
-            limit=self._limit,
-            remaining=remaining,
-            retry_after_s=0.0 if allowed else reset_s,
-            reset_s=reset_s,
-        )
+        return sliding_log_decision(self._limit, allowed, remaining, reset_ms)
 
 
 class FallbackLimiter:
@@ -251,6 +287,10 @@ class FallbackLimiter:
     @property
     def degraded(self) -> bool:
         return self.degradation.degraded
+
+    @property
+    def primary(self) -> Limiter:
+        return self._primary
 
     async def hit(self, scope: str) -> Decision:
         if self.degradation.use_primary():

@@ -143,17 +143,21 @@ def _mask_email_match(match: re.Match[str]) -> str:
 
 # -- credentials in free text ----------------------------------------------------------------
 
-_SECRET_NAME: Final = (
-    r"[\w-]*(?:token|secret|passw(?:or)?d|api[_-]?key|apikey|private[_-]?key|signature"
+_SECRET_NAME: Final = (  # a pattern of names, not a secret
+    r"[\w-]*(?:token|secret|passw(?:or)?d|api[_-]?key|apikey|private[_-]?key|signature"  # noqa: S105
     r"|authorization|cookie|credential|dsn)[\w-]*"
 )
 # ``name=value``, ``name: value``, ``"name": "value"`` (JSON) and ``'name': 'value'`` (repr).
+# The look-behind starts a name only at the start of a word: without it every position of a
+# long word is tried, and a 4 KB run of letters or digits takes seconds (quadratic).
 _SECRET_ASSIGNMENT = re.compile(
-    rf"(?i)(?P<name>{_SECRET_NAME})(?P<sep>['\"]?\s*[=:]\s*['\"]?)"
+    rf"(?i)(?<![\w-])(?P<name>{_SECRET_NAME})(?P<sep>['\"]?\s*[=:]\s*['\"]?)"
     r"(?P<value>(?:(?:bearer|basic)\s+)?[^\s'\"&,;}\]]+)"
 )
 # The user-info part of a URL: ``redis://:password@host``, ``https://user:key@host``.
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+# Schemes are short: bounding the run keeps a long "a.a.a..." from being rescanned from each
+# of its words (quadratic time).
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]{0,31}://)[^/\s@]+@")
 _SECRET_SHAPES = re.compile(
     r"(?i:\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]+"  # an Authorization header value
     r"|\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"  # a JWT

@@ -124,13 +124,22 @@ class RedisReplayCache:
         self._prefix = prefix
         self._timeout_s = timeout_s
 
-    def _key(self, key: str) -> str:
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._client
+
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout_s
+
+    def redis_key(self, key: str) -> str:
+        """Where ``key`` is stored: its digest under the prefix."""
         return f"{self._prefix}replay:{digest_key(key)}"
 
     async def seen(self, key: str) -> bool:
         try:
             async with asyncio.timeout(self._timeout_s):
-                count = await self._client.exists(self._key(key))
+                count = await self._client.exists(self.redis_key(key))
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable("replay cache unavailable") from exc
         return bool(count)
@@ -138,7 +147,7 @@ class RedisReplayCache:
     async def first_seen(self, key: str, ttl_s: int) -> bool:
         try:
             async with asyncio.timeout(self._timeout_s):
-                created = await self._client.set(self._key(key), b"1", nx=True, ex=ttl_s)
+                created = await self._client.set(self.redis_key(key), b"1", nx=True, ex=ttl_s)
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable("replay cache unavailable") from exc
         return bool(created)
@@ -146,7 +155,7 @@ class RedisReplayCache:
     async def forget(self, key: str) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._client.delete(self._key(key))
+                await self._client.delete(self.redis_key(key))
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable("replay cache unavailable") from exc
 
@@ -220,9 +229,15 @@ class FallbackReplayCache:
 
     Keys written to the fallback during an outage are not copied to Redis afterwards: a
     delivery seen only during the outage can be accepted once more after recovery.
+
+    A key forgotten while Redis could not be told (its processing failed during an outage)
+    may still be in Redis: a write whose reply timed out can have landed. Its digest is kept
+    (at most ``max_pending`` of them, oldest dropped) and the key is deleted from Redis before
+    Redis is asked about it again, so the carrier's retry is processed, not dropped as a
+    duplicate.
     """
 
-    __slots__ = ("_fallback", "_primary", "degradation")
+    __slots__ = ("_fallback", "_max_pending", "_pending_forget", "_primary", "degradation")
 
     def __init__(
         self,
@@ -230,17 +245,24 @@ class FallbackReplayCache:
         fallback: ReplayCache | None = None,
         *,
         degradation: Degradation | None = None,
+        max_pending: int = 100_000,
     ) -> None:
         self._primary = primary
         self._fallback: ReplayCache = InProcessReplayCache() if fallback is None else fallback
         self.degradation = Degradation("replay") if degradation is None else degradation
+        self._pending_forget: OrderedDict[bytes, None] = OrderedDict()
+        self._max_pending = max_pending
 
     @property
     def degraded(self) -> bool:
         return self.degradation.degraded
 
+    @property
+    def primary(self) -> ReplayCache:
+        return self._primary
+
     async def seen(self, key: str) -> bool:
-        if self.degradation.use_primary():
+        if self.degradation.use_primary() and await self.settle_forget(key):
             try:
                 result = await self._primary.seen(key)
             except StateUnavailable as exc:
@@ -252,7 +274,7 @@ class FallbackReplayCache:
         return await self._fallback.seen(key)
 
     async def first_seen(self, key: str, ttl_s: int) -> bool:
-        if self.degradation.use_primary():
+        if self.degradation.use_primary() and await self.settle_forget(key):
             try:
                 result = await self._primary.first_seen(key, ttl_s)
             except StateUnavailable as exc:
@@ -273,3 +295,21 @@ class FallbackReplayCache:
                 self.degradation.primary_failed(exc)
             else:
                 self.degradation.primary_succeeded()
+                return
+        self._pending_forget[_digest(key)] = None
+        while len(self._pending_forget) > self._max_pending:
+            self._pending_forget.popitem(last=False)
+
+    async def settle_forget(self, key: str) -> bool:
+        """Call before Redis is asked about ``key`` by anyone: deletes it there if a forget of
+        it is pending. False when Redis failed (serve ``key`` from the fallback)."""
+        digest = _digest(key)
+        if digest not in self._pending_forget:
+            return True
+        try:
+            await self._primary.forget(key)
+        except StateUnavailable as exc:
+            self.degradation.primary_failed(exc)
+            return False
+        self._pending_forget.pop(digest, None)
+        return True

@@ -91,7 +91,8 @@ class TokenService:
         if role not in self.roles:
             raise ValueError(f"unknown role {role!r}")
         key = self.ring.active
-        assert key.private is not None
+        if key.private is None:
+            raise RuntimeError(f"signing key {key.kid} has no private part")
         now = int(self._clock())
         claims: dict[str, Any] = {
             "iss": self.issuer,

@@ -146,7 +146,7 @@ class TwilioSignatureVerifier:
             raise TypeError("pass form params or a JSON body, not both")
         try:
             # Only the shape is checked here; the comparison below is on the canonical text.
-            decode_base64_strict(signature, hashlib.sha1().digest_size)
+            decode_base64_strict(signature, hashlib.sha1(usedforsecurity=False).digest_size)
         except ValueError:
             raise _malformed("signature") from None
 

@@ -126,6 +126,7 @@
       providersTimer = setInterval(loadProviders, PROVIDERS_EVERY_MS);
     }
     if (can("audit:read")) loadAudit();
+    if (can("security:review")) loadKeys();
     tickTimer = setInterval(renderCalls, 1000);
   }
 
@@ -206,6 +207,29 @@
       cell(row, p.state.replace("_", "-"), `state-${p.state}`);
       cell(row, String(p.consecutive_failures));
       cell(row, p.last_failure || "—");
+      body.appendChild(row);
+    }
+  }
+
+  // Key ages from /api/v1/security/keys: the same figures as voicegw_key_age_seconds and
+  // voicegw_key_rotation_due_seconds. Due within 14 days is flagged, overdue stands out.
+  async function loadKeys() {
+    const data = await get("/api/v1/security/keys");
+    if (!data) return;
+    const notice = data.policy.notice_days * 86400;
+    const body = $("keys").tBodies[0];
+    body.replaceChildren();
+    for (const k of data.kinds) {
+      const row = document.createElement("tr");
+      row.dataset.kind = k.kind;
+      const due = k.rotation_due_in_s;
+      const state = due === null ? "" : due < 0 ? "key-overdue" : due <= notice ? "key-due-soon" : "key-ok";
+      cell(row, k.kind);
+      cell(row, k.oldest_key_id, "mono");
+      cell(row, (k.age_s / 86400).toFixed(1));
+      cell(row, due === null ? "—" : (due / 86400).toFixed(1), state);
+      cell(row, String(k.active));
+      cell(row, String(k.retired));
       body.appendChild(row);
     }
   }

@@ -22,7 +22,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
-from security.audit import AuditChainer, AuditEvent, ChainHead
+from security.audit import AuditChainer, AuditEvent, ChainHead, DetailValue
 
 __all__ = [
     "MAX_PAGE",
@@ -33,7 +33,9 @@ __all__ = [
     "CallRecord",
     "ChainHead",
     "DuplicateError",
+    "LastRun",
     "NotFoundError",
+    "RejectionCount",
     "Role",
     "Store",
     "StoreError",
@@ -153,6 +155,28 @@ class SubjectRequest:
     items: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class LastRun:
+    """The latest run of a recurring operation (``"audit.verify"``, ``"retention.sweep"``),
+    kept as evidence that it runs: when, how it ended, and counts (never personal data)."""
+
+    operation: str
+    at: float
+    outcome: str  # "success" | "failure"
+    detail: dict[str, DetailValue]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionCount:
+    """Webhook requests one security layer refused (or, for ``replay``, answered without
+    processing) for one carrier within one clock hour (``hour`` = unix seconds // 3600)."""
+
+    hour: int
+    carrier: str
+    layer: str
+    count: int
+
+
 class Store(Protocol):
     """Durable records. ``open`` applies pending schema migrations; ``close`` is idempotent.
 
@@ -225,6 +249,16 @@ class Store(Protocol):
     async def list_subject_requests(self, limit: int = 100) -> list[SubjectRequest]: ...
     async def find_subject_requests(self, subject_index: str) -> list[SubjectRequest]: ...
     async def forget_subject_index(self, subject_index: str) -> int: ...  # clear it; count
+
+    # compliance evidence
+    async def put_last_run(self, run: LastRun) -> None: ...  # replaces the operation's last run
+    async def get_last_run(self, operation: str) -> LastRun | None: ...
+    async def add_rejection_counts(self, counts: list[RejectionCount]) -> None:
+        """Add each count to its (hour, carrier, layer) bucket, atomically."""
+        ...
+
+    async def rejection_counts(self, since_hour: int) -> list[RejectionCount]: ...
+    async def delete_rejection_counts_before(self, hour: int) -> int: ...
 
     async def purge_residue(self) -> None:
         """Push deleted data out of places queries do not see (SQLite: checkpoint and

@@ -159,12 +159,41 @@ _V1_POSTGRES_ONLY = (
        FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()""",
 )
 
+# Compliance evidence: the last run of each recurring operation (audit verification,
+# retention sweep), and webhook rejections counted per hour, carrier and layer (the metrics
+# counters live only as long as a process). Neither holds personal data.
+_V2_COMMON = [
+    _both(
+        """CREATE TABLE last_runs (
+            operation TEXT PRIMARY KEY,
+            at {real} NOT NULL,
+            outcome TEXT NOT NULL,
+            detail TEXT NOT NULL
+        )"""
+    ),
+    _both(
+        """CREATE TABLE webhook_rejections (
+            hour {bigint} NOT NULL,
+            carrier TEXT NOT NULL,
+            layer TEXT NOT NULL,
+            count {bigint} NOT NULL,
+            PRIMARY KEY (hour, carrier, layer)
+        )"""
+    ),
+]
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
         name="initial schema",
         sqlite=tuple(s for s, _ in _V1_COMMON) + _V1_SQLITE_ONLY,
         postgres=tuple(p for _, p in _V1_COMMON) + _V1_POSTGRES_ONLY,
+    ),
+    Migration(
+        version=2,
+        name="compliance evidence",
+        sqlite=tuple(s for s, _ in _V2_COMMON),
+        postgres=tuple(p for _, p in _V2_COMMON),
     ),
 )
 

@@ -23,7 +23,9 @@ from gateway.store.base import (
     AuditQuery,
     CallRecord,
     ChainHead,
+    LastRun,
     NotFoundError,
+    RejectionCount,
     Role,
     StoreError,
     SubjectRequest,
@@ -613,3 +615,52 @@ class SqlStore(abc.ABC):
                 "UPDATE subject_requests SET subject_index = '' WHERE subject_index = ?",
                 (subject_index,),
             )
+
+    # -- compliance evidence ---------------------------------------------------------------
+
+    async def put_last_run(self, run: LastRun) -> None:
+        async with self._transaction(write=True) as tx:
+            await tx.execute(
+                "INSERT INTO last_runs (operation, at, outcome, detail) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (operation) DO UPDATE SET at = excluded.at, "
+                "outcome = excluded.outcome, detail = excluded.detail",
+                (
+                    run.operation,
+                    run.at,
+                    run.outcome,
+                    orjson.dumps(run.detail, option=orjson.OPT_SORT_KEYS).decode(),
+                ),
+            )
+
+    async def get_last_run(self, operation: str) -> LastRun | None:
+        async with self._transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT operation, at, outcome, detail FROM last_runs WHERE operation = ?",
+                (operation,),
+            )
+        if row is None:
+            return None
+        return LastRun(operation=row[0], at=row[1], outcome=row[2], detail=_detail(row[3]))
+
+    async def add_rejection_counts(self, counts: list[RejectionCount]) -> None:
+        async with self._transaction(write=True) as tx:
+            for c in counts:
+                await tx.execute(
+                    "INSERT INTO webhook_rejections (hour, carrier, layer, count) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (hour, carrier, layer) "
+                    "DO UPDATE SET count = webhook_rejections.count + excluded.count",
+                    (c.hour, c.carrier, c.layer, c.count),
+                )
+
+    async def rejection_counts(self, since_hour: int) -> list[RejectionCount]:
+        async with self._transaction() as tx:
+            rows = await tx.fetchall(
+                "SELECT hour, carrier, layer, count FROM webhook_rejections WHERE hour >= ? "
+                "ORDER BY hour, carrier, layer",
+                (since_hour,),
+            )
+        return [RejectionCount(int(r[0]), r[1], r[2], int(r[3])) for r in rows]
+
+    async def delete_rejection_counts_before(self, hour: int) -> int:
+        async with self._transaction(write=True) as tx:
+            return await tx.execute("DELETE FROM webhook_rejections WHERE hour < ?", (hour,))

@@ -37,6 +37,7 @@ from typing import Any, Final, NotRequired, TypedDict, assert_never
 import orjson
 
 from providers.ai.config import AgentConfig, Endpoint, api_key_value
+from providers.ai.frames import is_base64
 from providers.codec import Frame
 from providers.events import (
     DTMF_DIGITS,
@@ -60,8 +61,10 @@ from providers.events import (
 from providers.exceptions import ProtocolError
 
 INPUT_MIME: Final = "audio/pcm;rate=16000"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
-_RATE = re.compile(r"rate=(\d+)")
+# Bounded digit counts: int() and float() of a peer's thousand-digit number would raise or
+# overflow instead of being refused.
+_DURATION = re.compile(r"^\s*([0-9]{1,9}(?:\.[0-9]{1,9})?)s\s*$")
+_RATE = re.compile(r"rate=([0-9]{1,9})")
 
 
 class PartJSON(TypedDict):
@@ -212,16 +215,17 @@ class GeminiLiveCodec:
         if not isinstance(msg, dict):
             raise ProtocolError("frame is not a JSON object")
         events: list[AgentEvent] = []
-        if "setupComplete" in msg and not self.ready:
-            self.ready = True
+        ready = "setupComplete" in msg and not self.ready
+        if ready:
             events.append(AgentReady())
         if (content := msg.get("serverContent")) is not None:
             events.extend(self._server_content(_obj(content, "serverContent")))
+        resume_handle: str | None = None
         if (update := msg.get("sessionResumptionUpdate")) is not None:
             update = _obj(update, "sessionResumptionUpdate")
             handle = update.get("newHandle")
             if update.get("resumable") is True and isinstance(handle, str) and handle:
-                self.resume_handle = handle
+                resume_handle = handle
                 events.append(ResumptionHandle(handle))
         if (go_away := msg.get("goAway")) is not None:
             events.append(GoAway(_duration_ms(_obj(go_away, "goAway").get("timeLeft"))))
@@ -231,6 +235,12 @@ class GeminiLiveCodec:
             err = error if isinstance(error, dict) else {}
             message = err.get("message")
             events.append(Error("gemini_error", message if isinstance(message, str) else ""))
+        # The whole message parsed: only now may it change the session (a rejected message
+        # must not swallow the AgentReady of the next one).
+        if ready:
+            self.ready = True
+        if resume_handle is not None:
+            self.resume_handle = resume_handle
         return events
 
     def _server_content(self, content: Mapping[str, Any]) -> list[AgentEvent]:
@@ -270,6 +280,8 @@ def _audio_part(part: Any) -> AudioChunk | None:
     rate = _RATE.search(mime)
     if rate is not None and int(rate.group(1)) != PCM16_24K.sample_rate:
         raise ProtocolError("unexpected output sample rate")
+    if not is_base64(data):
+        raise ProtocolError("audio data is not base64")
     return AudioChunk(data, PCM16_24K) if data else None
 
 

@@ -28,7 +28,6 @@ a JSON object with a string ``type``, or a known event whose fields have the wro
 
 from __future__ import annotations
 
-import string
 from collections.abc import Mapping
 from typing import Any, Final, Literal, NotRequired, TypedDict, assert_never
 from urllib.parse import urlencode, urlsplit
@@ -36,7 +35,7 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 
 from providers.ai.config import AgentConfig, Endpoint, api_key_value
-from providers.ai.frames import load_typed, string_field
+from providers.ai.frames import is_base64, load_typed, string_field
 from providers.codec import Frame
 from providers.events import (
     DTMF_DIGITS,
@@ -241,7 +240,7 @@ class OpenAIRealtimeCodec:
             case "response.output_audio.delta":
                 delta = string_field(msg, "delta")
                 item_id = string_field(msg, "item_id")
-                if not _is_base64(delta):
+                if not is_base64(delta):
                     raise ProtocolError("audio delta is not base64")
                 return [AudioChunk(delta, PCMU_8K, item_id=item_id)] if delta else []
             case "input_audio_buffer.speech_started":
@@ -284,13 +283,6 @@ class OpenAIRealtimeCodec:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-_B64_CHARS: Final = frozenset(string.ascii_letters + string.digits + "+/=")
-
-
-def _is_base64(text: str) -> bool:
-    # Cheap shape check; the payload is forwarded, not decoded, on the fast path.
-    return len(text) % 4 == 0 and _B64_CHARS.issuperset(text)
 
 
 def _dumps(obj: Mapping[str, Any]) -> str:

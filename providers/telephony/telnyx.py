@@ -107,7 +107,7 @@ RECOVERABLE_ERROR_CODES: Final = frozenset({"100003", "100004", "100005"})
 limit); the stream goes on. Every other error code is treated as fatal."""
 
 _BASE64: Final = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-_TOKEN_FIELD: Final = "x-telnyx-streaming-auth-token"
+_TOKEN_FIELD: Final = "x-telnyx-streaming-auth-token"  # noqa: S105 (a field name)
 _FORMATS: Final[Mapping[str, AudioFormat]] = {"PCMU": PCMU_8K, "PCMA": PCMA_8K}
 _INBOUND_TRACKS: Final = frozenset({"inbound", "inbound_track"})
 _OUTBOUND_TRACKS: Final = frozenset({"outbound", "outbound_track"})
@@ -368,6 +368,8 @@ class TelnyxCodec:
         if type(media) is not dict:
             raise ProtocolError("missing media")
         track = media.get("track")
+        if type(track) is not str:  # a list or object would not even hash
+            raise ProtocolError("bad media track")
         if track not in _INBOUND_TRACKS:
             if track in _OUTBOUND_TRACKS:
                 return []

@@ -72,7 +72,7 @@ MAX_PAYLOAD_CHARS: Final = 16 * 1024
 """Largest base64 media payload accepted (about 1.5 s of mu-law at 8 kHz)."""
 
 _BASE64: Final = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-_TOKEN_PARAMETER: Final = "token"
+_TOKEN_PARAMETER: Final = "token"  # noqa: S105 (a parameter name)
 
 
 # -- raw carrier JSON --------------------------------------------------------------------------

@@ -43,12 +43,15 @@ pytestmark = pytest.mark.e2e
 
 
 @contextlib.asynccontextmanager
-async def console_gateway(tmp_path: Path, rest: FakeCarrierRest) -> AsyncIterator[Gateway]:
-    """The composed app (sessions, API, console) served by uvicorn on a free loopback port."""
+async def console_gateway(
+    tmp_path: Path, rest: FakeCarrierRest, role: Role = Role.OPERATOR
+) -> AsyncIterator[Gateway]:
+    """The composed app (sessions, API, console) served by uvicorn on a free loopback port,
+    with one user, ``ada``, of ``role``."""
     port = free_port()
     settings = devkeys.apply(Settings.from_env(gateway_env(tmp_path, port, rest)))
     async with sqlite_store(tmp_path) as store:
-        await add_user(store, TEST_HASHER, "ada", Role.OPERATOR, PASSWORD)
+        await add_user(store, TEST_HASHER, "ada", role, PASSWORD)
         app = compose(settings)
         auth: AuthRuntime = make_auth(settings, store)
         started = app.router.lifespan_context
@@ -109,6 +112,7 @@ async def test_login_live_call_two_tabs_logout(tmp_path: Path, rest: FakeCarrier
         await first.wait_for_selector("body[data-state=signed-in]", timeout=WAIT_MS)
         assert await first.text_content("#who-name") == "ada"
         assert await first.is_hidden("#audit-panel")  # an operator does not see the audit trail
+        assert await first.is_hidden("#keys-panel")  # nor the keys (admins only)
         cookies = {c["name"]: c for c in await context.cookies()}
         assert (
             cookies["voicegw_access"]["httpOnly"]

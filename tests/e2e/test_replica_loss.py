@@ -23,7 +23,7 @@ from tests.e2e.carrier import (
     free_port,
     open_stream,
 )
-from tests.e2e.test_scale_out import PROCESSES, SHARED_REDIS, clear_gateway_keys, serve_process
+from tests.e2e.processes import PROCESSES, SHARED_REDIS, clear_gateway_keys, serve_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -30,38 +30,12 @@ from tests.e2e.carrier import (
     post_twilio,
     twilio_params,
 )
+from tests.e2e.processes import PROCESSES, serve_process, tail
+from tests.fakes.refuser import Refuser
 
 pytestmark = pytest.mark.e2e
 
 QUIET = bytes([0xFE]) * 160  # 20 ms of near-silence: the echo agent echoes it all
-
-
-class Refuser:
-    """A TCP server that accepts and at once closes every connection: a provider whose
-    WebSocket handshake always fails. Counts the attempts."""
-
-    def __init__(self) -> None:
-        self.attempts = 0
-        self.server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> Refuser:
-        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.attempts += 1
-            writer.close()
-
-        self.server = await asyncio.start_server(refuse, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        port = self.server.sockets[0].getsockname()[1]
-        return f"ws://127.0.0.1:{port}/v1/realtime"
 
 
 async def test_a_refusing_provider_trips_its_breaker_after_exactly_five_calls(make_gateway):
@@ -90,14 +64,13 @@ async def test_a_refusing_provider_trips_its_breaker_after_exactly_five_calls(ma
 
 
 class Process:
-    def __init__(self, proc: asyncio.subprocess.Process, url: str, log: str) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, url: str, log: Path) -> None:
         self.proc = proc
         self.url = url
         self.log = log
 
     def output(self) -> str:
-        with open(self.log, "rb") as f:
-            return f.read().decode(errors="replace")[-4000:]
+        return tail(self.log)
 
 
 async def _serve(tmp_path, rest, drain_seconds: int) -> AsyncIterator[tuple[Process, Gateway]]:
@@ -114,36 +87,11 @@ async def _serve(tmp_path, rest, drain_seconds: int) -> AsyncIterator[tuple[Proc
         "VOICEGW_DRAIN_SECONDS": str(drain_seconds),
         "VOICEGW_LOG_LEVEL": "WARNING",
     }
-    log = str(tmp_path / "serve.log")
-    with open(log, "wb") as out:  # noqa: ASYNC230 - a local file, opened once
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--port",
-            str(port),
-            env=env,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    process = Process(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        async with asyncio.timeout(20 * UNIT), httpx.AsyncClient(base_url=process.url) as http:
-            while True:
-                assert proc.returncode is None, process.output()
-                try:
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
+    log = tmp_path / "serve.log"
+    async with serve_process(env, port, log) as url:
         settings = devkeys.apply(Settings.from_env(env))
-        yield process, Gateway(process.url, settings, None, rest)  # type: ignore[arg-type]
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        process = Process(PROCESSES[port], url, log)
+        yield process, Gateway(url, settings, None, rest)  # type: ignore[arg-type]
 
 
 @pytest.fixture

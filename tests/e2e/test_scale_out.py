@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
-import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from gateway import devkeys
 from gateway.simulate import post_telnyx
-from tests.conftest import REDIS_URL, UNIT
+from tests.conftest import UNIT
 from tests.e2e.carrier import (
     TELNYX_API_KEY,
     TWILIO_TOKEN,
@@ -27,71 +23,11 @@ from tests.e2e.carrier import (
     telnyx_event,
     twilio_params,
 )
+from tests.e2e.processes import SHARED_REDIS, clear_gateway_keys, serve_process
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 LIMIT = 4
-# The gateway's Redis keys have a fixed prefix, so these processes get a database of their own.
-REDIS_DB = int(os.environ.get("VOICEGW_TEST_E2E_REDIS_DB", "14"))
-SHARED_REDIS = REDIS_URL.rsplit("/", 1)[0] + f"/{REDIS_DB}"
-
-
-async def clear_gateway_keys() -> None:
-    client = aioredis.Redis.from_url(SHARED_REDIS)
-    try:
-        keys = [key async for key in client.scan_iter(match="voicegw:*", count=500)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
-def tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-4000:]
-
-
-PROCESSES: dict[int, asyncio.subprocess.Process] = {}
-"""The running ``serve_process`` subprocesses by port (for tests that kill one)."""
-
-
-@contextlib.asynccontextmanager
-async def serve_process(env: dict[str, str], port: int, log: Path) -> AsyncIterator[str]:
-    """``voicegw serve`` in a subprocess on ``port``; killed on exit."""
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--port",
-            str(port),
-            env=env,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    PROCESSES[port] = proc
-    try:
-        deadline = time.monotonic() + 20 * UNIT
-        async with httpx.AsyncClient(base_url=url, timeout=UNIT) as http:
-            while True:
-                assert proc.returncode is None, tail(log)
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get("/readyz")).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "gateway did not start:\n" + tail(log)
-                await asyncio.sleep(0.05)
-        yield url
-    finally:
-        PROCESSES.pop(port, None)
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                async with asyncio.timeout(10 * UNIT):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 from twilio.request_validator import RequestValidator
 
 from gateway import devkeys
+from gateway.runtime import BACKGROUND_LOOPS
 from gateway.settings import Settings
 from tests.conftest import UNIT
 
@@ -157,7 +158,7 @@ class Gateway:
 
     async def settle(self) -> None:
         """Wait for the REST commands the handlers started in the background."""
-        pending = [t for t in self.runtime._tasks if t.get_name() not in ("heartbeat", "retention")]
+        pending = [t for t in self.runtime._tasks if t.get_name() not in BACKGROUND_LOOPS]
         if pending:
             async with asyncio.timeout(5 * UNIT):
                 await asyncio.gather(*pending, return_exceptions=True)

@@ -414,6 +414,7 @@ def test_test_and_bench_variables_are_not_settings(tmp_path):
             "VOICEGW_DATA_DIR": str(tmp_path),
             "VOICEGW_TEST_REDIS_URL": "redis://x",
             "VOICEGW_BENCH_CALLS": "5",
+            "VOICEGW_FUZZ_EXAMPLES": "10000",
         }
     )
     assert settings.redis_url is None

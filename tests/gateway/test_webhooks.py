@@ -83,6 +83,31 @@ def parse_twiml(response: httpx.Response) -> tuple[str, str]:
     return stream.get("url", ""), token
 
 
+@pytest.mark.parametrize(
+    ("url", "token"),
+    [
+        ("wss://gw.example.com/media/twilio", "Zm9vYmFy-_0123456789abcdefghijklmnopqrstuv"),
+        ("wss://gw.example.com:8443/base/media/twilio", "t"),
+        ('ws://h/m?a=1&b="x"<y>', "a&b<c>\"d'e\r\n\tf"),
+    ],
+)
+def test_twiml_is_what_the_twilio_package_renders(url, token):
+    from twilio.twiml.voice_response import Connect, VoiceResponse
+
+    from gateway.webhooks import HANGUP_TWIML, connect_twiml
+
+    expected = VoiceResponse()
+    connect = Connect()
+    connect.stream(url=url).parameter(name="token", value=token)
+    expected.append(connect)
+    assert connect_twiml(url, token) == str(expected)
+    stream = ET.fromstring(connect_twiml(url, token)).find("./Connect/Stream")
+    assert stream is not None and stream.get("url") == url
+    hangup = VoiceResponse()
+    hangup.hangup()
+    assert HANGUP_TWIML == str(hangup)
+
+
 # -- Twilio: accepted -----------------------------------------------------------------------
 
 
@@ -740,11 +765,13 @@ async def test_new_calls_refused_while_draining(gw: Gateway):
 
 
 async def test_delivery_that_failed_mid_processing_is_processed_on_retry(
-    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+    state_gw: Gateway, monkeypatch: pytest.MonkeyPatch
 ):
     """Shared state failing after verification: 503, and the carrier's identical retry is
     processed in full instead of being acknowledged as a duplicate."""
     from redis.exceptions import ConnectionError as RedisConnectionError
+
+    gw = state_gw
 
     real_create = gw.runtime.registry.create
     failures = iter([True])

@@ -133,6 +133,41 @@ async def test_verify_detects_removed_and_truncated_events() -> None:
     assert not result.ok and result.first_bad_seq == 5
 
 
+class GrowingLog(MemoryLog):
+    """A log that another writer appends to while ``verify`` reads it (a live deployment):
+    one event after each read of ``reading`` until ``pending`` runs out."""
+
+    def __init__(self, reading: str, pending: int) -> None:
+        super().__init__()
+        self.reading = reading
+        self.pending = pending
+
+    async def _another_writer(self, read: str) -> None:
+        if read == self.reading and self.pending:
+            self.pending -= 1
+            await self.append_audit(event(100 + self.pending), HashChainer())
+
+    async def iter_audit(self, after_seq: int, limit: int) -> list[AuditEvent]:
+        batch = await super().iter_audit(after_seq, limit)
+        await self._another_writer("iter_audit")
+        return batch
+
+    async def audit_head(self) -> ChainHead | None:
+        await self._another_writer("audit_head")
+        return await super().audit_head()
+
+
+@pytest.mark.parametrize("reading", ["iter_audit", "audit_head"])
+async def test_verify_passes_while_another_writer_appends(reading: str) -> None:
+    log = GrowingLog(reading, pending=0)
+    for i in range(5):
+        await log.append_audit(event(i), HashChainer())
+    log.pending = 3
+    result = await verify(log)
+    assert result.ok, result
+    assert (result.events, log.pending) == (8, 0)
+
+
 async def test_checkpoints_are_signed_and_checked() -> None:
     key = SigningKey(b"s" * 32)
     chain = HashChainer(key, key_id="jwt-2026")

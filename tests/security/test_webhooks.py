@@ -8,10 +8,12 @@ import json
 import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 import telnyx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 from twilio.request_validator import RequestValidator
 
@@ -28,10 +30,12 @@ from security.replay import InProcessReplayCache
 from security.signatures import TelnyxSignatureVerifier, TwilioSignatureVerifier
 from security.webhooks import (
     MAX_BODY_BYTES,
+    MAX_FORM_FIELDS,
     Carrier,
     CarrierPolicy,
     WebhookPipeline,
     WebhookRequest,
+    parse_form,
 )
 from tests.security.conftest import FakeClock
 
@@ -266,6 +270,44 @@ async def test_twilio_blank_values_and_repeated_keys_kept(pipeline):
 
 
 # -- Twilio: request sanity ------------------------------------------------------------------
+
+
+def _reference_form(body: bytes):
+    """What ``parse_form`` must equal: the standard library's strict parser."""
+    try:
+        return tuple(
+            parse_qsl(
+                body.decode("utf-8"),
+                keep_blank_values=True,
+                strict_parsing=True,
+                errors="strict",
+                max_num_fields=MAX_FORM_FIELDS,
+            )
+        )
+    except ValueError:
+        return None
+
+
+_FORM_PIECES = st.sampled_from(
+    ["a", "B", "=", "&", "+", "%", "%2", "%20", "%3D", "%26", "%2B", "%ff", "%C3%A9", "é", ""]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.one_of(
+        st.binary(max_size=40),
+        st.lists(_FORM_PIECES, max_size=12).map(lambda parts: "".join(parts).encode()),
+        st.sampled_from([b"a=1&" * 255 + b"a=1", b"a=1&" * 256 + b"a=1", b"", b"&", b"=&="]),
+    )
+)
+def test_parse_form_equals_the_strict_standard_parser(body):
+    expected = _reference_form(body)
+    if expected is None:
+        with pytest.raises(Rejection):
+            parse_form(body)
+    else:
+        assert parse_form(body) == expected
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "post", "HEAD"])

@@ -40,6 +40,7 @@ def test_every_api_route_declares_a_permission() -> None:
         "/api/v1/users/{subject}/data",
         "/api/v1/users/{subject}/delete",
         "/api/v1/calls/{call_id}/recording",
+        "/api/v1/compliance/report",
     }
     assert all(isinstance(p, Permission) for p in ROUTE_PERMISSION.values())
 

@@ -1,9 +1,15 @@
-"""Per-frame cost of the audio hot path, each next to a baseline measured in the same run.
+"""Per-frame cost of transcoding (the Gemini path) against the passthrough path, and of each
+audio step against a naive version, measured in the same run.
 
-Usage: python bench/bench_audio.py [--quick]
+Usage: python bench/transcode.py [--quick] [--json bench/last-run/transcode.json]
 
-Prints a table, then one line of JSON, to stdout. Figures are the best of several repeats
-(least disturbed by other work on the machine); no figure is asserted.
+The Gemini path, per 20 ms frame and direction, as the bridge runs it: caller mu-law 8 kHz ->
+PCM16 16 kHz (decode + streaming resample, base64 both ways), and the agent's PCM16 24 kHz ->
+mu-law 8 kHz. The passthrough path (Twilio/Telnyx <-> OpenAI ``audio/pcmu``, Deepgram
+``mulaw``) forwards the base64 payload untouched: per frame it builds the event and nothing
+else. The target is 25 us per frame and direction. The table below it times each step (G.711,
+resampling) against a naive version. Figures are the best of several repeats (least disturbed
+by other work on the machine); no figure is asserted. Prints the tables, writes JSON.
 """
 
 from __future__ import annotations
@@ -16,14 +22,27 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
 
 import numpy as np
 import soxr
 
 from gateway.audio import ResampleQuality, Transcoder, alaw_encode, ulaw_decode, ulaw_encode
-from providers.events import PCM16_8K, PCM16_16K, PCM16_24K, PCMA_8K, PCMU_8K, AudioChunk
+from providers.events import (
+    PCM16_8K,
+    PCM16_16K,
+    PCM16_24K,
+    PCMA_8K,
+    PCMU_8K,
+    AudioChunk,
+    AudioFormat,
+)
 
 FRAME_MS = 20
+TARGET_US: Final = 25.0
+"""Gemini path: microseconds per 20 ms frame and direction, at most."""
+LAST_RUN: Final = Path(__file__).resolve().parent / "last-run" / "transcode.json"
 
 
 def _tone(rate: int, seconds: float) -> np.ndarray:
@@ -137,6 +156,32 @@ def _naive_chunk(src_rate: int, dst_rate: int, *, decode: bool) -> Callable[[byt
     return run
 
 
+def _passthrough(fmt: AudioFormat) -> Callable[[bytes], object]:
+    """What the fast path does with a frame: the event around the untouched payload."""
+
+    def run(payload: bytes) -> object:
+        return AudioChunk(payload.decode(), fmt)
+
+    return run
+
+
+def gemini_cases(seconds: float) -> list[Case]:
+    """The Gemini path per direction, against the passthrough path with the same audio."""
+    ulaw = _frames(ulaw_encode(_tone(8000, seconds).tobytes()), 160)
+    pcm24 = _frames(_tone(24000, seconds).tobytes(), 960)
+    b64_ulaw = [AudioChunk.from_bytes(f, PCMU_8K).payload.encode() for f in ulaw]
+    b64_24 = [AudioChunk.from_bytes(f, PCM16_24K).payload.encode() for f in pcm24]
+    passthrough = "passthrough"
+    return [
+        Case("in: pcmu 8k -> pcm16 16k", b64_ulaw,
+             _chunk_converter(Transcoder(PCMU_8K, PCM16_16K)), passthrough,
+             _passthrough(PCMU_8K)),
+        Case("out: pcm16 24k -> pcmu 8k", b64_24,
+             _chunk_converter(Transcoder(PCM16_24K, PCMU_8K)), passthrough,
+             _passthrough(PCMU_8K)),
+    ]  # fmt: skip
+
+
 def cases(seconds: float) -> list[Case]:
     pcm8 = _tone(8000, seconds).tobytes()
     pcm24 = _tone(24000, seconds).tobytes()
@@ -173,8 +218,36 @@ def cases(seconds: float) -> list[Case]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames and repeats")
+    parser.add_argument("--json", default=str(LAST_RUN), help="where to write the JSON results")
     options = parser.parse_args()
     seconds, repeats = (2.0, 3) if options.quick else (10.0, 7)
+    print(
+        f"voicegw transcoding, {FRAME_MS} ms frames, best of {repeats} passes over {seconds:.0f} s"
+    )
+
+    gemini: list[dict[str, object]] = []
+    for case in gemini_cases(seconds):
+        ours = measure(case.ours, case.frames, repeats)
+        base = measure(case.baseline, case.frames, repeats)
+        gemini.append(
+            {
+                "direction": case.name,
+                "us_per_frame": round(ours, 2),
+                "passthrough_us_per_frame": round(base, 2),
+                "added_us_per_frame": round(ours - base, 2),
+                "target_us": TARGET_US,
+                "met": ours <= TARGET_US,
+            }
+        )
+    header = f"{'Gemini path':<28}{'us/frame':>10}{'passthrough':>13}{'target':>8}  met"
+    print(header)
+    print("-" * len(header))
+    for g in gemini:
+        print(
+            f"{g['direction']:<28}{g['us_per_frame']:>10.2f}{g['passthrough_us_per_frame']:>13.2f}"
+            f"{TARGET_US:>8.0f}  {'yes' if g['met'] else 'NO'}"
+        )
+    print()
 
     rows: list[dict[str, object]] = []
     for case in cases(seconds):
@@ -192,8 +265,7 @@ def main() -> None:
             }
         )
 
-    header = f"{'case':<22}{'us/frame':>10}  {'baseline':<20}{'us/frame':>10}{'speedup':>9}"
-    print(f"voicegw audio, {FRAME_MS} ms frames, best of {repeats} passes over {seconds:.0f} s")
+    header = f"{'step':<22}{'us/frame':>10}  {'naive version':<20}{'us/frame':>10}{'speedup':>9}"
     print(header)
     print("-" * len(header))
     last = ""
@@ -205,21 +277,22 @@ def main() -> None:
             f"{row['baseline_us_per_frame']:>10.2f}{row['speedup']:>8.1f}x"
         )
         row["case"] = name
-    print(
-        json.dumps(
-            {
-                "bench": "audio",
-                "frame_ms": FRAME_MS,
-                "seconds_of_audio": seconds,
-                "repeats": repeats,
-                "python": platform.python_version(),
-                "numpy": np.__version__,
-                "soxr": soxr.__version__,
-                "machine": platform.machine(),
-                "results": rows,
-            }
-        )
-    )
+    document = {
+        "bench": "transcode",
+        "frame_ms": FRAME_MS,
+        "seconds_of_audio": seconds,
+        "repeats": repeats,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "soxr": soxr.__version__,
+        "machine": platform.machine(),
+        "gemini": gemini,
+        "results": rows,
+    }
+    out = Path(options.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=1) + "\n")
+    print(f"\nJSON: {out}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""The media WebSocket protocol under real uvicorn and a real client: it keeps reading while a
+few messages wait for the application (uvicorn's own protocol pauses after one), pauses once
+``READ_PAUSE_MESSAGES`` do, and delivers every message in order either way."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+from websockets.asyncio.client import connect
+
+from gateway.wsprotocol import READ_PAUSE_MESSAGES, MediaWebSocketProtocol
+from tests.conftest import UNIT
+
+pytestmark = pytest.mark.e2e
+
+
+class HoldingApp:
+    """Accepts, waits for ``release``, then reads ``expected`` messages and sends them back
+    joined by commas."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "websocket"
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        await self.release.wait()
+        got = []
+        for _ in range(self.expected):
+            message = await receive()
+            got.append(message["text"])
+        await send({"type": "websocket.send", "text": ",".join(got)})
+        message = await receive()
+        assert message["type"] == "websocket.disconnect"
+
+
+@contextlib.asynccontextmanager
+async def serve(app: HoldingApp) -> AsyncIterator[tuple[str, uvicorn.Server]]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, ws=MediaWebSocketProtocol, log_config=None, lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await until(lambda: server.started or task.done())
+        if task.done():
+            await task
+        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/", server
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def until(condition: Any) -> None:
+    """Poll ``condition`` (state of the protocol under test) until true, bounded."""
+    async with asyncio.timeout(5 * UNIT):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.005)
+
+
+async def test_reading_goes_on_below_the_queue_bound_and_pauses_at_it():
+    total = READ_PAUSE_MESSAGES + 6
+    app = HoldingApp(total)
+    async with serve(app) as (url, server), connect(url, compression=None) as ws:
+        [protocol] = server.server_state.connections
+        assert isinstance(protocol, MediaWebSocketProtocol)
+        # Below the bound: every message waits in the queue and the socket is still read
+        # (uvicorn's own protocol pauses after the first).
+        for i in range(READ_PAUSE_MESSAGES - 1):
+            await ws.send(f"m{i}")
+        await until(lambda: protocol.queue.qsize() == READ_PAUSE_MESSAGES - 1)
+        assert not protocol.read_paused
+        assert protocol.transport.is_reading()
+        # At the bound: reading pauses.
+        for i in range(READ_PAUSE_MESSAGES - 1, total):
+            await ws.send(f"m{i}")
+        await until(lambda: protocol.read_paused)
+        assert protocol.queue.qsize() >= READ_PAUSE_MESSAGES
+        assert not protocol.transport.is_reading()
+        # The application takes them all, in order; reading resumes.
+        app.release.set()
+        async with asyncio.timeout(5 * UNIT):
+            echoed = await ws.recv()
+        assert echoed == ",".join(f"m{i}" for i in range(total))
+        assert not protocol.read_paused
