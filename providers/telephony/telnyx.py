@@ -328,11 +328,13 @@ class TelnyxCodec:
             return []
         events: list[CarrierEvent] = []
         skipped = 0
+        expected = self._next_chunk
         for chunk in sorted(self._held):
-            assert self._next_chunk is not None
-            skipped += chunk - self._next_chunk
+            # Chunks are held only once the first one set the expected number.
+            skipped += chunk - (chunk if expected is None else expected)
             events.append(self._held[chunk])
-            self._next_chunk = chunk + 1
+            expected = chunk + 1
+        self._next_chunk = expected
         self._held.clear()
         self._count(gaps=skipped)
         return events
@@ -388,7 +390,8 @@ class TelnyxCodec:
         if chunk is None:
             raise ProtocolError("missing chunk")
         timestamp = decimal_number(media.get("timestamp"), "timestamp")
-        assert self._format is not None
+        if self._format is None:
+            raise ProtocolError("media before start")
         return self._reorder(chunk, AudioChunk(payload, self._format, timestamp))
 
     def _reorder(self, chunk: int, audio: AudioChunk) -> list[CarrierEvent]:

@@ -1,0 +1,55 @@
+"""Log redaction (``security/redaction.py``) under hostile text.
+
+Every log line and Sentry event passes through ``redact``, and some carry peer-chosen text (a
+provider's error code, a carrier's field): redaction must hold for any text and take time in
+proportion to it. Two of its patterns used to rescan a long word from each of its positions
+(a 4 KB run of letters took over a second); the long runs below keep that from returning
+unnoticed (this file would take minutes).
+
+Invariants: ``redact`` and ``redact_value`` accept any text and nested value; the value of a
+``token=`` / ``"api_key": "..."`` assignment never survives, wherever it sits in the text.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from security.redaction import REDACTED, redact, redact_value
+from tests.fuzz.profile import FUZZ, tally
+from tests.fuzz.strategies import json_values
+
+pieces = st.sampled_from(
+    [" ", "a", "1", "-", ".", "@", ":", "/", "=", "%2B", "+1", "token", "https://", "eyJ", "\n"]
+)
+runs = st.tuples(pieces, st.integers(1, 8_000)).map(lambda p: p[0] * (p[1] // len(p[0]) or 1))
+texts = st.lists(st.text(max_size=30) | pieces | runs, max_size=6).map("".join)
+
+
+@FUZZ
+@given(text=texts)
+def test_redact_any_text(text):
+    assert isinstance(redact(text), str)
+    tally("accepted")
+
+
+@FUZZ
+@given(
+    before=texts,
+    after=texts,
+    name=st.sampled_from(["token", "api_key", "X-Twilio-Signature", "password", "secret"]),
+    style=st.sampled_from(["{n}={v}", "{n}: {v}", '"{n}": "{v}"', "'{n}': '{v}'"]),
+    secret=st.from_regex(r"[A-Za-z0-9]{16,24}", fullmatch=True),
+)
+def test_assigned_secrets_never_survive(before, after, name, style, secret):
+    line = f"{before} {style.format(n=name, v=secret)} {after}"
+    out = redact(line)
+    assert secret not in out and REDACTED in out
+    tally("rejected")
+
+
+@FUZZ
+@given(value=json_values)
+def test_redact_value_any_structure(value):
+    redact_value(value)
+    tally("accepted")
