@@ -80,6 +80,9 @@ log = logging.getLogger("voicegw.media")
 START_TIMEOUT_S: Final = 10.0
 """The carrier must send ``start`` (with a valid token) within this long of connecting."""
 CARRIER_SEND_TIMEOUT_S: Final = 5.0
+CARRIER_DRAIN_S: Final = 1.0
+"""After a send to the carrier fails, how long the frames it sent before closing may take to
+be read (among them ``stop``: the caller hung up)."""
 OUTBOUND_LEAD_S: Final = 0.4
 OUTBOUND_QUEUE_S: Final = 120.0
 MARK_EVERY_S: Final = 0.1
@@ -335,8 +338,9 @@ class Bridge:
         ACTIVE_CALLS.labels(self.carrier, self.agent.provider).inc()
         self.runtime.add_bridge(self)
         reason = EndReason.CARRIER_ERROR
-        tasks = [
-            asyncio.create_task(self._from_carrier(early), name="from_carrier"),
+        reader = asyncio.create_task(self._from_carrier(early), name="from_carrier")
+        tasks: list[asyncio.Task[Any]] = [
+            reader,
             asyncio.create_task(self._from_agent(), name="from_agent"),
             asyncio.create_task(self._to_carrier(), name="to_carrier"),
             asyncio.create_task(self._watch_sends(), name="watchdog"),
@@ -345,6 +349,8 @@ class Bridge:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             reason = self._reason(done)
+            if reason is EndReason.CARRIER_GONE and reader not in done:
+                reason = await self._carrier_ending(reader)
         finally:
             for task in tasks:
                 task.cancel()
@@ -355,6 +361,18 @@ class Bridge:
             ACTIVE_CALLS.labels(self.carrier, self.agent.provider).dec()
             await self._finish(reason, time.monotonic() - started)
         return reason
+
+    @staticmethod
+    async def _carrier_ending(reader: asyncio.Task[EndReason]) -> EndReason:
+        """A send to the carrier failed: its stream has closed. The frames it sent before
+        closing may still wait to be read, ``stop`` among them when the caller hung up. Let
+        the reader reach their end (bounded), so that a hang-up is told from a stream that
+        vanished whichever task happened to run first."""
+        done, _ = await asyncio.wait({reader}, timeout=CARRIER_DRAIN_S)
+        if reader in done and not reader.cancelled() and reader.exception() is None:
+            if reader.result() is EndReason.CARRIER_HANGUP:
+                return EndReason.CARRIER_HANGUP
+        return EndReason.CARRIER_GONE
 
     def _reason(self, done: set[asyncio.Task[Any]]) -> EndReason:
         for task in done:
