@@ -92,6 +92,23 @@ BACKGROUND_LOOPS: Final = frozenset(
 )
 
 
+def redis_client(url: str, max_connections: int, replica_id: str) -> aioredis.Redis:
+    """The process's Redis client. Every operation is bounded by ``REDIS_TIMEOUT_S``; at most
+    ``max_connections`` connections are open, and a burst beyond them waits (as long as one
+    operation may take) for a connection to be released instead of failing at once. The
+    connections are named after the replica (``CLIENT LIST`` shows whose they are)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=REDIS_TIMEOUT_S,
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        health_check_interval=15,
+        client_name=f"voicegw:{replica_id}",
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
 def open_store(settings: Settings) -> Store:
     """The configured store (not yet opened): PostgreSQL when set, else SQLite."""
     ensure_data_dir(settings.data_dir)
@@ -225,11 +242,8 @@ class Runtime:
         replica_id = default_replica_id()
         if settings.redis_url is not None:
             prefix = settings.redis_key_prefix
-            client = aioredis.Redis.from_url(
-                settings.redis_url.get(),
-                socket_timeout=REDIS_TIMEOUT_S,
-                socket_connect_timeout=REDIS_TIMEOUT_S,
-                health_check_interval=15,
+            client = redis_client(
+                settings.redis_url.get(), settings.redis_max_connections, replica_id
             )
             for carrier in Carrier:
                 limiter = FallbackLimiter(

@@ -81,6 +81,7 @@ class Settings:
     rate_limit_per_minute: int = 1000
     redis_url: Secret | None = None
     redis_key_prefix: str = "voicegw:"
+    redis_max_connections: int = 100  # per process; a burst beyond it waits for a free one
     replicas: int = 1  # how many replicas are expected to share state (security review)
     metrics_token: Secret | None = None
 
@@ -394,6 +395,9 @@ class _Reader:
             ),
             redis_url=redis_url,
             redis_key_prefix=key_prefix,
+            redis_max_connections=int(
+                self.number("VOICEGW_REDIS_MAX_CONNECTIONS", 100, lo=4, hi=10_000)
+            ),
             replicas=int(self.number("VOICEGW_REPLICAS", 1, lo=1, hi=1000)),
             metrics_token=self.secret("VOICEGW_METRICS_TOKEN"),
             openai_api_key=self.secret("OPENAI_API_KEY"),

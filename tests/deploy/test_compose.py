@@ -39,6 +39,14 @@ def test_the_stack_has_gateway_redis_prometheus_and_grafana():
     assert set(compose()["services"]) == {"gateway", "redis", "prometheus", "grafana"}
 
 
+def test_redis_keeps_revocations_across_a_restart():
+    redis = compose()["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    volume = next(v for v in redis["volumes"] if v.endswith(":/data"))
+    assert volume.split(":", 1)[0] in compose()["volumes"]  # a named volume, not the container
+
+
 def test_the_gateway_is_built_from_the_dockerfile():
     build = gateway()["build"]
     context = (DEPLOY / build["context"]).resolve()
