@@ -58,6 +58,9 @@ def serve(args: argparse.Namespace) -> int:
     )
     try:
         DrainingServer(config, app).run()
+    except KeyboardInterrupt:
+        # Ctrl-C: uvicorn has shut down gracefully, then re-raised the signal it captured.
+        return 0
     except SystemExit:  # uvicorn's exit when the application did not start
         refused = getattr(app.state, "start_refused", None)
         if refused is None:

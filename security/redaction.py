@@ -207,13 +207,17 @@ _IP_CANDIDATE = re.compile(
 
 
 def hash_ips(text: str, key: bytes) -> str:
-    """Replace every IPv4 or IPv6 address in ``text`` by ``ip-`` and its :func:`hash_ip`."""
+    """Replace every IPv4 or IPv6 address in ``text`` by ``ip-`` and its :func:`hash_ip`.
+    Loopback and unspecified addresses (``127.0.0.1``, ``0.0.0.0``, ``::``) identify no one:
+    they stay readable (e.g. the address the server listens on)."""
 
     def replace(match: re.Match[str]) -> str:
         candidate = match[0]
         try:
-            ipaddress.ip_address(candidate)
+            address = ipaddress.ip_address(candidate)
         except ValueError:
+            return candidate
+        if address.is_loopback or address.is_unspecified:
             return candidate
         return "ip-" + hash_ip(candidate, key)
 

@@ -75,10 +75,11 @@ def findings(line: str) -> list[str]:
     found.extend(f"email {m}" for m in _EMAIL.findall(line) if m.lower() not in EMAILS)
     for candidate in _IPV4.findall(line):
         try:
-            ipaddress.ip_address(candidate)
+            address = ipaddress.ip_address(candidate)
         except ValueError:
             continue
-        found.append(f"IP {candidate}")
+        if not (address.is_loopback or address.is_unspecified):  # those identify no one
+            found.append(f"IP {candidate}")
     return found
 
 

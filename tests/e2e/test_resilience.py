@@ -157,3 +157,13 @@ async def test_the_drain_deadline_ends_remaining_calls_cleanly(serve_drain_1, re
     assert requests[-1].carrier == "twilio"
     async with asyncio.timeout(20 * UNIT):
         assert await process.proc.wait() in (0, -signal.SIGTERM), process.output()
+
+
+async def test_ctrl_c_shuts_down_cleanly_without_a_traceback(serve_drain_1):
+    process, _ = serve_drain_1
+    process.proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(20 * UNIT):
+        code = await process.proc.wait()
+    assert code == 0, process.output()
+    assert "Traceback" not in process.output()
+    assert "KeyboardInterrupt" not in process.output()

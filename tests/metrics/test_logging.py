@@ -167,11 +167,14 @@ def test_configure_writes_to_stdout_by_default(restore_logging, capsys):
     assert isinstance(handler, logging.StreamHandler)
     assert handler.stream is sys.stdout
     logging.getLogger("uvicorn.error").info("Uvicorn running on http://127.0.0.1:8000")
+    logging.getLogger("uvicorn.error").info("peer 198.51.100.4:4431 went away")
     logging.getLogger("uvicorn.access").info("dropped: access lines are not logged")
     out = capsys.readouterr().out.splitlines()
-    (line,) = [orjson.loads(x) for x in out]
-    assert line["logger"] == "uvicorn.error"
-    assert line["event"] == f"Uvicorn running on http://ip-{hash_ip('127.0.0.1', KEY)}:8000"
+    first, second = [orjson.loads(x) for x in out]
+    assert first["logger"] == "uvicorn.error"
+    # The listen address identifies no one; a client's address is hashed.
+    assert first["event"] == "Uvicorn running on http://127.0.0.1:8000"
+    assert second["event"] == f"peer ip-{hash_ip('198.51.100.4', KEY)}:4431 went away"
 
 
 def test_configure_honours_the_level(restore_logging):

@@ -43,6 +43,7 @@ def test_findings_in_clear(line):
         '{"event": "peer ip-0123456789abcdef:5000"}',
         '{"ts": "2026-11-22T10:00:00.123Z", "duration_s": 12.5, "version": "2.42.0"}',
         '{"call_id": "CA0123456789abcdef0123456789abcdef", "release": "voicegw@0.1.0"}',
+        '{"event": "Uvicorn running on http://127.0.0.1:8000, also 0.0.0.0:8000"}',
     ],
 )
 def test_no_findings_in_redacted_lines(line):
@@ -55,7 +56,7 @@ def test_the_gateway_formatter_output_has_no_findings():
     record = logging.makeLogRecord(
         {
             "msg": "call %s <%s> from %s",
-            "args": ("+15550100001", "alice@example.com", "127.0.0.1"),
+            "args": ("+15550100001", "alice@example.com", "192.0.2.77"),
             "levelname": "INFO",
             "to": "+15550100002",
         }

@@ -169,9 +169,9 @@ def test_redact_leaves_talk_about_credentials(text):
     [
         ("from 192.0.2.1", ["192.0.2.1"]),
         ("peer 192.0.2.1:51234 said", ["192.0.2.1"]),
-        ("('127.0.0.1', 8000) - WebSocket", ["127.0.0.1"]),
+        ("('203.0.113.9', 8000) - WebSocket", ["203.0.113.9"]),
         ("end of sentence 198.51.100.7.", ["198.51.100.7"]),
-        ("v6 [2001:db8::1]:443 and ::1", ["2001:db8::1", "::1"]),
+        ("v6 [2001:db8::1]:443 and 2001:db8::2", ["2001:db8::1", "2001:db8::2"]),
         ("mapped ::ffff:192.0.2.1 too", ["::ffff:192.0.2.1"]),
         (
             "full 2001:0db8:0000:0000:0000:ff00:0042:8329",
@@ -196,6 +196,10 @@ def test_hash_ips_replaces_every_address(text, addresses):
         "999.1.1.1 is no address",
         "sid CA1234567890abcdef1234567890abcdef",
         "ratio 0.25",
+        # Loopback and unspecified addresses identify no one (the server's own bind address).
+        "Uvicorn running on http://127.0.0.1:8000",
+        "listening on 0.0.0.0:8000 and [::]:8000",
+        "connected to ::1 port 6379",
     ],
 )
 def test_hash_ips_leaves_other_text(text):
