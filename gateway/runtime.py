@@ -88,7 +88,7 @@ DAY_S: Final = 86400.0
 # Tasks that loop for the runtime's life (or retry until Redis returns): stop() cancels them
 # rather than waiting for them to finish.
 BACKGROUND_LOOPS: Final = frozenset(
-    {"heartbeat", "retention", "end-call", "key-inventory", "audit-verify"}
+    {"heartbeat", "retention", "end-call", "set-provider", "key-inventory", "audit-verify"}
 )
 
 
@@ -575,9 +575,26 @@ class Runtime:
             if provider != call.provider:
                 if after is None:  # moved at set-up; the Bridge counts mid-call moves
                     FAILOVERS.labels(call.provider, provider).inc()
-                await self.registry.set_provider(call.call_id, provider)
+                await self._set_provider(call, provider)
             return session
         return None
+
+    async def _set_provider(self, call: Call, provider: str) -> None:
+        """Record the call's new provider in the registry. While shared state is down the call
+        goes on with its new provider and the registry is updated once Redis answers."""
+        try:
+            await self.registry.set_provider(call.call_id, provider)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning(
+                "call's provider not updated in the registry yet",
+                extra={"call_id": call.call_id, "error": type(exc).__name__},
+            )
+            self.spawn(
+                self._when_registry_answers(
+                    call, lambda: self.registry.set_provider(call.call_id, provider)
+                ),
+                "set-provider",
+            )
 
     async def provider_failed(self, provider: str, error: str) -> None:
         """A live session of ``provider`` died mid-call: count it against its breaker."""
@@ -676,18 +693,32 @@ class Runtime:
                 "call not ended in the registry yet",
                 extra={"call_id": call.call_id, "error": type(exc).__name__},
             )
-            self.spawn(self._end_call_later(call, reason), "end-call")
+            self.spawn(
+                self._when_registry_answers(call, lambda: self.end_call(call, reason)), "end-call"
+            )
 
-    async def _end_call_later(self, call: Call, reason: str) -> None:
+    async def _when_registry_answers(
+        self, call: Call, update: Callable[[], Awaitable[object]]
+    ) -> None:
+        """Retry a registry ``update`` that failed while shared state was down, backing off
+        from ``END_RETRY_S[0]`` to ``END_RETRY_S[1]``, until it succeeds or is moot."""
         delay, longest = END_RETRY_S
         while True:
             await asyncio.sleep(delay)
             try:
-                await self.end_call(call, reason)
-            except (RedisError, OSError, TimeoutError, CallError):
+                await update()
+            except (RedisError, OSError, TimeoutError):
                 delay = min(delay * 2, longest)
+            except CallError as exc:
+                # Moot now: the call has ended or its record expired (an outage longer than
+                # VOICEGW_CALL_TTL_S). Nothing left to update.
+                log.info(
+                    "call registry update dropped",
+                    extra={"call_id": call.call_id, "error": type(exc).__name__},
+                )
+                return
             else:
-                log.info("call ended in the registry", extra={"call_id": call.call_id})
+                log.info("call registry updated", extra={"call_id": call.call_id})
                 return
 
     def stop_bridge(self, call: Call) -> None:

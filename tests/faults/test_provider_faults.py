@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 
 import pytest
 
@@ -144,3 +145,45 @@ async def test_twenty_calls_when_the_provider_resets_them_all_mid_call(make_gate
     assert openai_fake.connection_count == connections
     await hang_up(gw, legs + later)
     print(f"\nreset mid-call: {CALLS} calls, {CALLS} failed over and kept talking, 0 dropped")
+
+
+async def test_calls_fail_over_while_redis_is_down(make_gateway, openai_fake, redis_server):
+    """The provider resets every call while shared state is down: each call still moves to
+    the fallback and talks on (breakers use their in-process fallback; the registry learns
+    the new provider once Redis answers)."""
+    calls = 5
+    gw = await make_gateway("openai,echo", VOICEGW_REDIS_URL=redis_server.url())
+    legs = await place_calls(gw, calls)
+    await talk(legs, 10)
+    assert await providers_of(gw, legs) == {"openai"}
+    failovers = metric(FAILOVERS, from_provider="openai", to_provider="echo")
+
+    await asyncio.to_thread(redis_server.stop, signal.SIGKILL)
+    try:
+        for connection in list(openai_fake.connections):
+            connection.transport.abort()
+        await eventually(
+            lambda: (
+                metric(FAILOVERS, from_provider="openai", to_provider="echo") - failovers == calls
+            ),
+            10 * UNIT,
+            "every call failed over",
+        )
+        await talk(legs, 25)
+        assert all(leg.close_code is None for leg in legs)
+    finally:
+        await asyncio.to_thread(redis_server.start)
+
+    # Once Redis answers, the registry shows where the calls went.
+    async def moved() -> bool:
+        with contextlib.suppress(Exception):
+            return await providers_of(gw, legs) == {"echo"}
+        return False
+
+    deadline = asyncio.get_running_loop().time() + 15 * UNIT
+    while not await moved():
+        assert asyncio.get_running_loop().time() < deadline, "registry not updated"
+        await asyncio.sleep(0.1)
+    await talk(legs, 10)
+    await hang_up(gw, legs)
+    print(f"\nfailover during a Redis outage: {calls} of {calls} calls moved and kept talking")
