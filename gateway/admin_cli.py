@@ -159,8 +159,10 @@ def register(
     roles = [r.value for r in Role]
     factory = store_factory or _sqlite_store
 
-    def bind(p: argparse.ArgumentParser, fn: Command) -> None:
-        p.set_defaults(func=lambda args: _run(args, fn, factory))
+    def bind(p: argparse.ArgumentParser, fn: Command, action: str | None = None) -> None:
+        """``action``: the audit action of a command that changes something (its failure is
+        recorded too); commands that only read record nothing."""
+        p.set_defaults(func=lambda args: _run(args, fn, factory), audit_action=action)
 
     users = subparsers.add_parser("users", help="operator accounts")
     usub = users.add_subparsers(dest="what", required=True)
@@ -168,43 +170,43 @@ def register(
     p.add_argument("name")
     p.add_argument("--role", choices=roles, required=True)
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    bind(p, _users_add)
+    bind(p, _users_add, "user.create")
     p = usub.add_parser("list", help="list users")
     bind(p, _users_list)
     p = usub.add_parser("disable", help="disable a user (their sessions stop working)")
     p.add_argument("name")
     p.add_argument("--enable", action="store_true", help="enable again instead")
-    bind(p, _users_disable)
+    bind(p, _users_disable, "user.disable")
     p = usub.add_parser("passwd", help="set a user's password (ends their sessions)")
     p.add_argument("name")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    bind(p, _users_passwd)
+    bind(p, _users_passwd, "user.password")
 
     keys = subparsers.add_parser("apikeys", help="service API keys")
     ksub = keys.add_subparsers(dest="what", required=True)
     p = ksub.add_parser("create", help="create a key (printed once)")
     p.add_argument("--name", required=True)
     p.add_argument("--role", choices=roles, required=True)
-    bind(p, _keys_create)
+    bind(p, _keys_create, "apikey.create")
     p = ksub.add_parser("list", help="list keys (ids, never secrets)")
     bind(p, _keys_list)
     p = ksub.add_parser("revoke", help="revoke a key at once")
     p.add_argument("key_id")
-    bind(p, _keys_revoke)
+    bind(p, _keys_revoke, "apikey.revoke")
     p = ksub.add_parser("rotate", help="replace a key; the old one works for the grace period")
     p.add_argument("key_id")
-    bind(p, _keys_rotate)
+    bind(p, _keys_rotate, "apikey.rotate")
 
     signing = subparsers.add_parser("keys", help="session signing keys")
     ssub = signing.add_subparsers(dest="what", required=True)
     p = ssub.add_parser("rotate", help="new signing key; the old one verifies until its tokens end")
     p.add_argument("--file", type=Path, default=None, help="key file (default: from settings)")
-    p.set_defaults(func=_keys_rotate_signing)
+    bind(p, _keys_rotate_signing, "signing_key.rotate")
     p = ssub.add_parser(
         "rotate-data", help="re-encrypt stored phone numbers with the active data key"
     )
     p.add_argument("--batch", type=int, default=500)
-    bind(p, _rotate_data)
+    bind(p, _rotate_data, "data_key.reencrypt")
 
     audit = subparsers.add_parser("audit", help="the audit trail")
     asub = audit.add_subparsers(dest="what", required=True)
@@ -231,6 +233,12 @@ async def _rotate_data(args: argparse.Namespace, store: Store) -> int:
     settings: Settings = args.settings
     keyring, _ = load_data_keys(settings)
     changed = await rotate_data(store, keyring, args.batch)
+    await _audit(
+        args,
+        entity_type="data_key",
+        entity_id=keyring.active_key_id,
+        detail={"records": changed},
+    )
     print(f"re-encrypted {changed} call records with key {keyring.active_key_id}")
     return 0
 
@@ -238,15 +246,11 @@ async def _rotate_data(args: argparse.Namespace, store: Store) -> int:
 async def _audit_verify(args: argparse.Namespace, store: Store) -> int:
     from nacl.signing import VerifyKey
 
-    from gateway.auth import signing_ring
     from gateway.compliance.evidence import verify_and_record
+    from gateway.runtime import settings_signing_ring
 
     settings: Settings = args.settings
-    ring = signing_ring(
-        settings.data_dir,
-        key_file=settings.signing_key_file,
-        seeds=settings.signing_keys.get().split(",") if settings.signing_keys else (),
-    )
+    ring = settings_signing_ring(settings)
     # The result is kept as the chain's last verification (compliance evidence).
     result = await verify_and_record(store, (VerifyKey(key.public_raw) for key in ring.keys()))
     if result.ok:
@@ -271,7 +275,13 @@ def _run(
         store = factory(settings)
         await store.open()
         try:
-            return await fn(args, store)
+            args.store = store
+            try:
+                return await fn(args, store)
+            except AdminError as exc:
+                if args.audit_action:
+                    await _audit(args, "failure", detail={"reason": str(exc)[:120]})
+                raise
         finally:
             await store.close()
 
@@ -280,6 +290,37 @@ def _run(
     except AdminError as exc:
         print(f"voicegw: {exc}", file=sys.stderr)
         return 1
+
+
+def _actor() -> str:
+    """Who ran the command: ``cli:`` and the operating-system user."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no user name (a container without a passwd entry)
+        return "cli"
+
+
+async def _audit(
+    args: argparse.Namespace,
+    outcome: str = "success",
+    *,
+    entity_type: str | None = None,
+    entity_id: str | None = None,
+    detail: dict[str, str | int | None] | None = None,
+) -> None:
+    """Record the running command in the audit trail (never a password or key secret).
+    The auditor is opened here, after the command: ``keys rotate`` must find the key file as
+    the command found it, and a new key signs the checkpoints from then on."""
+    from gateway.runtime import open_auditor
+
+    await open_auditor(args.settings, args.store).record(
+        args.audit_action,
+        outcome,
+        actor=_actor(),
+        entity_type=entity_type,
+        entity_id=entity_id,
+        detail=detail,
+    )
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -296,6 +337,9 @@ def _read_password(args: argparse.Namespace) -> str:
 
 async def _users_add(args: argparse.Namespace, store: Store) -> int:
     user = await add_user(store, PasswordHasher(), args.name, Role(args.role), _read_password(args))
+    await _audit(
+        args, entity_type="user", entity_id=user.username, detail={"role": user.role.value}
+    )
     print(f"added {user.username} ({user.role.value})")
     return 0
 
@@ -310,18 +354,28 @@ async def _users_list(args: argparse.Namespace, store: Store) -> int:
 
 async def _users_disable(args: argparse.Namespace, store: Store) -> int:
     user = await set_disabled(store, args.name, not args.enable)
+    await _audit(
+        args, entity_type="user", entity_id=user.username, detail={"disabled": user.disabled}
+    )
     print(f"{user.username} {'disabled' if user.disabled else 'enabled'}")
     return 0
 
 
 async def _users_passwd(args: argparse.Namespace, store: Store) -> int:
     user = await set_password(store, PasswordHasher(), args.name, _read_password(args))
+    await _audit(args, entity_type="user", entity_id=user.username)
     print(f"password of {user.username} changed; their sessions have ended")
     return 0
 
 
 async def _keys_create(args: argparse.Namespace, store: Store) -> int:
     new, record = await create_api_key(store, args.name, Role(args.role))
+    await _audit(
+        args,
+        entity_type="api_key",
+        entity_id=record.key_id,
+        detail={"name": record.name, "role": record.role.value},
+    )
     print(f"created API key {record.key_id} ({record.role.value}); shown once:", file=sys.stderr)
     print(new.token)
     return 0
@@ -344,12 +398,19 @@ async def _keys_list(args: argparse.Namespace, store: Store) -> int:
 
 async def _keys_revoke(args: argparse.Namespace, store: Store) -> int:
     key = await revoke_api_key(store, args.key_id)
+    await _audit(args, entity_type="api_key", entity_id=key.key_id)
     print(f"revoked API key {key.key_id}")
     return 0
 
 
 async def _keys_rotate(args: argparse.Namespace, store: Store) -> int:
     new, record, old = await rotate_api_key(store, args.key_id, _key_policy(args.settings))
+    await _audit(
+        args,
+        entity_type="api_key",
+        entity_id=record.key_id,
+        detail={"replaces": old.key_id, "old_expires_at": _when(old.expires_at)},
+    )
     print(
         f"new API key {record.key_id} replaces {old.key_id}, which works until "
         f"{_when(old.expires_at)}; shown once:",
@@ -359,11 +420,12 @@ async def _keys_rotate(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-def _keys_rotate_signing(args: argparse.Namespace) -> int:
-    settings = _settings()
+async def _keys_rotate_signing(args: argparse.Namespace, store: Store) -> int:
+    settings: Settings = args.settings
     path = args.file or settings.signing_key_file or default_path(settings.data_dir)
     ttl = settings.session_ttl_s
     key = rotate(Path(path), ttl)
+    await _audit(args, entity_type="signing_key", entity_id=key.kid)
     print(f"new signing key {key.kid} in {path}; the previous one verifies for {ttl} s more")
     return 0
 

@@ -71,6 +71,7 @@ from security.replay import (
     ReplayCache,
 )
 from security.signatures import TelnyxSignatureVerifier, TwilioSignatureVerifier
+from security.signing_keys import KeyRing as SigningKeyRing
 from security.streamtokens import InProcessStreamTokens, RedisStreamTokens, StreamTokens
 from security.webhooks import Carrier, CarrierPolicy, WebhookPipeline
 
@@ -164,25 +165,36 @@ def auth_config(settings: Settings) -> AuthConfig:
     )
 
 
+def settings_signing_ring(settings: Settings) -> SigningKeyRing:
+    """The session signing keys: from ``VOICEGW_SIGNING_KEY``, its key file, or the data dir."""
+    return signing_ring(
+        settings.data_dir,
+        key_file=settings.signing_key_file,
+        seeds=settings.signing_keys.get().split(",") if settings.signing_keys else (),
+    )
+
+
+def open_auditor(settings: Settings, store: Store, ring: SigningKeyRing | None = None) -> Auditor:
+    """The audit trail's writer: events chained in ``store``, checkpoints signed with the
+    active session signing key (the gateway and the admin commands write the same chain)."""
+    active = (ring or settings_signing_ring(settings)).active
+    checkpoint_key = (
+        None if active.private is None else NaclSigningKey(active.private.private_bytes_raw())
+    )
+    return Auditor(
+        store,
+        HashChainer(checkpoint_key, key_id=active.kid),
+        ip_hash_key=load_ip_hash_key(settings.data_dir),
+    )
+
+
 async def _open_durable(settings: Settings, redis: aioredis.Redis | None) -> _Durable:
     """The store (migrated), data keys, audit trail and operator sessions."""
     store = open_store(settings)
     await store.open()
     data_keys, blind_index = load_data_keys(settings)
-    ring = signing_ring(
-        settings.data_dir,
-        key_file=settings.signing_key_file,
-        seeds=settings.signing_keys.get().split(",") if settings.signing_keys else (),
-    )
-    active = ring.active
-    checkpoint_key = (
-        None if active.private is None else NaclSigningKey(active.private.private_bytes_raw())
-    )
-    auditor = Auditor(
-        store,
-        HashChainer(checkpoint_key, key_id=active.kid),
-        ip_hash_key=load_ip_hash_key(settings.data_dir),
-    )
+    ring = settings_signing_ring(settings)
+    auditor = open_auditor(settings, store, ring)
     auth = AuthRuntime.build(
         auth_config(settings),
         ring=ring,

@@ -50,9 +50,13 @@ async def report_of_settings(
 ) -> Report:
     """The report of the deployment ``settings`` configure, from its store (opened and closed
     here) and, when configured, its Redis (for the keys' first-seen times)."""
-    from gateway.auth import signing_ring
     from gateway.review.inventory import key_inventory
-    from gateway.runtime import REDIS_TIMEOUT_S, load_data_keys, open_store
+    from gateway.runtime import (
+        REDIS_TIMEOUT_S,
+        load_data_keys,
+        open_store,
+        settings_signing_ring,
+    )
 
     store = open_store(settings)
     await store.open()
@@ -68,11 +72,7 @@ async def report_of_settings(
     try:
         inventory: KeyInventory | None
         try:
-            ring = signing_ring(
-                settings.data_dir,
-                key_file=settings.signing_key_file,
-                seeds=settings.signing_keys.get().split(",") if settings.signing_keys else (),
-            )
+            ring = settings_signing_ring(settings)
             inventory = await key_inventory(
                 settings,
                 signing=ring,

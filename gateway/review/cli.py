@@ -16,7 +16,7 @@ import sys
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.auth import AuthRuntime, signing_ring
+from gateway.auth import AuthRuntime
 from gateway.review.checks import review
 from gateway.review.facts import REDIS_PROBE_S, Facts, collect_facts, loose_paths
 from gateway.review.model import Report
@@ -31,7 +31,7 @@ async def review_settings(settings: Settings) -> Report:
 async def settings_facts(settings: Settings) -> Facts:
     """The facts of a gateway with ``settings``: its store, key rings, Redis and session
     code opened the way ``Runtime.start`` opens them, then closed again."""
-    from gateway.runtime import auth_config, load_data_keys, open_store
+    from gateway.runtime import auth_config, load_data_keys, open_store, settings_signing_ring
 
     # Opening the store tightens the modes of the directory and database file: look first.
     before = await asyncio.to_thread(loose_paths, settings.data_dir)
@@ -48,11 +48,7 @@ async def settings_facts(settings: Settings) -> Facts:
     )
     try:
         data_keys, _ = load_data_keys(settings)
-        ring = signing_ring(
-            settings.data_dir,
-            key_file=settings.signing_key_file,
-            seeds=settings.signing_keys.get().split(",") if settings.signing_keys else (),
-        )
+        ring = settings_signing_ring(settings)
         auth = AuthRuntime.build(
             auth_config(settings),
             ring=ring,

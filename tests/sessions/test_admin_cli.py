@@ -151,3 +151,78 @@ def test_password_hasher() -> None:
     for junk in ("", "scrypt$", "bcrypt$x$y$z", "scrypt$ln=40,r=8,p=1$AA$AA", encoded + "$"):
         assert not hasher.verify("x", junk)
     assert hasher.verify_dummy("anything") is False
+
+
+def audit_events(tmp_path: Path) -> list[tuple[str, str, str, str | None, dict[str, object]]]:
+    """(action, outcome, actor, entity id, detail) of every audit event, oldest first."""
+
+    async def read() -> list[tuple[str, str, str, str | None, dict[str, object]]]:
+        store = SqliteStore(tmp_path / "data" / "voicegw.sqlite3")
+        await store.open()
+        try:
+            events = await store.iter_audit(0, 1000)
+        finally:
+            await store.close()
+        return [
+            (e.action, e.outcome, e.actor, e.entity_id, dict(e.detail))
+            for e in events
+            if e.action != "audit.checkpoint"
+        ]
+
+    return asyncio.run(read())
+
+
+def test_every_change_from_the_command_line_is_audited(  # type: ignore[no-untyped-def]
+    voicegw, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("getpass.getuser", lambda: "root")
+    password = "a long enough password"
+    assert (
+        voicegw("users", "add", "ada", "--role", "admin", "--password-stdin", stdin=password) == 0
+    )
+    assert (
+        voicegw("users", "add", "ada", "--role", "admin", "--password-stdin", stdin=password) == 1
+    )
+    assert voicegw("users", "disable", "ada") == 0
+    assert voicegw("users", "disable", "ada", "--enable") == 0
+    assert voicegw("users", "passwd", "ada", "--password-stdin", stdin=password + "!") == 0
+    assert voicegw("users", "list") == 0  # reads are not audited
+    assert voicegw("apikeys", "create", "--name", "billing", "--role", "operator") == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    key_id, _ = apikeys.parse(token) or ("", "")
+    assert voicegw("apikeys", "rotate", key_id) == 0
+    new_token = capsys.readouterr().out.strip()
+    new_id, _ = apikeys.parse(new_token) or ("", "")
+    assert voicegw("apikeys", "revoke", key_id) == 0
+    assert voicegw("apikeys", "list") == 0
+    assert voicegw("keys", "rotate") == 0
+
+    events = audit_events(tmp_path)
+    assert [(action, outcome, entity) for action, outcome, _, entity, _ in events] == [
+        ("user.create", "success", "ada"),
+        ("user.create", "failure", None),
+        ("user.disable", "success", "ada"),
+        ("user.disable", "success", "ada"),
+        ("user.password", "success", "ada"),
+        ("apikey.create", "success", key_id),
+        ("apikey.rotate", "success", new_id),
+        ("apikey.revoke", "success", key_id),
+        ("signing_key.rotate", "success", events[-1][3]),
+    ]
+    assert {actor for _, _, actor, _, _ in events} == {"cli:root"}
+    details = [detail for *_, detail in events]
+    assert details[0] == {"role": "admin"}
+    assert "exists" in str(details[1]["reason"])
+    assert [details[2]["disabled"], details[3]["disabled"]] == [True, False]
+    assert details[5] == {"name": "billing", "role": "operator"}
+    assert details[6]["replaces"] == key_id
+    # Never a password or a key secret in the trail.
+    trail = json.dumps(events)
+    secrets = [password, token, new_token]
+    secrets += [part for t in (token, new_token) for part in (apikeys.parse(t) or ())[1:]]
+    for secret in secrets:
+        assert secret not in trail
+    # The chain the commands extended verifies.
+    capsys.readouterr()
+    assert voicegw("audit", "verify") == 0
+    assert capsys.readouterr().out.startswith("audit trail intact: 9 events")
