@@ -63,6 +63,7 @@ from security.crypto import BlindIndex, KeyRing, load_or_create_dev_keys
 from security.exceptions import Rejection, StateUnavailable
 from security.lockout import LockoutPolicy
 from security.ratelimit import FallbackLimiter, InProcessLimiter, Limiter, RedisLimiter
+from security.refresh import gauge_live_sessions
 from security.replay import (
     Degradation,
     FallbackReplayCache,
@@ -89,7 +90,15 @@ DAY_S: Final = 86400.0
 # Tasks that loop for the runtime's life (or retry until Redis returns): stop() cancels them
 # rather than waiting for them to finish.
 BACKGROUND_LOOPS: Final = frozenset(
-    {"heartbeat", "retention", "end-call", "set-provider", "key-inventory", "audit-verify"}
+    {
+        "heartbeat",
+        "retention",
+        "end-call",
+        "set-provider",
+        "key-inventory",
+        "audit-verify",
+        "sessions-gauge",
+    }
 )
 
 
@@ -366,6 +375,7 @@ class Runtime:
                 raise
         runtime.spawn(sweeper.run(RETENTION_INTERVAL_S), "retention")
         runtime.spawn(watch_keys(runtime), "key-inventory")
+        runtime.spawn(gauge_live_sessions(durable.auth.families), "sessions-gauge")
         runtime.spawn(verify_periodically(durable.store, runtime.audit_verify_keys), "audit-verify")
         for provider in settings.providers:
             breakers.get(provider)  # listed in /readyz from the start

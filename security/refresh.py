@@ -17,6 +17,7 @@ keys hash-tagged by family so the script also runs on Redis Cluster.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import hmac
@@ -29,6 +30,7 @@ from typing import Final, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from metrics.registry import SESSIONS_ACTIVE
 from security.exceptions import StateUnavailable
 from security.replay import REDIS_TIMEOUT_S, Clock
 
@@ -100,6 +102,10 @@ class RefreshFamilies(Protocol):
 
     async def revoke_user(self, user: str) -> list[Family]:
         """Revoke every live family of ``user``; returns them."""
+        ...
+
+    async def count_live(self) -> int:
+        """How many families are live (operator sessions), across every replica."""
         ...
 
 
@@ -175,6 +181,11 @@ class InProcessRefreshFamilies:
                 revoked.append(family)
         return revoked
 
+    async def count_live(self) -> int:
+        now = self._clock()
+        self._prune(now)
+        return sum(1 for state in self._families.values() if not state.revoked)
+
     def _prune(self, now: float) -> None:
         for state in [s for s in self._families.values() if s.family.expires_at <= now]:
             self._forget(state.family)
@@ -244,6 +255,10 @@ class RedisRefreshFamilies:
     def _used_key(self, family_id: str) -> str:
         return f"{self._prefix}rt:{{{family_id}}}:used"
 
+    def _live_key(self) -> str:
+        """Sorted set of the live families' ids, scored by expiry: for ``count_live``."""
+        return f"{self._prefix}rtlive"
+
     def _user_key(self, user: str) -> str:
         return f"{self._prefix}rtu:{hashlib.sha256(user.encode()).hexdigest()[:32]}"
 
@@ -270,6 +285,9 @@ class RedisRefreshFamilies:
                     pipe.sadd(self._user_key(user), family.family_id)
                     pipe.expireat(self._user_key(user), expire_at, gt=True)
                     pipe.expireat(self._user_key(user), expire_at, nx=True)
+                    pipe.zadd(self._live_key(), {family.family_id: family.expires_at})
+                    pipe.expireat(self._live_key(), expire_at, gt=True)
+                    pipe.expireat(self._live_key(), expire_at, nx=True)
                     await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable("refresh store unavailable") from exc
@@ -297,6 +315,7 @@ class RedisRefreshFamilies:
         )
         if outcome is Outcome.ROTATED:
             return Rotation(outcome, family, f"{family_id}.{new_secret}")
+        await self._not_live(family_id)  # reused: the script revoked the family
         return Rotation(outcome, family)
 
     async def get(self, family_id: str) -> Family | None:
@@ -321,9 +340,29 @@ class RedisRefreshFamilies:
                 )
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable("refresh store unavailable") from exc
+        await self._not_live(family_id)
         if not result:
             return None
         return Family(family_id, _text(result[0]), float(result[1]), float(result[2]))
+
+    async def _not_live(self, family_id: str) -> None:
+        """Take a revoked family out of the live count. The revocation has happened: if this
+        fails, the family is counted until it expires, and nothing else is affected."""
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(self._timeout_s):
+                await self._client.zrem(self._live_key(), family_id)
+
+    async def count_live(self) -> int:
+        now = self._clock()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.zremrangebyscore(self._live_key(), "-inf", now)
+                    pipe.zcard(self._live_key())
+                    _, live = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StateUnavailable("refresh store unavailable") from exc
+        return int(live)
 
     async def revoke_user(self, user: str) -> list[Family]:
         try:
@@ -337,6 +376,16 @@ class RedisRefreshFamilies:
             if family is not None and family.user == user:
                 revoked.append(family)
         return revoked
+
+
+async def gauge_live_sessions(families: RefreshFamilies, every_s: float = 15.0) -> None:
+    """Keep ``voicegw_sessions_active`` at the live-session count, every ``every_s`` seconds,
+    until cancelled. The count is global (every replica reports the same figure: take the
+    max, not the sum); while the store is unavailable the last figure stays."""
+    while True:
+        with contextlib.suppress(StateUnavailable):
+            SESSIONS_ACTIVE.set(await families.count_live())
+        await asyncio.sleep(every_s)
 
 
 def _text(value: bytes | str) -> str:

@@ -30,10 +30,9 @@ FORGED = base64.b64encode(bytes(20)).decode()  # well-formed HMAC-SHA1 length, w
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
 
-# Operator sessions are counted per replica only by failures; an active-session gauge needs a
-# count across replicas (Redis) and is defined but not yet set. Authentication failures are
-# counted when a request fails authentication, which this call does not do.
-NOT_YET_UPDATED = frozenset({"voicegw_sessions_active", "voicegw_auth_failures"})
+# Authentication failures are counted when a request fails authentication, which this call
+# does not do.
+NOT_YET_UPDATED = frozenset({"voicegw_auth_failures"})
 # Updated only on faults: Redis failing (tests/security/test_replay.py, test_ratelimit.py), an
 # audit flood (tests/security/test_audit.py).
 FAULT_ONLY = frozenset({"voicegw_state_fallback", "voicegw_audit_events_suppressed"})

@@ -147,6 +147,57 @@ async def test_revoke_and_revoke_user(families: RefreshFamilies) -> None:
     assert (await families.rotate(b1)).outcome is Outcome.ROTATED
 
 
+async def test_live_sessions_are_counted(
+    families: RefreshFamilies,
+    clock: FakeClock,
+    state_redis: aioredis.Redis | None,
+    redis_prefix: str,
+) -> None:
+    assert await families.count_live() == 0
+    _, fa1 = await families.create("ada", DAY)
+    await families.create("ada", 2 * DAY)  # expires after two days
+    b1, _ = await families.create("bob", 3 * DAY)
+    assert await families.count_live() == 3
+    rotated = await families.rotate(b1)  # a rotation is the same session
+    assert rotated.token is not None and await families.count_live() == 3
+    assert (await families.rotate(b1)).outcome is Outcome.REUSED  # the family is revoked
+    assert await families.count_live() == 2
+    await families.revoke(fa1.family_id)
+    assert await families.count_live() == 1
+    clock.now += 2 * DAY + 1  # fa2 has expired
+    assert await families.count_live() == 0
+    if state_redis is not None:  # another replica (another client) counts the same
+        other = RedisRefreshFamilies(state_redis, redis_prefix, clock=clock)
+        await families.create("cy", DAY)
+        assert await other.count_live() == 1
+
+
+async def test_the_gauge_follows_the_count(families: RefreshFamilies) -> None:
+    from metrics.registry import REGISTRY
+    from security.refresh import gauge_live_sessions
+
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("voicegw_sessions_active")
+
+    await families.create("ada", DAY)
+    await families.create("bob", DAY)
+    task = asyncio.create_task(gauge_live_sessions(families, every_s=0.01))
+    try:
+        for _ in range(200):
+            if gauge() == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert gauge() == 2
+        await families.revoke_user("ada")
+        for _ in range(200):
+            if gauge() == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert gauge() == 1
+    finally:
+        task.cancel()
+
+
 async def test_redis_stores_only_hashes_with_ttl(
     redis_clean: aioredis.Redis, redis_prefix: str, clock: FakeClock
 ) -> None:
