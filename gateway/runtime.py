@@ -41,6 +41,7 @@ from gateway.compliance.rejections import RejectionLedger
 from gateway.devkeys import ensure_data_dir
 from gateway.errors import CloseCode, StreamRefused
 from gateway.fallback import fallback_audio
+from gateway.orphans import close_orphans_periodically
 from gateway.privacy import RetentionPeriods, RetentionSweeper, seal_numbers
 from gateway.recording import RecordingWriter, delete_recording_file
 from gateway.review.inventory import watch_keys
@@ -98,6 +99,7 @@ BACKGROUND_LOOPS: Final = frozenset(
         "key-inventory",
         "audit-verify",
         "sessions-gauge",
+        "orphans",
     }
 )
 
@@ -376,6 +378,10 @@ class Runtime:
         runtime.spawn(sweeper.run(RETENTION_INTERVAL_S), "retention")
         runtime.spawn(watch_keys(runtime), "key-inventory")
         runtime.spawn(gauge_live_sessions(durable.auth.families), "sessions-gauge")
+        runtime.spawn(
+            close_orphans_periodically(durable.store, registry, older_than_s=settings.call_ttl_s),
+            "orphans",
+        )
         runtime.spawn(verify_periodically(durable.store, runtime.audit_verify_keys), "audit-verify")
         for provider in settings.providers:
             breakers.get(provider)  # listed in /readyz from the start

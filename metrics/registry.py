@@ -169,6 +169,11 @@ AUDIT_SUPPRESSED = Counter(
     ["action"],
     registry=REGISTRY,
 )
+ORPHANS_CLOSED = Counter(
+    "voicegw_orphaned_calls_closed_total",
+    "Call records closed after the process that held the call was lost (no end seen)",
+    registry=REGISTRY,
+)
 RETENTION_DELETED = Counter(
     "voicegw_retention_deleted_total",
     "Records deleted by the retention sweeper",

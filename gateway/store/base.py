@@ -219,6 +219,13 @@ class Store(Protocol):
         ...
 
     async def delete_calls_before(self, cutoff: float, limit: int) -> list[CallRecord]: ...
+    async def open_calls(
+        self, started_before: float, limit: int, *, after: float | None = None
+    ) -> list[CallRecord]:
+        """Records without an end time that started before ``started_before`` (and after
+        ``after``: the page cursor), oldest first."""
+        ...
+
     async def calls_with_key(self, key_id: str, limit: int) -> list[CallRecord]: ...
     async def count_calls_by_key(self) -> dict[str, int]: ...  # key id -> calls using it
     async def reencrypt_call(

@@ -182,6 +182,12 @@ _V2_COMMON = [
     ),
 ]
 
+# Records left without an end time (their process died mid-call) are found by started_at
+# among the few open ones, not by scanning every call.
+_V3_COMMON = [
+    _both("CREATE INDEX calls_open ON calls (started_at) WHERE ended_at IS NULL"),
+]
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
@@ -194,6 +200,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         name="compliance evidence",
         sqlite=tuple(s for s, _ in _V2_COMMON),
         postgres=tuple(p for _, p in _V2_COMMON),
+    ),
+    Migration(
+        version=3,
+        name="open call records",
+        sqlite=tuple(s for s, _ in _V3_COMMON),
+        postgres=tuple(p for _, p in _V3_COMMON),
     ),
 )
 

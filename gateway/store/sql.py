@@ -416,6 +416,17 @@ class SqlStore(abc.ABC):
             )
         return sorted((_call(row) for row in rows), key=lambda c: (c.started_at, c.call_id))
 
+    async def open_calls(
+        self, started_before: float, limit: int, *, after: float | None = None
+    ) -> list[CallRecord]:
+        async with self._transaction() as tx:
+            rows = await tx.fetchall(
+                f"SELECT {_CALL_COLUMNS} FROM calls WHERE ended_at IS NULL "
+                "AND started_at < ? AND started_at > ? ORDER BY started_at, call_id LIMIT ?",
+                (started_before, -1.0 if after is None else after, _page(limit)),
+            )
+        return [_call(row) for row in rows]
+
     async def calls_with_key(self, key_id: str, limit: int) -> list[CallRecord]:
         async with self._transaction() as tx:
             rows = await tx.fetchall(

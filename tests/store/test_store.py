@@ -198,6 +198,18 @@ async def test_delete_calls_before(store: SqlStore) -> None:
     assert [c.call_id for c in await store.list_calls()] == ["c6", "c5"]
 
 
+async def test_open_calls_are_found_oldest_first_page_by_page(store: SqlStore) -> None:
+    for i in range(6):
+        await store.put_call(call(f"c{i}", NOW + i))
+    await store.put_call(call("done", NOW + 2.5, ended_at=NOW + 3, outcome="carrier_hangup"))
+    first = await store.open_calls(NOW + 5, 3)
+    assert [c.call_id for c in first] == ["c0", "c1", "c2"]
+    second = await store.open_calls(NOW + 5, 3, after=first[-1].started_at)
+    assert [c.call_id for c in second] == ["c3", "c4"]  # not "done", not c5 (too recent)
+    await store.put_call(dataclasses.replace(first[0], ended_at=NOW + 9, outcome="replica_lost"))
+    assert [c.call_id for c in await store.open_calls(NOW + 5, 10)] == ["c1", "c2", "c3", "c4"]
+
+
 async def test_key_bookkeeping(store: SqlStore) -> None:
     await store.put_call(call("c1", key_id="k1", from_number=b"x"))
     await store.put_call(call("c2", key_id="k1", from_number=b"y"))
