@@ -46,12 +46,14 @@ from security.apikeys import KeyPolicy
 from security.exceptions import StateUnavailable
 from security.lockout import LockoutPolicy, LoginGuard
 from security.passwords import MAX_PASSWORD_BYTES, PasswordHasher
+from security.ratelimit import FallbackLimiter, InProcessLimiter, Limiter, RedisLimiter
 from security.refresh import (
     InProcessRefreshFamilies,
     Outcome,
     RedisRefreshFamilies,
     RefreshFamilies,
 )
+from security.replay import Degradation
 from security.revocation import (
     InProcessRevocationList,
     RedisRevocationList,
@@ -150,6 +152,7 @@ class AuthConfig:
     refresh_ttl_s: int = 30 * 86400
     cors_origins: tuple[str, ...] = ()
     lockout: LockoutPolicy = field(default_factory=LockoutPolicy)
+    login_rate_per_minute: int = 10  # per client address, before any password is checked
     api_keys: KeyPolicy = field(default_factory=KeyPolicy)
     production: bool = False
 
@@ -214,6 +217,7 @@ class AuthRuntime:
     store: Store
     guard: LoginGuard
     hasher: PasswordHasher
+    login_limiter: Limiter
     auditor: AuditSink | None = None
     clock: Callable[[], float] = time.time
     _key_touched: dict[str, float] = field(default_factory=dict)
@@ -233,12 +237,21 @@ class AuthRuntime:
         """In-process session state, or Redis when ``redis`` is given."""
         families: RefreshFamilies
         revocations: RevocationList
+        login_limiter: Limiter
+        rate = config.login_rate_per_minute
         if redis is not None:
             families = RedisRefreshFamilies(redis, redis_prefix + "auth:")
             revocations = RedisRevocationList(redis, redis_prefix + "auth:revoked:")
+            # Shared by the replicas; while Redis is down each replica limits on its own.
+            login_limiter = FallbackLimiter(
+                RedisLimiter(redis, redis_prefix + "auth:loginrl:", rate),
+                InProcessLimiter(rate),
+                degradation=Degradation("login_rate"),
+            )
         else:
             families = InProcessRefreshFamilies()
             revocations = InProcessRevocationList()
+            login_limiter = InProcessLimiter(rate)
         tokens = TokenService(
             ring,
             issuer=config.issuer,
@@ -255,6 +268,7 @@ class AuthRuntime:
             store=store,
             guard=LoginGuard(store, config.lockout),
             hasher=hasher or PasswordHasher(),
+            login_limiter=login_limiter,
             auditor=auditor,
         )
 
@@ -467,6 +481,12 @@ async def login(request: Request) -> Response:
         body = await _json_body(request, MAX_LOGIN_BODY)
     except AuthError as exc:
         return exc.response()
+    # Per client address, before any work: a password spray across many names (which the
+    # per-name lockout does not see) and a flood of scrypt work are both capped.
+    decision = await auth.login_limiter.hit(_login_scope(request))
+    if not decision.allowed:
+        AUTH_FAILURES.labels("login_rate").inc()
+        return json_error(429, "too many login attempts", decision.headers())
     username, password = body.get("username"), body.get("password")
     if (
         not isinstance(username, str)
@@ -669,6 +689,11 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise AuthError(400, "body must be a JSON object")
     return body
+
+
+def _login_scope(request: Request) -> str:
+    """The login limit's scope: the client address (through trusted proxies)."""
+    return f"login:{_client_ip(request) or 'unknown'}"
 
 
 def _client_ip(request: Request) -> str | None:

@@ -341,9 +341,12 @@ class RetentionPeriods:
 
     calls_s: float = 30 * DAY_S
     audit_s: float = 7 * 365 * DAY_S
+    # Failed-login rows only matter within the lockout window; they may hold whatever a
+    # person typed as a name (an e-mail address, a password by mistake).
+    login_failures_s: float = 900.0
 
     def __post_init__(self) -> None:
-        if not (self.calls_s > 0 and self.audit_s > 0):
+        if not (self.calls_s > 0 and self.audit_s > 0 and self.login_failures_s > 0):
             raise ValueError("retention periods must be positive")
 
 
@@ -352,6 +355,7 @@ class SweepResult:
     calls: int = 0
     recordings: int = 0
     audit_events: int = 0
+    login_failures: int = 0
 
 
 class RetentionSweeper:
@@ -417,14 +421,19 @@ class RetentionSweeper:
             if count < self._batch:
                 break
             await asyncio.sleep(0)
-        result = SweepResult(calls=calls, recordings=recordings, audit_events=audit_events)
+        login_failures = await self._store.delete_login_failures_before(
+            now - self._periods.login_failures_s
+        )
+        result = SweepResult(calls, recordings, audit_events, login_failures)
         RETENTION_DELETED.labels("calls").inc(calls)
         RETENTION_DELETED.labels("recordings").inc(recordings)
         RETENTION_DELETED.labels("audit_events").inc(audit_events)
+        RETENTION_DELETED.labels("login_failures").inc(login_failures)
         self.totals = SweepResult(
             calls=self.totals.calls + calls,
             recordings=self.totals.recordings + recordings,
             audit_events=self.totals.audit_events + audit_events,
+            login_failures=self.totals.login_failures + login_failures,
         )
         if calls or audit_events:
             await self._store.purge_residue()
@@ -445,6 +454,7 @@ class RetentionSweeper:
                 "calls": calls,
                 "recordings": recordings,
                 "audit_events": audit_events,
+                "login_failures": login_failures,
                 "duration_ms": round(max(0.0, self._clock() - now) * 1000, 1),
             },
         )

@@ -169,6 +169,7 @@ def auth_config(settings: Settings) -> AuthConfig:
         refresh_ttl_s=settings.refresh_ttl_s,
         cors_origins=settings.cors_origins,
         lockout=LockoutPolicy(settings.login_lockout_failures, settings.login_lockout_window_s),
+        login_rate_per_minute=settings.login_rate_per_minute,
         api_keys=KeyPolicy(
             settings.api_key_max_age_days * DAY_S, settings.api_key_grace_days * DAY_S
         ),
@@ -364,6 +365,7 @@ class Runtime:
             RetentionPeriods(
                 calls_s=settings.retention_calls_days * DAY_S,
                 audit_s=settings.retention_audit_days * DAY_S,
+                login_failures_s=settings.login_lockout_window_s,
             ),
             durable.auditor,
             delete_recording=delete_recording_file,

@@ -109,6 +109,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     login_lockout_failures: int = 5
     login_lockout_window_s: int = 900
+    login_rate_per_minute: int = 10  # login attempts per client address per minute
     signing_key_file: Path | None = None
     signing_keys: Secret | None = None  # VOICEGW_SIGNING_KEY: base64url Ed25519 seeds, first signs
     api_key_max_age_days: int = 90
@@ -424,6 +425,9 @@ class _Reader:
             cors_origins=self.origins("VOICEGW_CORS_ORIGINS", production),
             login_lockout_failures=lock_failures,
             login_lockout_window_s=lock_window,
+            login_rate_per_minute=int(
+                self.number("VOICEGW_LOGIN_RATE_PER_MINUTE", 10, lo=1, hi=10_000)
+            ),
             signing_key_file=Path(key_file) if key_file else None,
             signing_keys=signing_keys,
             api_key_max_age_days=int(

@@ -282,6 +282,13 @@ class SqlStore(abc.ABC):
         async with self._transaction(write=True) as tx:
             await tx.execute("DELETE FROM login_failures WHERE username = ?", (username,))
 
+    async def delete_login_failures_before(self, cutoff: float) -> int:
+        async with self._transaction(write=True) as tx:
+            rows = await tx.fetchall(
+                "DELETE FROM login_failures WHERE at < ? RETURNING at", (cutoff,)
+            )
+        return len(rows)
+
     # -- API keys --------------------------------------------------------------------------
 
     async def add_api_key(self, key: ApiKeyRecord) -> None:

@@ -349,6 +349,22 @@ async def test_retention_sweep(
     assert not [form for form in doomed if form in after]
 
 
+async def test_failed_logins_are_kept_only_for_the_lockout_window(
+    env: tuple[Backend, SqlStore], auditor: Auditor, clock: FakeClock
+) -> None:
+    _, store = env
+    typed = "someone@example.com"  # what people type as a name: personal data
+    for age_s in (3600, 901, 899, 10):
+        await store.add_login_failure(typed, NOW - age_s)
+    sweeper = RetentionSweeper(store, RetentionPeriods(login_failures_s=900), auditor, clock=clock)
+    result = await sweeper.sweep_once()
+    assert result.login_failures == 2
+    assert await store.count_login_failures(typed, 0) == 2  # the lockout still sees these
+    assert await store.count_login_failures(typed, NOW - 900) == 2
+    assert (await sweeper.sweep_once()).login_failures == 0
+    assert sweeper.totals.login_failures == 2
+
+
 async def test_a_failing_recording_deleter_does_not_stop_the_sweep(
     env: tuple[Backend, SqlStore], auditor: Auditor, clock: FakeClock
 ) -> None:
@@ -370,9 +386,12 @@ async def test_a_failing_recording_deleter_does_not_stop_the_sweep(
 async def test_retention_periods_are_validated() -> None:
     with pytest.raises(ValueError):
         RetentionPeriods(calls_s=0)
+    with pytest.raises(ValueError):
+        RetentionPeriods(login_failures_s=0)
     assert dataclasses.asdict(RetentionPeriods()) == {
         "calls_s": 30 * DAY_S,
         "audit_s": 7 * 365 * DAY_S,
+        "login_failures_s": 900.0,
     }
 
 

@@ -78,6 +78,7 @@ def test_defaults():
     assert s.rate_limit_per_minute == 1000
     assert s.redis_url is None and s.metrics_token is None
     assert s.redis_max_connections == 100
+    assert s.login_rate_per_minute == 10
     assert s.max_body_bytes == 64 * 1024
     assert s.body_timeout_s == 10.0
     assert s.stream_token_ttl_s == 120
@@ -106,6 +107,7 @@ def test_every_variable_is_read(tmp_path):
         "VOICEGW_RATE_LIMIT_PER_MINUTE": "42",
         "VOICEGW_REDIS_URL": "redis://127.0.0.1:6379/3",
         "VOICEGW_REDIS_MAX_CONNECTIONS": "16",
+        "VOICEGW_LOGIN_RATE_PER_MINUTE": "25",
         "VOICEGW_METRICS_TOKEN": "metrics-secret",
         "OPENAI_API_KEY": "sk-openai",
         "VOICEGW_OPENAI_REALTIME_URL": "ws://127.0.0.1:9003/v1/realtime",
@@ -146,6 +148,7 @@ def test_every_variable_is_read(tmp_path):
     assert s.rate_limit_per_minute == 42
     assert s.redis_url == Secret("redis://127.0.0.1:6379/3")
     assert s.redis_max_connections == 16
+    assert s.login_rate_per_minute == 25
     assert s.metrics_token == Secret("metrics-secret")
     assert s.openai_api_key == Secret("sk-openai")
     assert s.openai_realtime_url == "ws://127.0.0.1:9003/v1/realtime"
@@ -221,6 +224,7 @@ INVALID = [
     ("VOICEGW_RATE_LIMIT_PER_MINUTE", "0"),
     ("VOICEGW_REDIS_MAX_CONNECTIONS", "2"),
     ("VOICEGW_REDIS_MAX_CONNECTIONS", "many"),
+    ("VOICEGW_LOGIN_RATE_PER_MINUTE", "0"),
     ("VOICEGW_BODY_TIMEOUT_S", "nan"),
     ("VOICEGW_BODY_TIMEOUT_S", "500"),
     ("VOICEGW_STREAM_TOKEN_TTL_S", "1"),

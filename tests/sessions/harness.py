@@ -55,6 +55,8 @@ def make_auth(
     redis_prefix: str = "voicegw:",
     **config: Any,
 ) -> AuthRuntime:
+    # Many logins from one address in a test: the per-address limit has its own tests.
+    config.setdefault("login_rate_per_minute", 1000)
     cfg = AuthConfig(
         public_url=settings.public_url,
         cors_origins=CORS,
