@@ -152,6 +152,9 @@ _SECRET_NAME: Final = (  # a pattern of names, not a secret
 # long word is tried, and a 4 KB run of letters or digits takes seconds (quadratic).
 _SECRET_ASSIGNMENT = re.compile(
     rf"(?i)(?<![\w-])(?P<name>{_SECRET_NAME})(?P<sep>['\"]?\s*[=:]\s*['\"]?)"
+    # A value that is itself a secret's name and separator ("TOKEN: token: abc") is not the
+    # value: the inner assignment is, and is masked in turn.
+    rf"(?!(?:{_SECRET_NAME})['\"]?\s*[=:])"
     r"(?P<value>(?:(?:bearer|basic)\s+)?[^\s'\"&,;}\]]+)"
 )
 # The user-info part of a URL: ``redis://:password@host``, ``https://user:key@host``.

@@ -127,7 +127,7 @@ def mutated_json(draw: st.DrawFn, document: Any, max_mutations: int = 3) -> Any:
         elif operation == "stringify":
             # The same value in the wrong JSON type: 8000 -> "8000", "1" -> 1, [x] -> "[x]".
             item = parent[key]
-            if isinstance(item, str) and item.isdigit() and len(item) < 18:
+            if isinstance(item, str) and item.isascii() and item.isdigit() and len(item) < 18:
                 parent[key] = int(item)
             else:
                 parent[key] = dumps(item)

@@ -98,6 +98,8 @@ class Calls(Media):
 def calls(tmp_path: Path) -> Iterator[Calls]:
     env = {"VOICEGW_TWILIO_API_URL": DEAD_API, "VOICEGW_TELNYX_API_URL": DEAD_API}
     env["VOICEGW_TELNYX_API_KEY"] = "KEYfuzz-not-used-offline"
+    # A call per example: the long run places 10,000 within minutes (not a rate-limit test).
+    env["VOICEGW_RATE_LIMIT_PER_MINUTE"] = "1000000"
     settings = make_settings(tmp_path, env)
     assert settings.twilio_auth_token is not None
     app = build_app(settings)

@@ -142,6 +142,9 @@ def test_redact_masks_emails(text, expected):
         ("jwt eyJhbGciOi.eyJzdWIiOi.c2lnbmF0", "jwt [redacted]"),
         ("redis://:hunter2@redis:6379/0", "redis://[redacted]@redis:6379/0"),
         ("https://user:pw@example.com/x", "https://[redacted]@example.com/x"),
+        # Found by the long fuzz run: a name whose "value" is another name and separator.
+        ("TOKEN: token: 0000000000000000", "TOKEN: token: [redacted]"),
+        ("password=api_key=s3cr3t-v4lue", "password=api_key=[redacted]"),
     ],
 )
 def test_redact_masks_credentials(text, expected):
