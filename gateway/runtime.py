@@ -286,6 +286,7 @@ class Runtime:
                 client, prefix + "calls:", replica_id=replica_id, active_ttl=settings.call_ttl_s
             )
             breakers = BreakerRegistry.redis(client, prefix + "breaker:", BreakerPolicy())
+            degradable.append(breakers)  # /readyz: degraded while breakers run in-process
         else:
             for carrier in Carrier:
                 limiters[carrier] = InProcessLimiter(settings.rate_limit_per_minute)

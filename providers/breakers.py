@@ -646,13 +646,24 @@ class RedisBreaker:
 
 
 class BreakerRegistry:
-    """One breaker per outside dependency, created on first ``get``."""
+    """One breaker per outside dependency, created on first ``get``. ``degradation`` is
+    shared by its Redis breakers (``degraded`` while they run on their in-process fallback;
+    never for in-process breakers)."""
 
-    __slots__ = ("_breakers", "_factory")
+    __slots__ = ("_breakers", "_factory", "degradation")
 
-    def __init__(self, factory: Callable[[str], CircuitBreaker]) -> None:
+    def __init__(
+        self,
+        factory: Callable[[str], CircuitBreaker],
+        degradation: Degradation | None = None,
+    ) -> None:
         self._factory = factory
         self._breakers: dict[str, CircuitBreaker] = {}
+        self.degradation = Degradation("breaker") if degradation is None else degradation
+
+    @property
+    def degraded(self) -> bool:
+        return self.degradation.degraded
 
     @classmethod
     def in_process(
@@ -674,7 +685,8 @@ class BreakerRegistry:
         return cls(
             lambda name: RedisBreaker(
                 client, prefix, name, policy, timeout_s=timeout_s, degradation=degradation
-            )
+            ),
+            degradation,
         )
 
     def get(self, name: str) -> CircuitBreaker:

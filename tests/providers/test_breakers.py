@@ -632,6 +632,16 @@ async def test_redis_down_falls_back_and_keeps_working(dead_redis, redis_prefix,
     assert gauge("voicegw_breaker_state", name) == 0
 
 
+async def test_the_registry_says_when_its_breakers_run_in_process(dead_redis, redis_prefix, name):
+    registry = BreakerRegistry.redis(dead_redis, redis_prefix, timeout_s=0.2 * UNIT)
+    assert not registry.degraded
+    assert await registry.get(name).allows()  # Redis does not answer: the fallback does
+    assert registry.degraded
+    registry.degradation.primary_succeeded()  # what /readyz does once Redis answers
+    assert not registry.degraded
+    assert not BreakerRegistry.in_process().degraded
+
+
 class SwitchableProxy:
     """A TCP proxy in front of the test Redis that can be switched off and on: while off it
     closes every connection at once, like a Redis that went away."""
