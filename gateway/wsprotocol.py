@@ -9,6 +9,11 @@ messages wait for the application, then pauses the same way (uvicorn resumes onc
 is empty). Memory stays bounded: at most ``READ_PAUSE_MESSAGES`` messages of at most
 ``ws_max_size`` bytes each wait per connection.
 
+And one fix: a server shutting down while a peer's closing handshake is under way (a caller
+hanging up as the gateway stops) closes the socket instead of sending a second close frame,
+which uvicorn does and the ``websockets`` state machine refuses with ``InvalidState``, ending
+the whole server with a traceback.
+
 Everything else (handshake, ping/pong keepalive, close handshake, size limit, UTF-8 checks) is
 uvicorn's and the ``websockets`` library's, unchanged.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 from typing import Final
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
 __all__ = ["READ_PAUSE_MESSAGES", "MediaWebSocketProtocol"]
 
@@ -40,3 +46,12 @@ class MediaWebSocketProtocol(WebSocketsSansIOProtocol):
         ):
             self.read_paused = False
             self.transport.resume_reading()
+
+    def shutdown(self) -> None:
+        if self.handshake_complete and not self.close_sent and self.conn.state is not State.OPEN:
+            # The peer has begun (or finished) the closing handshake: the application has its
+            # disconnect already and no close frame may be sent any more.
+            self.stop_keepalive()
+            self.transport.close()
+            return
+        super().shutdown()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import uvicorn
 from websockets.asyncio.client import connect
+from websockets.protocol import State
 
 from gateway.wsprotocol import READ_PAUSE_MESSAGES, MediaWebSocketProtocol
 from tests.conftest import UNIT
@@ -94,3 +95,56 @@ async def test_reading_goes_on_below_the_queue_bound_and_pauses_at_it():
             echoed = await ws.recv()
         assert echoed == ",".join(f"m{i}" for i in range(total))
         assert not protocol.read_paused
+
+
+class WaitingApp:
+    """Accepts, then waits for its disconnect."""
+
+    def __init__(self) -> None:
+        self.disconnected = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        self.disconnected.set()
+
+
+async def test_a_server_stopping_while_a_peer_closes_stops_cleanly():
+    """Found by the SIGTERM test under load: at shutdown uvicorn sends a close frame to every
+    connection it still lists; one whose peer had just closed (its socket not yet released)
+    made ``websockets`` raise ``InvalidState`` and the server exit with a traceback."""
+    app = WaitingApp()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, ws=MediaWebSocketProtocol, log_config=None, lifespan="off")
+    config.timeout_graceful_shutdown = 2
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await until(lambda: server.started)
+    reader, writer = await asyncio.open_connection(*sock.getsockname())
+    try:
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        [protocol] = server.server_state.connections
+        assert isinstance(protocol, MediaWebSocketProtocol)
+        # The caller hangs up: a masked close frame (1000).
+        mask = b"\x01\x02\x03\x04"
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(b"\x03\xe8"))
+        writer.write(b"\x88\x82" + mask + payload)
+        async with asyncio.timeout(5 * UNIT):
+            await app.disconnected.wait()
+        assert protocol.conn.state is not State.OPEN
+        # The shutdown reaches this connection in that state: it must just let it go.
+        protocol.shutdown()
+        assert protocol.transport.is_closing()
+    finally:
+        writer.close()
+        server.should_exit = True
+        async with asyncio.timeout(10 * UNIT):
+            await task
+        sock.close()
