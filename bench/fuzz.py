@@ -34,15 +34,17 @@ STATS: Final = re.compile(r"(\d+) passing, (\d+) failing, and (\d+) invalid")
 
 
 def hypothesis_statistics(output: str) -> dict[str, dict[str, int]]:
-    """Per test node id, the generate phase's passing / failing / invalid test cases."""
+    """Per test node id, the passing / failing / invalid test cases of all its phases (reuse
+    of the example database, generate, shrink)."""
     found: dict[str, dict[str, int]] = {}
     nodeid = None
     for line in output.splitlines():
         if line.startswith("tests/") and line.rstrip().endswith(":"):
             nodeid = line.rstrip()[:-1]
-        elif nodeid and (m := STATS.search(line)) and nodeid not in found:
-            passing, failing, invalid = map(int, m.groups())
-            found[nodeid] = {"passing": passing, "failing": failing, "invalid": invalid}
+        elif nodeid and (m := STATS.search(line)):
+            counts = found.setdefault(nodeid, {"passing": 0, "failing": 0, "invalid": 0})
+            for key, value in zip(("passing", "failing", "invalid"), m.groups(), strict=True):
+                counts[key] += int(value)
     return found
 
 
