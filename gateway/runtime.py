@@ -381,10 +381,16 @@ class Runtime:
         runtime.spawn(sweeper.run(RETENTION_INTERVAL_S), "retention")
         runtime.spawn(watch_keys(runtime), "key-inventory")
         runtime.spawn(gauge_live_sessions(durable.auth.families), "sessions-gauge")
-        runtime.spawn(
-            close_orphans_periodically(durable.store, registry, older_than_s=settings.call_ttl_s),
-            "orphans",
-        )
+        if client is not None or settings.database_url is None:
+            # The registry knows every live call of the store's writers: shared through Redis,
+            # or this process alone on its SQLite file. (Replicas sharing PostgreSQL without
+            # Redis cannot see each other's calls; the security review flags that set-up.)
+            runtime.spawn(
+                close_orphans_periodically(
+                    durable.store, registry, older_than_s=settings.call_ttl_s
+                ),
+                "orphans",
+            )
         runtime.spawn(verify_periodically(durable.store, runtime.audit_verify_keys), "audit-verify")
         for provider in settings.providers:
             breakers.get(provider)  # listed in /readyz from the start
