@@ -55,14 +55,11 @@ async def close_orphans(
                 return closed
             if call is not None and call.active:
                 continue  # live on some replica
-            known = call is not None and call.ended_reason is not None
-            await store.put_call(
-                dataclasses.replace(
-                    record,
-                    ended_at=call.updated_at if call is not None and known else now,
-                    outcome=call.ended_reason if call is not None and known else LOST,
-                )
-            )
+            if call is not None and call.ended_reason is not None:
+                ended_at, outcome = call.updated_at, call.ended_reason  # the registry saw it end
+            else:
+                ended_at, outcome = now, LOST
+            await store.put_call(dataclasses.replace(record, ended_at=ended_at, outcome=outcome))
             closed += 1
         if len(page) < PAGE:
             break
