@@ -9,6 +9,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import uvicorn
@@ -44,7 +45,7 @@ class HoldingApp:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: HoldingApp) -> AsyncIterator[tuple[str, uvicorn.Server]]:
+async def serve(app: Any) -> AsyncIterator[tuple[str, uvicorn.Server]]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, ws=MediaWebSocketProtocol, log_config=None, lifespan="off")
@@ -116,35 +117,26 @@ async def test_a_server_stopping_while_a_peer_closes_stops_cleanly():
     connection it still lists; one whose peer had just closed (its socket not yet released)
     made ``websockets`` raise ``InvalidState`` and the server exit with a traceback."""
     app = WaitingApp()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, ws=MediaWebSocketProtocol, log_config=None, lifespan="off")
-    config.timeout_graceful_shutdown = 2
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    await until(lambda: server.started)
-    reader, writer = await asyncio.open_connection(*sock.getsockname())
-    try:
-        writer.write(
-            b"GET / HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-        [protocol] = server.server_state.connections
-        assert isinstance(protocol, MediaWebSocketProtocol)
-        # The caller hangs up: a masked close frame (1000).
-        mask = b"\x01\x02\x03\x04"
-        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(b"\x03\xe8"))
-        writer.write(b"\x88\x82" + mask + payload)
-        async with asyncio.timeout(5 * UNIT):
-            await app.disconnected.wait()
-        assert protocol.conn.state is not State.OPEN
-        # The shutdown reaches this connection in that state: it must just let it go.
-        protocol.shutdown()
-        assert protocol.transport.is_closing()
-    finally:
-        writer.close()
-        server.should_exit = True
-        async with asyncio.timeout(10 * UNIT):
-            await task
-        sock.close()
+    async with serve(app) as (url, server):
+        address = urlsplit(url)
+        reader, writer = await asyncio.open_connection(address.hostname, address.port)
+        try:
+            writer.write(
+                b"GET / HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+            [protocol] = server.server_state.connections
+            assert isinstance(protocol, MediaWebSocketProtocol)
+            # The caller hangs up: a masked close frame (1000).
+            mask = b"\x01\x02\x03\x04"
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(b"\x03\xe8"))
+            writer.write(b"\x88\x82" + mask + payload)
+            async with asyncio.timeout(5 * UNIT):
+                await app.disconnected.wait()
+            assert protocol.conn.state is not State.OPEN
+            # The shutdown reaches this connection in that state: it must just let it go.
+            protocol.shutdown()
+            assert protocol.transport.is_closing()
+        finally:
+            writer.close()
