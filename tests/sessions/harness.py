@@ -127,10 +127,10 @@ class Gw:
         value: AuthRuntime = self.runtime.auth  # type: ignore[attr-defined]
         return value
 
-    def client(self, **kw: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app), base_url=PUBLIC_URL, **kw
-        )
+    def client(self, address: str = "127.0.0.1", **kw: Any) -> httpx.AsyncClient:
+        """An httpx client on the app, its requests coming from ``address``."""
+        transport = httpx.ASGITransport(app=self.app, client=(address, 123))
+        return httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL, **kw)
 
     async def user(self, name: str, role: Role = Role.ADMIN, password: str = PASSWORD) -> None:
         await add_user(self.store, TEST_HASHER, name, role, password)

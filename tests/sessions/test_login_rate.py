@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from gateway.store.base import Role
-from tests.sessions.harness import PUBLIC_URL, Gw, running
+from tests.sessions.harness import Gw, running
 
 LIMIT = 3
 
@@ -31,13 +30,8 @@ async def gw(
         yield gw
 
 
-def client_from(gw: Gw, address: str) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=gw.app, client=(address, 40000))
-    return httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL)
-
-
 async def test_a_spray_from_one_address_is_cut_off(gw: Gw) -> None:
-    async with client_from(gw, "203.0.113.5") as spray:
+    async with gw.client("203.0.113.5") as spray:
         replies = [await gw.login(spray, f"name{i}", "guess number one") for i in range(LIMIT)]
         assert [r.status_code for r in replies] == [401] * LIMIT
         refused = await gw.login(spray, "ada")  # even the right password: the budget is spent
@@ -47,12 +41,12 @@ async def test_a_spray_from_one_address_is_cut_off(gw: Gw) -> None:
         assert refused.headers["ratelimit-remaining"] == "0"
         assert "set-cookie" not in refused.headers
     # Another address has its own budget, and the account was never locked by the spray.
-    async with client_from(gw, "198.51.100.7") as operator:
+    async with gw.client("198.51.100.7") as operator:
         assert (await gw.login(operator, "ada")).status_code == 200
 
 
 async def test_refused_attempts_touch_no_lockout_and_write_no_audit_event(gw: Gw) -> None:
-    async with client_from(gw, "203.0.113.6") as spray:
+    async with gw.client("203.0.113.6") as spray:
         for _ in range(LIMIT):
             await gw.login(spray, "ada", "wrong password!")
         events_before = await gw.store.iter_audit(0, 1000)
@@ -74,7 +68,7 @@ async def test_the_budget_is_shared_by_replicas(
             tmp_path / "b", redis=redis_clean, redis_prefix=redis_prefix, login_rate_per_minute=2
         ) as b,
     ):
-        async with client_from(a, "203.0.113.8") as via_a, client_from(b, "203.0.113.8") as via_b:
+        async with a.client("203.0.113.8") as via_a, b.client("203.0.113.8") as via_b:
             assert (await a.login(via_a, "nobody", "guess number one")).status_code == 401
             assert (await b.login(via_b, "nobody", "guess number two")).status_code == 401
             assert (await a.login(via_a, "nobody", "guess number three")).status_code == 429
