@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
-
 from gateway.compliance.report import DEFAULT_WINDOW_DAYS, Report, build_report
 from gateway.settings import Settings
 from security.keyinventory import KeyInventory
@@ -51,22 +49,15 @@ async def report_of_settings(
     """The report of the deployment ``settings`` configure, from its store (opened and closed
     here) and, when configured, its Redis (for the keys' first-seen times)."""
     from gateway.review.inventory import key_inventory
-    from gateway.runtime import (
-        REDIS_TIMEOUT_S,
-        load_data_keys,
-        open_store,
-        settings_signing_ring,
-    )
+    from gateway.runtime import load_data_keys, open_store, redis_client, settings_signing_ring
 
     store = open_store(settings)
     await store.open()
     redis = (
         None
         if settings.redis_url is None
-        else aioredis.Redis.from_url(
-            settings.redis_url.get(),
-            socket_timeout=REDIS_TIMEOUT_S,
-            socket_connect_timeout=REDIS_TIMEOUT_S,
+        else redis_client(
+            settings.redis_url.get(), settings.redis_max_connections, "compliance-report"
         )
     )
     try:
