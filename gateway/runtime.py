@@ -51,7 +51,7 @@ from gateway.store import Store, create_store
 from gateway.store.base import CallRecord
 from metrics.logging import load_ip_hash_key
 from metrics.registry import FAILOVERS, PROVIDER_CONNECT, PROVIDER_ERRORS
-from providers.ai.config import AgentConfig
+from providers.ai.config import AgentConfig, AgentOptions, Provider, ProviderOptions
 from providers.ai.session import AgentSession, open_session
 from providers.breakers import BreakerOpen, BreakerPolicy, BreakerRegistry
 from providers.events import StreamStarted
@@ -564,11 +564,20 @@ class Runtime:
             "gemini": (s.gemini_api_key, s.gemini_live_url),
             "echo": (None, None),
         }[provider]
+        options = AgentOptions(
+            instructions=s.agent_instructions,
+            greeting=s.agent_greeting,
+            providers={
+                Provider.OPENAI: ProviderOptions(s.openai_model, s.openai_voice),
+                Provider.DEEPGRAM: ProviderOptions(s.deepgram_think_model, s.deepgram_voice),
+                Provider.GEMINI: ProviderOptions(s.gemini_model, s.gemini_voice),
+            },
+        )
         return AgentConfig.for_provider(
             provider,
             api_key=key,
             url=url,
-            instructions=s.agent_instructions,
+            options=options,
             connect_timeout_s=s.provider_connect_timeout_s,
         )
 

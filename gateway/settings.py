@@ -11,6 +11,7 @@ import enum
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ IGNORED_PREFIXES: Final = ("VOICEGW_TEST_", "VOICEGW_BENCH_", "VOICEGW_FUZZ_")
 REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_INSTRUCTIONS: Final = "You are a helpful voice assistant on a phone call. Be brief."
+MODEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
+MAX_SPOKEN_TEXT: Final = 500
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -92,6 +95,14 @@ class Settings:
     gemini_api_key: Secret | None = None
     gemini_live_url: str | None = None
     agent_instructions: str = DEFAULT_INSTRUCTIONS
+    # What the caller hears; None keeps the provider's default (providers.ai.config.DEFAULTS).
+    agent_greeting: str | None = None
+    openai_model: str | None = None
+    openai_voice: str | None = None
+    deepgram_think_model: str | None = None
+    deepgram_voice: str | None = None  # the speak (TTS) model, e.g. aura-2-thalia-en
+    gemini_model: str | None = None
+    gemini_voice: str | None = None
 
     max_body_bytes: int = 64 * 1024
     body_timeout_s: float = 10.0
@@ -297,6 +308,27 @@ class _Reader:
                 self.problems.append(f"{name}: {item!r} is not a CIDR network (or use 'any')")
         return AllowlistSetting(networks=tuple(nets), source=name)
 
+    def model_name(self, name: str) -> str | None:
+        """A provider's model or voice name (sent to the provider as is), or None if unset."""
+        value = self.raw(name)
+        if value is not None and not MODEL_NAME.fullmatch(value):
+            self.problems.append(
+                f"{name} must be a model or voice name: at most 100 letters, digits and . _ : / - "
+                "(starting with a letter or digit)"
+            )
+            return None
+        return value
+
+    def spoken_text(self, name: str) -> str | None:
+        """Text an agent speaks (one line, printable), or None if unset."""
+        value = self.raw(name)
+        if value is not None and (len(value) > MAX_SPOKEN_TEXT or not value.isprintable()):
+            self.problems.append(
+                f"{name} must be one line of printable text, at most {MAX_SPOKEN_TEXT} characters"
+            )
+            return None
+        return value
+
     def read(self) -> Settings:
         env_value = (self.raw("VOICEGW_ENV") or "development").lower()
         try:
@@ -408,6 +440,13 @@ class _Reader:
             gemini_api_key=self.secret("GEMINI_API_KEY"),
             gemini_live_url=self.raw("VOICEGW_GEMINI_LIVE_URL"),
             agent_instructions=self.raw("VOICEGW_AGENT_INSTRUCTIONS") or DEFAULT_INSTRUCTIONS,
+            agent_greeting=self.spoken_text("VOICEGW_AGENT_GREETING"),
+            openai_model=self.model_name("VOICEGW_OPENAI_MODEL"),
+            openai_voice=self.model_name("VOICEGW_OPENAI_VOICE"),
+            deepgram_think_model=self.model_name("VOICEGW_DEEPGRAM_THINK_MODEL"),
+            deepgram_voice=self.model_name("VOICEGW_DEEPGRAM_VOICE"),
+            gemini_model=self.model_name("VOICEGW_GEMINI_MODEL"),
+            gemini_voice=self.model_name("VOICEGW_GEMINI_VOICE"),
             body_timeout_s=self.number("VOICEGW_BODY_TIMEOUT_S", 10.0, lo=0.1, hi=120),
             stream_token_ttl_s=int(self.number("VOICEGW_STREAM_TOKEN_TTL_S", 120, lo=5, hi=3600)),
             carrier_rest_timeout_s=self.number(

@@ -3,11 +3,15 @@
 The gateway maps its ``Settings`` to an :class:`AgentConfig` per call, usually through
 :meth:`AgentConfig.for_provider`, which fills in the defaults of :data:`DEFAULTS` for anything
 it leaves out. A base-URL override (``url=``) points a provider at a fake or a staging host.
+What the caller hears (instructions, greeting, each provider's model and voice) travels as one
+:class:`AgentOptions`; options layer with :meth:`AgentOptions.over`, so a narrower choice (an
+agent profile) overrides a broader one (the deployment's settings) field by field.
 
 Production defaults (see each codec module for the protocol references):
 
 * openai: ``wss://api.openai.com/v1/realtime`` (``?model=`` is appended), model
-  ``gpt-realtime``, voice ``marin``.
+  ``gpt-realtime-2.1`` (the newest realtime model the ``openai`` package names without an
+  announced shutdown; ``gpt-realtime`` shuts down on 2027-01-20), voice ``marin``.
 * deepgram: ``wss://agent.deepgram.com/v1/agent/converse``, model ``gpt-4o-mini`` (the think
   LLM, provider ``open_ai``), voice ``aura-2-thalia-en`` (Deepgram TTS), listen ``nova-3``.
 * gemini: ``wss://generativelanguage.googleapis.com/ws/google.ai.generativelanguage.v1beta.
@@ -60,7 +64,7 @@ ECHO_URL: Final = "echo://local"
 DEFAULTS: Final[Mapping[Provider, ProviderDefaults]] = {
     # Pings are generous: a pong that is late because the peer is busy streaming audio must not
     # end a healthy call. A dead peer is still noticed within interval + timeout.
-    Provider.OPENAI: ProviderDefaults(OPENAI_REALTIME_URL, "gpt-realtime", "marin", 20.0, 40.0),
+    Provider.OPENAI: ProviderDefaults(OPENAI_REALTIME_URL, "gpt-realtime-2.1", "marin", 20.0, 40.0),
     # Deepgram closes a connection that receives neither audio nor KeepAlive for ~10 s
     # (developers.deepgram.com/docs/agent-keep-alive: "send one KeepAlive every 8 seconds").
     Provider.DEEPGRAM: ProviderDefaults(
@@ -92,6 +96,43 @@ DEFAULT_INSTRUCTIONS: Final = (
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderOptions:
+    """The model and voice chosen for one provider; ``None`` leaves the choice to the layer
+    below (in the end, :data:`DEFAULTS`). For Deepgram ``model`` is the think (LLM) model and
+    ``voice`` the speak (TTS) model."""
+
+    model: str | None = None
+    voice: str | None = None
+
+    def over(self, base: ProviderOptions) -> ProviderOptions:
+        """These options, with ``base`` filling in what they leave unset."""
+        return ProviderOptions(self.model or base.model, self.voice or base.voice)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    """What the caller hears, whichever provider answers: instructions, a greeting the provider
+    speaks first, and per-provider :class:`ProviderOptions`. ``None`` (or a missing provider)
+    means "not chosen here"; see :meth:`over`."""
+
+    instructions: str | None = None
+    greeting: str | None = None
+    providers: Mapping[Provider, ProviderOptions] = field(default_factory=dict)
+
+    def provider(self, name: Provider) -> ProviderOptions:
+        return self.providers.get(name, ProviderOptions())
+
+    def over(self, base: AgentOptions) -> AgentOptions:
+        """These options, with ``base`` filling in what they leave unset, field by field."""
+        names = dict.fromkeys([*base.providers, *self.providers])
+        return AgentOptions(
+            instructions=self.instructions or base.instructions,
+            greeting=self.greeting or base.greeting,
+            providers={p: self.provider(p).over(base.provider(p)) for p in names},
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class AgentConfig:
     """Everything a provider session needs. Frozen; build variants with ``dataclasses.replace``.
 
@@ -105,6 +146,8 @@ class AgentConfig:
     model: str
     voice: str
     instructions: str = DEFAULT_INSTRUCTIONS
+    greeting: str | None = None
+    """Spoken by the provider first, once per session (not again on a Gemini resumption)."""
     connect_timeout_s: float = 10.0
     """Open the socket, send the setup and receive the provider's acknowledgement."""
     send_timeout_s: float = 5.0
@@ -118,7 +161,6 @@ class AgentConfig:
     # -- Deepgram Voice Agent ---------------------------------------------------------------
     listen_model: str = "nova-3"
     think_provider: str = "open_ai"
-    greeting: str | None = None
     # -- Gemini Live ---------------------------------------------------------------------------
     resume_buffer_ms: int = 5000
     """Audio kept (oldest dropped first) while a session resumes after ``goAway``."""
@@ -142,17 +184,23 @@ class AgentConfig:
         url: str | None = None,
         model: str | None = None,
         voice: str | None = None,
+        options: AgentOptions | None = None,
         **overrides: Any,
     ) -> AgentConfig:
-        """The production defaults of ``provider``, with the given values taking precedence."""
+        """The production defaults of ``provider``, overridden by ``options`` (what the caller
+        hears), then by the explicit keyword values."""
         name = Provider(provider)
         d = DEFAULTS[name]
+        options = options or AgentOptions()
+        chosen = ProviderOptions(model, voice).over(options.provider(name))
         config = cls(
             provider=name,
             url=url or d.url,
             api_key=Secret(api_key) if isinstance(api_key, str) else api_key,
-            model=model or d.model,
-            voice=voice or d.voice,
+            model=chosen.model or d.model,
+            voice=chosen.voice or d.voice,
+            instructions=options.instructions or DEFAULT_INSTRUCTIONS,
+            greeting=options.greeting,
             ping_interval_s=d.ping_interval_s,
             ping_timeout_s=d.ping_timeout_s,
             idle_keepalive_s=d.idle_keepalive_s,

@@ -8,7 +8,8 @@ package's ``agent/v1/types`` models):
   The server greets with ``Welcome`` ``{request_id}``.
 * The first client message is ``Settings``: ``audio.input`` ``{encoding, sample_rate}``,
   ``audio.output`` ``{encoding, sample_rate, container}`` and ``agent`` with
-  ``listen.provider`` ``{type: "deepgram", model}``, ``think`` ``{provider: {type, model},
+  ``listen.provider`` ``{version: "v1", type: "deepgram", model}`` (``version`` is required:
+  it picks the V1 or V2 listen provider), ``think`` ``{provider: {type, model},
   prompt}``, ``speak.provider`` ``{type: "deepgram", model}`` and an optional ``greeting``.
   The server answers ``SettingsApplied``, reported as :class:`AgentReady`.
 * Audio travels as raw binary messages both ways (here ``mulaw`` 8 kHz, ``container: none``,
@@ -76,8 +77,14 @@ class ProviderJSON(TypedDict):
     model: str
 
 
+class ListenProviderJSON(TypedDict):
+    version: Literal["v1"]
+    type: Literal["deepgram"]
+    model: str
+
+
 class ListenJSON(TypedDict):
-    provider: ProviderJSON
+    provider: ListenProviderJSON
 
 
 class ThinkJSON(TypedDict):
@@ -153,7 +160,9 @@ class DeepgramAgentCodec:
 
     def settings(self) -> SettingsJSON:
         agent: AgentJSON = {
-            "listen": {"provider": {"type": "deepgram", "model": self.listen_model}},
+            "listen": {
+                "provider": {"version": "v1", "type": "deepgram", "model": self.listen_model}
+            },
             "think": {
                 "provider": {"type": self.think_provider, "model": self.model},
                 "prompt": self.instructions,
@@ -174,6 +183,10 @@ class DeepgramAgentCodec:
     def start(self) -> list[Frame]:
         self.ready = False
         return [orjson.dumps(self.settings()).decode()]
+
+    def after_ready(self) -> list[Frame]:
+        """Nothing: the greeting travels in ``Settings`` (``agent.greeting``)."""
+        return []
 
     def encode(self, event: ToAgent) -> list[Frame]:
         """Frames for ``event``. Raises ``ValueError`` for audio not in ``input_format``.

@@ -15,6 +15,9 @@ camelCase wire names):
   "sessionResumption": {"handle"?: ...}, "contextWindowCompression": {"slidingWindow": {}},
   "inputAudioTranscription": {}, "outputAudioTranscription": {}}}``; the server answers
   ``{"setupComplete": {}}``. Unknown fields make the server close the socket (code 1007).
+* After ``setupComplete``, a greeting goes as a client turn: ``{"clientContent": {"turns":
+  [{"role": "user", "parts": [{"text": ...}]}], "turnComplete": true}}`` asks the model to say
+  it (``turnComplete`` starts generation at once).
 * Audio in: ``{"realtimeInput": {"audio": {"data": <base64 PCM16>, "mimeType":
   "audio/pcm;rate=16000"}}}``. Audio out: ``serverContent.modelTurn.parts[].inlineData``
   ``{"mimeType": "audio/pcm;rate=24000", "data": <base64 PCM16>}``.
@@ -110,6 +113,26 @@ class SetupMessageJSON(TypedDict):
     setup: SetupJSON
 
 
+class TurnJSON(TypedDict):
+    role: str
+    parts: list[PartJSON]
+
+
+class ClientContentJSON(TypedDict):
+    turns: list[TurnJSON]
+    turnComplete: bool
+
+
+class ClientContentMessageJSON(TypedDict):
+    clientContent: ClientContentJSON
+
+
+GREETING_PROMPT: Final = (
+    "The call has just been answered. Greet the caller by saying exactly the following words, "
+    "verbatim, and nothing else: "
+)
+
+
 def endpoint(config: AgentConfig) -> Endpoint:
     key = api_key_value(config)
     return Endpoint(config.url, {"x-goog-api-key": key} if key else {})
@@ -119,7 +142,8 @@ class GeminiLiveCodec:
     """Sans-I/O codec for one Gemini Live session: PCM16 16 kHz in, PCM16 24 kHz out.
 
     ``resume_handle`` is the latest resumable handle seen (or given); ``start()`` puts it in
-    the setup, so a new connection started with the same codec resumes the session.
+    the setup, so a new connection started with the same codec resumes the session. Once
+    ``feed`` has reported :class:`AgentReady`, send the frames of ``after_ready()``.
     """
 
     provider: str = "gemini"
@@ -132,6 +156,7 @@ class GeminiLiveCodec:
         model: str,
         voice: str,
         instructions: str,
+        greeting: str | None = None,
         resume_handle: str | None = None,
         transcripts: bool = True,
         max_frame_bytes: int = 4 * 1024 * 1024,
@@ -139,6 +164,8 @@ class GeminiLiveCodec:
         self.model = model if model.startswith("models/") else f"models/{model}"
         self.voice = voice
         self.instructions = instructions
+        self.greeting = greeting
+        self.greeted = False
         self.resume_handle = resume_handle
         self.transcripts = transcripts
         self.max_frame_bytes = max_frame_bytes
@@ -150,6 +177,7 @@ class GeminiLiveCodec:
             model=config.model,
             voice=config.voice,
             instructions=config.instructions,
+            greeting=config.greeting,
             max_frame_bytes=config.max_message_bytes,
         )
 
@@ -179,6 +207,21 @@ class GeminiLiveCodec:
             self.resume_handle = resume_handle
         self.ready = False
         return [orjson.dumps(self.setup()).decode()]
+
+    def after_ready(self) -> list[Frame]:
+        """The greeting turn, the first time only: a resumed session has greeted already."""
+        if not self.greeting or self.greeted:
+            return []
+        self.greeted = True
+        turn: ClientContentMessageJSON = {
+            "clientContent": {
+                "turns": [
+                    {"role": "user", "parts": [{"text": f'{GREETING_PROMPT}"{self.greeting}"'}]}
+                ],
+                "turnComplete": True,
+            }
+        }
+        return [orjson.dumps(turn).decode()]
 
     def encode(self, event: ToAgent) -> list[Frame]:
         """Frames for ``event``. Raises ``ValueError`` for audio not in ``input_format``.

@@ -16,9 +16,14 @@ the ``openai`` package's ``types/realtime`` models generated from the same OpenA
 * Audio in: ``input_audio_buffer.append`` ``{"audio": <base64>}``. Audio out:
   ``response.output_audio.delta`` ``{"item_id", "delta": <base64>, ...}``. With ``audio/pcmu``
   both are G.711 mu-law at 8 kHz, so carrier payloads pass through untouched.
-* Barge-in: ``input_audio_buffer.speech_started``; the client sends ``response.cancel`` and
-  ``conversation.item.truncate`` ``{item_id, content_index, audio_end_ms}`` so the
-  conversation keeps only what the caller heard.
+* A response runs from ``response.created`` to ``response.done``. ``response.cancel`` stops
+  one in progress; with none in progress the server answers ``error``
+  ``response_cancel_not_active`` (harmless, "the session will remain unaffected").
+* Barge-in: ``input_audio_buffer.speech_started``; the client sends ``response.cancel`` (only
+  while a response is in progress) and ``conversation.item.truncate`` ``{item_id,
+  content_index, audio_end_ms}`` so the conversation keeps only what the caller heard.
+* A greeting: ``response.create`` whose ``response.instructions`` (which replace the session's
+  for that response only) ask the model to say the greeting verbatim.
 * ``error`` events are mostly recoverable ("the session will stay open").
 
 Feed policy: unknown event types are ignored (OpenAI adds events regularly); a frame that is not
@@ -59,6 +64,10 @@ from providers.exceptions import ProtocolError
 # any error before the session is configured is fatal as well (the setup was refused).
 FATAL_ERROR_CODES: Final = frozenset(
     {"session_expired", "invalid_api_key", "insufficient_quota", "session_not_found"}
+)
+CANCEL_NOT_ACTIVE: Final = "response_cancel_not_active"
+GREETING_INSTRUCTIONS: Final = (
+    "Greet the caller now by saying exactly the following words, verbatim, and nothing else: "
 )
 
 
@@ -107,6 +116,15 @@ class SessionUpdateJSON(TypedDict):
     session: SessionJSON
 
 
+class ResponseJSON(TypedDict):
+    instructions: str
+
+
+class ResponseCreateJSON(TypedDict):
+    type: Literal["response.create"]
+    response: NotRequired[ResponseJSON]
+
+
 def endpoint(config: AgentConfig) -> Endpoint:
     """The URL (``?model=`` appended) and the bearer-token header for ``config``."""
     sep = "&" if urlsplit(config.url).query else "?"
@@ -118,7 +136,8 @@ def endpoint(config: AgentConfig) -> Endpoint:
 class OpenAIRealtimeCodec:
     """Sans-I/O codec for one OpenAI Realtime session with G.711 mu-law audio both ways.
 
-    Call ``start()`` once and send its frames before anything else; then ``feed`` every
+    Call ``start()`` once and send its frames before anything else; once ``feed`` has
+    reported :class:`AgentReady`, send the frames of ``after_ready()``; then ``feed`` every
     received frame in order and ``encode`` outbound events.
     """
 
@@ -132,15 +151,22 @@ class OpenAIRealtimeCodec:
         model: str,
         voice: str,
         instructions: str,
+        greeting: str | None = None,
         transcription_model: str | None = None,
         max_frame_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.model = model
         self.voice = voice
         self.instructions = instructions
+        self.greeting = greeting
         self.transcription_model = transcription_model
         self.max_frame_bytes = max_frame_bytes
         self.ready = False
+        self.greeted = False
+        self.responding = False
+        """A response is in progress (between ``response.created`` and ``response.done``)."""
+        self._cancelled = False  # we sent response.cancel for the response in progress
+        self._cancels_unanswered = 0  # our cancels not (yet) answered with cancel_not_active
 
     @classmethod
     def from_config(cls, config: AgentConfig) -> OpenAIRealtimeCodec:
@@ -148,6 +174,7 @@ class OpenAIRealtimeCodec:
             model=config.model,
             voice=config.voice,
             instructions=config.instructions,
+            greeting=config.greeting,
             max_frame_bytes=config.max_message_bytes,
         )
 
@@ -157,7 +184,8 @@ class OpenAIRealtimeCodec:
         audio_input: AudioInputJSON = {
             "format": {"type": "audio/pcmu"},
             # Server VAD answers at the end of the caller's turn and cancels the running
-            # response itself when the caller barges in (we still send response.cancel).
+            # response itself when the caller barges in (we still cancel a response we saw in
+            # progress: the setting is the server's to honour).
             "turn_detection": {
                 "type": "server_vad",
                 "create_response": True,
@@ -184,12 +212,25 @@ class OpenAIRealtimeCodec:
         self.ready = False
         return [_dumps(self.session_update())]
 
+    def after_ready(self) -> list[Frame]:
+        """The greeting's ``response.create``, the first time only (else nothing)."""
+        if not self.greeting or self.greeted:
+            return []
+        self.greeted = True
+        greet: ResponseCreateJSON = {
+            "type": "response.create",
+            "response": {"instructions": f'{GREETING_INSTRUCTIONS}"{self.greeting}"'},
+        }
+        return [_dumps(greet)]
+
     def encode(self, event: ToAgent) -> list[Frame]:
         """Frames for ``event``. Raises ``ValueError`` for audio not in ``input_format``.
 
         ``Dtmf`` becomes a user text item ``"DTMF: <digit>"`` followed by ``response.create``
         (a text item alone does not trigger a reply); an invalid digit sends nothing.
-        ``KeepAlive`` and ``Hangup`` send nothing (WebSocket pings keep the session alive).
+        ``Interrupt`` cancels the response in progress, if any (once), and truncates the item
+        that was playing, if any, to what the caller heard. ``KeepAlive`` and ``Hangup`` send
+        nothing (WebSocket pings keep the session alive).
         """
         match event:
             case AudioChunk():
@@ -197,7 +238,12 @@ class OpenAIRealtimeCodec:
                     raise ValueError(f"OpenAI session expects {self.input_format}")
                 return [_dumps({"type": "input_audio_buffer.append", "audio": event.payload})]
             case Interrupt(item_id=item_id, played_ms=played_ms):
-                frames: list[Frame] = [_dumps({"type": "response.cancel"})]
+                frames: list[Frame] = []
+                # A cancel with nothing in progress only earns an error event.
+                if self.responding and not self._cancelled:
+                    self._cancelled = True
+                    self._cancels_unanswered += 1
+                    frames.append(_dumps({"type": "response.cancel"}))
                 if item_id:
                     frames.append(
                         _dumps(
@@ -245,14 +291,21 @@ class OpenAIRealtimeCodec:
                 return [AudioChunk(delta, PCMU_8K, item_id=item_id)] if delta else []
             case "input_audio_buffer.speech_started":
                 return [SpeechStarted()]
+            case "response.created":
+                if not isinstance(msg.get("response"), dict):
+                    raise ProtocolError("response.created without a response object")
+                self.responding, self._cancelled = True, False
+                return []
             case "response.done":
+                self.responding = self._cancelled = False
                 return [ResponseDone()]
             case "response.output_audio_transcript.done":
                 return [Transcript("agent", string_field(msg, "transcript"))]
             case "conversation.item.input_audio_transcription.completed":
                 return [Transcript("user", string_field(msg, "transcript"))]
             case "error":
-                return [self._error(msg)]
+                error = self._error(msg)
+                return [] if error is None else [error]
             case _:
                 return []
 
@@ -271,7 +324,7 @@ class OpenAIRealtimeCodec:
         self.ready = True
         return [AgentReady()]
 
-    def _error(self, msg: Mapping[str, Any]) -> Error:
+    def _error(self, msg: Mapping[str, Any]) -> Error | None:
         err = msg.get("error")
         if not isinstance(err, dict):
             raise ProtocolError("error event without an error object")
@@ -279,6 +332,12 @@ class OpenAIRealtimeCodec:
         message = err.get("message") or ""
         if not isinstance(code, str) or not isinstance(message, str):
             raise ProtocolError("error event with non-string fields")
+        if code == CANCEL_NOT_ACTIVE and self._cancels_unanswered:
+            # Our cancel crossed the end of the response (server VAD stops a response by
+            # itself on speech_started, and its response.done can pass our cancel on the
+            # wire): nothing went wrong, so nothing is reported.
+            self._cancels_unanswered -= 1
+            return None
         return Error(code, message, fatal=not self.ready or code in FATAL_ERROR_CODES)
 
 

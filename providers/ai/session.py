@@ -91,10 +91,18 @@ class State(enum.Enum):
     CLOSED = enum.auto()
 
 
+class SessionCodec(AgentCodec, Protocol):
+    """An agent codec with frames to send once the provider has acknowledged the setup."""
+
+    def after_ready(self) -> list[Frame]:
+        """Frames to send right after :class:`AgentReady` (the greeting); may be empty."""
+        ...
+
+
 class WebSocketAgentSession:
     """An :class:`AgentSession` speaking ``codec``'s protocol over one WebSocket."""
 
-    def __init__(self, codec: AgentCodec, config: AgentConfig, endpoint: Endpoint) -> None:
+    def __init__(self, codec: SessionCodec, config: AgentConfig, endpoint: Endpoint) -> None:
         self.codec = codec
         self.config = config
         self.endpoint = endpoint
@@ -149,7 +157,8 @@ class WebSocketAgentSession:
         logger.info("%s session ready", self.provider)
 
     async def _open(self) -> tuple[ClientConnection, list[AgentEvent]]:
-        """Open a socket, send the codec's setup and wait for its acknowledgement.
+        """Open a socket, send the codec's setup, wait for its acknowledgement and send what
+        the codec has for then (``after_ready``).
 
         Returns the socket and the events received before the acknowledgement (which is
         consumed). Raises :class:`ConnectError`; never leaves a socket open on failure.
@@ -187,6 +196,8 @@ class WebSocketAgentSession:
                             case _:
                                 early.append(event)
                     if ready:
+                        for frame in self.codec.after_ready():
+                            await ws.send(frame)
                         return ws, early
         except ConnectError:
             self._abort(ws)

@@ -8,11 +8,12 @@ import asyncio
 import pytest
 
 from tests.conftest import UNIT
-from tests.e2e.carrier import caller_audio, eventually, place_call
+from tests.e2e.carrier import caller_audio, eventually, metric, place_call
 
 pytestmark = pytest.mark.e2e
 
 SENT = 50  # 1 s of caller audio, echoed back by the fake as the agent's answer
+PROVIDER_ERRORS = "voicegw_provider_errors_total"
 
 
 def sent_of(fake, kind: str) -> list[dict]:
@@ -78,4 +79,32 @@ async def test_barge_in_clears_the_carrier(make_gateway, deepgram_fake, gemini_f
     await eventually(lambda: leg.clears, 2 * UNIT, "clear sent to the carrier")
     await asyncio.sleep(0.3 * UNIT)
     assert len(leg.payloads) == leg.clears[0], "audio sent after the clear"
+    await leg.stop()
+
+
+@pytest.mark.parametrize("carrier", ["twilio", "telnyx"])
+async def test_openai_barge_in_after_the_answer_ended_cancels_nothing(
+    make_gateway, openai_fake, carrier
+):
+    # Every echoed frame is a whole response (response.done follows each delta): when the
+    # caller talks, the answer is still playing at the carrier but no response is in progress.
+    gw = await make_gateway("openai")
+    leg = await place_call(gw, carrier)
+    errors = metric(PROVIDER_ERRORS, provider="openai", kind="error")
+    await leg.play(caller_audio(SENT), realtime=False)
+    await leg.wait_audio(SENT // 4)
+
+    await openai_fake.speech_started()
+
+    await eventually(lambda: leg.clears, 2 * UNIT, "clear sent to the carrier")
+    async with asyncio.timeout(2 * UNIT):
+        await openai_fake.wait_until(lambda: sent_of(openai_fake, "conversation.item.truncate"))
+    # New caller audio reaches the provider after the barge-in: whatever it answered to the
+    # barge-in has been read by the gateway by the time that audio is echoed back.
+    before = len(leg.payloads)
+    await leg.play(caller_audio(3), realtime=False)
+    await leg.wait_audio(before + 3)
+    assert metric(PROVIDER_ERRORS, provider="openai", kind="error") == errors
+    assert openai_fake.errors_sent == []
+    assert sent_of(openai_fake, "response.cancel") == []
     await leg.stop()

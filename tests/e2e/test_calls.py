@@ -85,3 +85,28 @@ async def test_call_end_to_end(
     assert call.state is CallState.ENDED
     assert call.ended_reason == "carrier_hangup"
     assert call.provider == provider
+
+
+@pytest.mark.parametrize("provider", ["openai", "deepgram", "gemini"])
+async def test_the_agent_greets_the_caller_first(
+    make_gateway, provider, openai_fake, deepgram_fake, gemini_fake
+):
+    greeting = "Thanks for calling Acme. How can I help?"
+    gw = await make_gateway(provider, VOICEGW_AGENT_GREETING=greeting)
+    leg = await place_call(gw, "twilio")
+    # Each fake speaks 60 ms for a greeting; the caller has said nothing yet.
+    await leg.wait_audio(3)
+    assert leg.sent == []
+    assert set(leg.audio) <= {0xFF, 0x7F}  # the fakes speak silence: mu-law +0 and -0
+    match provider:
+        case "openai":
+            (response,) = openai_fake.created
+            assert response["instructions"].endswith(f'"{greeting}"')
+        case "deepgram":
+            assert deepgram_fake.settings["agent"]["greeting"] == greeting
+        case "gemini":
+            (turn,) = gemini_fake.turns
+            assert turn["parts"][0]["text"].endswith(f'"{greeting}"')
+    await leg.stop()
+    call = await gw.wait_ended(leg.ticket)
+    assert call.ended_reason == "carrier_hangup"

@@ -13,7 +13,9 @@ Behaviour, as the real server (https://developers.deepgram.com/docs/voice-agent)
   ``deepgram`` listen provider with a model, a think provider with a model, a speak provider);
   a bad one gets ``Error`` ``UNPARSABLE_CLIENT_MESSAGE`` (the fake's approximation of the real
   code) and the socket is closed. A valid one gets ``SettingsApplied`` (unless
-  ``answer_setup`` is false).
+  ``answer_setup`` is false); with an ``agent.greeting`` the agent then speaks it:
+  ``ConversationText`` (assistant), ``greeting_frames`` x 20 ms of mu-law silence,
+  ``AgentAudioDone``.
 * Binary audio is recorded and echoed back as binary; every ``audio_done_every`` chunks
   the fake sends ``AgentAudioDone``. ``KeepAlive`` and ``InjectUserMessage`` are recorded.
 """
@@ -77,6 +79,7 @@ def validate_settings(msg: Any) -> None:
     if listen is not None:
         provider: Any = listen.get("provider") if isinstance(listen, dict) else None
         need(isinstance(provider, dict), "agent.listen.provider")
+        need(provider.get("version") == "v1", "agent.listen.provider.version")
         need(provider.get("type") == "deepgram", "agent.listen.provider.type")
         need(isinstance(provider.get("model"), str), "agent.listen.provider.model")
     think = agent.get("think")
@@ -111,8 +114,10 @@ class FakeDeepgramAgent(WebSocketFake):
         answer_setup: bool = True,
         echo_audio: bool = True,
         audio_done_every: int = 1,
+        greeting_frames: int = 3,
     ) -> None:
         super().__init__()
+        self.greeting_frames = greeting_frames
         self.api_key = api_key
         self.answer_setup = answer_setup
         self.echo_audio = echo_audio
@@ -169,6 +174,12 @@ class FakeDeepgramAgent(WebSocketFake):
             self._configured.add(conn)
             if self.answer_setup:
                 await self.send_json({"type": "SettingsApplied"}, conn)
+                greeting = self.settings["agent"].get("greeting")
+                if greeting:
+                    await self.conversation_text("assistant", greeting)
+                    for _ in range(self.greeting_frames):
+                        await conn.send(b"\xff" * 160)
+                    await self.send_json({"type": "AgentAudioDone"}, conn)
             return
         if isinstance(message, bytes):
             self.audio.append(message)

@@ -19,6 +19,9 @@ Behaviour, as the real server (https://ai.google.dev/api/live):
   repeating every other sample), each ``turn_complete_every`` chunks followed by
   ``turnComplete``. With ``binary_json`` (default) JSON goes out in binary frames, as Google's
   servers do.
+* ``clientContent`` (``turns`` of ``{role, parts: [{text}]}``, ``turnComplete``) is validated
+  and recorded in ``turns``; with ``turnComplete`` the model answers with a turn of
+  ``reply_chunks`` x 20 ms of 24 kHz silence and ``turnComplete``.
 * Commands: ``interrupted()``, ``go_away(time_left)`` (and, with ``close_after``, the socket is
   closed once the time is up), ``resumption_update()``, ``transcription(...)``.
 """
@@ -159,8 +162,11 @@ class FakeGeminiLive(WebSocketFake):
         turn_complete_every: int = 1,
         issue_handles: bool = True,
         binary_json: bool = True,
+        reply_chunks: int = 3,
     ) -> None:
         super().__init__()
+        self.reply_chunks = reply_chunks
+        self.turns: list[dict[str, Any]] = []
         self.api_key = api_key
         self.answer_setup = answer_setup
         self.echo_audio = echo_audio
@@ -251,6 +257,30 @@ class FakeGeminiLive(WebSocketFake):
             raise InvalidPayload(1007, "Setup may only be sent once.")
         if "realtimeInput" in msg:
             await self._realtime_input(conn, msg["realtimeInput"])
+        if "clientContent" in msg:
+            await self._client_content(conn, msg["clientContent"])
+
+    async def _client_content(self, conn: ServerConnection, content: Any) -> None:
+        _check_schema(content, {"turns": None, "turnComplete": None}, "client_content")
+        turns = content.get("turns", [])
+        if not isinstance(turns, list):
+            raise InvalidPayload(1007, "Invalid value at 'client_content.turns'")
+        for turn in turns:
+            _check_schema(turn, {"role": None, "parts": None}, "client_content.turns")
+            parts = turn.get("parts")
+            if turn.get("role") not in {"user", "model"} or not isinstance(parts, list):
+                raise InvalidPayload(1007, "Invalid value at 'client_content.turns'")
+            for part in parts:
+                if not isinstance(part, dict) or not isinstance(part.get("text"), str):
+                    raise InvalidPayload(1007, "Invalid value at 'client_content.turns.parts'")
+            self.turns.append(turn)
+        if content.get("turnComplete") is not True:
+            return
+        silence = base64.b64encode(b"\x00\x00" * 480).decode()  # 20 ms at 24 kHz
+        part = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": silence}}
+        for _ in range(self.reply_chunks):
+            await self.send_json({"serverContent": {"modelTurn": {"parts": [part]}}}, conn)
+        await self.send_json({"serverContent": {"turnComplete": True}}, conn)
 
     async def _setup(self, conn: ServerConnection, setup: Any) -> None:
         if self._keys.get(conn) != self.api_key:

@@ -17,8 +17,15 @@ Behaviour, as the real server (https://platform.openai.com/docs/api-reference/re
 * Every ``input_audio_buffer.append`` is recorded and echoed back as
   ``response.output_audio.delta`` (same base64 text, ``item_id``/``response_id`` set), each
   ``response_done_every`` appends closing the response with ``response.done``.
-* ``response.cancel``, ``conversation.item.truncate``, ``conversation.item.create`` and
-  ``response.create`` are validated and answered as the real server does.
+* ``response.create`` starts a response (``response.created``, ``reply_frames`` deltas of
+  mu-law silence, ``response.done``); with one already active it gets ``error``
+  ``conversation_already_has_active_response``. Each is recorded in ``created``.
+* ``speech_started()`` ends the active response (``response.done``, ``cancelled``) as server
+  VAD does when the session's ``interrupt_response`` is true.
+* ``response.cancel`` with a response active ends it as ``cancelled``; with none it gets
+  ``error`` ``response_cancel_not_active`` (``invalid_request_error``), as the real server.
+  ``conversation.item.truncate`` and ``conversation.item.create`` are validated and answered
+  as the real server does.
 
 :class:`WebSocketFake` is the base the Deepgram and Gemini fakes share: recording, knobs
 (``stall`` stops reading) and commands (``close_abnormally``, ``send_raw``).
@@ -229,6 +236,7 @@ _SESSION_SCHEMA: dict[str, Any] = {
     },
 }
 _FORMATS = {"audio/pcm", "audio/pcmu", "audio/pcma"}
+SILENCE_20MS = base64.b64encode(b"\xff" * 160).decode()  # mu-law silence
 _CLIENT_EVENTS = {
     "session.update",
     "input_audio_buffer.append",
@@ -313,13 +321,17 @@ class FakeOpenAIRealtime(WebSocketFake):
         answer_setup: bool = True,
         echo_audio: bool = True,
         response_done_every: int = 1,
+        reply_frames: int = 3,
     ) -> None:
         super().__init__()
         self.api_key = api_key
         self.answer_setup = answer_setup
         self.echo_audio = echo_audio
         self.response_done_every = response_done_every
+        self.reply_frames = reply_frames
         self.audio: list[str] = []
+        self.created: list[dict[str, Any]] = []  # the ``response`` of each response.create
+        self.errors_sent: list[str] = []  # codes of the error events sent, in order
         self.session: dict[str, Any] = {"type": "realtime", "model": "", "audio": {}}
         self.items: set[str] = set()
         # (response_id, item_id) of the active response, per connection
@@ -340,14 +352,19 @@ class FakeOpenAIRealtime(WebSocketFake):
     # -- commands --------------------------------------------------------------------------
 
     async def speech_started(self, audio_start_ms: int = 0) -> None:
+        conn = self.current
         await self.send_json(
             {
                 "type": "input_audio_buffer.speech_started",
                 "event_id": self.next_id("event"),
                 "audio_start_ms": audio_start_ms,
                 "item_id": self.next_id("item"),
-            }
+            },
+            conn,
         )
+        turn = (self.session.get("audio", {}).get("input") or {}).get("turn_detection") or {}
+        if turn.get("interrupt_response") and conn in self._responses:
+            await self._done(conn, "cancelled")
 
     async def send_error(
         self, code: str, message: str = "error", *, type: str = "invalid_request_error"
@@ -380,6 +397,7 @@ class FakeOpenAIRealtime(WebSocketFake):
     def _error(
         self, code: str, message: str, param: str | None, *, type: str = "invalid_request_error"
     ) -> dict[str, Any]:
+        self.errors_sent.append(code)
         return {
             "type": "error",
             "event_id": self.next_id("event"),
@@ -451,9 +469,23 @@ class FakeOpenAIRealtime(WebSocketFake):
             case "response.cancel":
                 if conn not in self._responses:
                     raise InvalidRequest(
-                        "response_cancel_not_active", "Cancellation failed: no active response."
+                        "response_cancel_not_active",
+                        "Cancellation failed: no active response found.",
                     )
                 await self._done(conn, "cancelled")
+            case "response.create":
+                response = msg.get("response", {})
+                if not isinstance(response, dict) or not isinstance(
+                    response.get("instructions", ""), str
+                ):
+                    raise InvalidRequest("invalid_value", "Invalid response.", "response")
+                if conn in self._responses:
+                    raise InvalidRequest(
+                        "conversation_already_has_active_response",
+                        "Conversation already has an active response in progress.",
+                    )
+                self.created.append(response)
+                await self._reply(conn)
             case "conversation.item.truncate":
                 item_id, index, end = (
                     msg.get(k) for k in ("item_id", "content_index", "audio_end_ms")
@@ -502,19 +534,20 @@ class FakeOpenAIRealtime(WebSocketFake):
             case _:
                 pass  # accepted without an answer the client needs
 
-    async def _echo(self, conn: ServerConnection, audio: str) -> None:
-        if conn not in self._responses:
-            response_id, item_id = self.next_id("resp"), self.next_id("item")
-            self._responses[conn] = response_id, item_id
-            self.items.add(item_id)
-            await self.send_json(
-                {
-                    "type": "response.created",
-                    "event_id": self.next_id("event"),
-                    "response": {"id": response_id, "status": "in_progress"},
-                },
-                conn,
-            )
+    async def _begin(self, conn: ServerConnection) -> None:
+        response_id, item_id = self.next_id("resp"), self.next_id("item")
+        self._responses[conn] = response_id, item_id
+        self.items.add(item_id)
+        await self.send_json(
+            {
+                "type": "response.created",
+                "event_id": self.next_id("event"),
+                "response": {"id": response_id, "status": "in_progress"},
+            },
+            conn,
+        )
+
+    async def _delta(self, conn: ServerConnection, audio: str) -> None:
         response_id, item_id = self._responses[conn]
         await self.send_json(
             {
@@ -528,6 +561,18 @@ class FakeOpenAIRealtime(WebSocketFake):
             },
             conn,
         )
+
+    async def _reply(self, conn: ServerConnection) -> None:
+        """A whole response to response.create: ``reply_frames`` x 20 ms of mu-law silence."""
+        await self._begin(conn)
+        for _ in range(self.reply_frames):
+            await self._delta(conn, SILENCE_20MS)
+        await self._done(conn, "completed")
+
+    async def _echo(self, conn: ServerConnection, audio: str) -> None:
+        if conn not in self._responses:
+            await self._begin(conn)
+        await self._delta(conn, audio)
         self._deltas += 1
         if self.response_done_every and self._deltas % self.response_done_every == 0:
             await self._done(conn, "completed")

@@ -7,6 +7,11 @@ from typing import Any
 
 import pydantic
 import pytest
+from deepgram.agent.v1.requests import (
+    AgentV1InjectUserMessageParams,
+    AgentV1KeepAliveParams,
+    AgentV1SettingsParams,
+)
 from deepgram.agent.v1.types import (
     AgentV1AgentAudioDone,
     AgentV1ConversationText,
@@ -37,6 +42,7 @@ from providers.events import (
     Transcript,
 )
 from providers.exceptions import ProtocolError
+from tests.providers.ai.sdk_types import assert_conforms, problems
 
 WELCOME = {"type": "Welcome", "request_id": "fc553ec9-5874-49ca-a47c-b670d525a4b1"}
 SETTINGS_APPLIED = {"type": "SettingsApplied"}
@@ -78,6 +84,8 @@ def test_start_is_v1_settings() -> None:
     (frame,) = codec(greeting="Hello!").start()
     assert isinstance(frame, str)
     msg = json.loads(frame)
+    # The request type: every required key at every level (listen.provider.version...).
+    assert_conforms(msg, AgentV1SettingsParams)
     settings = AgentV1Settings.model_validate(msg)
     assert extra_fields(settings) == []
     assert msg["type"] == "Settings"
@@ -86,7 +94,7 @@ def test_start_is_v1_settings() -> None:
         "output": {"encoding": "mulaw", "sample_rate": 8000, "container": "none"},
     }
     agent = msg["agent"]
-    assert agent["listen"] == {"provider": {"type": "deepgram", "model": "nova-3"}}
+    assert agent["listen"] == {"provider": {"version": "v1", "type": "deepgram", "model": "nova-3"}}
     assert agent["think"] == {
         "provider": {"type": "open_ai", "model": "gpt-4o-mini"},
         "prompt": "Be brief.",
@@ -97,6 +105,19 @@ def test_start_is_v1_settings() -> None:
 
 def test_settings_without_greeting_omit_it() -> None:
     assert "greeting" not in json.loads(codec().start()[0])["agent"]
+    assert codec(greeting="Hello!").after_ready() == []  # the greeting is in Settings
+
+
+def test_request_check_catches_a_missing_listen_version_and_unknown_keys() -> None:
+    msg = json.loads(codec().start()[0])
+    del msg["agent"]["listen"]["provider"]["version"]
+    msg["agent"]["voice"] = "x"
+    assert problems(msg, AgentV1SettingsParams) == [
+        "$.agent.voice: not defined by AgentV1SettingsAgentParams",
+        "$.agent.listen.provider.version: required",
+    ]
+    # The SDK's pydantic model fills the default in: it alone would not notice.
+    AgentV1Settings.model_validate(msg)
 
 
 def test_audio_goes_out_as_binary() -> None:
@@ -112,6 +133,7 @@ def test_audio_in_another_format_is_a_caller_bug() -> None:
 def test_keepalive() -> None:
     (frame,) = codec().encode(KeepAlive())
     assert isinstance(frame, str)
+    assert_conforms(json.loads(frame), AgentV1KeepAliveParams)
     AgentV1KeepAlive.model_validate(json.loads(frame))
     assert json.loads(frame) == {"type": "KeepAlive"}
 
@@ -119,6 +141,7 @@ def test_keepalive() -> None:
 def test_dtmf_is_an_injected_user_message() -> None:
     (frame,) = codec().encode(Dtmf("#"))
     assert isinstance(frame, str)
+    assert_conforms(json.loads(frame), AgentV1InjectUserMessageParams)
     message = AgentV1InjectUserMessage.model_validate(json.loads(frame))
     assert message.content == "DTMF: #"
     assert codec().encode(Dtmf("nope")) == []

@@ -124,6 +124,23 @@ def test_latest_handle_is_used_on_restart() -> None:
     assert c.feed(json.dumps(SETUP_COMPLETE)) == [AgentReady()]
 
 
+def test_greeting_is_a_complete_client_turn_once() -> None:
+    c = codec(greeting="Thanks for calling Acme.")
+    c.start()
+    assert c.feed(json.dumps(SETUP_COMPLETE)) == [AgentReady()]
+    (frame,) = c.after_ready()
+    content = wire(frame)["clientContent"]
+    assert content["turnComplete"] is True
+    (turn,) = content["turns"]
+    assert turn["role"] == "user"
+    assert turn["parts"][0]["text"].endswith('"Thanks for calling Acme."')
+    # A resumed session (same codec, new connection) has greeted already.
+    c.start(resume_handle="h-1")
+    assert c.feed(json.dumps(SETUP_COMPLETE)) == [AgentReady()]
+    assert c.after_ready() == []
+    assert codec().after_ready() == []  # no greeting configured
+
+
 def test_audio_out() -> None:
     (frame,) = codec().encode(AudioChunk(PCM, PCM16_16K))
     msg = wire(frame)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
+import typing
 from typing import Any
 
 import pydantic
 import pytest
-from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent, SessionUpdateEvent
+from openai.types.realtime import (
+    RealtimeClientEvent,
+    RealtimeClientEventParam,
+    RealtimeServerEvent,
+    RealtimeSessionCreateRequest,
+    SessionUpdateEvent,
+)
 
-from providers.ai.config import AgentConfig
+from providers.ai.config import DEFAULTS, AgentConfig, Provider
 from providers.ai.openai_realtime import OpenAIRealtimeCodec, endpoint
 from providers.events import (
     PCM16_16K,
@@ -26,6 +35,7 @@ from providers.events import (
     Transcript,
 )
 from providers.exceptions import ProtocolError
+from tests.providers.ai.sdk_types import assert_conforms
 
 CLIENT_EVENT = pydantic.TypeAdapter(RealtimeClientEvent)
 SERVER_EVENT = pydantic.TypeAdapter(RealtimeServerEvent)
@@ -91,6 +101,17 @@ SPEECH_STARTED: dict[str, Any] = {
     "audio_start_ms": 1000,
     "item_id": "item_B1lE2uSAXqzXq3QLk3rYq",
 }
+RESPONSE_CREATED: dict[str, Any] = {
+    "type": "response.created",
+    "event_id": "event_CCXGRvNTwDFhwxZB0JmGO",
+    "response": {
+        "object": "realtime.response",
+        "id": "resp_CCXGRxbY0n6WE4EszhvH5",
+        "status": "in_progress",
+        "status_details": None,
+        "output": [],
+    },
+}
 RESPONSE_DONE: dict[str, Any] = {
     "type": "response.done",
     "event_id": "event_CCXHxcMy86rrKhBLDdqCh",
@@ -132,12 +153,14 @@ ERROR: dict[str, Any] = {
 }
 
 
-def codec() -> OpenAIRealtimeCodec:
-    return OpenAIRealtimeCodec(model="gpt-realtime", voice="marin", instructions="Be brief.")
+def codec(**kw: Any) -> OpenAIRealtimeCodec:
+    return OpenAIRealtimeCodec(
+        model="gpt-realtime-2.1", voice="marin", instructions="Be brief.", **kw
+    )
 
 
-def ready_codec() -> OpenAIRealtimeCodec:
-    c = codec()
+def ready_codec(**kw: Any) -> OpenAIRealtimeCodec:
+    c = codec(**kw)
     c.start()
     assert c.feed(json.dumps(SESSION_UPDATED)) == [AgentReady()]
     return c
@@ -156,6 +179,7 @@ def extra_fields(model: pydantic.BaseModel, path: str = "") -> list[str]:
 
 def sdk_client_event(frame: str | bytes) -> Any:
     assert isinstance(frame, str)
+    assert_conforms(json.loads(frame), RealtimeClientEventParam)
     event = CLIENT_EVENT.validate_python(json.loads(frame))
     assert extra_fields(event) == []
     return event
@@ -167,11 +191,12 @@ def sdk_client_event(frame: str | bytes) -> Any:
 def test_start_is_a_ga_session_update() -> None:
     (frame,) = codec().start()
     msg = json.loads(frame)
+    assert_conforms(msg, RealtimeClientEventParam)
     event = SessionUpdateEvent.model_validate(msg)
     assert extra_fields(event) == []
     session = msg["session"]
     assert session["type"] == "realtime"
-    assert session["model"] == "gpt-realtime"
+    assert session["model"] == "gpt-realtime-2.1"
     assert session["instructions"] == "Be brief."
     assert session["audio"]["input"]["format"] == {"type": "audio/pcmu"}
     assert session["audio"]["output"]["format"] == {"type": "audio/pcmu"}
@@ -211,8 +236,14 @@ def test_audio_in_another_format_is_a_caller_bug() -> None:
         codec().encode(AudioChunk("AAAA", PCM16_16K))
 
 
-def test_interrupt_cancels_and_truncates() -> None:
-    cancel, truncate = codec().encode(Interrupt(item_id="item_1", played_ms=640))
+def responding_codec() -> OpenAIRealtimeCodec:
+    c = ready_codec()
+    assert c.feed(json.dumps(RESPONSE_CREATED)) == []
+    return c
+
+
+def test_interrupt_cancels_a_response_in_progress_and_truncates() -> None:
+    cancel, truncate = responding_codec().encode(Interrupt(item_id="item_1", played_ms=640))
     assert sdk_client_event(cancel).type == "response.cancel"
     event = sdk_client_event(truncate)
     assert event.type == "conversation.item.truncate"
@@ -220,13 +251,67 @@ def test_interrupt_cancels_and_truncates() -> None:
 
 
 def test_interrupt_without_item_only_cancels() -> None:
-    (cancel,) = codec().encode(Interrupt())
+    (cancel,) = responding_codec().encode(Interrupt())
     assert sdk_client_event(cancel).type == "response.cancel"
 
 
+def test_interrupt_with_no_response_in_progress_cancels_nothing() -> None:
+    # Before any response, and after response.done (the answer may still be playing at the
+    # carrier: its item is truncated all the same).
+    assert ready_codec().encode(Interrupt()) == []
+    c = responding_codec()
+    c.feed(json.dumps(RESPONSE_DONE))
+    (truncate,) = c.encode(Interrupt(item_id="item_1", played_ms=300))
+    assert sdk_client_event(truncate).type == "conversation.item.truncate"
+
+
+def test_one_cancel_per_response() -> None:
+    c = responding_codec()
+    assert len(c.encode(Interrupt())) == 1
+    assert c.encode(Interrupt()) == []  # a second speech_started in the same response
+    c.feed(json.dumps(RESPONSE_DONE))
+    c.feed(json.dumps(RESPONSE_CREATED))
+    assert len(c.encode(Interrupt())) == 1
+
+
+def test_a_cancel_that_crossed_the_response_end_reports_nothing() -> None:
+    # Server VAD ends the response itself on speech_started; its response.done passes our
+    # cancel on the wire and the server answers the cancel with response_cancel_not_active.
+    c = responding_codec()
+    c.feed(json.dumps(SPEECH_STARTED))
+    assert len(c.encode(Interrupt())) == 1
+    assert c.feed(json.dumps(RESPONSE_DONE)) == [ResponseDone()]
+    assert c.feed(json.dumps(ERROR)) == []
+    # One cancel, one answer: the next such error is not ours and is reported.
+    (event,) = c.feed(json.dumps(ERROR))
+    assert isinstance(event, Error) and event.code == "response_cancel_not_active"
+
+
 def test_interrupt_clamps_negative_played_ms() -> None:
-    _, truncate = codec().encode(Interrupt(item_id="item_1", played_ms=-5))
+    (truncate,) = codec().encode(Interrupt(item_id="item_1", played_ms=-5))
     assert json.loads(truncate)["audio_end_ms"] == 0
+
+
+def test_greeting_is_one_response_create_after_ready() -> None:
+    c = ready_codec(greeting="Thanks for calling Acme, how can I help?")
+    (frame,) = c.after_ready()
+    event = sdk_client_event(frame)
+    assert event.type == "response.create"
+    assert event.response.instructions.endswith('"Thanks for calling Acme, how can I help?"')
+    assert c.after_ready() == []
+    assert ready_codec().after_ready() == []  # no greeting configured
+
+
+def test_default_model_has_no_announced_shutdown() -> None:
+    field = RealtimeSessionCreateRequest.model_fields["model"]
+    named = {v for arg in typing.get_args(field.annotation) for v in typing.get_args(arg)}
+    source = inspect.getsource(RealtimeSessionCreateRequest)
+    deprecated = source[source.index("Deprecated values:") :].split('"""')[0]
+    shutting_down = set(re.findall(r'"([^"]+)"', deprecated))
+    assert "gpt-realtime" in shutting_down  # the check reads the SDK's notes
+    default = DEFAULTS[Provider.OPENAI].model
+    assert default in named
+    assert default not in shutting_down
 
 
 def test_dtmf_is_a_user_text_item_and_a_response() -> None:
@@ -258,6 +343,7 @@ def test_keepalive_and_hangup_send_nothing() -> None:
         SESSION_UPDATED,
         AUDIO_DELTA,
         SPEECH_STARTED,
+        RESPONSE_CREATED,
         RESPONSE_DONE,
         AGENT_TRANSCRIPT,
         USER_TRANSCRIPT,
@@ -336,7 +422,6 @@ def test_session_expired_is_fatal() -> None:
     "type_",
     [
         "rate_limits.updated",
-        "response.created",
         "conversation.item.added",
         "output_audio_buffer.started",
         "some.future.event",
@@ -361,6 +446,7 @@ def test_unknown_and_unused_events_are_ignored(type_: str) -> None:
         json.dumps({**AGENT_TRANSCRIPT, "transcript": None}),
         json.dumps({"type": "error", "error": "boom"}),
         json.dumps({"type": "session.updated", "session": []}),
+        json.dumps({"type": "response.created", "event_id": "e"}),
         b'{"type": "session.updated"}',
     ],
 )
@@ -380,7 +466,7 @@ def test_oversized_frame_is_rejected_before_parsing() -> None:
 def test_endpoint_url_and_auth_header_never_in_repr() -> None:
     config = AgentConfig.for_provider("openai", api_key="sk-secret-1")
     target = endpoint(config)
-    assert target.url == "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+    assert target.url == "wss://api.openai.com/v1/realtime?model=gpt-realtime-2.1"
     assert target.headers == {"Authorization": "Bearer sk-secret-1"}
     assert "OpenAI-Beta" not in target.headers
     assert "sk-secret-1" not in repr(target)
@@ -389,4 +475,4 @@ def test_endpoint_url_and_auth_header_never_in_repr() -> None:
 
 def test_endpoint_keeps_an_existing_query() -> None:
     config = AgentConfig.for_provider("openai", api_key="k", url="ws://127.0.0.1:9/v1/realtime?x=1")
-    assert endpoint(config).url == "ws://127.0.0.1:9/v1/realtime?x=1&model=gpt-realtime"
+    assert endpoint(config).url == "ws://127.0.0.1:9/v1/realtime?x=1&model=gpt-realtime-2.1"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from providers.ai.config import AgentConfig
+from providers.ai.config import AgentConfig, AgentOptions
 from providers.ai.echo import EchoSession
 from providers.ai.gemini_live import GeminiLiveCodec
 from providers.ai.gemini_live import endpoint as gemini_endpoint
@@ -65,6 +65,18 @@ async def connected(cfg: AgentConfig) -> Any:
     return session
 
 
+async def events_until(session: Any, kind: type[AgentEvent]) -> list[AgentEvent]:
+    """Every event up to and including the first ``kind``."""
+    events: list[AgentEvent] = []
+    async with asyncio.timeout(5 * UNIT):
+        while not isinstance(events[-1] if events else None, kind):
+            events.append(await session.recv())
+    return events
+
+
+GREETING = "Thanks for calling Acme. How can I help?"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,7 +105,7 @@ async def test_openai_setup_and_audio_round_trip_fast_path() -> None:
         assert fake.audio == ULAW_20MS  # the bytes the provider received are ours
         assert echoed == ULAW_20MS
         assert await recv_until(session, ResponseDone) == ResponseDone()
-        assert fake.requests[-1][0] == "/v1/realtime?model=gpt-realtime"
+        assert fake.requests[-1][0] == "/v1/realtime?model=gpt-realtime-2.1"
         await session.close()
 
 
@@ -116,8 +128,51 @@ async def test_openai_barge_in_cancels_and_truncates() -> None:
             "conversation.item.create",
             "response.create",
         ]
-        # The fake answered each as the server does; none of it was an error.
+        # Server VAD had ended the response already (interrupt_response): the fake answered
+        # the cancel with response_cancel_not_active, which is no error of ours. The second
+        # ResponseDone ends the DTMF's response: everything before it has been read.
+        events = await events_until(session, ResponseDone)
+        events += await events_until(session, ResponseDone)
+        assert fake.errors_sent == ["response_cancel_not_active"]
+        assert not [e for e in events if isinstance(e, Error)]
+        await session.close()
+
+
+async def test_openai_barge_in_with_no_response_in_progress_cancels_nothing() -> None:
+    async with FakeOpenAIRealtime() as fake:  # every echo is a whole response
+        session = await connected(config("openai", fake.url, "sk-test"))
+        await session.send(AudioChunk(ULAW_20MS[0], PCMU_8K))
+        chunk = await recv_until(session, AudioChunk)
         assert await recv_until(session, ResponseDone) == ResponseDone()
+        # The answer may still be playing at the carrier: its item is truncated, no more.
+        await fake.speech_started()
+        assert await recv_until(session, SpeechStarted) == SpeechStarted()
+        assert isinstance(chunk, AudioChunk)
+        await session.send(Interrupt(item_id=chunk.item_id, played_ms=10))
+        await session.send(Dtmf("1"))  # a marker: the server has read what came before it
+        events = await events_until(session, ResponseDone)
+        kinds = [m["type"] for m in fake.received]
+        assert "response.cancel" not in kinds
+        assert kinds[-3:] == [
+            "conversation.item.truncate",
+            "conversation.item.create",
+            "response.create",
+        ]
+        assert fake.errors_sent == []
+        assert not [e for e in events if isinstance(e, Error)]
+        await session.close()
+
+
+async def test_openai_speaks_the_greeting_first() -> None:
+    async with FakeOpenAIRealtime() as fake:
+        cfg = config("openai", fake.url, "sk-test", options=AgentOptions(greeting=GREETING))
+        session = await connected(cfg)
+        events = await events_until(session, ResponseDone)
+        assert [type(e) for e in events] == [AudioChunk] * fake.reply_frames + [ResponseDone]
+        assert [m["type"] for m in fake.received] == ["session.update", "response.create"]
+        (response,) = fake.created
+        assert response["instructions"].endswith(f'"{GREETING}"')
+        assert fake.audio == []  # before the caller said anything
         await session.close()
 
 
@@ -257,6 +312,18 @@ async def test_deepgram_setup_and_binary_audio_round_trip() -> None:
         await session.close()
 
 
+async def test_deepgram_speaks_the_greeting_first() -> None:
+    async with FakeDeepgramAgent() as fake:
+        cfg = config("deepgram", fake.url, "dg-test", options=AgentOptions(greeting=GREETING))
+        session = await connected(cfg)
+        events = await events_until(session, ResponseDone)
+        assert events[0] == Transcript("agent", GREETING)
+        assert [type(e) for e in events[1:]] == [AudioChunk] * fake.greeting_frames + [ResponseDone]
+        assert fake.settings is not None and fake.settings["agent"]["greeting"] == GREETING
+        assert len(fake.received) == 1  # the greeting travelled in Settings
+        await session.close()
+
+
 async def test_deepgram_keepalive_when_idle() -> None:
     async with FakeDeepgramAgent() as fake:
         session = await connected(config("deepgram", fake.url, "dg-test", idle_keepalive_s=0.05))
@@ -297,6 +364,28 @@ async def test_gemini_setup_and_audio_round_trip() -> None:
         assert await recv_until(session, ResponseDone) == ResponseDone()
         await fake.interrupted()
         assert await recv_until(session, SpeechStarted) == SpeechStarted()
+        await session.close()
+
+
+async def test_gemini_speaks_the_greeting_first_and_not_again_on_resumption() -> None:
+    async with FakeGeminiLive() as fake:
+        cfg = config("gemini", fake.url, "g-test", options=AgentOptions(greeting=GREETING))
+        session = await connected(cfg)
+        events = await events_until(session, ResponseDone)
+        audio = [e for e in events if isinstance(e, AudioChunk)]
+        assert len(audio) == fake.reply_chunks and audio[0].format == PCM16_24K
+        (turn,) = fake.turns
+        assert turn["role"] == "user" and turn["parts"][0]["text"].endswith(f'"{GREETING}"')
+        await fake.go_away("5s")
+        receiver = asyncio.create_task(recv_until(session, ResponseDone))
+        async with asyncio.timeout(5 * UNIT):
+            await fake.wait_until(lambda: len(fake.setups) == 2)
+        await session.send(AudioChunk(PCM16_20MS, PCM16_16K))  # held or sent: the new socket
+        async with asyncio.timeout(5 * UNIT):
+            assert await receiver == ResponseDone()
+        assert fake.resumed_with == [None, "handle-1"]
+        assert session.resumptions == 1
+        assert len(fake.turns) == 1  # the resumed session was not greeted again
         await session.close()
 
 
