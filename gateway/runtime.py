@@ -556,7 +556,9 @@ class Runtime:
         except (StateUnavailable, RedisError, OSError, TimeoutError):
             raise StreamRefused(CloseCode.TRY_AGAIN_LATER, "shared state unavailable") from None
 
-    def agent_config(self, provider: str) -> AgentConfig:
+    def agent_config(self, provider: str, *, greet: bool = True) -> AgentConfig:
+        """How to open ``provider`` for a call. ``greet=False`` leaves the greeting out: a call
+        that moves to another provider mid-call has been greeted already."""
         s = self.settings
         key, url = {
             "openai": (s.openai_api_key, s.openai_realtime_url),
@@ -566,7 +568,7 @@ class Runtime:
         }[provider]
         options = AgentOptions(
             instructions=s.agent_instructions,
-            greeting=s.agent_greeting,
+            greeting=s.agent_greeting if greet else None,
             providers={
                 Provider.OPENAI: ProviderOptions(s.openai_model, s.openai_voice),
                 Provider.DEEPGRAM: ProviderOptions(s.deepgram_think_model, s.deepgram_voice),
@@ -599,7 +601,7 @@ class Runtime:
                 trial = await breaker.acquire()
             except BreakerOpen:
                 continue
-            session = open_session(self.agent_config(provider))
+            session = open_session(self.agent_config(provider, greet=after is None))
             began = time.perf_counter()
             try:
                 await session.connect()

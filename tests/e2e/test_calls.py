@@ -110,3 +110,24 @@ async def test_the_agent_greets_the_caller_first(
     await leg.stop()
     call = await gw.wait_ended(leg.ticket)
     assert call.ended_reason == "carrier_hangup"
+
+
+async def test_a_call_moved_to_another_provider_is_not_greeted_again(
+    make_gateway, openai_fake, deepgram_fake
+):
+    greeting = "Thanks for calling Acme. How can I help?"
+    gw = await make_gateway("openai,deepgram", VOICEGW_AGENT_GREETING=greeting)
+    leg = await place_call(gw, "twilio")
+    await leg.wait_audio(3)  # OpenAI's greeting
+    (response,) = openai_fake.created
+    assert response["instructions"].endswith(f'"{greeting}"')
+
+    await openai_fake.close_abnormally()
+    async with asyncio.timeout(5 * UNIT):
+        await deepgram_fake.wait_until(lambda: deepgram_fake.settings is not None)
+    # The caller heard the greeting once; the provider taking over mid-call does not repeat it.
+    assert "greeting" not in deepgram_fake.settings["agent"]
+    await leg.stop()
+    call = await gw.wait_ended(leg.ticket)
+    assert call.ended_reason == "carrier_hangup"
+    assert call.provider == "deepgram"
