@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import math
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -75,6 +76,75 @@ def parse_networks(
             raise ConfigError(f"{setting}: entry #{index} is not a valid CIDR network") from None
         networks.append(_normalise_network(network))
     return tuple(networks)
+
+
+# -- how much of the Internet a list of networks lets in ------------------------------------
+
+MAX_IPV4_SPAN: Final = 2**24
+"""Public IPv4 addresses a trusted-proxy list or an allowlist may cover: one /8. A proxy tier
+or a carrier's egress lives in a few /24s; a /8 is already a whole provider's allocation, and
+anything wider is a slice of the Internet (``0.0.0.0/1,128.0.0.0/1`` is ``0.0.0.0/0`` spelt
+twice). Private-use space is not counted: trusting every RFC 1918 network lets in only
+machines inside the operator's own networks."""
+MAX_IPV6_SPAN: Final = 2**96
+"""Public IPv6 addresses likewise: one /32, what a registry hands a whole ISP (a site gets a
+/48, a cloud network a /56)."""
+PRIVATE_USE: Final[tuple[IPNetwork, ...]] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",  # RFC 1918
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",  # RFC 6598 carrier-grade NAT
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link-local
+        "::1/128",
+    )
+)
+
+
+def public_span(networks: Iterable[IPNetwork]) -> tuple[int, int]:
+    """How many public (not private-use) IPv4 and IPv6 addresses ``networks`` cover together:
+    overlaps counted once, IPv4-mapped IPv6 networks (``::ffff:0:0/96``) counted as IPv4."""
+    v4: list[ipaddress.IPv4Network] = []
+    v6: list[ipaddress.IPv6Network] = []
+    for network in networks:
+        network = _normalise_network(network)
+        if isinstance(network, ipaddress.IPv4Network):
+            v4.append(network)
+            continue
+        mapped = ipaddress.IPv6Network("::ffff:0:0/96")
+        if network.overlaps(mapped):  # wider than the mapped block: it holds all of IPv4
+            v4.append(ipaddress.IPv4Network("0.0.0.0/0"))
+        v6.append(network)
+    return (
+        _public_count(ipaddress.collapse_addresses(v4)),
+        _public_count(ipaddress.collapse_addresses(v6)),
+    )
+
+
+def _public_count(disjoint: Iterable[IPNetwork]) -> int:
+    total = 0
+    for network in disjoint:
+        total += network.num_addresses
+        for private in PRIVATE_USE:
+            # Two CIDR blocks are nested or disjoint; the private blocks are disjoint.
+            if private.version == network.version and network.overlaps(private):
+                total -= min(network.num_addresses, private.num_addresses)
+    return total
+
+
+def too_wide(networks: Iterable[IPNetwork]) -> str | None:
+    """Why ``networks`` are as good as a wildcard (e.g. "covers 2^31 public IPv4 addresses"),
+    or None when they stay within ``MAX_IPV4_SPAN`` / ``MAX_IPV6_SPAN`` public addresses."""
+    v4, v6 = public_span(networks)
+    if v4 > MAX_IPV4_SPAN:
+        return f"covers about 2^{round(math.log2(v4))} public IPv4 addresses (more than a /8)"
+    if v6 > MAX_IPV6_SPAN:
+        return f"covers about 2^{round(math.log2(v6))} public IPv6 addresses (more than a /32)"
+    return None
 
 
 def is_loopback_host(host: str | None) -> bool:
