@@ -1,6 +1,6 @@
 """Webhook source allowlists and the client address behind trusted reverse proxies.
 
-Pure and synchronous. ``parse_networks`` reads configuration; ``ClientAddressResolver`` finds
+Synchronous. ``parse_networks`` reads configuration; ``ClientAddressResolver`` finds
 the address a request really came from; ``Allowlist`` decides whether that address may call.
 """
 
@@ -9,11 +9,15 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from metrics.registry import UNTRUSTED_FORWARDED
 from security.exceptions import ConfigError, Layer, Rejection
+
+log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -199,14 +203,42 @@ class ClientAddressResolver:
     skipping entries that are themselves trusted proxies; the first untrusted entry is the
     client. Entries left of it were written by the client and are never believed. A peer that
     is not a trusted proxy is the client, whatever ``X-Forwarded-For`` it sends.
+
+    A loopback peer that sends ``X-Forwarded-For`` without being a trusted proxy is almost
+    always a reverse proxy on this host that nobody declared: every client then looks like
+    127.0.0.1 (one login-limiter bucket, "local" to loopback-only endpoints). Such requests are
+    counted in ``untrusted_forwarded`` (the security review reads it) and in
+    ``voicegw_untrusted_forwarded_requests_total``; the first one is logged as a warning.
     """
 
-    __slots__ = ("_trusted",)
+    __slots__ = ("_trusted", "untrusted_forwarded")
 
     def __init__(self, trusted_proxies: Iterable[IPNetwork] = ()) -> None:
         self._trusted: tuple[IPNetwork, ...] = tuple(
             _normalise_network(network) for network in trusted_proxies
         )
+        self.untrusted_forwarded = 0
+
+    def forwarded_by_untrusted_loopback(self, peer_ip: str, forwarded_for: Sequence[str]) -> bool:
+        """Whether a request from ``peer_ip`` carrying ``forwarded_for`` came through an
+        undeclared proxy on this host (loopback peer, X-Forwarded-For, peer not trusted)."""
+        if not forwarded_for:
+            return False
+        try:
+            peer = parse_address(peer_ip)
+        except ValueError:
+            return False
+        return peer.is_loopback and not _contains(self._trusted, peer)
+
+    def _note_untrusted_forward(self) -> None:
+        self.untrusted_forwarded += 1
+        UNTRUSTED_FORWARDED.inc()
+        if self.untrusted_forwarded == 1:
+            log.warning(
+                "requests from loopback carry X-Forwarded-For but VOICEGW_TRUSTED_PROXIES does "
+                "not list loopback: every client of that proxy looks like this host; set "
+                "VOICEGW_TRUSTED_PROXIES=127.0.0.1/32 (the proxy) so client addresses are known"
+            )
 
     def resolve(self, peer_ip: str, forwarded_for: Sequence[str] = ()) -> IPAddress:
         """Return the client address.
@@ -219,7 +251,11 @@ class ClientAddressResolver:
             peer = parse_address(peer_ip)
         except ValueError:
             raise Rejection(Layer.REQUEST, "bad client address", 400) from None
-        if not forwarded_for or not _contains(self._trusted, peer):
+        if not forwarded_for:
+            return peer
+        if not _contains(self._trusted, peer):
+            if peer.is_loopback:
+                self._note_untrusted_forward()
             return peer
         entries = [entry.strip() for value in forwarded_for for entry in value.split(",")]
         if len(entries) > MAX_FORWARDED_HOPS:

@@ -109,7 +109,6 @@ def production_env(data_dir: Path, review_redis: ReviewRedis) -> dict[str, str]:
         "VOICEGW_TRUSTED_PROXIES": "10.0.0.0/8",
         "VOICEGW_REDIS_URL": review_redis.url(),
         "VOICEGW_REDIS_KEY_PREFIX": f"review-{uuid.uuid4().hex[:10]}:",
-        "VOICEGW_REPLICAS": "2",
         "VOICEGW_METRICS_TOKEN": secrets.token_urlsafe(32),
         "VOICEGW_ENCRYPTION_KEYS": f"k1:{random_b64()}",
         "VOICEGW_BLIND_INDEX_KEY": random_b64(),

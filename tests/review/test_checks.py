@@ -53,10 +53,10 @@ def test_check_ids_are_stable_and_unique() -> None:
     assert len(ids) == len(set(ids))
     assert set(ids) == {
         "env.production", "providers.no_echo", "url.https", "url.cleartext",
-        "proxies.specific", "allowlist.twilio",
+        "proxies.specific", "proxies.forwarded", "allowlist.twilio",
         "allowlist.telnyx", "secrets.twilio", "secrets.telnyx", "secrets.twilio_secondary_age",
         "keys.signing.age", "keys.data.age", "keys.api.age", "keys.retired",
-        "redis.configured", "redis.reachable", "redis.auth", "redis.tls",
+        "redis.configured", "store.shared", "redis.reachable", "redis.auth", "redis.tls",
         "sessions.cookies", "sessions.lifetimes", "sessions.csrf", "cors.explicit",
         "data.encryption_keys", "data.retention", "data.recording_consent", "data.permissions",
         "obs.metrics_protected", "obs.sentry_pii", "obs.log_redaction", "deps.known_bad",
@@ -101,7 +101,7 @@ SETTING_FLIPS: list[tuple[str, Status, Callable[[Settings], dict[str, Any]]]] = 
     ("secrets.telnyx", FAIL, lambda s: {"telnyx_api_key": Secret("KEY0123")}),
     ("secrets.telnyx", FAIL, lambda s: {"telnyx_public_keys": ()}),
     ("secrets.telnyx", WARN, lambda s: {"telnyx_api_key": None}),
-    ("redis.configured", FAIL, lambda s: {"redis_url": None}),
+    ("store.shared", FAIL, lambda s: {"replicas": 2}),
     ("sessions.lifetimes", WARN, lambda s: {"refresh_ttl_s": 60 * 86400}),
     ("sessions.lifetimes", WARN, lambda s: {"stream_token_ttl_s": 900}),
     ("cors.explicit", WARN, lambda s: {"cors_origins": ("http://ops.example.com",)}),
@@ -127,6 +127,14 @@ async def test_one_setting_flips_exactly_its_check(
 ) -> None:
     report = await review_of(dataclasses.replace(baseline, **change(baseline)))
     assert not_passing(report) == {check_id: status}, report.render()
+
+
+async def test_several_replicas_without_redis_fail_the_redis_and_store_checks(
+    baseline: Settings,
+) -> None:
+    report = await review_of(dataclasses.replace(baseline, redis_url=None, replicas=2))
+    assert not_passing(report) == {"redis.configured": FAIL, "store.shared": FAIL}
+    assert "2 replicas (VOICEGW_REPLICAS) but no Redis" in report.get("redis.configured").finding
 
 
 # -- Redis: the real server answers (or refuses) --------------------------------------------

@@ -69,6 +69,21 @@ def _proxies(s: Settings, f: Facts) -> Outcome:
     return passed(f"{len(s.trusted_proxies)} specific proxy network(s) trusted")
 
 
+@check(
+    "proxies.forwarded",
+    Severity.CRITICAL,
+    "VOICEGW_TRUSTED_PROXIES=127.0.0.1/32 (the reverse proxy on this host)",
+)
+def _forwarded(s: Settings, f: Facts) -> Outcome:
+    if f.untrusted_forwarded:
+        return failed(
+            "requests from loopback carry X-Forwarded-For but loopback is not a trusted proxy: "
+            "every client of the proxy on this host looks like 127.0.0.1 (one login-limit "
+            "bucket, local to loopback-only endpoints)"
+        )
+    return passed("no forwarded request from an undeclared proxy on this host")
+
+
 def _allowlist(s: Settings, carrier: str) -> Outcome:
     if carrier not in s.carriers:
         return passed(f"{carrier} not enabled")
