@@ -35,13 +35,21 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready or not (the status code and ``ready``) for anyone: orchestrators probe from
+    outside. The detail (providers, breaker states, failure classes, live calls, Redis and
+    store) only for whoever may read ``/metrics``."""
     runtime: Runtime = request.app.state.runtime
     report = await runtime.readiness()
     status = 200 if report["ready"] else 503
+    if _internals_refused(request) is not None:
+        report = {"ready": report["ready"]}
     return Response(orjson.dumps(report), status_code=status, media_type="application/json")
 
 
-async def metrics_endpoint(request: Request) -> Response:
+def _internals_refused(request: Request) -> Response | None:
+    """The refusal for a request that may not read the gateway's internals (``/metrics``, the
+    detail of ``/readyz``), or None: with ``VOICEGW_METRICS_TOKEN`` set, its bearer token;
+    without, a client on this host."""
     runtime: Runtime = request.app.state.runtime
     token = runtime.settings.metrics_token
     if token is not None:
@@ -50,6 +58,13 @@ async def metrics_endpoint(request: Request) -> Response:
             return json_error(401, "bearer token required", {"WWW-Authenticate": "Bearer"})
     elif not runtime.is_loopback_client(request):
         return json_error(403, "source not allowed")
+    return None
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    refused = _internals_refused(request)
+    if refused is not None:
+        return refused
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -147,6 +162,9 @@ def build_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
         exception_handlers={404: _not_found, 405: _method_not_allowed},
     )
+    # Starlette's trailing-slash redirect builds an absolute Location from the Host header;
+    # a path that differs by a slash is a 404 (/console redirects itself, relatively).
+    app.router.redirect_slashes = False
     app.add_middleware(HttpMiddleware)
     for m in reversed(
         auth.middleware(production=settings.production, cors_origins=settings.cors_origins)

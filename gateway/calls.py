@@ -241,6 +241,10 @@ class CallRegistry(Protocol):
         """Keep this replica's calls alive; returns how many it holds."""
         ...
 
+    async def live_replicas(self) -> int:
+        """Replicas whose heartbeat shows them alive (1 when state is not shared)."""
+        ...
+
 
 async def keep_alive(
     registry: CallRegistry, on_error: Callable[[Exception], None] | None = None
@@ -354,6 +358,9 @@ class InProcessCallRegistry:
             1 for c in self._store.calls.values() if c.active and c.replica == self._replica_id
         )
 
+    async def live_replicas(self) -> int:
+        return 1  # in-process state: no other replica shares it
+
     def _update(self, call_id: CallId, change: Callable[[Call], _Changed]) -> _Changed:
         store = self._store
         store.purge()
@@ -418,7 +425,7 @@ return 1
 """
 )
 
-# KEYS: this replica's set, active set. ARGV: ttl ms, base, replica id.
+# KEYS: this replica's set, active set, live replicas. ARGV: ttl ms, base, replica id.
 _HEARTBEAT = (
     _NOW_MS
     + """
@@ -438,7 +445,18 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   end
 end
 if held > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[1]), ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[1])
 return held
+"""
+)
+
+# KEYS: live replicas. Replicas whose last heartbeat is younger than the active TTL (read-only).
+_LIVE_REPLICAS = (
+    _NOW_MS
+    + """
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 """
 )
 
@@ -526,6 +544,8 @@ class RedisCallRegistry:
         self._put = client.register_script(_PUT)
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._active = client.register_script(_ACTIVE)
+        self._replicas_key = self._base + "replicas"
+        self._live_replicas = client.register_script(_LIVE_REPLICAS)
 
     @property
     def replica_id(self) -> str:
@@ -608,9 +628,14 @@ class RedisCallRegistry:
         return ended
 
     async def heartbeat(self) -> int:
-        keys = [self._replica_key(self._replica_id), self._active_key]
+        keys = [self._replica_key(self._replica_id), self._active_key, self._replicas_key]
         args: list[str | int] = [self._active_ttl_ms, self._base, self._replica_id]
         return int(await self._heartbeat(keys=keys, args=args))
+
+    async def live_replicas(self) -> int:
+        """How many replicas (this one included once it has beaten) sent a heartbeat within
+        the active TTL: the deployment's size, as the security review reads it."""
+        return int(await self._live_replicas(keys=[self._replicas_key]))
 
     async def _update(self, call_id: CallId, change: Callable[[Call], _Changed]) -> _Changed:
         """Read, change, compare-and-set; on a lost race re-read and re-check the change."""

@@ -518,10 +518,18 @@ class Runtime:
         return self.resolver.resolve(peer, conn.headers.getlist("x-forwarded-for"))
 
     def is_loopback_client(self, conn: HTTPConnection) -> bool:
+        """Whether the client is this host. A request an undeclared reverse proxy on this host
+        forwarded (loopback peer, X-Forwarded-For, loopback not a trusted proxy) is not: its
+        client is somewhere behind that proxy."""
         try:
-            return self.client_address(conn).is_loopback
+            address = self.client_address(conn)
         except Rejection:
             return False
+        peer = conn.client.host if conn.client else ""
+        forwarded = conn.headers.getlist("x-forwarded-for")
+        return address.is_loopback and not self.resolver.forwarded_by_untrusted_loopback(
+            peer, forwarded
+        )
 
     def check_media_upgrade(self, carrier: str, conn: HTTPConnection) -> None:
         """Allowlist, and for Twilio the signature of the upgrade request. Raises Rejection."""

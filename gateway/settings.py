@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from security.allowlist import TELNYX_WEBHOOK_RANGES
+from security.allowlist import TELNYX_WEBHOOK_RANGES, is_loopback_host, too_wide
 from security.secret import Secret
 from security.signatures import decode_base64_strict
 
@@ -382,11 +382,12 @@ class _Reader:
 
         allowlists = self._allowlists(carriers, production)
         trusted = self.networks("VOICEGW_TRUSTED_PROXIES") or AllowlistSetting()
+        if production and (trusted.any or too_wide(trusted.networks)):
+            self.problems.append(
+                "VOICEGW_TRUSTED_PROXIES must list specific proxies in production (no wildcard): "
+                + (too_wide(trusted.networks) or "'any' trusts every peer")
+            )
         if trusted.any or any(n.prefixlen == 0 for n in trusted.networks):
-            if production:
-                self.problems.append(
-                    "VOICEGW_TRUSTED_PROXIES must list specific proxies in production (no wildcard)"
-                )
             trusted = AllowlistSetting(
                 networks=(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
             )
@@ -530,6 +531,11 @@ class _Reader:
                     chosen = AllowlistSetting(source=name)
             elif chosen.empty:
                 self.problems.append(f"{chosen.source} is empty; list CIDRs or set 'any'")
+            elif production and (wide := too_wide(chosen.networks)):
+                self.problems.append(
+                    f"{chosen.source} {wide}: as open as 'any'; list your carrier's or proxy's "
+                    "networks, or set 'any' explicitly"
+                )
             result[carrier] = chosen
         return result
 
@@ -546,6 +552,8 @@ class _Reader:
                 )
         if not s.production:
             return
+        if "echo" in s.providers:
+            self.problems.append(ECHO_IN_PRODUCTION)
         secrets = {
             "VOICEGW_TWILIO_AUTH_TOKEN": s.twilio_auth_token,
             "VOICEGW_TWILIO_AUTH_TOKEN_SECONDARY": s.twilio_auth_token_secondary,
@@ -553,8 +561,13 @@ class _Reader:
             "VOICEGW_METRICS_TOKEN": s.metrics_token,
         }
         for name, secret in secrets.items():
-            if secret is not None and is_dev_secret(secret.get()):
+            if secret is None:
+                continue
+            if is_dev_secret(secret.get()):
                 self.problems.append(f"{name} is a development key; set the real one")
+            elif weak := secret_problem(name, secret.get()):
+                self.problems.append(weak)
+        self.problems.extend(cleartext_urls(s))
         if s.encryption_keys is None:
             self.problems.append(
                 "VOICEGW_ENCRYPTION_KEYS must be set in production (phone numbers are encrypted "
@@ -589,3 +602,61 @@ def uses_dev_telnyx_key(settings: Settings) -> bool:
         return False
     key = generated.get("telnyx_public_key") if isinstance(generated, dict) else None
     return isinstance(key, str) and key in settings.telnyx_public_keys
+
+
+# -- what production refuses and the security review reports: one place for both ----------------
+
+ECHO_WHY: Final = (
+    "a caller whose AI provider fails over to echo hears their own voice played back; list "
+    "real providers only (the fallback audio plays when they all fail)"
+)
+ECHO_IN_PRODUCTION: Final = f"VOICEGW_PROVIDERS lists echo, refused in production: {ECHO_WHY}"
+TWILIO_AUTH_TOKEN_SHAPE: Final = re.compile(r"[0-9a-fA-F]{32}")
+"""Twilio account auth tokens (primary and secondary) are 32 hexadecimal characters."""
+TELNYX_API_KEY_SHAPE: Final = re.compile(r"KEY[0-9A-Za-z_-]{32,}")
+"""Telnyx v2 API keys: ``KEY``, a 32-hex-digit key id, ``_`` and the secret (58 characters)."""
+MIN_METRICS_TOKEN_CHARS: Final = 32
+MIN_METRICS_TOKEN_SYMBOLS: Final = 10
+"""A metrics token of 32 characters from at least 10 different symbols: 32 random hex digits
+(``openssl rand -hex 16``) carry 128 bits; a short or repetitive one can be guessed."""
+
+
+def secret_problem(name: str, value: str) -> str | None:
+    """Why the secret of setting ``name`` cannot be the real thing (too short, wrong shape),
+    naming the setting and never showing the value; None when it looks plausible."""
+    if name.startswith("VOICEGW_TWILIO_AUTH_TOKEN"):
+        if not TWILIO_AUTH_TOKEN_SHAPE.fullmatch(value):
+            return f"{name} is not a Twilio auth token (32 hexadecimal characters)"
+    elif name == "VOICEGW_TELNYX_API_KEY":
+        if not TELNYX_API_KEY_SHAPE.fullmatch(value):
+            return f"{name} is not a Telnyx v2 API key (KEY followed by its id and secret)"
+    elif name == "VOICEGW_METRICS_TOKEN" and (
+        len(value) < MIN_METRICS_TOKEN_CHARS or len(set(value)) < MIN_METRICS_TOKEN_SYMBOLS
+    ):
+        return (
+            f"{name} is too weak: use at least {MIN_METRICS_TOKEN_CHARS} random characters "
+            "(openssl rand -hex 32)"
+        )
+    return None
+
+
+def cleartext_urls(s: Settings) -> list[str]:
+    """One message per carrier REST or AI provider URL that would send credentials in clear
+    to another host: ``http://`` or ``ws://`` to anything but this machine's loopback."""
+    urls = {
+        "VOICEGW_TWILIO_API_URL": s.twilio_api_url,
+        "VOICEGW_TELNYX_API_URL": s.telnyx_api_url,
+        "VOICEGW_OPENAI_REALTIME_URL": s.openai_realtime_url,
+        "VOICEGW_DEEPGRAM_AGENT_URL": s.deepgram_agent_url,
+        "VOICEGW_GEMINI_LIVE_URL": s.gemini_live_url,
+    }
+    found = []
+    for name, url in urls.items():
+        parts = urlsplit(url or "")
+        if parts.scheme in ("http", "ws") and not is_loopback_host(parts.hostname):
+            secure = "https" if parts.scheme == "http" else "wss"
+            found.append(
+                f"{name} must use {secure}:// off this host: {parts.scheme}:// would carry "
+                "credentials in clear"
+            )
+    return found

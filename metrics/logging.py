@@ -35,6 +35,9 @@ _RESERVED: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {
     "asctime",
     "color_message",  # uvicorn's ANSI-coloured duplicate of msg
 }
+FRAME_LOGGERS: Final = ("websockets", "uvicorn.error", "uvicorn.asgi")
+"""Loggers that print frame or message contents below INFO; ``configure`` keeps them at INFO
+or above, whatever ``VOICEGW_LOG_LEVEL`` says."""
 _OWN_FIELDS: Final = frozenset({"ts", "level", "logger", "event", "correlation_id", "exc"})
 
 
@@ -111,6 +114,7 @@ def configure(
     level: str = "INFO", *, ip_hash_key: bytes | None = None, stream: TextIO | None = None
 ) -> None:
     """Send every log line, uvicorn's included, to ``stream`` (stdout) as redacted JSON.
+    WebSocket frame dumps stay out even at DEBUG (``FRAME_LOGGERS``).
 
     ``ip_hash_key`` (see :func:`load_ip_hash_key`) keys the client-address hash.
     """
@@ -126,3 +130,8 @@ def configure(
         logger.setLevel(logging.NOTSET)  # the root's level applies
     # Access lines carry raw paths and client addresses; our own middleware logs requests.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Below INFO these dump frames and ASGI messages (websockets' "< TEXT '...'" lines go to
+    # uvicorn.error): stream tokens, audio, transcripts. They never log below INFO.
+    floor = max(root.getEffectiveLevel(), logging.INFO)
+    for name in FRAME_LOGGERS:
+        logging.getLogger(name).setLevel(floor)

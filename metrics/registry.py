@@ -61,6 +61,12 @@ WEBHOOK_DUPLICATES = Counter(
     ["carrier"],
     registry=REGISTRY,
 )
+UNTRUSTED_FORWARDED = Counter(
+    "voicegw_untrusted_forwarded_requests_total",
+    "Requests from a loopback peer carrying X-Forwarded-For although no trusted proxy covers "
+    "loopback: a reverse proxy on this host that VOICEGW_TRUSTED_PROXIES does not declare",
+    registry=REGISTRY,
+)
 RATE_LIMITED = Counter(
     "voicegw_rate_limited_total",
     "Requests refused by a rate limit",

@@ -1,6 +1,6 @@
 """Webhook source allowlists and the client address behind trusted reverse proxies.
 
-Pure and synchronous. ``parse_networks`` reads configuration; ``ClientAddressResolver`` finds
+Synchronous. ``parse_networks`` reads configuration; ``ClientAddressResolver`` finds
 the address a request really came from; ``Allowlist`` decides whether that address may call.
 """
 
@@ -9,10 +9,15 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import logging
+import math
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from metrics.registry import UNTRUSTED_FORWARDED
 from security.exceptions import ConfigError, Layer, Rejection
+
+log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -77,6 +82,75 @@ def parse_networks(
     return tuple(networks)
 
 
+# -- how much of the Internet a list of networks lets in ------------------------------------
+
+MAX_IPV4_SPAN: Final = 2**24
+"""Public IPv4 addresses a trusted-proxy list or an allowlist may cover: one /8. A proxy tier
+or a carrier's egress lives in a few /24s; a /8 is already a whole provider's allocation, and
+anything wider is a slice of the Internet (``0.0.0.0/1,128.0.0.0/1`` is ``0.0.0.0/0`` spelt
+twice). Private-use space is not counted: trusting every RFC 1918 network lets in only
+machines inside the operator's own networks."""
+MAX_IPV6_SPAN: Final = 2**96
+"""Public IPv6 addresses likewise: one /32, what a registry hands a whole ISP (a site gets a
+/48, a cloud network a /56)."""
+PRIVATE_USE: Final[tuple[IPNetwork, ...]] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",  # RFC 1918
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",  # RFC 6598 carrier-grade NAT
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link-local
+        "::1/128",
+    )
+)
+
+
+def public_span(networks: Iterable[IPNetwork]) -> tuple[int, int]:
+    """How many public (not private-use) IPv4 and IPv6 addresses ``networks`` cover together:
+    overlaps counted once, IPv4-mapped IPv6 networks (``::ffff:0:0/96``) counted as IPv4."""
+    v4: list[ipaddress.IPv4Network] = []
+    v6: list[ipaddress.IPv6Network] = []
+    for network in networks:
+        network = _normalise_network(network)
+        if isinstance(network, ipaddress.IPv4Network):
+            v4.append(network)
+            continue
+        mapped = ipaddress.IPv6Network("::ffff:0:0/96")
+        if network.overlaps(mapped):  # wider than the mapped block: it holds all of IPv4
+            v4.append(ipaddress.IPv4Network("0.0.0.0/0"))
+        v6.append(network)
+    return (
+        _public_count(ipaddress.collapse_addresses(v4)),
+        _public_count(ipaddress.collapse_addresses(v6)),
+    )
+
+
+def _public_count(disjoint: Iterable[IPNetwork]) -> int:
+    total = 0
+    for network in disjoint:
+        total += network.num_addresses
+        for private in PRIVATE_USE:
+            # Two CIDR blocks are nested or disjoint; the private blocks are disjoint.
+            if private.version == network.version and network.overlaps(private):
+                total -= min(network.num_addresses, private.num_addresses)
+    return total
+
+
+def too_wide(networks: Iterable[IPNetwork]) -> str | None:
+    """Why ``networks`` are as good as a wildcard (e.g. "covers 2^31 public IPv4 addresses"),
+    or None when they stay within ``MAX_IPV4_SPAN`` / ``MAX_IPV6_SPAN`` public addresses."""
+    v4, v6 = public_span(networks)
+    if v4 > MAX_IPV4_SPAN:
+        return f"covers about 2^{round(math.log2(v4))} public IPv4 addresses (more than a /8)"
+    if v6 > MAX_IPV6_SPAN:
+        return f"covers about 2^{round(math.log2(v6))} public IPv6 addresses (more than a /32)"
+    return None
+
+
 def is_loopback_host(host: str | None) -> bool:
     """Whether a URL's host name never leaves this machine: ``localhost`` or a loopback
     address (IPv4 127/8, IPv6 ``::1``)."""
@@ -129,14 +203,42 @@ class ClientAddressResolver:
     skipping entries that are themselves trusted proxies; the first untrusted entry is the
     client. Entries left of it were written by the client and are never believed. A peer that
     is not a trusted proxy is the client, whatever ``X-Forwarded-For`` it sends.
+
+    A loopback peer that sends ``X-Forwarded-For`` without being a trusted proxy is almost
+    always a reverse proxy on this host that nobody declared: every client then looks like
+    127.0.0.1 (one login-limiter bucket, "local" to loopback-only endpoints). Such requests are
+    counted in ``untrusted_forwarded`` (the security review reads it) and in
+    ``voicegw_untrusted_forwarded_requests_total``; the first one is logged as a warning.
     """
 
-    __slots__ = ("_trusted",)
+    __slots__ = ("_trusted", "untrusted_forwarded")
 
     def __init__(self, trusted_proxies: Iterable[IPNetwork] = ()) -> None:
         self._trusted: tuple[IPNetwork, ...] = tuple(
             _normalise_network(network) for network in trusted_proxies
         )
+        self.untrusted_forwarded = 0
+
+    def forwarded_by_untrusted_loopback(self, peer_ip: str, forwarded_for: Sequence[str]) -> bool:
+        """Whether a request from ``peer_ip`` carrying ``forwarded_for`` came through an
+        undeclared proxy on this host (loopback peer, X-Forwarded-For, peer not trusted)."""
+        if not forwarded_for:
+            return False
+        try:
+            peer = parse_address(peer_ip)
+        except ValueError:
+            return False
+        return peer.is_loopback and not _contains(self._trusted, peer)
+
+    def _note_untrusted_forward(self) -> None:
+        self.untrusted_forwarded += 1
+        UNTRUSTED_FORWARDED.inc()
+        if self.untrusted_forwarded == 1:
+            log.warning(
+                "requests from loopback carry X-Forwarded-For but VOICEGW_TRUSTED_PROXIES does "
+                "not list loopback: every client of that proxy looks like this host; set "
+                "VOICEGW_TRUSTED_PROXIES=127.0.0.1/32 (the proxy) so client addresses are known"
+            )
 
     def resolve(self, peer_ip: str, forwarded_for: Sequence[str] = ()) -> IPAddress:
         """Return the client address.
@@ -149,7 +251,11 @@ class ClientAddressResolver:
             peer = parse_address(peer_ip)
         except ValueError:
             raise Rejection(Layer.REQUEST, "bad client address", 400) from None
-        if not forwarded_for or not _contains(self._trusted, peer):
+        if not forwarded_for:
+            return peer
+        if not _contains(self._trusted, peer):
+            if peer.is_loopback:
+                self._note_untrusted_forward()
             return peer
         entries = [entry.strip() for value in forwarded_for for entry in value.split(",")]
         if len(entries) > MAX_FORWARDED_HOPS:

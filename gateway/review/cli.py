@@ -17,6 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from gateway.auth import AuthRuntime
+from gateway.calls import RedisCallRegistry
 from gateway.review.checks import review
 from gateway.review.facts import REDIS_PROBE_S, Facts, collect_facts, loose_paths
 from gateway.review.model import Report
@@ -56,8 +57,20 @@ async def settings_facts(settings: Settings) -> Facts:
             redis=client,
             redis_prefix=settings.redis_key_prefix,
         )
+        # Read-only: counts the running replicas' heartbeats, never beats itself.
+        registry = (
+            RedisCallRegistry(client, settings.redis_key_prefix + "calls:")
+            if client is not None
+            else None
+        )
         facts = await collect_facts(
-            settings, signing=ring, data_keys=data_keys, store=store, redis=client, auth=auth
+            settings,
+            signing=ring,
+            data_keys=data_keys,
+            store=store,
+            redis=client,
+            auth=auth,
+            registry=registry,
         )
         return dataclasses.replace(
             facts, loose_paths=tuple(dict.fromkeys((*before, *facts.loose_paths)))

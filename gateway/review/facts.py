@@ -12,6 +12,7 @@ fact at a time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import logging.handlers
 import os
@@ -30,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.auth import AuthError, AuthRuntime
+from gateway.calls import CallRegistry
 from gateway.review.deps import installed_versions
 from gateway.review.inventory import key_inventory
 from gateway.settings import Settings
@@ -84,6 +86,10 @@ class Facts:
     plain_log_handlers: tuple[str, ...] = ()  # handlers writing log lines without redaction
     redaction_works: bool = True
     versions: Mapping[str, str] = field(default_factory=dict)
+    # Replicas whose call-registry heartbeat is live (Redis); None when not known.
+    replicas_seen: int | None = None
+    # A loopback peer sent X-Forwarded-For that no trusted proxy vouches for (running gateway).
+    untrusted_forwarded: bool = False
 
 
 async def collect_facts(
@@ -94,6 +100,7 @@ async def collect_facts(
     store: Store | None,
     redis: aioredis.Redis | None,
     auth: AuthRuntime,
+    registry: CallRegistry | None = None,
     now: float | None = None,
 ) -> Facts:
     at = time.time() if now is None else now
@@ -111,19 +118,31 @@ async def collect_facts(
         plain_log_handlers=plain_log_handlers(),
         redaction_works=redaction_works(),
         versions=installed_versions(),
+        replicas_seen=None if registry is None else await live_replicas(registry),
     )
 
 
 async def runtime_facts(runtime: Runtime, *, now: float | None = None) -> Facts:
-    return await collect_facts(
+    facts = await collect_facts(
         runtime.settings,
         signing=runtime.auth.tokens.ring,
         data_keys=runtime.data_keys,
         store=runtime.store,
         redis=runtime.redis,
         auth=runtime.auth,
+        registry=runtime.registry if runtime.redis is not None else None,
         now=now,
     )
+    return dataclasses.replace(facts, untrusted_forwarded=runtime.resolver.untrusted_forwarded > 0)
+
+
+async def live_replicas(registry: CallRegistry) -> int | None:
+    """The replicas the call registry's heartbeats show alive; None when it cannot say."""
+    try:
+        async with asyncio.timeout(REDIS_PROBE_S):
+            return await registry.live_replicas()
+    except Exception:
+        return None
 
 
 async def probe_redis(client: aioredis.Redis) -> RedisFacts:

@@ -46,10 +46,12 @@ def production_env(tmp_path: Path) -> dict[str, str]:
         "VOICEGW_TELNYX_PUBLIC_KEY": base64.b64encode(
             bytes(SigningKey(b"t" * 32).verify_key)
         ).decode(),
-        "VOICEGW_TELNYX_API_KEY": "KEY0123",
+        "VOICEGW_TELNYX_API_KEY": "KEY0123456789ABCDEF0123456789ABCDEF_abcdefghijklmnopqrstuv",
+        "VOICEGW_PROVIDERS": "openai",
+        "OPENAI_API_KEY": "sk-test",
         "VOICEGW_ENCRYPTION_KEYS": f"k1:{b64(1)}",
         "VOICEGW_BLIND_INDEX_KEY": b64(2),
-        "VOICEGW_METRICS_TOKEN": "m" * 32,
+        "VOICEGW_METRICS_TOKEN": "0123456789abcdef" * 2,
         "VOICEGW_REDIS_URL": "rediss://redis.internal:6380/0",
         "VOICEGW_DATABASE_URL": "postgresql://gw@db.internal/voicegw?sslmode=verify-full",
         "VOICEGW_TRUSTED_PROXIES": "10.0.0.0/8",

@@ -187,11 +187,11 @@ def test_the_gateway_accepts_the_configuration_in_production():
     refuses unknown VOICEGW_ variables and unsafe production values."""
     placeholder = {
         "redis-url": "rediss://:placeholder@redis.example.internal:6380/0",
-        "metrics-token": "placeholder-metrics-token",
+        "metrics-token": "placeholder-metrics-token-0123456789abcdef",
         "twilio-auth-token": "0123456789abcdef0123456789abcdef",
         "twilio-auth-token-secondary": "fedcba9876543210fedcba9876543210",
         "telnyx-public-key": base64.b64encode(bytes(SigningKey.generate().verify_key)).decode(),
-        "telnyx-api-key": "KEYplaceholder",
+        "telnyx-api-key": "KEY0123456789ABCDEF0123456789ABCDEF_placeholder-secret",
         "database-url": "postgresql://voicegw:placeholder@postgres.example.internal:5432/voicegw",
         "encryption-keys": "k1:" + base64.b64encode(b"\x01" * 32).decode(),
         "blind-index-key": base64.b64encode(b"\x02" * 32).decode(),

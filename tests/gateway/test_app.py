@@ -379,3 +379,80 @@ def test_lifespan_starts_and_stops_the_runtime(tmp_path: Path):
     assert runtime.draining
     assert runtime.http.is_closed
     assert not [t for t in runtime._tasks if not t.done()]
+
+
+# -- readiness detail, trailing slashes, forwarded loopback (issue 15, items 14 and 15) ---------
+
+TOKEN32 = "0123456789abcdef0123456789abcdef"
+
+
+async def test_readyz_from_elsewhere_shows_only_its_status(gw: Gateway):
+    async with gw.client_from("203.0.113.7") as http:
+        response = await http.get("/readyz")
+        assert response.status_code == 200
+        assert response.json() == {"ready": True}
+        gw.runtime.draining = True
+        response = await http.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {"ready": False}
+
+
+async def test_readyz_detail_behind_the_metrics_token(make_gateway: GatewayFactory):
+    gw = await make_gateway({"VOICEGW_METRICS_TOKEN": TOKEN32})
+    async with gw.client_from("203.0.113.7") as http:
+        detailed = await http.get("/readyz", headers={"Authorization": f"Bearer {TOKEN32}"})
+        wrong = await http.get("/readyz", headers={"Authorization": "Bearer wrong"})
+    assert detailed.status_code == 200 and "providers" in detailed.json()
+    assert "live_calls" in detailed.json() and "store" in detailed.json()
+    assert wrong.status_code == 200 and wrong.json() == {"ready": True}
+    # With a token set, loopback is no pass either (the same rule as /metrics).
+    assert (await gw.http.get("/readyz")).json() == {"ready": True}
+
+
+async def test_readyz_detail_for_a_loopback_client(gw: Gateway):
+    report = (await gw.http.get("/readyz")).json()
+    assert set(report) >= {"ready", "draining", "store", "degraded", "providers", "live_calls"}
+
+
+@pytest.mark.parametrize("path", ["/healthz/", "/api/v1/calls/", "/metrics/", "/readyz/"])
+async def test_no_trailing_slash_redirect_built_from_the_host_header(gw: Gateway, path: str):
+    response = await gw.http.get(path, headers={"Host": "attacker.example"})
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert response.json() == {"error": "not found"}
+
+
+async def test_console_without_slash_redirects_relatively(gw: Gateway):
+    response = await gw.http.get("/console", headers={"Host": "attacker.example"})
+    assert response.status_code in (307, 308)
+    assert response.headers["location"] == "/console/"
+    assert (await gw.http.get("/console/")).status_code == 200
+
+
+async def test_metrics_refused_to_a_request_forwarded_by_an_undeclared_local_proxy(gw: Gateway):
+    """A reverse proxy on this host without VOICEGW_TRUSTED_PROXIES: its requests come from
+    127.0.0.1 with X-Forwarded-For. That is not a local scraper; a local scraper still is."""
+    before = _untrusted((await gw.http.get("/metrics")).text)
+    response = await gw.http.get("/metrics", headers={"X-Forwarded-For": "198.51.100.9"})
+    assert response.status_code == 403
+    readyz = await gw.http.get("/readyz", headers={"X-Forwarded-For": "198.51.100.9"})
+    assert readyz.json() == {"ready": True}
+    after = _untrusted((await gw.http.get("/metrics")).text)
+    assert after >= before + 2
+    assert gw.runtime.resolver.untrusted_forwarded >= 2
+
+
+async def test_metrics_through_a_declared_local_proxy(make_gateway: GatewayFactory):
+    gw = await make_gateway({"VOICEGW_TRUSTED_PROXIES": "127.0.0.1/32"})
+    # The proxy forwards a remote client: refused; it forwards a local one: allowed.
+    remote = await gw.http.get("/metrics", headers={"X-Forwarded-For": "198.51.100.9"})
+    local = await gw.http.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"})
+    assert (remote.status_code, local.status_code) == (403, 200)
+    assert gw.runtime.resolver.untrusted_forwarded == 0
+
+
+def _untrusted(text: str) -> float:
+    for line in text.splitlines():
+        if line.startswith("voicegw_untrusted_forwarded_requests_total "):
+            return float(line.split()[1])
+    return 0.0

@@ -24,6 +24,8 @@ from tests.gateway.conftest import make_settings
 
 # A real Ed25519 public key that is not the generated development key.
 TELNYX_KEY = base64.b64encode(bytes(SigningKey(b"\x07" * 32).verify_key)).decode()
+# The shape of a Telnyx v2 API key: KEY, a 32-hex-digit id, "_", the secret.
+TELNYX_API_KEY = "KEY0123456789ABCDEF0123456789ABCDEF_abcdefghijklmnopqrstuv"
 OTHER_TELNYX_KEY = base64.b64encode(bytes(SigningKey(b"\x08" * 32).verify_key)).decode()
 
 
@@ -36,7 +38,9 @@ def production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "VOICEGW_TWILIO_AUTH_TOKEN": "0123456789abcdef0123456789abcdef",
         "VOICEGW_TWILIO_ALLOWLIST": "any",
         "VOICEGW_TELNYX_PUBLIC_KEY": TELNYX_KEY,
-        "VOICEGW_TELNYX_API_KEY": "KEY0123456789",
+        "VOICEGW_TELNYX_API_KEY": TELNYX_API_KEY,
+        "VOICEGW_PROVIDERS": "openai",
+        "OPENAI_API_KEY": "sk-test",
         "VOICEGW_ENCRYPTION_KEYS": "k1:" + base64.b64encode(b"\x01" * 32).decode(),
         "VOICEGW_BLIND_INDEX_KEY": base64.b64encode(b"\x02" * 32).decode(),
     }
@@ -387,7 +391,9 @@ def test_production_telnyx_defaults_to_published_ranges(tmp_path):
 
 
 def test_production_provider_keys_required(tmp_path):
-    message = problems(production_env(tmp_path, VOICEGW_PROVIDERS="openai,gemini"))
+    message = problems(
+        production_env(tmp_path, VOICEGW_PROVIDERS="openai,gemini", OPENAI_API_KEY="")
+    )
     assert "OPENAI_API_KEY" in message and "GEMINI_API_KEY" in message
 
 
@@ -404,12 +410,13 @@ def test_secret_repr_never_shows_the_value(tmp_path):
     s = Settings.from_env(
         production_env(
             tmp_path,
-            VOICEGW_TWILIO_AUTH_TOKEN="hunter2-twilio",
-            VOICEGW_METRICS_TOKEN="hunter2-metrics",
+            VOICEGW_TWILIO_AUTH_TOKEN="abcdef0123456789abcdef0123456789",
+            VOICEGW_METRICS_TOKEN="hunter2-metrics-0123456789abcdefgh",
             VOICEGW_REDIS_URL="redis://:hunter2-redis@127.0.0.1:6379/0",
         )
     )
     assert "hunter2" not in repr(s)
+    assert "abcdef0123456789abcdef0123456789" not in repr(s)
 
 
 def test_a_misspelt_variable_is_refused_not_ignored(tmp_path):
@@ -457,6 +464,123 @@ def test_malformed_encryption_keys_are_refused_without_echoing_them(tmp_path):
 def test_database_url_must_be_postgresql(tmp_path):
     message = problems({"VOICEGW_DATA_DIR": str(tmp_path), "VOICEGW_DATABASE_URL": "mysql://x/y"})
     assert "VOICEGW_DATABASE_URL must be a postgresql:// URL" in message
+
+
+# -- production: values equivalent to unsafe ones (issue 15, items 13 and 21) -------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "0.0.0.0/1,128.0.0.0/1",  # 0.0.0.0/0 spelt twice
+        "::ffff:0:0/96",  # every IPv4 address, IPv4-mapped
+        "2.0.0.0/7",  # two /8s of public space
+        "2000::/3",  # all global unicast IPv6
+        "2001:db8::/31",  # wider than a /32
+    ],
+)
+def test_production_refuses_trusted_proxies_as_wide_as_a_wildcard(tmp_path, value):
+    message = problems(production_env(tmp_path, VOICEGW_TRUSTED_PROXIES=value))
+    assert "VOICEGW_TRUSTED_PROXIES must list specific proxies" in message
+    assert "public IPv" in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7", "203.0.113.0/24", "2001:db8::/32"],
+)
+def test_production_accepts_private_or_narrow_trusted_proxies(tmp_path, value):
+    assert Settings.from_env(production_env(tmp_path, VOICEGW_TRUSTED_PROXIES=value))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("VOICEGW_TWILIO_ALLOWLIST", "0.0.0.0/0"),
+        ("VOICEGW_TWILIO_ALLOWLIST", "0.0.0.0/1, 128.0.0.0/1"),
+        ("VOICEGW_TELNYX_ALLOWLIST", "::/0"),
+        ("VOICEGW_WEBHOOK_ALLOWLIST", "0.0.0.0/2,64.0.0.0/2,128.0.0.0/2,192.0.0.0/2"),
+    ],
+)
+def test_production_refuses_an_allowlist_as_open_as_any(tmp_path, variable, value):
+    env = production_env(tmp_path, VOICEGW_TWILIO_ALLOWLIST="")
+    env[variable] = value
+    message = problems(env)
+    assert f"{variable} covers about 2^" in message and "as open as 'any'" in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("VOICEGW_TWILIO_API_URL", "http://api.twilio.com"),
+        ("VOICEGW_TELNYX_API_URL", "http://api.telnyx.com"),
+        ("VOICEGW_OPENAI_REALTIME_URL", "ws://realtime.example.com/v1/realtime"),
+        ("VOICEGW_DEEPGRAM_AGENT_URL", "ws://10.1.2.3/agent"),
+        ("VOICEGW_GEMINI_LIVE_URL", "ws://gemini.example.com/live"),
+    ],
+)
+def test_production_refuses_clear_text_urls_off_this_host(tmp_path, variable, value):
+    message = problems(production_env(tmp_path, **{variable: value}))
+    assert f"{variable} must use " in message and "in clear" in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("VOICEGW_TWILIO_API_URL", "http://127.0.0.1:9001"),
+        ("VOICEGW_TELNYX_API_URL", "http://localhost:9002"),
+        ("VOICEGW_OPENAI_REALTIME_URL", "ws://[::1]:9003/v1/realtime"),
+        ("VOICEGW_OPENAI_REALTIME_URL", "wss://realtime.example.com/v1/realtime"),
+        ("VOICEGW_TELNYX_API_URL", "https://api.telnyx.com"),
+    ],
+)
+def test_production_accepts_tls_or_loopback_urls(tmp_path, variable, value):
+    assert Settings.from_env(production_env(tmp_path, **{variable: value}))
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("VOICEGW_TWILIO_AUTH_TOKEN", "x"),
+        ("VOICEGW_TWILIO_AUTH_TOKEN", "0123456789abcdef0123456789abcdeg"),  # not hex
+        ("VOICEGW_TWILIO_AUTH_TOKEN_SECONDARY", "0123456789abcdef"),  # too short
+        ("VOICEGW_TELNYX_API_KEY", "x"),
+        ("VOICEGW_TELNYX_API_KEY", "KEY0123456789"),  # the key id's start, no secret
+        ("VOICEGW_TELNYX_API_KEY", "sk-0123456789abcdef0123456789abcdef0123456789"),
+        ("VOICEGW_METRICS_TOKEN", "x"),
+        ("VOICEGW_METRICS_TOKEN", "a" * 64),  # long but one symbol
+        ("VOICEGW_METRICS_TOKEN", "0123456789abcdef0123456789abcde"),  # 31 characters
+    ],
+)
+def test_production_refuses_secrets_of_implausible_shape(tmp_path, variable, value):
+    message = problems(production_env(tmp_path, **{variable: value}))
+    assert variable in message
+    if len(value) > 1:
+        assert value not in message  # a refusal names the setting, never shows the value
+
+
+def test_production_accepts_secrets_of_the_real_shapes(tmp_path):
+    s = Settings.from_env(
+        production_env(
+            tmp_path,
+            VOICEGW_TWILIO_AUTH_TOKEN="0123456789ABCDEF0123456789abcdef",
+            VOICEGW_TWILIO_AUTH_TOKEN_SECONDARY="fedcba9876543210fedcba9876543210",
+            VOICEGW_METRICS_TOKEN="0123456789abcdef0123456789abcdef",
+        )
+    )
+    assert s.metrics_token is not None and s.telnyx_api_key is not None
+
+
+@pytest.mark.parametrize("providers", ["openai,echo", "echo", ""])
+def test_production_refuses_echo_as_a_provider(tmp_path, providers):
+    message = problems(production_env(tmp_path, VOICEGW_PROVIDERS=providers))
+    assert "VOICEGW_PROVIDERS lists echo" in message
+    assert "hears their own voice" in message
+
+
+def test_development_keeps_echo_and_loopback_defaults():
+    s = Settings.from_env({"VOICEGW_PROVIDERS": "echo", "VOICEGW_TWILIO_AUTH_TOKEN": "x"})
+    assert s.providers == ("echo",)
 
 
 # -- what the caller hears: greeting, per-provider model and voice ------------------------------

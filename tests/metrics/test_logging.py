@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from metrics.logging import (
+    FRAME_LOGGERS,
     IP_HASH_KEY_FILE,
     JsonFormatter,
     configure,
@@ -152,7 +153,8 @@ def test_uvicorn_colour_duplicate_is_not_logged():
 
 @pytest.fixture
 def restore_logging():
-    loggers = [logging.getLogger(n) for n in ("", "uvicorn", "uvicorn.error", "uvicorn.access")]
+    names = ("", "uvicorn", "uvicorn.error", "uvicorn.access", *FRAME_LOGGERS)
+    loggers = [logging.getLogger(n) for n in names]
     saved = [(log, log.handlers[:], log.level, log.propagate) for log in loggers]
     yield
     for log, handlers, level, propagate in saved:
@@ -201,3 +203,42 @@ def test_ip_hash_key_falls_back_to_a_random_key_when_the_directory_cannot_be_mad
     data = blocked / "data"
     first, second = load_ip_hash_key(data), load_ip_hash_key(data)
     assert len(first) == 32 and first != second
+
+
+# -- frame dumps (issue 15, item 15) -----------------------------------------------------------
+
+CANARY_TOKEN = "st-canary-0123456789abcdef"
+
+
+async def _echo_app(scope, receive, send):
+    if scope["type"] != "websocket":
+        return
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    message = await receive()
+    await send({"type": "websocket.send", "text": message["text"]})
+    await receive()  # the client's close
+
+
+async def test_debug_logging_keeps_websocket_frames_out(restore_logging):
+    """At DEBUG, a real uvicorn server with the gateway's WebSocket protocol and a real
+    websockets client exchange a frame carrying a stream token: no line shows it."""
+    import asyncio
+
+    import websockets
+
+    from tests.conftest import UNIT
+    from tests.gateway.test_wsprotocol import serve  # uvicorn with the gateway's protocol
+
+    stream = io.StringIO()
+    configure("DEBUG", ip_hash_key=KEY, stream=stream)
+    async with serve(_echo_app) as (url, _):
+        async with asyncio.timeout(10 * UNIT), websockets.connect(url + "media/twilio/CA1") as ws:
+            await ws.send(
+                orjson.dumps({"event": "start", "start": {"token": CANARY_TOKEN}}).decode()
+            )
+            assert CANARY_TOKEN in await ws.recv()
+    logging.getLogger("voicegw.test").debug("debug lines are written")
+    out = stream.getvalue()
+    assert "debug lines are written" in out  # DEBUG is on
+    assert CANARY_TOKEN not in out and "TEXT" not in out, out

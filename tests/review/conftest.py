@@ -100,11 +100,15 @@ def production_env(data_dir: Path, review_redis: ReviewRedis) -> dict[str, str]:
         "VOICEGW_TWILIO_AUTH_TOKEN": secrets.token_hex(16),
         "VOICEGW_TWILIO_ALLOWLIST": "198.51.100.0/24",
         "VOICEGW_TELNYX_PUBLIC_KEY": telnyx_public_key(),
-        "VOICEGW_TELNYX_API_KEY": "KEY" + secrets.token_hex(16),
+        "VOICEGW_TELNYX_API_KEY": "KEY"
+        + secrets.token_hex(16).upper()
+        + "_"
+        + secrets.token_urlsafe(16),
+        "VOICEGW_PROVIDERS": "openai",
+        "OPENAI_API_KEY": "sk-" + secrets.token_urlsafe(24),
         "VOICEGW_TRUSTED_PROXIES": "10.0.0.0/8",
         "VOICEGW_REDIS_URL": review_redis.url(),
         "VOICEGW_REDIS_KEY_PREFIX": f"review-{uuid.uuid4().hex[:10]}:",
-        "VOICEGW_REPLICAS": "2",
         "VOICEGW_METRICS_TOKEN": secrets.token_urlsafe(32),
         "VOICEGW_ENCRYPTION_KEYS": f"k1:{random_b64()}",
         "VOICEGW_BLIND_INDEX_KEY": random_b64(),

@@ -52,10 +52,11 @@ def test_check_ids_are_stable_and_unique() -> None:
     ids = [c.id for c in CHECKS]
     assert len(ids) == len(set(ids))
     assert set(ids) == {
-        "env.production", "url.https", "proxies.specific", "allowlist.twilio",
+        "env.production", "providers.no_echo", "url.https", "url.cleartext",
+        "proxies.specific", "proxies.forwarded", "allowlist.twilio",
         "allowlist.telnyx", "secrets.twilio", "secrets.telnyx", "secrets.twilio_secondary_age",
         "keys.signing.age", "keys.data.age", "keys.api.age", "keys.retired",
-        "redis.configured", "redis.reachable", "redis.auth", "redis.tls",
+        "redis.configured", "store.shared", "redis.reachable", "redis.auth", "redis.tls",
         "sessions.cookies", "sessions.lifetimes", "sessions.csrf", "cors.explicit",
         "data.encryption_keys", "data.retention", "data.recording_consent", "data.permissions",
         "obs.metrics_protected", "obs.sentry_pii", "obs.log_redaction", "deps.known_bad",
@@ -72,14 +73,35 @@ SETTING_FLIPS: list[tuple[str, Status, Callable[[Settings], dict[str, Any]]]] = 
     ("url.https", FAIL, lambda s: {"public_url": "http://gw.example.com"}),
     ("proxies.specific", FAIL, lambda s: {
         "trusted_proxies": (ipaddress.ip_network("0.0.0.0/0"),)}),
+    # Two halves of the Internet are the wildcard spelt twice; so is the IPv4-mapped block.
+    ("proxies.specific", FAIL, lambda s: {"trusted_proxies": (
+        ipaddress.ip_network("0.0.0.0/1"), ipaddress.ip_network("128.0.0.0/1"))}),
+    ("proxies.specific", FAIL, lambda s: {
+        "trusted_proxies": (ipaddress.ip_network("::ffff:0:0/96"),)}),
+    ("proxies.specific", FAIL, lambda s: {
+        "trusted_proxies": (ipaddress.ip_network("2000::/3"),)}),
+    ("providers.no_echo", FAIL, lambda s: {"providers": ("openai", "echo")}),
+    ("url.cleartext", FAIL, lambda s: {"twilio_api_url": "http://api.twilio.com"}),
+    ("url.cleartext", FAIL, lambda s: {"telnyx_api_url": "http://api.telnyx.com"}),
+    ("url.cleartext", FAIL, lambda s: {"openai_realtime_url": "ws://fake.example.com/v1"}),
+    ("url.cleartext", FAIL, lambda s: {"deepgram_agent_url": "ws://10.0.0.5/agent"}),
+    ("url.cleartext", FAIL, lambda s: {"gemini_live_url": "ws://gemini.example.com/live"}),
+    ("allowlist.twilio", FAIL, lambda s: _allow(s, "twilio", AllowlistSetting(
+        networks=(ipaddress.ip_network("0.0.0.0/0"),), source="VOICEGW_TWILIO_ALLOWLIST"))),
+    ("allowlist.telnyx", FAIL, lambda s: _allow(s, "telnyx", AllowlistSetting(
+        networks=(ipaddress.ip_network("0.0.0.0/1"), ipaddress.ip_network("128.0.0.0/1")),
+        source="VOICEGW_TELNYX_ALLOWLIST"))),
     ("allowlist.twilio", WARN, lambda s: _allow(s, "twilio", AllowlistSetting(any=True))),
     ("allowlist.telnyx", FAIL, lambda s: _allow(s, "telnyx", AllowlistSetting())),
     ("allowlist.telnyx", WARN, lambda s: _allow(s, "telnyx", AllowlistSetting(any=True))),
     ("secrets.twilio", FAIL, lambda s: {"twilio_auth_token": Secret("dev-0123456789abcdef")}),
     ("secrets.twilio", FAIL, lambda s: {"twilio_auth_token": None}),
+    ("secrets.twilio", FAIL, lambda s: {"twilio_auth_token": Secret("x")}),
+    ("secrets.twilio", FAIL, lambda s: {"twilio_auth_token_secondary": Secret("not-hex-" * 4)}),
+    ("secrets.telnyx", FAIL, lambda s: {"telnyx_api_key": Secret("KEY0123")}),
     ("secrets.telnyx", FAIL, lambda s: {"telnyx_public_keys": ()}),
     ("secrets.telnyx", WARN, lambda s: {"telnyx_api_key": None}),
-    ("redis.configured", FAIL, lambda s: {"redis_url": None}),
+    ("store.shared", FAIL, lambda s: {"replicas": 2}),
     ("sessions.lifetimes", WARN, lambda s: {"refresh_ttl_s": 60 * 86400}),
     ("sessions.lifetimes", WARN, lambda s: {"stream_token_ttl_s": 900}),
     ("cors.explicit", WARN, lambda s: {"cors_origins": ("http://ops.example.com",)}),
@@ -88,7 +110,9 @@ SETTING_FLIPS: list[tuple[str, Status, Callable[[Settings], dict[str, Any]]]] = 
     ("data.retention", WARN, lambda s: {"retention_calls_days": 3650.0}),
     ("data.retention", WARN, lambda s: {"retention_audit_days": 90.0}),
     ("data.recording_consent", WARN, lambda s: {"recording_consent": "all"}),
-    ("obs.metrics_protected", WARN, lambda s: {"metrics_token": Secret("short-token")}),
+    ("obs.metrics_protected", FAIL, lambda s: {"metrics_token": Secret("x")}),
+    ("obs.metrics_protected", FAIL, lambda s: {"metrics_token": Secret("short-token")}),
+    ("obs.metrics_protected", FAIL, lambda s: {"metrics_token": Secret("ab" * 32)}),
     ("obs.metrics_protected", FAIL, lambda s: {"metrics_token": Secret("dev-" + "x" * 40)}),
 ]  # fmt: skip
 
@@ -103,6 +127,14 @@ async def test_one_setting_flips_exactly_its_check(
 ) -> None:
     report = await review_of(dataclasses.replace(baseline, **change(baseline)))
     assert not_passing(report) == {check_id: status}, report.render()
+
+
+async def test_several_replicas_without_redis_fail_the_redis_and_store_checks(
+    baseline: Settings,
+) -> None:
+    report = await review_of(dataclasses.replace(baseline, redis_url=None, replicas=2))
+    assert not_passing(report) == {"redis.configured": FAIL, "store.shared": FAIL}
+    assert "2 replicas (VOICEGW_REPLICAS) but no Redis" in report.get("redis.configured").finding
 
 
 # -- Redis: the real server answers (or refuses) --------------------------------------------

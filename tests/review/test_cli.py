@@ -20,6 +20,7 @@ VOICEGW = Path(sys.executable).parent / "voicegw"
 
 DEVELOPMENT_FINDINGS = {
     "env.production": "fail",
+    "providers.no_echo": "fail",
     "url.https": "fail",
     "secrets.twilio": "fail",
     "secrets.telnyx": "fail",
@@ -50,7 +51,7 @@ def test_embedded_defaults_list_the_development_findings(tmp_path, monkeypatch, 
     assert report["env"] == "development"
     found = {f["id"]: f["status"] for f in report["findings"] if f["status"] != "pass"}
     assert found == DEVELOPMENT_FINDINGS
-    assert report["counts"] == {"pass": len(CHECKS) - 7, "warn": 2, "fail": 5}
+    assert report["counts"] == {"pass": len(CHECKS) - 8, "warn": 2, "fail": 6}
 
 
 def test_production_like_configuration_exits_0(monkeypatch, capsys, prod_env) -> None:
@@ -114,7 +115,7 @@ def test_table_output_is_aligned(tmp_path, monkeypatch, capsys) -> None:
     assert len(fixes) == len(DEVELOPMENT_FINDINGS)
     assert all(line.index("fix: ") == column for line in fixes)
     assert (
-        lines[-1] == f"{len(CHECKS)} checks (development): {len(CHECKS) - 7} pass, 2 warn, 5 fail"
+        lines[-1] == f"{len(CHECKS)} checks (development): {len(CHECKS) - 8} pass, 2 warn, 6 fail"
     )
 
 

@@ -34,10 +34,11 @@ async def test_a_critical_failure_refuses_the_start(
         await Runtime.start(settings)
     message = str(refused.value)
     assert message.startswith("security review refused the start:")
-    assert "redis.configured: 3 replicas expected (VOICEGW_REPLICAS) but no Redis" in message
+    assert "redis.configured: 3 replicas (VOICEGW_REPLICAS) but no Redis" in message
     assert "fix: VOICEGW_REDIS_URL=rediss://..." in message
     records = [(r.levelno, r.check) for r in _review_records(caplog)]  # type: ignore[attr-defined]
-    assert records == [(logging.ERROR, "redis.configured")]
+    # Three SQLite stores too: a finding, not a refusal.
+    assert records == [(logging.ERROR, "redis.configured"), (logging.WARNING, "store.shared")]
     # Everything the refused runtime opened was closed: the same data starts cleanly now.
     runtime = await Runtime.start(baseline)
     await runtime.stop()

@@ -11,6 +11,8 @@ from security.allowlist import (
     ClientAddressResolver,
     parse_address,
     parse_networks,
+    public_span,
+    too_wide,
 )
 from security.exceptions import ConfigError, Layer, Rejection
 
@@ -203,3 +205,84 @@ def test_malformed_peer_is_400(peer):
 
 def test_allowlist_repr_lists_networks():
     assert repr(Allowlist(parse_networks("192.0.2.0/24"))) == "Allowlist(['192.0.2.0/24'])"
+
+
+# -- address space covered (issue 15, item 13) --------------------------------------------------
+
+
+def nets(*specs: str):
+    return [ipaddress.ip_network(s) for s in specs]
+
+
+@pytest.mark.parametrize(
+    "specs",
+    [
+        ("0.0.0.0/0",),
+        ("0.0.0.0/1", "128.0.0.0/1"),
+        ("::ffff:0:0/96",),  # every IPv4 address, IPv4-mapped
+        ("::/0",),
+        ("2.0.0.0/8", "3.0.0.0/8"),
+        ("2000::/3",),
+        ("2001:db8::/31",),
+    ],
+)
+def test_networks_as_wide_as_a_wildcard(specs):
+    assert too_wide(nets(*specs)) is not None
+
+
+@pytest.mark.parametrize(
+    "specs",
+    [
+        ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"),
+        ("3.0.0.0/8",),  # one /8 of public space: the limit itself
+        ("3.0.0.0/8", "3.1.0.0/16"),  # overlaps are counted once
+        ("2001:db8::/32",),
+        ("::ffff:192.0.2.0/120",),
+        (),
+    ],
+)
+def test_specific_or_private_networks_are_not(specs):
+    assert too_wide(nets(*specs)) is None
+
+
+def test_public_span_counts_each_family_once():
+    assert public_span(nets("0.0.0.0/1", "128.0.0.0/1")) == public_span(nets("0.0.0.0/0"))
+    assert public_span(nets("10.0.0.0/8")) == (0, 0)
+    assert public_span(nets("192.0.2.0/24", "192.0.2.128/25")) == (256, 0)
+
+
+# -- a proxy on this host nobody declared (issue 15, item 14) -----------------------------------
+
+
+def test_forwarded_requests_from_an_untrusted_loopback_peer_are_noted_and_logged_once(caplog):
+    from metrics.registry import REGISTRY
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("voicegw_untrusted_forwarded_requests_total") or 0.0
+
+    resolver = ClientAddressResolver()
+    before = counted()
+    with caplog.at_level("WARNING", logger="security.allowlist"):
+        for _ in range(3):
+            assert resolver.resolve("127.0.0.1", ["198.51.100.9"]) == ip("127.0.0.1")
+        assert resolver.resolve("::1", ["198.51.100.9"]) == ip("::1")
+    assert resolver.untrusted_forwarded == 4
+    assert counted() == before + 4
+    (record,) = [r for r in caplog.records if "X-Forwarded-For" in r.getMessage()]
+    assert "198.51.100.9" not in record.getMessage() and "127.0.0.1/32" in record.getMessage()
+    assert resolver.forwarded_by_untrusted_loopback("127.0.0.1", ["198.51.100.9"])
+
+
+@pytest.mark.parametrize(
+    ("trusted", "peer", "forwarded"),
+    [
+        ((), "127.0.0.1", []),  # a local client without the header
+        ((), "203.0.113.7", ["198.51.100.9"]),  # a remote peer: its header is ignored anyway
+        (("127.0.0.1/32",), "127.0.0.1", ["198.51.100.9"]),  # the local proxy is declared
+    ],
+)
+def test_other_requests_are_not_noted(trusted, peer, forwarded):
+    resolver = ClientAddressResolver(nets(*trusted))
+    resolver.resolve(peer, forwarded)
+    assert resolver.untrusted_forwarded == 0
+    assert not resolver.forwarded_by_untrusted_loopback(peer, forwarded)

@@ -9,11 +9,10 @@ from gateway.review.checks.base import Outcome, Registry, failed, passed, warned
 from gateway.review.deps import affected
 from gateway.review.facts import Facts
 from gateway.review.model import Severity
-from gateway.settings import Settings, is_dev_secret
+from gateway.settings import MIN_METRICS_TOKEN_CHARS, Settings, is_dev_secret, secret_problem
 
 MAX_CALL_RETENTION_DAYS: Final = 365.0
 MIN_AUDIT_RETENTION_DAYS: Final = 365.0
-MIN_METRICS_TOKEN_CHARS: Final = 24
 
 REGISTRY = Registry()
 check = REGISTRY.check
@@ -94,8 +93,8 @@ def _metrics(s: Settings, f: Facts) -> Outcome:
         return passed("/metrics answers loopback only")
     if is_dev_secret(token.get()):
         return failed("the metrics token is a development key")
-    if len(token.get()) < MIN_METRICS_TOKEN_CHARS:
-        return warned(f"the metrics token is short ({len(token.get())} characters)")
+    if weak := secret_problem("VOICEGW_METRICS_TOKEN", token.get()):
+        return failed(weak)
     return passed("/metrics needs a bearer token")
 
 

@@ -26,16 +26,43 @@ def _redis_host_is_local(url: str) -> bool:
     return parts.scheme == "unix" or is_loopback_host(parts.hostname)
 
 
+def _replicas(s: Settings, f: Facts) -> tuple[int, str]:
+    """How many replicas share this deployment, and where that figure comes from: the call
+    registry's live heartbeats, or ``VOICEGW_REPLICAS`` when it says more (an override for
+    replicas not yet started, or state the heartbeats cannot see)."""
+    seen = f.replicas_seen or 0
+    if s.replicas > seen:
+        return s.replicas, "VOICEGW_REPLICAS"
+    return seen, "live heartbeats"
+
+
 @check("redis.configured", Severity.CRITICAL, "VOICEGW_REDIS_URL=rediss://...")
 def _redis_configured(s: Settings, f: Facts) -> Outcome:
+    replicas, source = _replicas(s, f)
     if s.redis_url is not None:
-        return passed("Redis configured: limits, replay, revocation and calls are shared")
-    if s.replicas > 1:
+        return passed(
+            f"Redis configured: limits, replay, revocation and calls are shared "
+            f"({replicas} replica(s), from {source})"
+        )
+    if replicas > 1:
         return failed(
-            f"{s.replicas} replicas expected (VOICEGW_REPLICAS) but no Redis: each replica "
+            f"{replicas} replicas ({source}) but no Redis: each replica "
             "keeps its own rate limits, replay cache and revocations"
         )
     return passed("single replica: in-process state")
+
+
+@check("store.shared", Severity.WARNING, "VOICEGW_DATABASE_URL=postgresql://...")
+def _store_shared(s: Settings, f: Facts) -> Outcome:
+    replicas, source = _replicas(s, f)
+    if replicas > 1 and s.database_url is None:
+        return failed(
+            f"{replicas} replicas ({source}) each keep their own SQLite store: call records, "
+            "operators, lockouts and the audit chain are split between them"
+        )
+    if s.database_url is not None:
+        return passed("records in PostgreSQL, shared by every replica")
+    return passed("single replica: records in SQLite")
 
 
 @check("redis.reachable", Severity.WARNING, "check VOICEGW_REDIS_URL and the Redis server")
