@@ -111,10 +111,13 @@ async def running(
         runtime.auth = make_auth(  # type: ignore[attr-defined]
             settings, store, redis=redis, redis_prefix=redis_prefix, **config
         )
+        # The routes that read runtime.store (recordings, data-subject requests) use it too.
+        own_store, runtime.store = runtime.store, store
         app.state.runtime = runtime
         try:
             yield Gw(app, runtime, store, settings)
         finally:
+            runtime.store = own_store
             await runtime.stop()
 
 
