@@ -44,8 +44,8 @@ from gateway.errors import json_error
 from gateway.store.base import ApiKeyRecord, Role, Store, UserRecord
 from metrics.registry import AUTH_FAILURES, LOGIN_LOCKOUTS
 from security import apikeys, csrf
-from security.apikeys import KeyPolicy
 from security.allowlist import DEFAULT_IPV6_CLIENT_PREFIX, client_network
+from security.apikeys import KeyPolicy
 from security.exceptions import StateUnavailable
 from security.lockout import LockoutPolicy, LoginGuard
 from security.passwords import MAX_PASSWORD_BYTES, PasswordHasher

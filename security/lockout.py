@@ -115,9 +115,7 @@ class LoginGuard:
         """Whether ``username`` is locked for ``network`` and how long it must wait."""
         counts = await self._counts(username, network)
         wait = counts.latest_at + self.policy.delay_s(counts.account) - self._clock()
-        return Verdict(
-            locked=counts.network >= self.policy.failures, retry_after_s=max(0.0, wait)
-        )
+        return Verdict(locked=counts.network >= self.policy.failures, retry_after_s=max(0.0, wait))
 
     async def failed(self, username: str, network: str) -> list[Lockout]:
         """Count a failure of ``username`` from ``network`` (an attempt the guard did not

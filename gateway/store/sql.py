@@ -298,7 +298,8 @@ class SqlStore(abc.ABC):
     async def clear_login_failures(self, username: str, network: str | None = None) -> int:
         async with self._transaction(write=True) as tx:
             if network is None:
-                return await tx.execute("DELETE FROM login_failures WHERE username = ?", (username,))
+                sql, params = "DELETE FROM login_failures WHERE username = ?", (username,)
+                return await tx.execute(sql, params)
             return await tx.execute(
                 "DELETE FROM login_failures WHERE username = ? AND network = ?",
                 (username, network),

@@ -11,7 +11,13 @@ from gateway.settings import Settings, SettingsError
 from security.csrf import CsrfRejected, check_origin, origin_of
 
 ALLOWED = frozenset({"https://gw.test", "https://ops.example.com:8443"})
-UNSPLITTABLE = ["http://x:99999", "https://gw.test:65536", "http://[::1", "http://[zz]", "http://x:-1"]
+UNSPLITTABLE = [
+    "http://x:99999",
+    "https://gw.test:65536",
+    "http://[::1",
+    "http://[zz]",
+    "http://x:-1",
+]
 
 
 def test_origin_of_normalises() -> None:

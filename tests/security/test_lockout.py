@@ -45,7 +45,8 @@ def clock() -> Clock:
 
 @pytest.fixture
 def guard(store: SqlStore, clock: Clock) -> LoginGuard:
-    return LoginGuard(store, LockoutPolicy(5, 900, throttle_base_s=2, throttle_max_s=60), clock=clock)
+    policy = LockoutPolicy(5, 900, throttle_base_s=2, throttle_max_s=60)
+    return LoginGuard(store, policy, clock=clock)
 
 
 async def fail(guard: LoginGuard, clock: Clock, network: str, times: int) -> list[Lockout]:

@@ -234,7 +234,10 @@ def test_users_unlock_forgets_every_failed_login_and_is_audited(  # type: ignore
     from security.lockout import LoginGuard
 
     monkeypatch.setattr("getpass.getuser", lambda: "root")
-    assert voicegw("users", "add", "ada", "--role", "admin", "--password-stdin", stdin="a" * 20) == 0
+    password = "a long enough password"
+    assert (
+        voicegw("users", "add", "ada", "--role", "admin", "--password-stdin", stdin=password) == 0
+    )
 
     async def failures(add_from: tuple[str, ...] = ()) -> tuple[int, bool]:
         store = SqliteStore(tmp_path / "data" / "voicegw.sqlite3")
