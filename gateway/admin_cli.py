@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 from gateway.store.base import ApiKeyRecord, DuplicateError, Role, Store, UserRecord
 from security import apikeys
 from security.apikeys import KeyPolicy, NewKey
+from security.lockout import LoginGuard
 from security.passwords import PasswordHasher, WeakPassword, check_new_password
 from security.signing_keys import default_path, rotate
 
@@ -132,6 +133,13 @@ async def _user(store: Store, username: str) -> UserRecord:
     return user
 
 
+async def unlock_user(store: Store, username: str) -> tuple[UserRecord, int]:
+    """Forget every failed login of ``username`` from every network (its lockout and
+    throttle end at once); return the user and how many failures were forgotten."""
+    user = await _user(store, username)
+    return user, await LoginGuard(store).unlock(user.username)
+
+
 async def _key(store: Store, key_id: str) -> ApiKeyRecord:
     key = await store.get_api_key(key_id.removeprefix(apikeys.PREFIX))
     if key is None:
@@ -181,6 +189,9 @@ def register(
     p.add_argument("name")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     bind(p, _users_passwd, "user.password")
+    p = usub.add_parser("unlock", help="forget a user's failed logins (ends a lockout at once)")
+    p.add_argument("name")
+    bind(p, _users_unlock, "user.unlock")
 
     keys = subparsers.add_parser("apikeys", help="service API keys")
     ksub = keys.add_subparsers(dest="what", required=True)
@@ -365,6 +376,13 @@ async def _users_passwd(args: argparse.Namespace, store: Store) -> int:
     user = await set_password(store, PasswordHasher(), args.name, _read_password(args))
     await _audit(args, entity_type="user", entity_id=user.username)
     print(f"password of {user.username} changed; their sessions have ended")
+    return 0
+
+
+async def _users_unlock(args: argparse.Namespace, store: Store) -> int:
+    user, cleared = await unlock_user(store, args.name)
+    await _audit(args, entity_type="user", entity_id=user.username, detail={"failures": cleared})
+    print(f"{user.username} unlocked ({cleared} failed logins forgotten)")
     return 0
 
 

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway import inputs
 from gateway.auth import Permission, Principal, auth_of, requires
 from gateway.calls import Call, CallError
 from gateway.compliance import render_markdown, report_of_runtime
@@ -140,18 +141,16 @@ async def providers(request: Request) -> Response:
 async def audit(request: Request) -> Response:
     params = request.query_params
     filters: dict[str, Any] = {}
-    for name in AUDIT_FILTERS:
-        value = params.get(name, "").strip()
-        if len(value) > 128:
-            return json_error(400, f"{name} is too long")
-        if value:
-            filters[name] = value
     try:
+        for name in AUDIT_FILTERS:
+            value = inputs.text(params.get(name, "").strip(), name, max_len=128)
+            if value:
+                filters[name] = value
         for name in ("since", "until"):
             if params.get(name):
-                filters[name] = float(params[name])
-    except ValueError:
-        return json_error(400, "since and until must be Unix seconds")
+                filters[name] = inputs.finite(params[name], name)
+    except inputs.BadInput as exc:
+        return json_error(400, exc.reason)
     after_seq = _int(request, "after_seq", 0, hi=2**62)
     before_seq = _int(request, "before_seq", 0, hi=2**62)
     limit = _int(request, "limit", 100, hi=MAX_PAGE)
@@ -237,7 +236,7 @@ async def subject_data(request: Request) -> Response:
             runtime.store,
             runtime.data_keys,
             runtime.blind_index,
-            request.path_params["subject"],
+            inputs.text(request.path_params["subject"], "subject", max_len=64),
             auditor=runtime.auditor,
             actor=principal.name,
             role=principal.role.value,
@@ -255,7 +254,7 @@ async def subject_delete(request: Request) -> Response:
         erasure = await erase_subject(
             runtime.store,
             runtime.blind_index,
-            request.path_params["subject"],
+            inputs.text(request.path_params["subject"], "subject", max_len=64),
             auditor=runtime.auditor,
             delete_recording=delete_recording_file,
             actor=principal.name,
@@ -278,11 +277,14 @@ async def recording(request: Request) -> Response:
     from_carrier / to_carrier); every export is audited."""
     runtime = request.app.state.runtime
     principal: Principal = request.state.principal
-    call_id = request.path_params["call_id"]
     direction = request.query_params.get("direction", "mixed")
     if direction not in ("mixed", "from_carrier", "to_carrier"):
         return json_error(400, "direction must be mixed, from_carrier or to_carrier")
-    record = await runtime.store.get_call(call_id) if len(call_id) <= 64 else None
+    try:
+        call_id = inputs.text(request.path_params["call_id"], "call id", max_len=64)
+    except inputs.BadInput as exc:
+        return json_error(400, exc.reason)
+    record = await runtime.store.get_call(call_id)
     if record is None or record.recording_path is None:
         return json_error(404, "no recording")
 

@@ -23,6 +23,7 @@ import asyncio
 import enum
 import functools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +39,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import inputs
 from gateway.errors import json_error
 from gateway.store.base import ApiKeyRecord, Role, Store, UserRecord
-from metrics.registry import AUTH_FAILURES
+from metrics.registry import AUTH_FAILURES, LOGIN_LOCKOUTS
 from security import apikeys, csrf
+from security.allowlist import DEFAULT_IPV6_CLIENT_PREFIX, client_network
 from security.apikeys import KeyPolicy
 from security.exceptions import StateUnavailable
 from security.lockout import LockoutPolicy, LoginGuard
@@ -152,9 +155,14 @@ class AuthConfig:
     refresh_ttl_s: int = 30 * 86400
     cors_origins: tuple[str, ...] = ()
     lockout: LockoutPolicy = field(default_factory=LockoutPolicy)
-    login_rate_per_minute: int = 10  # per client address, before any password is checked
+    login_rate_per_minute: int = 10  # per client network, before any password is checked
+    login_ipv6_prefix: int = DEFAULT_IPV6_CLIENT_PREFIX  # an IPv6 client's network (32-128)
     api_keys: KeyPolicy = field(default_factory=KeyPolicy)
     production: bool = False
+
+    def __post_init__(self) -> None:
+        if not 32 <= self.login_ipv6_prefix <= 128:
+            raise ValueError("login_ipv6_prefix must be 32-128")
 
     @property
     def secure_cookies(self) -> bool:
@@ -279,7 +287,7 @@ class AuthRuntime:
             action,
             outcome,
             ip=_client_ip(request),
-            user_agent=request.headers.get("user-agent"),
+            user_agent=_user_agent(request),
             **kw,
         )
 
@@ -481,9 +489,10 @@ async def login(request: Request) -> Response:
         body = await _json_body(request, MAX_LOGIN_BODY)
     except AuthError as exc:
         return exc.response()
-    # Per client address, before any work: a password spray across many names (which the
+    # Per client network, before any work: a password spray across many names (which the
     # per-name lockout does not see) and a flood of scrypt work are both capped.
-    decision = await auth.login_limiter.hit(_login_scope(request))
+    network = _client_network(request)
+    decision = await auth.login_limiter.hit(f"login:{network}")
     if not decision.allowed:
         AUTH_FAILURES.labels("login_rate").inc()
         return json_error(429, "too many login attempts", decision.headers())
@@ -495,27 +504,44 @@ async def login(request: Request) -> Response:
         or not 0 < len(password.encode("utf-8", "surrogatepass")) <= MAX_PASSWORD_BYTES
     ):
         return json_error(400, "username and password required")
-    username = username.strip().lower()
-    # The same work whatever fails: one lockout count, one user lookup, one scrypt.
-    locked = await auth.guard.locked(username)
+    try:
+        username = inputs.text(username, "username", max_len=64).strip().lower()
+    except inputs.BadInput as exc:
+        return json_error(400, exc.reason)
+    verdict = await auth.guard.check(username, network)
+    if verdict.retry_after_s > 0:
+        # Failures from several networks: every network waits (see security.lockout).
+        AUTH_FAILURES.labels("login_throttled").inc()
+        retry_after = str(max(1, math.ceil(verdict.retry_after_s)))
+        return json_error(429, "too many failed logins", {"Retry-After": retry_after})
+    # The same work whatever fails: one user lookup, one scrypt.
     user = await auth.store.get_user(username)
     if user is not None:
         ok = await asyncio.to_thread(auth.hasher.verify, password, user.password_hash)
     else:
         ok = await asyncio.to_thread(auth.hasher.verify_dummy, password)
-    if locked or not ok or user is None or user.disabled:
-        await auth.guard.failed(username)
+    if verdict.locked or not ok or user is None or user.disabled:
+        locked = verdict.locked
+        # An attempt refused by the lock is not counted again: a network cannot keep itself
+        # locked, nor slow the account down for everyone, by hammering.
+        crossed = [] if locked else await auth.guard.failed(username, network)
         reason = (
             "locked" if locked else "unknown_user" if user is None
             else "disabled" if user.disabled else "bad_password"
         )  # fmt: skip
-        await auth.audit(
-            request, "auth.login", "failure", actor=user.username if user else "anonymous",
-            detail={"reason": reason},
-        )  # fmt: skip
+        actor = user.username if user else "anonymous"
+        await auth.audit(request, "auth.login", "failure", actor=actor, detail={"reason": reason})
+        for lockout in crossed:
+            LOGIN_LOCKOUTS.labels(lockout.value).inc()
+            await auth.audit(
+                request, "auth.lockout", "denied", actor=actor,
+                entity_type=None if user is None else "user",
+                entity_id=None if user is None else user.username,
+                detail={"scope": lockout.value, "failures": auth.config.lockout.failures},
+            )  # fmt: skip
         await asyncio.sleep(max(0.0, FAILED_LOGIN_FLOOR_S - (time.perf_counter() - started)))
         return json_error(401, "invalid username or password, or account locked")
-    await auth.guard.succeeded(username)
+    await auth.guard.succeeded(username, network)
     try:
         refresh_token, family = await auth.families.create(user.username, auth.config.refresh_ttl_s)
     except StateUnavailable:
@@ -691,9 +717,15 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
     return body
 
 
-def _login_scope(request: Request) -> str:
-    """The login limit's scope: the client address (through trusted proxies)."""
-    return f"login:{_client_ip(request) or 'unknown'}"
+def _client_network(request: Request) -> str:
+    """The client's network (through trusted proxies), which keys the login limit and the
+    lockout: an IPv4 address, or an IPv6 address's ``/login_ipv6_prefix``."""
+    runtime = request.app.state.runtime
+    try:
+        address = runtime.client_address(request)
+    except Exception:
+        return "unknown"
+    return str(client_network(address, auth_of(request).config.login_ipv6_prefix))
 
 
 def _client_ip(request: Request) -> str | None:
@@ -702,6 +734,11 @@ def _client_ip(request: Request) -> str | None:
         return str(runtime.client_address(request))
     except Exception:
         return None
+
+
+def _user_agent(request: Request) -> str | None:
+    value = request.headers.get("user-agent")
+    return None if value is None else inputs.printable(value, max_len=256)
 
 
 # -- middleware ---------------------------------------------------------------------------

@@ -170,6 +170,7 @@ def auth_config(settings: Settings) -> AuthConfig:
         cors_origins=settings.cors_origins,
         lockout=LockoutPolicy(settings.login_lockout_failures, settings.login_lockout_window_s),
         login_rate_per_minute=settings.login_rate_per_minute,
+        login_ipv6_prefix=settings.login_ipv6_prefix,
         api_keys=KeyPolicy(
             settings.api_key_max_age_days * DAY_S, settings.api_key_grace_days * DAY_S
         ),

@@ -121,6 +121,7 @@ class Settings:
     login_lockout_failures: int = 5
     login_lockout_window_s: int = 900
     login_rate_per_minute: int = 10  # login attempts per client address per minute
+    login_ipv6_prefix: int = 64  # IPv6 clients are keyed by this prefix (logins, lockout)
     signing_key_file: Path | None = None
     signing_keys: Secret | None = None  # VOICEGW_SIGNING_KEY: base64url Ed25519 seeds, first signs
     api_key_max_age_days: int = 90
@@ -210,7 +211,11 @@ class _Reader:
             return ()
         found: list[str] = []
         for item in (v.strip() for v in value.split(",") if v.strip()):
-            p = urlsplit(item)
+            try:
+                p, origin = urlsplit(item), origin_of(item)
+            except ValueError:  # an unclosed IPv6 literal, a port out of range or not a number
+                self.problems.append(f"{name}: {item!r} is not an origin (scheme://host[:port])")
+                continue
             if (
                 p.scheme not in ("http", "https")
                 or not p.hostname
@@ -223,7 +228,7 @@ class _Reader:
             elif production and p.scheme != "https":
                 self.problems.append(f"{name}: {item!r} must use https in production")
             else:
-                found.append(origin_of(item))
+                found.append(origin)
         return tuple(dict.fromkeys(found))
 
     def lockout(self, name: str) -> tuple[int, int]:
@@ -468,6 +473,7 @@ class _Reader:
             login_rate_per_minute=int(
                 self.number("VOICEGW_LOGIN_RATE_PER_MINUTE", 10, lo=1, hi=10_000)
             ),
+            login_ipv6_prefix=int(self.number("VOICEGW_LOGIN_IPV6_PREFIX", 64, lo=32, hi=128)),
             signing_key_file=Path(key_file) if key_file else None,
             signing_keys=signing_keys,
             api_key_max_age_days=int(

@@ -194,6 +194,13 @@ AUTH_FAILURES = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+LOGIN_LOCKOUTS = Counter(
+    "voicegw_login_lockouts_total",
+    "Accounts locked for one client network (scope=network) or throttled for every network "
+    "(scope=account) by failed logins",
+    ["scope"],
+    registry=REGISTRY,
+)
 SESSIONS_ACTIVE = Gauge("voicegw_sessions_active", "Operator sessions active", registry=REGISTRY)
 
 # -- keys ------------------------------------------------------------------------------------

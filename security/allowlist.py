@@ -180,6 +180,20 @@ def parse_address(text: str) -> IPAddress:
     return address
 
 
+DEFAULT_IPV6_CLIENT_PREFIX: Final = 64
+
+
+def client_network(address: IPAddress, ipv6_prefix: int = DEFAULT_IPV6_CLIENT_PREFIX) -> IPNetwork:
+    """The network one client is taken to control: an IPv4 address alone, an IPv6 address's
+    ``/ipv6_prefix`` (32-128). An IPv6 end site is usually given a /64 or more, so keying a
+    per-client limit on the full address lets a client rotate through 2**64 of them."""
+    if not 32 <= ipv6_prefix <= 128:
+        raise ValueError("the IPv6 client prefix must be 32-128")
+    if isinstance(address, ipaddress.IPv4Address):
+        return ipaddress.IPv4Network(address)
+    return ipaddress.IPv6Network((address, ipv6_prefix), strict=False)
+
+
 def _normalise_network(network: IPNetwork) -> IPNetwork:
     if (
         isinstance(network, ipaddress.IPv6Network)

@@ -50,7 +50,9 @@ def token_hash(token: str) -> str:
 
 
 def origin_of(url: str) -> str:
-    """``scheme://host[:port]`` of ``url``, lower-cased, default ports dropped."""
+    """``scheme://host[:port]`` of ``url``, lower-cased, default ports dropped. Raises
+    ``ValueError`` for a URL ``urllib`` cannot split (a port out of range or not a number,
+    an unclosed or malformed IPv6 literal)."""
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
@@ -66,7 +68,12 @@ def check_origin(origin: str | None, fetch_site: str | None, allowed: Collection
     """Raise ``CsrfRejected`` unless the request comes from an ``allowed`` origin (or from no
     browser context at all). ``allowed`` holds normalised origins (``origin_of``)."""
     if origin is not None:
-        if origin == "null" or origin_of(origin) not in allowed:
+        try:
+            normalised = origin_of(origin)
+        except ValueError:
+            # Whatever a browser sends parses; this came from something else.
+            raise CsrfRejected("origin not allowed") from None
+        if origin == "null" or normalised not in allowed:
             raise CsrfRejected("origin not allowed")
         return
     if fetch_site is not None and fetch_site.lower() not in ("same-origin", "none"):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from security.audit import AuditChainer, AuditEvent, ChainHead, DetailValue
+from security.lockout import FailureCounts
 
 __all__ = [
     "MAX_PAGE",
@@ -194,9 +195,20 @@ class Store(Protocol):
     async def list_users(self) -> list[UserRecord]: ...
     async def update_user(self, user: UserRecord) -> None: ...  # NotFoundError: no such id
     async def delete_user(self, user_id: str) -> bool: ...
-    async def add_login_failure(self, username: str, at: float) -> None: ...
-    async def count_login_failures(self, username: str, since: float) -> int: ...
-    async def clear_login_failures(self, username: str) -> None: ...
+    async def add_login_failure(self, username: str, at: float, network: str = "") -> None: ...
+    async def count_login_failures(self, username: str, since: float) -> int: ...  # all networks
+    async def login_failure_counts(
+        self, username: str, network: str, since: float, cap: int
+    ) -> FailureCounts:
+        """Failures of ``username`` since ``since``: from ``network``, from every network
+        (each counting at most ``cap``), and the latest one's time."""
+        ...
+
+    async def clear_login_failures(self, username: str, network: str | None = None) -> int:
+        """Remove the failures of ``username`` from ``network`` (None: every network);
+        return how many."""
+        ...
+
     async def delete_login_failures_before(self, cutoff: float) -> int: ...  # how many
 
     # service API keys

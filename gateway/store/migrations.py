@@ -188,6 +188,13 @@ _V3_COMMON = [
     _both("CREATE INDEX calls_open ON calls (started_at) WHERE ended_at IS NULL"),
 ]
 
+# Failed logins are counted per account and client network (``security.lockout``): the
+# network, as the guard's salted hash; rows from before have '' (one unknown network).
+_V4_COMMON = [
+    _both("ALTER TABLE login_failures ADD COLUMN network TEXT NOT NULL DEFAULT ''"),
+    _both("CREATE INDEX login_failures_network ON login_failures (username, network, at)"),
+]
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
@@ -206,6 +213,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         name="open call records",
         sqlite=tuple(s for s, _ in _V3_COMMON),
         postgres=tuple(p for _, p in _V3_COMMON),
+    ),
+    Migration(
+        version=4,
+        name="login failures per network",
+        sqlite=tuple(s for s, _ in _V4_COMMON),
+        postgres=tuple(p for _, p in _V4_COMMON),
     ),
 )
 

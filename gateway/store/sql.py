@@ -32,6 +32,7 @@ from gateway.store.base import (
     UserRecord,
 )
 from gateway.store.migrations import Dialect
+from security.lockout import FailureCounts
 
 Row = tuple[Any, ...]
 
@@ -264,10 +265,11 @@ class SqlStore(abc.ABC):
         async with self._transaction(write=True) as tx:
             return await tx.execute("DELETE FROM users WHERE user_id = ?", (user_id,)) > 0
 
-    async def add_login_failure(self, username: str, at: float) -> None:
+    async def add_login_failure(self, username: str, at: float, network: str = "") -> None:
         async with self._transaction(write=True) as tx:
             await tx.execute(
-                "INSERT INTO login_failures (username, at) VALUES (?, ?)", (username, at)
+                "INSERT INTO login_failures (username, network, at) VALUES (?, ?, ?)",
+                (username, network, at),
             )
 
     async def count_login_failures(self, username: str, since: float) -> int:
@@ -278,9 +280,30 @@ class SqlStore(abc.ABC):
             )
         return int(row[0]) if row else 0
 
-    async def clear_login_failures(self, username: str) -> None:
+    async def login_failure_counts(
+        self, username: str, network: str, since: float, cap: int
+    ) -> FailureCounts:
+        async with self._transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT coalesce(sum(CASE WHEN network = ? THEN n ELSE 0 END), 0), "
+                "coalesce(sum(CASE WHEN n > ? THEN ? ELSE n END), 0), coalesce(max(latest), 0) "
+                "FROM (SELECT network, count(*) AS n, max(at) AS latest FROM login_failures "
+                "WHERE username = ? AND at >= ? GROUP BY network) AS per_network",
+                (network, cap, cap, username, since),
+            )
+        if row is None:
+            return FailureCounts(0, 0, 0.0)
+        return FailureCounts(int(row[0]), int(row[1]), float(row[2]))
+
+    async def clear_login_failures(self, username: str, network: str | None = None) -> int:
         async with self._transaction(write=True) as tx:
-            await tx.execute("DELETE FROM login_failures WHERE username = ?", (username,))
+            if network is None:
+                sql, params = "DELETE FROM login_failures WHERE username = ?", (username,)
+                return await tx.execute(sql, params)
+            return await tx.execute(
+                "DELETE FROM login_failures WHERE username = ? AND network = ?",
+                (username, network),
+            )
 
     async def delete_login_failures_before(self, cutoff: float) -> int:
         async with self._transaction(write=True) as tx:

@@ -31,6 +31,7 @@ from security.apikeys import KeyPolicy
 from security.lockout import LockoutPolicy
 from security.passwords import PasswordHasher
 from security.signing_keys import FileKeyRing
+from tests.store.backends import open_backend
 
 PUBLIC_URL = "https://gw.test"
 # A cheaper scrypt cost than production (2**15) so the suite stays fast; the format and code
@@ -98,20 +99,25 @@ async def running(
     redis: aioredis.Redis | None = None,
     redis_prefix: str = "voicegw:",
     env: Mapping[str, str] | None = None,
+    store_kind: str = "sqlite",
     **config: Any,
 ) -> AsyncIterator[Gw]:
-    """A composed app with its runtime started (no server: use ``gw.client()``)."""
+    """A composed app with its runtime started (no server: use ``gw.client()``). Users and
+    keys live in ``store_kind``: SQLite, or PostgreSQL in a schema of the test's own."""
     settings = settings_for(tmp_path, **dict(env or {}))
-    async with sqlite_store(tmp_path) as store:
+    async with open_backend(store_kind, tmp_path) as (_, store):
         app = compose(settings)
         runtime = await Runtime.start(settings)
         runtime.auth = make_auth(  # type: ignore[attr-defined]
             settings, store, redis=redis, redis_prefix=redis_prefix, **config
         )
+        # The routes that read runtime.store (recordings, data-subject requests) use it too.
+        own_store, runtime.store = runtime.store, store
         app.state.runtime = runtime
         try:
             yield Gw(app, runtime, store, settings)
         finally:
+            runtime.store = own_store
             await runtime.stop()
 
 

@@ -226,3 +226,42 @@ def test_every_change_from_the_command_line_is_audited(  # type: ignore[no-untyp
     capsys.readouterr()
     assert voicegw("audit", "verify") == 0
     assert capsys.readouterr().out.startswith("audit trail intact: 9 events")
+
+
+def test_users_unlock_forgets_every_failed_login_and_is_audited(  # type: ignore[no-untyped-def]
+    voicegw, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from security.lockout import LoginGuard
+
+    monkeypatch.setattr("getpass.getuser", lambda: "root")
+    password = "a long enough password"
+    assert (
+        voicegw("users", "add", "ada", "--role", "admin", "--password-stdin", stdin=password) == 0
+    )
+
+    async def failures(add_from: tuple[str, ...] = ()) -> tuple[int, bool]:
+        store = SqliteStore(tmp_path / "data" / "voicegw.sqlite3")
+        await store.open()
+        try:
+            guard = LoginGuard(store)
+            for network in add_from:
+                await guard.failed("ada", network)
+            return (
+                await store.count_login_failures("ada", 0),
+                (await guard.check("ada", "198.51.100.7/32")).locked,
+            )
+        finally:
+            await store.close()
+
+    assert asyncio.run(failures(("198.51.100.7/32",) * 5 + ("2001:db8::/64",))) == (6, True)
+    capsys.readouterr()
+    assert voicegw("users", "unlock", "ada") == 0
+    assert capsys.readouterr().out.strip() == "ada unlocked (6 failed logins forgotten)"
+    assert asyncio.run(failures()) == (0, False)
+    assert voicegw("users", "unlock", "nobody") == 1
+    assert "no user 'nobody'" in capsys.readouterr().err
+    events = [e for e in audit_events(tmp_path) if e[0] == "user.unlock"]
+    assert events == [
+        ("user.unlock", "success", "cli:root", "ada", {"failures": 6}),
+        ("user.unlock", "failure", "cli:root", None, {"reason": "no user 'nobody'"}),
+    ]
