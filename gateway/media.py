@@ -475,9 +475,6 @@ class Bridge:
             await self.recorder.write(direction, audio, at_ms)
 
     async def _finish(self, reason: EndReason, duration_s: float) -> None:
-        # Ended in the registry before the stream closes or the line is hung up, so that the
-        # carrier's report of that (Telnyx ``streaming.stopped``) finds the call ended by us.
-        await self.runtime.end_call_eventually(self.call, reason.value)
         self._meter_in.flush()
         self._meter_out.flush()
         await self.agent.close()
@@ -490,6 +487,9 @@ class Bridge:
                 MEDIA_DROPPED.labels(self.carrier, "recording", "disk_slow").inc(
                     self.recorder.dropped
                 )
+        # Ended in the registry before the stream closes or the line is hung up, so that the
+        # carrier's report of that (Telnyx ``streaming.stopped``) finds the call ended by us.
+        await self.runtime.end_call_eventually(self.call, reason.value)
         match reason:
             case EndReason.CARRIER_HANGUP:
                 pass  # the caller hung up: the carrier has ended the call
