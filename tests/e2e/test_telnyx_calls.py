@@ -31,6 +31,7 @@ from tests.e2e.carrier import (
     caller_audio,
     dumps,
     eventually,
+    free_port,
     metric,
     open_stream,
     rest_command,
@@ -177,3 +178,20 @@ async def test_streaming_failed_mid_call_hangs_up_within_seconds(make_gateway):
     assert len(hangups) == 1
     record = await gw.runtime.store.get_call(call.call_id)
     assert record is not None and record.outcome == "stream_failed"
+
+
+async def test_fallback_message_on_an_alaw_leg_is_played_in_alaw(make_gateway):
+    """No provider answers: the fallback message (mu-law on disk) is played in the leg's
+    codec, in whole frames, before the call ends."""
+    dead = f"ws://127.0.0.1:{free_port()}/v1/realtime"
+    gw = await make_gateway("openai", VOICEGW_OPENAI_REALTIME_URL=dead)
+    leg = await telnyx_leg(gw, "PCMA")
+    await rest_command(gw.rest, leg.ticket.call_id, "hangup")
+    await leg.wait_closed()
+    message = translated(gw.runtime.fallback, PCMU_8K, PCMA_8K)
+    heard = leg.audio
+    assert heard[: len(message)] == message
+    assert set(heard[len(message) :]) <= {0xD5} and len(heard) % FRAME == 0
+    assert all(len(chunk) % FRAME == 0 for chunk in _decoded(leg))
+    record = await closed_record(gw, (await gw.wait_ended(leg.ticket)).call_id)
+    assert record.outcome == "no_provider"
