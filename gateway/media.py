@@ -6,9 +6,11 @@ Data takes one path: carrier frame → carrier codec → typed events → Bridge
 * ``from_carrier``: reads carrier frames and forwards audio/DTMF to the agent. On the fast path
   (both sides G.711 μ-law 8 kHz) the base64 payload is forwarded untouched.
 * ``from_agent``: reads agent events, transcodes audio when needed, and handles barge-in.
-  Audio goes straight to the carrier while nothing is queued and the carrier holds less than
-  ``OUTBOUND_LEAD_S`` of it (the usual case: one task hop less per frame); otherwise it is
-  queued for ``to_carrier``.
+  A carrier that plays only whole 20 ms frames (Telnyx) gets them on the fast path too: the
+  part of a chunk short of a frame waits for the next one, and the end of a response is
+  padded with silence to a whole frame. Audio goes straight to the carrier while nothing is
+  queued and the carrier holds less than ``OUTBOUND_LEAD_S`` of it (the usual case: one task
+  hop less per frame); otherwise it is queued for ``to_carrier``.
 * ``to_carrier``: paces queued audio so the carrier holds at most ``OUTBOUND_LEAD_S`` of it
   (no starvation, no ballooning buffer). Marks, every ``MARK_EVERY_S`` of audio sent and once
   it pauses, tell what the caller heard.
@@ -30,10 +32,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final, assert_never
 
+from redis.exceptions import RedisError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.audio import Framer, Transcoder, is_passthrough
-from gateway.calls import Call
+from gateway.calls import Call, CallState
 from gateway.errors import CloseCode, StreamRefused
 from gateway.recording import Direction, RecordingError, RecordingWriter
 from gateway.runtime import Runtime
@@ -55,6 +58,7 @@ from providers.events import (
     PCMU_8K,
     AgentReady,
     AudioChunk,
+    AudioFormat,
     Clear,
     Dtmf,
     Error,
@@ -71,9 +75,9 @@ from providers.events import (
     Transcript,
 )
 from providers.exceptions import ProtocolError, SessionClosed, SessionError
-from providers.telephony.telnyx import TelnyxCodec
+from providers.telephony.telnyx import TelnyxCodec, UnsupportedMediaFormat
 from providers.telephony.twilio import TwilioCodec
-from security.exceptions import Rejection
+from security.exceptions import Rejection, StateUnavailable
 
 log = logging.getLogger("voicegw.media")
 
@@ -98,6 +102,11 @@ MAX_FRAMES_PER_S: Final = 250.0
 FRAME_BURST: Final = 500.0
 CARRIER_FRAMES_PER_S: Final = 50.0
 """Frames a carrier sends per second (20 ms each): its backlog rate while a provider connects."""
+WHOLE_FRAMES: Final = frozenset({"telnyx"})
+"""Carriers that play only whole frames (Telnyx: 20 ms to 30 s per message): agent audio for
+them is cut to multiples of 20 ms. Twilio plays any length."""
+UNSUPPORTED_CODEC: Final = "unsupported_codec"
+"""Outcome of a call whose stream announced a codec the gateway cannot carry."""
 
 
 class EndReason(enum.StrEnum):
@@ -109,6 +118,10 @@ class EndReason(enum.StrEnum):
     AGENT_FAILED = "agent_failed"
     FLOOD = "flood"
     DRAINING = "draining"
+    STREAM_FAILED = "stream_failed"
+    """The carrier reported the media stream failed (Telnyx ``streaming.failed``)."""
+    STREAM_STOPPED = "stream_stopped"
+    """The carrier stopped the media stream, not at our request (``streaming.stopped``)."""
 
 
 _CLOSE_CODES: Final = {
@@ -120,6 +133,16 @@ _CLOSE_CODES: Final = {
 
 class CarrierGone(Exception):
     """A send to the carrier failed: it has disconnected."""
+
+
+class UncarriableStream(Exception):
+    """The stream's ``start`` announced audio the gateway cannot carry; ``token`` is the stream
+    token the carrier presented (header or ``connected`` frame), if any."""
+
+    def __init__(self, unsupported: UnsupportedMediaFormat, token: str | None) -> None:
+        super().__init__(unsupported.reason)
+        self.unsupported = unsupported
+        self.token = token
 
 
 # -- endpoints -------------------------------------------------------------------------------
@@ -147,6 +170,9 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
     try:
         started, early = await _await_start(websocket, codec, header_token)
         call = await runtime.claim_stream(carrier, started)
+    except UncarriableStream as uncarriable:
+        await _end_uncarriable(runtime, websocket, carrier, uncarriable)
+        return
     except StreamRefused as refused:
         log.warning("media stream refused", extra={"carrier": carrier, "reason": refused.reason})
         await _close(websocket, refused.code)
@@ -157,7 +183,7 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
     if agent is None:
         log.warning("no provider available", extra={"call_id": call.call_id})
         CALLS.labels(carrier, "none", "no_provider").inc()
-        await _play_fallback(websocket, codec, runtime.fallback)
+        await _play_fallback(websocket, codec, runtime.fallback, started.format)
         await runtime.end_call_eventually(call, "no_provider")
         await runtime.close_call_record(call, "no_provider", (), 0)
         await _close(websocket, CloseCode.NORMAL)
@@ -170,13 +196,47 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
     await bridge.run(early)
 
 
-async def _play_fallback(websocket: WebSocket, codec: CarrierCodec, audio: bytes) -> None:
-    """Send the fallback message and wait (bounded) until the carrier says it has played."""
-    frame = FALLBACK_FRAME_BYTES
+async def _end_uncarriable(
+    runtime: Runtime, websocket: WebSocket, carrier: str, uncarriable: UncarriableStream
+) -> None:
+    """A stream whose codec the gateway cannot carry: when it presents its call's stream
+    token (spent here), end that call at once (REST hang-up, outcome ``unsupported_codec``)
+    rather than leave the caller on an answered, silent line. Without a valid token nothing
+    is ended: a forged ``start`` must not hang up someone else's call."""
+    unsupported = uncarriable.unsupported
+    log.warning(
+        "media stream codec not supported",
+        extra={"carrier": carrier, "codec": unsupported.codec},
+    )
+    code = CloseCode.POLICY_VIOLATION
     try:
-        async with asyncio.timeout(len(audio) / 8000 + START_TIMEOUT_S):
+        token = uncarriable.token or ""
+        if await runtime.stream_tokens.consume(token, f"{carrier}:{unsupported.call_id}"):
+            call = await runtime.registry.by_carrier_id(carrier, unsupported.call_id)
+            if call is not None and call.state is CallState.CONNECTING:
+                correlation_id.set(call.call_id)
+                await runtime.end_unbridged(call, UNSUPPORTED_CODEC, hang_up=True, retry=True)
+                code = CloseCode.UNSUPPORTED
+    except (StateUnavailable, RedisError, OSError, TimeoutError):
+        code = CloseCode.TRY_AGAIN_LATER
+    await _close(websocket, code)
+
+
+async def _play_fallback(
+    websocket: WebSocket, codec: CarrierCodec, audio: bytes, fmt: AudioFormat
+) -> None:
+    """Send the fallback message (mu-law, converted to the stream's ``fmt``) and wait
+    (bounded) until the carrier says it has played."""
+    frame = FALLBACK_FRAME_BYTES
+    if fmt != PCMU_8K:
+        audio = Transcoder(PCMU_8K, fmt).convert(audio)
+    # Whole 20 ms frames: Telnyx refuses a shorter last one.
+    framer = Framer(fmt)
+    audio = b"".join(framer.push(audio) + framer.flush(pad=True))
+    try:
+        async with asyncio.timeout(len(audio) / fmt.bytes_per_second + START_TIMEOUT_S):
             for i in range(0, len(audio), frame):
-                chunk = AudioChunk.from_bytes(audio[i : i + frame], PCMU_8K)
+                chunk = AudioChunk.from_bytes(audio[i : i + frame], fmt)
                 await websocket.send_text(codec.encode(chunk))
             await websocket.send_text(codec.encode(Mark("fallback-played")))
             while True:
@@ -204,6 +264,8 @@ async def _await_start(
                     raise StreamRefused(CloseCode.NORMAL, "disconnected before start")
                 try:
                     events = codec.feed(frame)
+                except UnsupportedMediaFormat as exc:
+                    raise UncarriableStream(exc, token) from None
                 except ProtocolError as exc:
                     MEDIA_DROPPED.labels(codec.carrier, "from_carrier", "malformed").inc()
                     log.info("malformed frame before start", extra={"reason": exc.reason})
@@ -285,6 +347,7 @@ class Bridge:
         self.carrier_format = started.format
         self._transcode_in: Transcoder | None = None
         self._transcode_out: Transcoder | None = None
+        self._whole_frames = self.carrier in WHOLE_FRAMES
         self._framer: Framer | None = None
         self._set_formats(agent)
         self._providers: list[str] = [agent.provider]  # every provider the call used
@@ -424,6 +487,9 @@ class Bridge:
                 MEDIA_DROPPED.labels(self.carrier, "recording", "disk_slow").inc(
                     self.recorder.dropped
                 )
+        # Ended in the registry before the stream closes or the line is hung up, so that the
+        # carrier's report of that (Telnyx ``streaming.stopped``) finds the call ended by us.
+        await self.runtime.end_call_eventually(self.call, reason.value)
         match reason:
             case EndReason.CARRIER_HANGUP:
                 pass  # the caller hung up: the carrier has ended the call
@@ -437,7 +503,6 @@ class Bridge:
                 self.runtime.hang_up_carrier(self.call, self.started.account_id)
         CALLS.labels(self.carrier, self.agent.provider, reason.value).inc()
         CALL_DURATION.observe(duration_s)
-        await self.runtime.end_call_eventually(self.call, reason.value)
         await self.runtime.close_call_record(
             self.call, reason.value, tuple(self._providers), len(self._providers) - 1
         )
@@ -560,10 +625,14 @@ class Bridge:
             received = time.perf_counter()
             match event:
                 case AudioChunk():
-                    if self._transcode_out is None and self._may_play_now():
-                        await self._play(event)  # nothing queued ahead: no hop to to_carrier
-                    else:
+                    if self._transcode_out is not None:
                         self._queue_audio(event)
+                    elif (chunk := self._whole(event)) is None:
+                        pass  # shorter than a frame so far: carried to the next chunk
+                    elif self._may_play_now():
+                        await self._play(chunk)  # nothing queued ahead: no hop to to_carrier
+                    else:
+                        self._enqueue(chunk)
                     self._meter_out.time(time.perf_counter() - received)
                 case SpeechStarted():
                     await self._barge_in()
@@ -578,7 +647,7 @@ class Bridge:
                 case Error():
                     PROVIDER_ERRORS.labels(self.agent.provider, "error").inc()
                 case ResponseDone():
-                    self._flush_transcoder()
+                    self._flush_out()
                 case AgentReady() | Transcript() | GoAway() | ResumptionHandle():
                     pass
                 case _:
@@ -648,7 +717,27 @@ class Bridge:
             if is_passthrough(agent.output_format, fmt)
             else Transcoder(agent.output_format, fmt)
         )
-        self._framer = None if self._transcode_out is None else Framer(fmt)
+        if self._transcode_out is None and not self._whole_frames:
+            self._framer = None
+        elif self._framer is None:
+            # Kept across a failover: what it holds is already in the carrier's format.
+            self._framer = Framer(fmt)
+
+    def _whole(self, chunk: AudioChunk) -> AudioChunk | None:
+        """Fast-path audio as the carrier takes it. Unchanged for a carrier that plays any
+        length; otherwise whole 20 ms frames, the rest carried to the next chunk (and
+        padded out by ``_flush_out`` at the end of the response). None when all of it is
+        carried. A chunk of whole frames with nothing carried goes on untouched, undecoded."""
+        framer = self._framer
+        if framer is None:
+            return chunk
+        size = round(chunk.duration_ms * chunk.format.bytes_per_second / 1000)
+        if not framer.pending and size and size % framer.frame_bytes == 0:
+            return chunk
+        whole = b"".join(framer.push(chunk.to_bytes()))
+        if not whole:
+            return None
+        return AudioChunk.from_bytes(whole, chunk.format, item_id=chunk.item_id)
 
     def _queue_audio(self, chunk: AudioChunk) -> None:
         if self._transcode_out is not None and self._framer is not None:
@@ -660,10 +749,13 @@ class Bridge:
         else:
             self._enqueue(chunk)
 
-    def _flush_transcoder(self) -> None:
-        if self._transcode_out is None or self._framer is None:
+    def _flush_out(self) -> None:
+        """End of a response: queue what the transcoder and framer hold, the last frame
+        padded with silence to a whole one."""
+        if self._framer is None:
             return
-        tail = self._framer.push(self._transcode_out.flush()) + self._framer.flush(pad=True)
+        held = b"" if self._transcode_out is None else self._transcode_out.flush()
+        tail = self._framer.push(held) + self._framer.flush(pad=True)
         for frame in tail:
             self._enqueue(AudioChunk.from_bytes(frame, self.carrier_format, item_id=self._item_id))
 
@@ -683,9 +775,10 @@ class Bridge:
         self._outbound_s = 0.0
         if dropped:
             MEDIA_DROPPED.labels(self.carrier, "to_carrier", "barge_in").inc(dropped)
-        if self._transcode_out is not None and self._framer is not None:
+        if self._transcode_out is not None:
             self._transcode_out.reset()
-            self._framer.clear()
+        if self._framer is not None:
+            self._framer.clear()  # the carried part of a frame was talked over too
         loop = asyncio.get_running_loop()
         still_playing = self._play_until > loop.time()
         self._play_until = loop.time()

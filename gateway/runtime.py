@@ -50,7 +50,7 @@ from gateway.settings import Settings
 from gateway.store import Store, create_store
 from gateway.store.base import CallRecord
 from metrics.logging import load_ip_hash_key
-from metrics.registry import FAILOVERS, PROVIDER_CONNECT, PROVIDER_ERRORS
+from metrics.registry import CALLS, FAILOVERS, PROVIDER_CONNECT, PROVIDER_ERRORS
 from providers.ai.config import AgentConfig, AgentOptions, Provider, ProviderOptions
 from providers.ai.session import AgentSession, open_session
 from providers.breakers import BreakerOpen, BreakerPolicy, BreakerRegistry
@@ -828,7 +828,9 @@ class Runtime:
             if not await self.carrier_rest(
                 "telnyx", "answer", lambda: rest.answer(call_control_id)
             ):
-                await self.end_call(call, "answer_failed")
+                # Never answered: nothing to hang up, but the record closes now, not when a
+                # restart finds it open.
+                await self.end_unbridged(call, "answer_failed", hang_up=False, retry=True)
 
         self.spawn(answer(), "telnyx-answer")
 
@@ -848,10 +850,56 @@ class Runtime:
                 ),
             )
             if not started:
-                await self.end_call(call, "stream_failed")
-                self.hang_up_carrier(call, None)
+                await self.end_unbridged(call, "stream_failed", hang_up=True, retry=True)
 
         self.spawn(start(), "telnyx-stream")
+
+    async def end_unbridged(
+        self, call: Call, outcome: str, *, hang_up: bool, retry: bool = False
+    ) -> bool:
+        """End a call that has no Bridge on this replica (its answer or stream failed, its
+        codec cannot be carried): ended in the registry with ``outcome``, hung up over REST
+        when ``hang_up``, counted in ``voicegw_calls_total`` and its record closed with
+        ``outcome``. Returns False, doing nothing, when the call had already ended: whoever
+        ended it told the carrier and wrote the outcome.
+
+        While shared state is down this raises (the webhook's carrier retries it), or with
+        ``retry`` ends the call anyway and updates the registry once Redis answers.
+        """
+        try:
+            await self.registry.transition(call.call_id, CallState.ENDED, reason=outcome)
+        except CallStateError:
+            return False
+        except (RedisError, OSError, TimeoutError, CallError) as exc:
+            if not retry:
+                raise
+            log.warning(
+                "call not ended in the registry yet",
+                extra={"call_id": call.call_id, "error": type(exc).__name__},
+            )
+            self.spawn(
+                self._when_registry_answers(call, lambda: self.end_call(call, outcome)),
+                "end-call",
+            )
+        if hang_up:
+            self.hang_up_carrier(call, None)
+        CALLS.labels(call.carrier, "none", outcome).inc()
+        await self.close_call_record(call, outcome, (), 0)
+        log.info("call ended", extra={"call_id": call.call_id, "reason": outcome})
+        return True
+
+    def stop_stream(self, call: Call, outcome: str) -> bool:
+        """Stop this replica's Bridge of ``call`` with ``outcome`` (an ``EndReason`` value):
+        it closes the stream, hangs up the line and records the outcome. Returns whether
+        this replica bridges the call."""
+        from gateway.media import EndReason
+
+        found = False
+        for bridge in list(self.bridges):
+            if bridge.call.call_id == call.call_id:
+                bridge.stop(EndReason(outcome))
+                found = True
+        return found
 
     def _telnyx(self) -> TelnyxRest | None:
         if self.telnyx_rest is None:

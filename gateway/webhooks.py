@@ -292,9 +292,16 @@ async def _twilio_status(
 # -- Telnyx --------------------------------------------------------------------------------
 
 
+TELNYX_STREAM_ENDED: Final = {
+    "streaming.failed": "stream_failed",
+    "streaming.stopped": "stream_stopped",
+}
+"""Call Control events that end a call's media stream, and the outcome they give the call."""
+
+
 async def telnyx(request: Request) -> Response:
     """Call Control events: answer new calls, start their media stream once answered, end
-    calls on hang-up. Other events are acknowledged."""
+    calls on hang-up or when their stream fails or stops. Other events are acknowledged."""
     if request.app.state.runtime.draining and await _is_new_call(request):
         return _draining()
     return await _handle(request, Carrier.TELNYX, _telnyx)
@@ -339,6 +346,22 @@ async def _telnyx(
             if found is not None:
                 await runtime.end_call(found, "telnyx_hangup")
                 runtime.stop_bridge(found)
+        case "streaming.failed" | "streaming.stopped":
+            await _telnyx_stream_ended(runtime, call_control_id, TELNYX_STREAM_ENDED[event_type])
         case _:
             pass
     return Response(ACK, media_type="application/json")
+
+
+async def _telnyx_stream_ended(runtime: Runtime, call_control_id: str, outcome: str) -> None:
+    """The call's media stream failed or stopped and the call is still live: without its
+    stream the caller sits on a silent line, so end the call (REST hang-up, outcome recorded
+    and counted). The bridge, when this replica runs it, does that itself. A call that has
+    ended already (our own hang-up or stream end comes back as ``streaming.stopped``) is left
+    as it is."""
+    found = await runtime.registry.by_carrier_id("telnyx", call_control_id)
+    if found is None or not found.active:
+        return
+    log.warning("telnyx media stream ended", extra={"call_id": found.call_id, "reason": outcome})
+    if not runtime.stop_stream(found, outcome):
+        await runtime.end_unbridged(found, outcome, hang_up=True)

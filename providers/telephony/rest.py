@@ -71,8 +71,12 @@ class CarrierRestError(ProviderError):
 
 
 class TelnyxActionBody(TypedDict, total=False):
+    """The fields of Call Control commands the gateway sends (a subset of the ``telnyx``
+    SDK's ``ActionAnswerParams`` / ``ActionStartStreamingParams``; a test holds them equal)."""
+
     stream_url: str
-    stream_track: str
+    stream_track: Literal["inbound_track", "outbound_track", "both_tracks"]
+    stream_codec: Literal["PCMU", "PCMA"]
     stream_bidirectional_mode: Literal["rtp"]
     stream_bidirectional_codec: Literal["PCMU", "PCMA"]
     stream_auth_token: str
@@ -222,11 +226,15 @@ class TelnyxRest(_RestClient):
         *,
         stream_url: str,
         stream_auth_token: str,
-        stream_track: str = "inbound_track",
+        stream_track: Literal["inbound_track", "outbound_track", "both_tracks"] = "inbound_track",
     ) -> CallOutcome:
         """Stream the call's audio to ``stream_url`` both ways as PCMU RTP payloads
         (``stream_bidirectional_mode: "rtp"``; without it the stream is one-way). Telnyx sends
         ``stream_auth_token`` back on the media WebSocket.
+
+        ``stream_codec: "PCMU"`` asks Telnyx to transcode the leg's own codec (A-law on many
+        international legs) to PCMU; where it cannot, the stream's ``start`` announces the
+        leg's codec and the media endpoint follows that (or ends the call if it cannot).
 
         Raises ``ValueError`` for a malformed id and ``CarrierRestError`` for a failure other
         than the call having already ended.
@@ -234,6 +242,7 @@ class TelnyxRest(_RestClient):
         body: TelnyxActionBody = {
             "stream_url": stream_url,
             "stream_track": stream_track,
+            "stream_codec": "PCMU",
             "stream_bidirectional_mode": "rtp",
             "stream_bidirectional_codec": "PCMU",
             "stream_auth_token": stream_auth_token,

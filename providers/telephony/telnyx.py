@@ -23,7 +23,7 @@ from_carrier::
      "stop": {"user_id": "...", "call_control_id": "v3:..."}}
 
 to_carrier (``stream_bidirectional_mode: "rtp"``; RTP payload without headers, 20 ms to 30 s
-per frame, in the ``stream_bidirectional_codec`` chosen when the call was answered)::
+per frame, in the codec ``start`` announced)::
 
     {"event": "media", "media": {"payload": "<base64>"}}
     {"event": "mark", "mark": {"name": "..."}}
@@ -86,6 +86,7 @@ __all__ = [
     "ReorderStats",
     "TelnyxCodec",
     "TelnyxState",
+    "UnsupportedMediaFormat",
 ]
 
 MAX_FRAME_CHARS: Final = 64 * 1024
@@ -107,10 +108,24 @@ RECOVERABLE_ERROR_CODES: Final = frozenset({"100003", "100004", "100005"})
 limit); the stream goes on. Every other error code is treated as fatal."""
 
 _BASE64: Final = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_CODEC_NAME: Final = re.compile(r"[A-Za-z0-9_\-]{1,16}")
 _TOKEN_FIELD: Final = "x-telnyx-streaming-auth-token"  # noqa: S105 (a field name)
 _FORMATS: Final[Mapping[str, AudioFormat]] = {"PCMU": PCMU_8K, "PCMA": PCMA_8K}
 _INBOUND_TRACKS: Final = frozenset({"inbound", "inbound_track"})
 _OUTBOUND_TRACKS: Final = frozenset({"outbound", "outbound_track"})
+
+
+class UnsupportedMediaFormat(ProtocolError):
+    """A well-formed ``start`` announced audio the gateway cannot carry (G722, OPUS, L16,
+    another rate...). Unlike other protocol errors it names the call, so the I/O layer can
+    end it rather than leave the caller on a silent line: ``call_id`` is the
+    ``call_control_id``, ``codec`` a short label of what was announced (safe to log)."""
+
+    def __init__(self, call_id: str, stream_id: str, codec: str) -> None:
+        super().__init__("unsupported media format")
+        self.call_id = call_id
+        self.stream_id = stream_id
+        self.codec = codec
 
 
 # -- raw carrier JSON --------------------------------------------------------------------------
@@ -209,10 +224,10 @@ class TelnyxCodec:
     ``reorder_window`` frames are held, and when one more arrives the codec stops waiting,
     counts the gap and releases what it holds. ``stop``, a fatal ``error`` and ``flush()``
     release everything held. The decoded format is the one ``start`` announces (PCMU or PCMA,
-    8 kHz mono); anything else is rejected.
+    8 kHz mono); any other raises ``UnsupportedMediaFormat``.
 
-    ``outbound_format`` is the ``stream_bidirectional_codec`` requested when the call was
-    answered; ``encode`` refuses audio in any other format or shorter than 20 ms.
+    ``encode`` sends audio in the format ``start`` announced (or ``outbound_format`` when
+    given) and refuses audio in any other format, before ``start``, or shorter than 20 ms.
     """
 
     carrier = "telnyx"
@@ -232,10 +247,10 @@ class TelnyxCodec:
     def __init__(
         self,
         *,
-        outbound_format: AudioFormat = PCMU_8K,
+        outbound_format: AudioFormat | None = None,
         reorder_window: int = DEFAULT_REORDER_WINDOW,
     ) -> None:
-        if outbound_format not in (PCMU_8K, PCMA_8K):
+        if outbound_format not in (None, PCMU_8K, PCMA_8K):
             raise ValueError("outbound_format must be PCMU_8K or PCMA_8K")
         if reorder_window < 0:
             raise ValueError("reorder_window must be >= 0")
@@ -264,6 +279,12 @@ class TelnyxCodec:
         return self._format
 
     @property
+    def outbound_format(self) -> AudioFormat | None:
+        """The format ``encode`` sends audio in: ``outbound_format`` if one was given, else
+        the one ``start`` announced (``None`` before it)."""
+        return self._outbound_format or self._format
+
+    @property
     def reorder_stats(self) -> ReorderStats:
         return self._stats
 
@@ -272,7 +293,8 @@ class TelnyxCodec:
 
         Raises ``ProtocolError`` for a frame that is binary, too large, not JSON, of an
         unknown event, malformed, out of order, or for another stream; a rejected frame
-        leaves the codec's state unchanged, so the caller can count it and carry on.
+        leaves the codec's state unchanged, so the caller can count it and carry on. A
+        ``start`` in a format the gateway cannot carry raises ``UnsupportedMediaFormat``.
         """
         if not isinstance(frame, str):
             raise ProtocolError("binary frame")
@@ -342,13 +364,13 @@ class TelnyxCodec:
     def encode(self, event: ToCarrier) -> str:
         """Serialise an outbound event as a text frame for Telnyx.
 
-        Raises ``ProtocolError`` for audio not in ``outbound_format`` or outside the 20 ms to
-        30 s Telnyx plays per frame.
+        Raises ``ProtocolError`` for audio not in ``outbound_format`` (so also before
+        ``start``) or outside the 20 ms to 30 s Telnyx plays per frame.
         """
         message: TelnyxOutboundMedia | TelnyxOutboundMark | TelnyxOutboundClear
         match event:
             case AudioChunk():
-                if event.format != self._outbound_format:
+                if event.format != self.outbound_format:
                     raise ProtocolError("audio format differs from the stream's codec")
                 if not MIN_OUTBOUND_MS <= event.duration_ms <= MAX_OUTBOUND_MS:
                     raise ProtocolError("audio frame must hold 20 ms to 30 s")
@@ -454,13 +476,15 @@ class TelnyxCodec:
 
         media_format = object_field(start, "media_format")
         encoding = media_format.get("encoding")
+        rate = json_integer(media_format.get("sample_rate"))
+        channels = json_integer(media_format.get("channels", 1))
         audio_format = _FORMATS.get(encoding) if type(encoding) is str else None
-        if (
-            audio_format is None
-            or json_integer(media_format.get("sample_rate")) != 8000
-            or json_integer(media_format.get("channels", 1)) != 1
-        ):
-            raise ProtocolError("unsupported media format")
+        if audio_format is None or rate != 8000 or channels != 1:
+            name = encoding if type(encoding) is str and _CODEC_NAME.fullmatch(encoding) else "?"
+            # Only short, bounded parts of the peer's values reach the label.
+            hz = str(rate) if rate is not None and 0 < rate <= 384_000 else "?"
+            label = f"{name}/{hz}/{channels if channels is not None and 0 < channels <= 8 else '?'}"
+            raise UnsupportedMediaFormat(call_control_id, stream_id, label)
 
         parameters = string_parameters(start.get("custom_parameters"), "custom_parameters")
 

@@ -7,16 +7,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 
 import httpx
 import orjson
+import pydantic
 import pytest
 from nacl.signing import SigningKey
 from twilio.request_validator import RequestValidator
 
 from gateway.calls import CallState
+from metrics.registry import REGISTRY
 from tests.conftest import DEAD_REDIS_URL, UNIT
 from tests.fakes.carrier_rest import Behavior, FakeCarrierRest
 from tests.gateway.conftest import (
@@ -714,6 +717,162 @@ async def test_telnyx_streaming_start_failure_ends_and_hangs_up(
     assert [r.action for r in fake_rest.requests] == ["answer", "streaming_start", "hangup"]
     call = await gw.runtime.registry.by_carrier_id("telnyx", ccid)
     assert call is not None and call.state is CallState.ENDED
+
+
+def calls_ended(outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "voicegw_calls_total", {"carrier": "telnyx", "provider": "none", "outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def closed_record(gw: Gateway, ccid: str) -> tuple[str | None, float | None]:
+    """(outcome, ended_at) of the call's durable record."""
+    call = await gw.runtime.registry.by_carrier_id("telnyx", ccid)
+    assert call is not None
+    record = await gw.runtime.store.get_call(call.call_id)
+    assert record is not None
+    return record.outcome, record.ended_at
+
+
+async def test_telnyx_failed_answer_closes_the_record_at_once(
+    telnyx_gw: Gateway, fake_rest: FakeCarrierRest
+):
+    gw = telnyx_gw
+    before = calls_ended("answer_failed")
+    fake_rest.set_response("telnyx", Behavior.SERVER_ERROR)
+    ccid = call_control_id()
+    assert_ack(await gw.telnyx(telnyx_event("call.initiated", ccid)))
+    await gw.settle()
+    outcome, ended_at = await closed_record(gw, ccid)
+    assert outcome == "answer_failed" and ended_at is not None  # not left for replica_lost
+    assert calls_ended("answer_failed") == before + 1
+    assert [r.action for r in fake_rest.requests] == ["answer"]  # never answered: no hang-up
+
+
+async def test_telnyx_failed_streaming_start_closes_the_record_at_once(
+    telnyx_gw: Gateway, fake_rest: FakeCarrierRest
+):
+    gw = telnyx_gw
+    ccid = call_control_id()
+    assert_ack(await gw.telnyx(telnyx_event("call.initiated", ccid)))
+    await gw.settle()
+    fake_rest.set_response("telnyx", Behavior.SERVER_ERROR)
+    assert_ack(await gw.telnyx(telnyx_event("call.answered", ccid)))
+    await gw.settle()
+    await gw.settle()
+    outcome, ended_at = await closed_record(gw, ccid)
+    assert outcome == "stream_failed" and ended_at is not None
+
+
+def telnyx_stream_event(event_type: str, ccid: str) -> bytes:
+    """A ``streaming.failed`` / ``streaming.stopped`` event shaped as the telnyx SDK's webhook
+    types describe it (checked against them here)."""
+    from telnyx.types.call_streaming_failed_webhook_event import CallStreamingFailedWebhookEvent
+    from telnyx.types.call_streaming_stopped_webhook_event import (
+        CallStreamingStoppedWebhookEvent,
+    )
+
+    payload: dict[str, object] = {
+        "call_control_id": ccid,
+        "call_leg_id": "428c31b6-7af4-4bcb-b7f5-5013ef9657c1",
+        "call_session_id": "428c31b6-abf3-3bc1-b7f4-5013ef9657c1",
+        "client_state": "aGF2ZSBhIG5pY2UgZGF5ID1d",
+        "connection_id": "7267xxxxxxxxxxxxxx",
+    }
+    if event_type == "streaming.failed":
+        payload |= {
+            "failure_reason": "connection_failed",
+            "stream_id": "1edb94f9-7ef0-4150-b502-e0ebadfd9491",
+            "stream_params": {
+                "stream_url": f"{PUBLIC_WS_URL}/media/telnyx",
+                "track": "inbound_track",
+            },
+            "stream_type": "websocket",
+        }
+        model: type[pydantic.BaseModel] = CallStreamingFailedWebhookEvent
+    else:
+        payload["stream_url"] = f"{PUBLIC_WS_URL}/media/telnyx"
+        model = CallStreamingStoppedWebhookEvent
+    body = {
+        "data": {
+            "event_type": event_type,
+            "id": str(uuid.uuid4()),
+            "occurred_at": "2026-01-01T00:00:00.000000Z",
+            "payload": payload,
+            "record_type": "event",
+        },
+        "meta": {"attempt": 1, "delivered_to": "voicegw"},
+    }
+    parsed = model.model_validate(body)
+    assert parsed.data is not None and parsed.data.payload is not None
+    assert parsed.data.payload.call_control_id == ccid
+    return orjson.dumps(body)
+
+
+async def answered_call(gw: Gateway, fake_rest: FakeCarrierRest) -> str:
+    """A Telnyx call answered, its streaming_start sent; the media stream not yet open."""
+    ccid = call_control_id()
+    assert_ack(await gw.telnyx(telnyx_event("call.initiated", ccid)))
+    assert_ack(await gw.telnyx(telnyx_event("call.answered", ccid)))
+    await gw.settle()
+    assert [r.action for r in fake_rest.requests if r.call_id == ccid] == [
+        "answer",
+        "streaming_start",
+    ]
+    return ccid
+
+
+@pytest.mark.parametrize(
+    ("event_type", "outcome"),
+    [("streaming.failed", "stream_failed"), ("streaming.stopped", "stream_stopped")],
+)
+async def test_telnyx_stream_that_fails_or_stops_ends_the_call(
+    telnyx_gw: Gateway, fake_rest: FakeCarrierRest, event_type: str, outcome: str
+):
+    """Without its stream the caller would sit on an answered, silent line: hang up, end the
+    call with an outcome that says why, count it."""
+    gw = telnyx_gw
+    ccid = await answered_call(gw, fake_rest)
+    before = calls_ended(outcome)
+    assert_ack(await gw.telnyx(telnyx_stream_event(event_type, ccid)))
+    await gw.settle()
+    assert [r.action for r in fake_rest.requests if r.call_id == ccid][-1] == "hangup"
+    call = await gw.runtime.registry.by_carrier_id("telnyx", ccid)
+    assert call is not None and call.state is CallState.ENDED and call.ended_reason == outcome
+    assert (await closed_record(gw, ccid))[0] == outcome
+    assert calls_ended(outcome) == before + 1
+
+
+async def test_telnyx_stream_stopped_after_the_call_ended_changes_nothing(
+    telnyx_gw: Gateway, fake_rest: FakeCarrierRest
+):
+    """Our own hang-up (or the caller's) comes back as ``streaming.stopped``: no second
+    hang-up, the outcome stays."""
+    gw = telnyx_gw
+    ccid = await answered_call(gw, fake_rest)
+    fake_rest.set_response("telnyx", Behavior.SERVER_ERROR)
+    call = await gw.runtime.registry.by_carrier_id("telnyx", ccid)
+    assert call is not None
+    assert await gw.runtime.end_unbridged(call, "agent_hangup", hang_up=True)
+    await gw.settle()
+    requests = len(fake_rest.requests)
+    assert_ack(await gw.telnyx(telnyx_stream_event("streaming.stopped", ccid)))
+    assert_ack(await gw.telnyx(telnyx_stream_event("streaming.failed", ccid)))
+    await gw.settle()
+    assert len(fake_rest.requests) == requests
+    ended = await gw.runtime.registry.by_carrier_id("telnyx", ccid)
+    assert ended is not None and ended.ended_reason == "agent_hangup"
+    assert (await closed_record(gw, ccid))[0] == "agent_hangup"
+
+
+async def test_telnyx_stream_event_for_an_unknown_call_is_acknowledged(
+    telnyx_gw: Gateway, fake_rest: FakeCarrierRest
+):
+    gw = telnyx_gw
+    assert_ack(await gw.telnyx(telnyx_stream_event("streaming.failed", call_control_id())))
+    await gw.settle()
+    assert fake_rest.requests == []
 
 
 async def test_telnyx_call_without_api_key_is_acknowledged(make_gateway: GatewayFactory):

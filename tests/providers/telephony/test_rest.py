@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import typing
 from collections.abc import AsyncIterator
 
 import httpx
+import pydantic
 import pytest
+from telnyx.types.calls.action_answer_params import ActionAnswerParams
+from telnyx.types.calls.action_start_streaming_params import ActionStartStreamingParams
 
 from providers.exceptions import ProviderError
 from providers.telephony.rest import (
@@ -168,10 +172,47 @@ async def test_telnyx_start_streaming_request(fake: FakeCarrierRest, telnyx: Tel
     assert request.json() == {
         "stream_url": STREAM_URL,
         "stream_track": "inbound_track",
+        "stream_codec": "PCMU",
         "stream_bidirectional_mode": "rtp",
         "stream_bidirectional_codec": "PCMU",
         "stream_auth_token": STREAM_TOKEN,
     }
+
+
+def sdk_checked(params: type, body: dict[str, object]) -> dict[str, object]:
+    """``body`` validated against the ``telnyx`` SDK's request TypedDict: every field is one
+    the SDK knows, every value one its types allow (e.g. the codec literals)."""
+    unknown = set(body) - set(typing.get_type_hints(params))
+    assert not unknown, f"fields the SDK does not know: {unknown}"
+    validated: dict[str, object] = pydantic.TypeAdapter(params).validate_python(body)
+    return validated
+
+
+async def test_telnyx_streaming_start_matches_the_sdk_types(
+    fake: FakeCarrierRest, telnyx: TelnyxRest
+) -> None:
+    await telnyx.start_streaming(
+        CALL_CONTROL_ID, stream_url=STREAM_URL, stream_auth_token=STREAM_TOKEN
+    )
+    body = fake.requests[0].json()
+    assert sdk_checked(ActionStartStreamingParams, body) == body
+    # The leg's audio transcoded to PCMU, and PCMU back: an A-law leg still streams mu-law.
+    assert body["stream_codec"] == body["stream_bidirectional_codec"] == "PCMU"
+
+
+async def test_telnyx_answer_matches_the_sdk_types(
+    fake: FakeCarrierRest, telnyx: TelnyxRest
+) -> None:
+    await telnyx.answer(CALL_CONTROL_ID, client_state="aGF2ZSBhIG5pY2UgZGF5ID1d")
+    body = fake.requests[0].json()
+    assert sdk_checked(ActionAnswerParams, body) == body
+
+
+def test_the_sdk_check_refuses_what_telnyx_would_not_take() -> None:
+    with pytest.raises(AssertionError):
+        sdk_checked(ActionStartStreamingParams, {"stream_kodec": "PCMU"})
+    with pytest.raises(pydantic.ValidationError):
+        sdk_checked(ActionStartStreamingParams, {"stream_codec": "pcmu"})
 
 
 async def test_telnyx_start_streaming_track(fake: FakeCarrierRest, telnyx: TelnyxRest) -> None:

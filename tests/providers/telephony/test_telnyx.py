@@ -29,6 +29,7 @@ from providers.telephony.telnyx import (
     ReorderStats,
     TelnyxCodec,
     TelnyxState,
+    UnsupportedMediaFormat,
 )
 from tests.providers.telephony.recorded import FRAME_BYTES, caller_ulaw, load_json, load_jsonl
 
@@ -468,6 +469,59 @@ def test_malformed_start(changes: dict[str, Any], expected: str) -> None:
     assert reason(codec, start_with(**changes)) == expected
     assert codec.state is TelnyxState.AWAITING_START
     assert codec.format is None
+
+
+@pytest.mark.parametrize(
+    ("media_format", "label"),
+    [
+        ({"encoding": "G722", "sample_rate": 16000, "channels": 1}, "G722/16000/1"),
+        ({"encoding": "OPUS", "sample_rate": 48000, "channels": 1}, "OPUS/48000/1"),
+        ({"encoding": "L16", "sample_rate": 16000, "channels": 1}, "L16/16000/1"),
+        ({"encoding": "AMR-WB", "sample_rate": 16000}, "AMR-WB/16000/1"),
+        ({"encoding": "PCMU", "sample_rate": 16000, "channels": 1}, "PCMU/16000/1"),
+        ({"encoding": "PCMA", "sample_rate": 8000, "channels": 2}, "PCMA/8000/2"),
+        ({"encoding": "<script>" * 9, "sample_rate": 10**40, "channels": -1}, "?/?/?"),
+    ],
+)
+def test_a_start_the_gateway_cannot_carry_names_its_call(
+    media_format: dict[str, Any], label: str
+) -> None:
+    """The error carries the call_control_id, so the media endpoint can end the call instead
+    of leaving the caller on a silent line; the codec label holds no raw peer text."""
+    codec = TelnyxCodec()
+    with pytest.raises(UnsupportedMediaFormat) as info:
+        codec.feed(start_with(start__media_format=media_format))
+    assert (info.value.call_id, info.value.stream_id) == (CALL_CONTROL_ID, STREAM_ID)
+    assert info.value.codec == label
+    assert info.value.reason == "unsupported media format"
+    assert codec.state is TelnyxState.AWAITING_START
+
+
+def test_audio_goes_out_in_the_codec_start_announced() -> None:
+    """An A-law ``start`` makes the codec send A-law (what the Bridge converts agent audio to),
+    and refuse mu-law; a mu-law ``start`` the reverse."""
+    twenty_ms_alaw = base64.b64encode(b"\xd5" * 160).decode()
+    twenty_ms_ulaw = base64.b64encode(b"\xff" * 160).decode()
+    pcma = TelnyxCodec()
+    pcma.feed(json.dumps(load_json("telnyx_start_pcma.json")))
+    assert pcma.outbound_format == PCMA_8K
+    sent = json.loads(pcma.encode(AudioChunk(twenty_ms_alaw, PCMA_8K)))
+    assert sent == {"event": "media", "media": {"payload": twenty_ms_alaw}}
+    with pytest.raises(ProtocolError):
+        pcma.encode(AudioChunk(twenty_ms_ulaw, PCMU_8K))
+
+    pcmu = started()
+    assert pcmu.outbound_format == PCMU_8K
+    assert json.loads(pcmu.encode(AudioChunk(twenty_ms_ulaw, PCMU_8K)))["event"] == "media"
+    with pytest.raises(ProtocolError):
+        pcmu.encode(AudioChunk(twenty_ms_alaw, PCMA_8K))
+
+
+def test_audio_before_start_is_refused() -> None:
+    codec = TelnyxCodec()
+    assert codec.outbound_format is None
+    with pytest.raises(ProtocolError):
+        codec.encode(AudioChunk(base64.b64encode(b"\xff" * 160).decode(), PCMU_8K))
 
 
 def test_format_is_taken_from_start_not_assumed() -> None:
