@@ -202,8 +202,9 @@ def quick_setup(monkeypatch):
     """Provider setup bounded by 1 unit instead of the production 10 s."""
     agent_config = Runtime.agent_config
 
-    def shorter(self, provider):
-        return dataclasses.replace(agent_config(self, provider), connect_timeout_s=1.0 * UNIT)
+    def shorter(self, provider, **options):
+        config = agent_config(self, provider, **options)
+        return dataclasses.replace(config, connect_timeout_s=1.0 * UNIT)
 
     monkeypatch.setattr(Runtime, "agent_config", shorter)
 
