@@ -326,10 +326,16 @@ async def _audit(
 def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():
+        # getpass would warn that it cannot hide the input and read it in clear.
+        raise AdminError("no terminal to ask for the password: pipe it in with --password-stdin")
     else:
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            raise AdminError("passwords differ")
+        try:
+            password = getpass.getpass("password: ")
+            if getpass.getpass("again: ") != password:
+                raise AdminError("passwords differ")
+        except EOFError:  # Ctrl-D at the prompt
+            raise AdminError("no password given") from None
     if not password:
         raise AdminError("no password given")
     return password
