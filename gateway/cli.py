@@ -184,7 +184,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--version", action="version", version=f"%(prog)s {_version()}", help="show the version"
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to run")
 
     s = sub.add_parser("serve", help="run the gateway")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
@@ -203,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=demo)
 
     sim = sub.add_parser("simulate", help="act as a carrier against a running gateway")
-    simsub = sim.add_subparsers(dest="what", required=True, metavar="WHAT")
+    simsub = sim.add_subparsers(dest="what", required=True, help="what to simulate")
     call = simsub.add_parser("call", help="one signed call with a media stream from a WAV")
     call.add_argument("--carrier", choices=carriers, default="twilio", help="%(default)s or telnyx")
     call.add_argument("--wav", required=True, help="caller audio (8 kHz mono mu-law WAV)")
