@@ -1,8 +1,9 @@
 """The ``voicegw`` command: serve, demo, simulate, and the operator commands registered by
 ``admin_cli``, ``compliance.cli`` and ``review.cli``.
 
-An error the operator can act on is a ``CommandError``: ``main`` prints it as one line on
-stderr and exits 1. Any other exception is a bug and keeps its traceback.
+An error the operator can act on (a ``CommandError``, a store that does not answer) is printed
+by ``main`` as one line on stderr, exit status 1. Any other exception is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import importlib.metadata
 import ipaddress
+import logging
 import os
 import re
 import shutil
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 
 from gateway import devkeys
 from gateway.settings import Settings, SettingsError
+from gateway.store.base import StoreUnavailable
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -238,10 +241,20 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    root = logging.getLogger()
+    if not root.handlers:  # not `serve`/`demo` (JSON lines) nor a test's capture
+        # Errors in one line; library warnings (a database pool retrying) stay quiet.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("voicegw: %(name)s: %(message)s"))
+        handler.setLevel(logging.ERROR)
+        root.addHandler(handler)
     try:
         result: int = args.func(args)
     except CommandError as exc:
         print(f"voicegw: {exc}", file=sys.stderr)
+        return 1
+    except StoreUnavailable as exc:
+        print(f"voicegw: the store is unavailable ({exc})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -578,6 +578,7 @@ async def run_demo(settings: Settings, *, wav: str | None, carrier: str) -> int:
     """Serve the gateway with embedded defaults on a free port and run one call through it."""
     from gateway.app import build_app
 
+    caller_audio(wav)  # an unusable WAV stops the demo before it starts
     port = _free_port()
     api_port = _free_port()
     keys = devkeys.load_or_create(settings.data_dir)

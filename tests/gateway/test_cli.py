@@ -146,11 +146,13 @@ def test_version(capsys):
     assert capsys.readouterr().out == f"voicegw {importlib.metadata.version('voicegw')}\n"
 
 
-def run(tmp_path: Path, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    tmp_path: Path, *argv: str, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     """``voicegw ARGV`` as a user runs it: in ``tmp_path``, no terminal on stdin."""
     return subprocess.run(
         [str(VOICEGW), *argv],
-        env={"PATH": os.environ["PATH"], "VOICEGW_DATA_DIR": str(tmp_path / "data")},
+        env={"PATH": os.environ["PATH"], "VOICEGW_DATA_DIR": str(tmp_path / "data"), **env},
         cwd=tmp_path,
         input=stdin or "",
         capture_output=True,
@@ -194,6 +196,21 @@ def test_simulate_with_a_missing_wav(tmp_path):
 def test_simulate_with_a_wav_it_cannot_send(tmp_path, content, why):
     (tmp_path / "caller.wav").write_bytes(content)
     assert why in one_line_error(run(tmp_path, "simulate", "call", "--wav", "caller.wav"))
+
+
+def test_demo_with_a_missing_wav_stops_before_it_starts(tmp_path):
+    result = run(tmp_path, "demo", "--wav", "nowhere.wav")
+    assert one_line_error(result) == "voicegw: cannot read nowhere.wav: No such file or directory\n"
+    assert result.stdout == ""
+
+
+def test_a_store_that_does_not_answer_is_one_line(tmp_path):
+    result = run(
+        tmp_path, "users", "list", VOICEGW_DATABASE_URL="postgresql://postgres@127.0.0.1:1/x"
+    )
+    assert (
+        one_line_error(result) == "voicegw: the store is unavailable (postgres: cannot connect)\n"
+    )
 
 
 def test_users_add_without_a_terminal_asks_for_password_stdin(tmp_path):
