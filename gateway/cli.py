@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final
 
 from gateway import devkeys
 from gateway.settings import Settings, SettingsError
-from gateway.store.base import StoreUnavailable
+from gateway.store.base import StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -128,7 +128,11 @@ async def console_hint(app: Starlette, host: str, port: int) -> str:
         shown = f"[{shown}]" if address.version == 6 else shown
     line = f"voicegw: console at http://{shown}:{port}/console/"
     runtime = getattr(app.state, "runtime", None)
-    if runtime is not None and not await runtime.store.list_users():
+    try:
+        first_user = runtime is not None and not await runtime.store.list_users()
+    except StoreError:  # a hint is not worth failing the start for
+        first_user = False
+    if first_user:
         line += "; no users yet: create one with `voicegw users add NAME --role admin`"
     return line
 
