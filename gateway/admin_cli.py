@@ -173,20 +173,20 @@ def register(
         p.set_defaults(func=lambda args: _run(args, fn, factory), audit_action=action)
 
     users = subparsers.add_parser("users", help="operator accounts")
-    usub = users.add_subparsers(dest="what", required=True)
+    usub = users.add_subparsers(dest="what", required=True, help="what to do")
     p = usub.add_parser("add", help="add a user")
-    p.add_argument("name")
-    p.add_argument("--role", choices=roles, required=True)
+    p.add_argument("name", help="user name (a-z 0-9 . _ @ -)")
+    p.add_argument("--role", choices=roles, required=True, help=f"one of {', '.join(roles)}")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     bind(p, _users_add, "user.create")
     p = usub.add_parser("list", help="list users")
     bind(p, _users_list)
     p = usub.add_parser("disable", help="disable a user (their sessions stop working)")
-    p.add_argument("name")
+    p.add_argument("name", help="the user")
     p.add_argument("--enable", action="store_true", help="enable again instead")
     bind(p, _users_disable, "user.disable")
     p = usub.add_parser("passwd", help="set a user's password (ends their sessions)")
-    p.add_argument("name")
+    p.add_argument("name", help="the user")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     bind(p, _users_passwd, "user.password")
     p = usub.add_parser("unlock", help="forget a user's failed logins (ends a lockout at once)")
@@ -194,33 +194,33 @@ def register(
     bind(p, _users_unlock, "user.unlock")
 
     keys = subparsers.add_parser("apikeys", help="service API keys")
-    ksub = keys.add_subparsers(dest="what", required=True)
+    ksub = keys.add_subparsers(dest="what", required=True, help="what to do")
     p = ksub.add_parser("create", help="create a key (printed once)")
-    p.add_argument("--name", required=True)
-    p.add_argument("--role", choices=roles, required=True)
+    p.add_argument("--name", required=True, help="what the key is for (shown in lists)")
+    p.add_argument("--role", choices=roles, required=True, help=f"one of {', '.join(roles)}")
     bind(p, _keys_create, "apikey.create")
     p = ksub.add_parser("list", help="list keys (ids, never secrets)")
     bind(p, _keys_list)
     p = ksub.add_parser("revoke", help="revoke a key at once")
-    p.add_argument("key_id")
+    p.add_argument("key_id", help="the key's id (from apikeys list)")
     bind(p, _keys_revoke, "apikey.revoke")
     p = ksub.add_parser("rotate", help="replace a key; the old one works for the grace period")
-    p.add_argument("key_id")
+    p.add_argument("key_id", help="the key's id (from apikeys list)")
     bind(p, _keys_rotate, "apikey.rotate")
 
     signing = subparsers.add_parser("keys", help="session signing keys")
-    ssub = signing.add_subparsers(dest="what", required=True)
+    ssub = signing.add_subparsers(dest="what", required=True, help="what to do")
     p = ssub.add_parser("rotate", help="new signing key; the old one verifies until its tokens end")
     p.add_argument("--file", type=Path, default=None, help="key file (default: from settings)")
     bind(p, _keys_rotate_signing, "signing_key.rotate")
     p = ssub.add_parser(
         "rotate-data", help="re-encrypt stored phone numbers with the active data key"
     )
-    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--batch", type=int, default=500, help="records per transaction (%(default)s)")
     bind(p, _rotate_data, "data_key.reencrypt")
 
     audit = subparsers.add_parser("audit", help="the audit trail")
-    asub = audit.add_subparsers(dest="what", required=True)
+    asub = audit.add_subparsers(dest="what", required=True, help="what to do")
     p = asub.add_parser("verify", help="walk the hash chain; report the first broken link")
     bind(p, _audit_verify)
 
@@ -337,10 +337,16 @@ async def _audit(
 def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():
+        # getpass would warn that it cannot hide the input and read it in clear.
+        raise AdminError("no terminal to ask for the password: pipe it in with --password-stdin")
     else:
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            raise AdminError("passwords differ")
+        try:
+            password = getpass.getpass("password: ")
+            if getpass.getpass("again: ") != password:
+                raise AdminError("passwords differ")
+        except EOFError:  # Ctrl-D at the prompt
+            raise AdminError("no password given") from None
     if not password:
         raise AdminError("no password given")
     return password

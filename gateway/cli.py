@@ -1,21 +1,57 @@
-"""The ``voicegw`` command: serve, demo, simulate."""
+"""The ``voicegw`` command: serve, demo, simulate, and the operator commands registered by
+``admin_cli``, ``compliance.cli`` and ``review.cli``.
+
+An error the operator can act on (a ``CommandError``, a store that does not answer) is printed
+by ``main`` as one line on stderr, exit status 1. Any other exception is a bug and keeps its
+traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
+import ipaddress
+import logging
 import os
+import re
+import shutil
+import socket
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from gateway import devkeys
 from gateway.settings import Settings, SettingsError
+from gateway.store.base import StoreError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+# What ``voicegw demo`` takes from the environment: which agent providers, and how to reach
+# them. Everything else (data directory, Redis, database, keys, carriers) is the embedded
+# default, so a demo leaves the operator's state untouched.
+DEMO_ENV: Final = re.compile(
+    r"VOICEGW_PROVIDERS|VOICEGW_PROVIDER_CONNECT_TIMEOUT_S"
+    r"|VOICEGW_(OPENAI|DEEPGRAM|GEMINI|AGENT)_\w+|(OPENAI|DEEPGRAM|GEMINI)_API_KEY"
+)
+
+# Where ``voicegw simulate call --carrier telnyx`` serves its Call Control API by default; the
+# README's serve command sets VOICEGW_TELNYX_API_URL to it.
+TELNYX_API_PORT: Final = 8089
 
 
-def load_settings() -> Settings:
-    """Settings from the environment, with development keys filled in; exits 2 when invalid."""
+class CommandError(Exception):
+    """A command cannot be done; the message (one line) says why and what to do."""
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment (or ``environ``), with development keys filled in; exits 2
+    when invalid."""
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(environ)
     except SettingsError as exc:
         print(f"voicegw: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -37,6 +73,13 @@ def serve(args: argparse.Namespace) -> int:
     jsonlog.configure(settings.log_level, ip_hash_key=ip_hash_key)
     sentry.init(os.environ.get("SENTRY_DSN"), environment=settings.env, ip_hash_key=ip_hash_key)
     app = build_app(settings)
+
+    class Server(DrainingServer):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and not settings.production:
+                print(await console_hint(app, args.host, args.port), file=sys.stderr)
+
     config = uvicorn.Config(
         app,
         host=args.host,
@@ -57,7 +100,7 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     try:
-        DrainingServer(config, app).run()
+        Server(config, app).run()
     except KeyboardInterrupt:
         # Ctrl-C: uvicorn has shut down gracefully, then re-raised the signal it captured.
         return 0
@@ -71,6 +114,29 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def console_hint(app: Starlette, host: str, port: int) -> str:
+    """The human line a development ``serve`` prints once listening: where the console is, and
+    how to make the first user while there is none."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # a host name
+        shown = host
+    else:
+        # Listening on every address: the console is reachable on loopback.
+        loopback = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+        shown = str(loopback if address.is_unspecified else address)
+        shown = f"[{shown}]" if address.version == 6 else shown
+    line = f"voicegw: console at http://{shown}:{port}/console/"
+    runtime = getattr(app.state, "runtime", None)
+    try:
+        first_user = runtime is not None and not await runtime.store.list_users()
+    except StoreError:  # a hint is not worth failing the start for
+        first_user = False
+    if first_user:
+        line += "; no users yet: create one with `voicegw users add NAME --role admin`"
+    return line
+
+
 def _has_uvloop() -> bool:
     try:
         import uvloop  # noqa: F401
@@ -80,15 +146,28 @@ def _has_uvloop() -> bool:
 
 
 def demo(args: argparse.Namespace) -> int:
+    """The embedded defaults in a temporary data directory (removed afterwards unless
+    ``--keep``): the demo's forged webhooks and its call never reach the operator's records."""
     from gateway.simulate import run_demo
     from metrics import logging as jsonlog
-    from metrics import sentry
 
-    settings = load_settings()
-    ip_hash_key = jsonlog.load_ip_hash_key(settings.data_dir)
-    jsonlog.configure("WARNING", ip_hash_key=ip_hash_key)
-    sentry.init(os.environ.get("SENTRY_DSN"), environment=settings.env, ip_hash_key=ip_hash_key)
-    return asyncio.run(run_demo(settings, wav=args.wav, carrier=args.carrier))
+    data_dir = Path(tempfile.mkdtemp(prefix="voicegw-demo-"))
+    try:
+        settings = load_settings(demo_environ(os.environ, data_dir))
+        jsonlog.configure("WARNING", ip_hash_key=jsonlog.load_ip_hash_key(settings.data_dir))
+        return asyncio.run(run_demo(settings, wav=args.wav, carrier=args.carrier))
+    finally:
+        if args.keep:
+            print(f"voicegw: the demo's data is in {data_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def demo_environ(environ: Mapping[str, str], data_dir: Path) -> dict[str, str]:
+    """The demo's environment: the provider settings of ``environ`` (``DEMO_ENV``) and
+    ``data_dir``."""
+    kept = {name: value for name, value in environ.items() if DEMO_ENV.fullmatch(name)}
+    return {**kept, "VOICEGW_DATA_DIR": str(data_dir)}
 
 
 def simulate(args: argparse.Namespace) -> int:
@@ -100,6 +179,7 @@ def simulate(args: argparse.Namespace) -> int:
         gateway_url=args.url,
         out=args.out,
         realtime=not args.fast,
+        telnyx_api_port=args.telnyx_api_port,
     )
     report = asyncio.run(simulate_call(load_settings(), options))
     print(report.render())
@@ -108,26 +188,42 @@ def simulate(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="voicegw", description="Real-time voice telephony gateway")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="show the version"
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to run")
 
     s = sub.add_parser("serve", help="run the gateway")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (%(default)s)")
     s.set_defaults(func=serve)
 
-    d = sub.add_parser("demo", help="serve with embedded defaults and run one simulated call")
-    d.add_argument("--carrier", choices=["twilio", "telnyx"], default="twilio")
-    d.add_argument("--wav", default=None, help="caller audio (8 kHz mu-law WAV)")
+    d = sub.add_parser(
+        "demo", help="serve the embedded defaults in a temporary directory, run one call"
+    )
+    carriers = ["twilio", "telnyx"]
+    d.add_argument("--carrier", choices=carriers, default="twilio", help="%(default)s or telnyx")
+    d.add_argument("--wav", default=None, help="caller audio (8 kHz mu-law WAV; default silence)")
+    d.add_argument(
+        "--keep", action="store_true", help="keep the temporary data directory and say where"
+    )
     d.set_defaults(func=demo)
 
     sim = sub.add_parser("simulate", help="act as a carrier against a running gateway")
-    simsub = sim.add_subparsers(dest="what", required=True)
+    simsub = sim.add_subparsers(dest="what", required=True, help="what to simulate")
     call = simsub.add_parser("call", help="one signed call with a media stream from a WAV")
-    call.add_argument("--carrier", choices=["twilio", "telnyx"], default="twilio")
-    call.add_argument("--wav", required=True)
-    call.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway's base URL")
+    call.add_argument("--carrier", choices=carriers, default="twilio", help="%(default)s or telnyx")
+    call.add_argument("--wav", required=True, help="caller audio (8 kHz mono mu-law WAV)")
+    call.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway (%(default)s)")
     call.add_argument("--out", default=None, help="write the audio that came back to this WAV")
     call.add_argument("--fast", action="store_true", help="send audio as fast as possible")
+    call.add_argument(
+        "--telnyx-api-port",
+        type=int,
+        default=TELNYX_API_PORT,
+        help="port of the simulated Telnyx Call Control API (%(default)s); start the gateway "
+        "with VOICEGW_TELNYX_API_URL=http://127.0.0.1:PORT",
+    )
     call.set_defaults(func=simulate)
 
     from gateway import admin_cli
@@ -140,9 +236,32 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("voicegw")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    result: int = args.func(args)
+    root = logging.getLogger()
+    if not root.handlers:  # not `serve`/`demo` (JSON lines) nor a test's capture
+        # Errors in one line; library warnings (a database pool retrying) stay quiet.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("voicegw: %(name)s: %(message)s"))
+        handler.setLevel(logging.ERROR)
+        root.addHandler(handler)
+    try:
+        result: int = args.func(args)
+    except CommandError as exc:
+        print(f"voicegw: {exc}", file=sys.stderr)
+        return 1
+    except StoreUnavailable as exc:
+        print(f"voicegw: the store is unavailable ({exc})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return result
 
 

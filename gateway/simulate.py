@@ -3,8 +3,12 @@
 The simulator signs webhooks exactly as the carrier does (with the gateway's development keys
 from ``VOICEGW_DATA_DIR``, or the configured Twilio token), opens the media stream the gateway
 asks for, sends a WAV at real-time pace in 20 ms frames, records the audio that comes back, and
-reports per-turn latency. For Telnyx it also plays the Call Control REST API: the gateway's
-``VOICEGW_TELNYX_API_URL`` must point at the simulator (``--telnyx-api-port``).
+reports per-turn latency. For Telnyx it also plays the Call Control REST API on
+``http://127.0.0.1:{telnyx_api_port}``: the gateway's ``VOICEGW_TELNYX_API_URL`` must point there.
+
+What stops a simulated call before it has a result (gateway unreachable, unreadable WAV, the
+gateway never calling the Call Control API) raises ``SimulateError``, one line for the operator;
+what the gateway answered (a refused webhook or upgrade, a closed stream) is in the ``Report``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
 from gateway import devkeys
-from gateway.audio import read_wav, silence, ulaw_decode, write_wav
+from gateway.audio import WavError, read_wav, silence, ulaw_decode, write_wav
+from gateway.cli import CommandError
 from gateway.settings import Settings
 from gateway.wsprotocol import MediaWebSocketProtocol
 from providers.events import PCMU_8K
@@ -49,6 +54,11 @@ TURN_GAP_FRAMES: Final = 15  # 300 ms of silence ends a turn
 TAIL_S: Final = 2.0  # keep listening this long after the last frame
 CALLER: Final = "+15550100001"  # fictional (555-01xx) numbers
 CALLEE: Final = "+15550100002"
+API_WAIT_S: Final = 10.0  # how long the gateway has to call the simulated Call Control API
+
+
+class SimulateError(CommandError):
+    """The simulated call cannot go on; the message says why and what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,23 +113,45 @@ class Report:
 
 
 def caller_audio(path: str | None) -> bytes:
-    """Raw 8 kHz mu-law from ``path`` (or one second of silence), whole 20 ms frames."""
+    """Raw 8 kHz mu-law from ``path`` (or one second of silence), whole 20 ms frames.
+    Raises ``SimulateError`` when the file cannot be read or holds other audio."""
     if path is None:
         return silence(PCMU_8K, 1000)
-    fmt, data = read_wav(path)
+    try:
+        fmt, data = read_wav(path)
+    except OSError as exc:
+        raise SimulateError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except WavError as exc:
+        raise SimulateError(f"{path} is not a usable WAV file: {exc}") from None
     if fmt != PCMU_8K:
-        raise SystemExit(f"voicegw: {path} must be 8 kHz mono mu-law (G.711), got {fmt}")
+        raise SimulateError(f"{path} must be 8 kHz mono mu-law (G.711), got {fmt}")
     return data[: len(data) - len(data) % FRAME_BYTES]
 
 
 async def simulate_call(settings: Settings, options: SimulateOptions) -> Report:
+    """One call against the gateway at ``options.gateway_url``. Raises ``SimulateError`` when
+    the gateway cannot be reached or a file cannot be read or written."""
     report = Report(options.carrier)
     audio = caller_audio(options.wav)
-    if options.carrier == "twilio":
-        await _twilio_call(settings, options, audio, report)
-    else:
-        await _telnyx_call(settings, options, audio, report)
+    try:
+        if options.carrier == "twilio":
+            await _twilio_call(settings, options, audio, report)
+        else:
+            await _telnyx_call(settings, options, audio, report)
+    except (httpx.TransportError, OSError) as exc:
+        # Connection refused or reset, DNS, a timeout (httpx's and the WebSocket's included).
+        raise SimulateError(
+            f"cannot reach the gateway at {options.gateway_url} ({_why(exc)}); "
+            "is `voicegw serve` running there? (--url)"
+        ) from None
     return report
+
+
+def _why(exc: BaseException) -> str:
+    """A short reason for a failed connection: the OS's words, else the exception's name."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc).lower() or type(exc).__name__
 
 
 @dataclass(slots=True)
@@ -295,12 +327,15 @@ class _TelnyxApi:
         await self.commands.put((action, body))
         return Response(b'{"data":{"result":"ok"}}', media_type="application/json")
 
-    async def next(self, action: str, timeout_s: float = 10.0) -> dict[str, Any]:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                got, body = await self.commands.get()
-                if got == action:
-                    return body
+    async def next(self, action: str, timeout_s: float = API_WAIT_S) -> dict[str, Any] | None:
+        """The body of the next ``action`` command; None when none came within ``timeout_s``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    got, body = await self.commands.get()
+                    if got == action:
+                        return body
+        return None
 
 
 @contextlib.asynccontextmanager
@@ -384,17 +419,34 @@ async def _telnyx_call(
     keys = devkeys.load_or_create(settings.data_dir)
     api = _TelnyxApi()
     call_control_id = "v3:" + secrets.token_urlsafe(24)
-    async with (
-        serve_app(api.app, options.telnyx_api_port),
-        httpx.AsyncClient(base_url=options.gateway_url, timeout=10.0) as http,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            api_url = await stack.enter_async_context(serve_app(api.app, options.telnyx_api_port))
+        except OSError as exc:
+            raise SimulateError(
+                f"cannot serve the simulated Call Control API on port {options.telnyx_api_port} "
+                f"({_why(exc)}); choose another with --telnyx-api-port"
+            ) from None
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=options.gateway_url, timeout=10.0)
+        )
         reply = await post_telnyx(http, keys, _telnyx_event("call.initiated", call_control_id))
         report.step("call.initiated webhook (signed)", f"{reply.status_code}")
-        await api.next("answer")
+        if reply.status_code != 200:
+            return
+        if await api.next("answer") is None:
+            raise SimulateError(
+                f"the gateway did not call the simulated Call Control API at {api_url}: start "
+                f"`voicegw serve` with VOICEGW_TELNYX_API_URL={api_url} "
+                "VOICEGW_TELNYX_API_KEY=dev-local"
+            )
         report.step("gateway answered (Call Control answer)", "ok")
         reply = await post_telnyx(http, keys, _telnyx_event("call.answered", call_control_id))
         report.step("call.answered webhook (signed)", f"{reply.status_code}")
         command = await api.next("streaming_start")
+        if command is None:
+            report.step("streaming_start", "never came")
+            return
         bidirectional = command.get("stream_bidirectional_mode") == "rtp"
         report.step("streaming_start (rtp, PCMU, token)", "ok" if bidirectional else "one-way!")
         token = str(command.get("stream_auth_token", ""))
@@ -422,23 +474,57 @@ async def _stream(
     report: Report,
 ) -> None:
     received: list[tuple[float, bytes]] = []
-    async with websockets.connect(ws_url, additional_headers=headers, open_timeout=10) as ws:
+    try:
+        ws = await websockets.connect(ws_url, additional_headers=headers, open_timeout=10)
+    except websockets.InvalidStatus as exc:
+        report.step("media WebSocket upgrade", f"refused ({exc.response.status_code})")
+        return
+    async with ws:
         report.step("media WebSocket upgrade", "accepted")
-        for frame in frames.opening():
-            await ws.send(orjson.dumps(frame).decode())
-        t0 = time.perf_counter()
+        try:
+            await _send_audio(ws, frames, audio, options, report, received)
+        except websockets.ConnectionClosed:
+            report.step("media stream", f"closed by the gateway ({ws.close_code})")
+    report.close_code = ws.close_code
+    report.frames_received = len(received)
+    report.bytes_received = sum(len(d) for _, d in received)
+    report.turns = measure_turns(audio, received)
+    report.ok = report.frames_received > 0
+    report.step("audio round trip", "ok" if report.ok else "no audio came back")
+    if options.out:
+        try:
+            write_wav(options.out, PCMU_8K, b"".join(d for _, d in received))
+        except OSError as exc:
+            raise SimulateError(f"cannot write {options.out}: {exc.strerror or exc}") from None
 
-        async def receive() -> None:
-            async for message in ws:
-                event = orjson.loads(message)
-                if event.get("event") == "media":
-                    data = base64.b64decode(event["media"]["payload"])
-                    received.append((time.perf_counter() - t0, data))
-                elif event.get("event") == "mark":
-                    # The caller has "heard" everything before the mark: acknowledge it.
-                    await ws.send(orjson.dumps(frames.mark(event["mark"]["name"])).decode())
 
-        receiver = asyncio.create_task(receive())
+async def _send_audio(
+    ws: websockets.ClientConnection,
+    frames: CarrierFrames,
+    audio: bytes,
+    options: SimulateOptions,
+    report: Report,
+    received: list[tuple[float, bytes]],
+) -> None:
+    """Send ``audio`` as the carrier does (acknowledging marks), keep listening ``tail_s``,
+    then send ``stop``; what comes back goes into ``received``. Raises ``ConnectionClosed``
+    when the gateway closes the stream first."""
+    for frame in frames.opening():
+        await ws.send(orjson.dumps(frame).decode())
+    t0 = time.perf_counter()
+
+    async def receive() -> None:
+        async for message in ws:
+            event = orjson.loads(message)
+            if event.get("event") == "media":
+                data = base64.b64decode(event["media"]["payload"])
+                received.append((time.perf_counter() - t0, data))
+            elif event.get("event") == "mark":
+                # The caller has "heard" everything before the mark: acknowledge it.
+                await ws.send(orjson.dumps(frames.mark(event["mark"]["name"])).decode())
+
+    receiver = asyncio.create_task(receive())
+    try:
         for i in range(len(audio) // FRAME_BYTES):
             if options.realtime:
                 delay = t0 + i * FRAME_S - time.perf_counter()
@@ -451,18 +537,10 @@ async def _stream(
             async with asyncio.timeout(options.tail_s):
                 await asyncio.shield(receiver)
         await ws.send(orjson.dumps(frames.stop()).decode())
+    finally:
         receiver.cancel()
         with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
             await receiver
-        await ws.close()
-        report.close_code = ws.close_code
-    report.frames_received = len(received)
-    report.bytes_received = sum(len(d) for _, d in received)
-    report.turns = measure_turns(audio, received)
-    report.ok = report.frames_received > 0
-    report.step("audio round trip", "ok" if report.ok else "no audio came back")
-    if options.out:
-        write_wav(options.out, PCMU_8K, b"".join(d for _, d in received))
 
 
 def _speech_frames(audio: bytes) -> list[bool]:
@@ -500,6 +578,7 @@ async def run_demo(settings: Settings, *, wav: str | None, carrier: str) -> int:
     """Serve the gateway with embedded defaults on a free port and run one call through it."""
     from gateway.app import build_app
 
+    caller_audio(wav)  # an unusable WAV stops the demo before it starts
     port = _free_port()
     api_port = _free_port()
     keys = devkeys.load_or_create(settings.data_dir)

@@ -21,11 +21,13 @@ MAX_WINDOW_DAYS = 366
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``compliance report`` to the ``voicegw`` parser."""
     compliance = subparsers.add_parser("compliance", help="compliance evidence")
-    sub = compliance.add_subparsers(dest="what", required=True)
+    sub = compliance.add_subparsers(dest="what", required=True, help="what to do")
     p = sub.add_parser(
         "report", help="GDPR, HIPAA and SOC 2 controls, whether enabled here, live evidence"
     )
-    p.add_argument("--format", choices=["json", "markdown"], default="markdown")
+    p.add_argument(
+        "--format", choices=["json", "markdown"], default="markdown", help="%(default)s or json"
+    )
     p.add_argument(
         "--window-days",
         type=int,

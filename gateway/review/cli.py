@@ -96,7 +96,7 @@ def security_review(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``security review`` to the ``voicegw`` parser."""
     security = subparsers.add_parser("security", help="security self-review")
-    ssub = security.add_subparsers(dest="what", required=True)
+    ssub = security.add_subparsers(dest="what", required=True, help="what to do")
     p = ssub.add_parser(
         "review", help="check this deployment's settings, keys and state (exit 0/1/2)"
     )
