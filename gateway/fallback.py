@@ -31,12 +31,18 @@ def sit_tones() -> bytes:
     return ulaw_encode(pcm.tobytes())
 
 
+FRAME_BYTES: Final = 160  # 20 ms of 8 kHz G.711
+ULAW_SILENCE: Final = b"\xff"
+
+
 def fallback_audio(path: Path | None) -> bytes:
-    """The configured message, or the SIT tones. Raises ``ValueError`` for a WAV that is not
-    8 kHz mono μ-law (checked at start-up, not mid-call)."""
+    """The configured message, or the SIT tones, padded with silence to whole 20 ms frames
+    (Telnyx refuses a shorter last frame). Raises ``ValueError`` for a WAV that is not 8 kHz
+    mono μ-law (checked at start-up, not mid-call)."""
     if path is None:
-        return sit_tones()
-    fmt, data = read_wav(path)
-    if fmt != PCMU_8K:
-        raise ValueError(f"{path} must be 8 kHz mono mu-law, not {fmt}")
-    return data
+        data = sit_tones()
+    else:
+        fmt, data = read_wav(path)
+        if fmt != PCMU_8K:
+            raise ValueError(f"{path} must be 8 kHz mono mu-law, not {fmt}")
+    return data + ULAW_SILENCE * (-len(data) % FRAME_BYTES)
