@@ -190,7 +190,7 @@ def register(
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     bind(p, _users_passwd, "user.password")
     p = usub.add_parser("unlock", help="forget a user's failed logins (ends a lockout at once)")
-    p.add_argument("name")
+    p.add_argument("name", help="the user")
     bind(p, _users_unlock, "user.unlock")
 
     keys = subparsers.add_parser("apikeys", help="service API keys")
