@@ -309,7 +309,7 @@ def _hipaa(f: Facts, s: Signals) -> list[Control]:
             (
                 Condition(True, "unique accounts and service keys; a role on every /api/v1 route"),
                 Condition(True, f"automatic logoff after {f.session_ttl_s} s; lockout after "
-                          f"{f.lockout}"),
+                          f"{f.lockout} per client network, progressive throttle across networks"),
                 cookies,
             ),
             ("access",),
