@@ -126,6 +126,7 @@ class CarrierGone(Exception):
 
 
 async def twilio_stream(websocket: WebSocket) -> None:
+    """``/media/twilio/{call}``: the call id in the path is signed by Twilio's upgrade."""
     await _serve(websocket, "twilio")
 
 
@@ -146,7 +147,7 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
     header_token = websocket.headers.get("x-telnyx-streaming-auth-token")
     try:
         started, early = await _await_start(websocket, codec, header_token)
-        call = await runtime.claim_stream(carrier, started)
+        call = await runtime.claim_stream(carrier, started, websocket.path_params.get("call"))
     except StreamRefused as refused:
         log.warning("media stream refused", extra={"carrier": carrier, "reason": refused.reason})
         await _close(websocket, refused.code)
