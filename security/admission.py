@@ -94,7 +94,9 @@ class StepwiseAdmitter:
 
     async def admit(self, scope: str, key: str, ttl_s: int) -> Admission:
         if await self._replay.seen(key):
-            return Admission(duplicate=True, decision=await self._limiter.hit(duplicate_scope(scope)))
+            return Admission(
+                duplicate=True, decision=await self._limiter.hit(duplicate_scope(scope))
+            )
         decision = await self._limiter.hit(scope)
         if not decision.allowed:
             return Admission(duplicate=False, decision=decision)

@@ -474,8 +474,8 @@ class WebhookPipeline:
         The cache is read first and written only once the limiter has admitted the delivery:
         a delivery refused with 429 is not remembered, so the carrier's retry is processed
         rather than dropped as a duplicate. A duplicate never spends the budget of new
-        deliveries; it spends its own (``security.admission.duplicate_scope``), so a flood of replays
-        is refused with 429 too, without crowding out new calls.
+        deliveries; it spends its own (``security.admission.duplicate_scope``), so a flood of
+        replays is refused with 429 too, without crowding out new calls.
         """
         admission = await self._admitters[carrier].admit(carrier.value, key, policy.replay_ttl_s)
         decision = admission.decision

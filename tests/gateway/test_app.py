@@ -327,9 +327,7 @@ def test_media_upgrade_from_outside_the_allowlist_refused(tmp_path: Path):
     assert settings.twilio_auth_token is not None
     validator = RequestValidator(settings.twilio_auth_token.get())
     twilio_path = "/media/twilio/call_" + "A" * 22
-    headers = {
-        "X-Twilio-Signature": validator.compute_signature(PUBLIC_WS_URL + twilio_path, {})
-    }
+    headers = {"X-Twilio-Signature": validator.compute_signature(PUBLIC_WS_URL + twilio_path, {})}
     with TestClient(build_app(settings), client=("203.0.113.7", 50000)) as client:
         for path, hdrs in ((twilio_path, headers), ("/media/telnyx", {})):
             with pytest.raises(WebSocketDisconnect) as info:

@@ -523,7 +523,7 @@ async def test_twilio_replayed_voice_gets_the_first_answer_and_changes_nothing(
     gw = state_gw
     params = twilio_params()
     first = await gw.twilio(VOICE, params)
-    url, token = parse_twiml(first)
+    _, token = parse_twiml(first)
     tokens, records = await stream_tokens_held(gw), await gw.runtime.store.list_calls()
     for _ in range(20):
         again = await gw.twilio(VOICE, params)
@@ -546,7 +546,7 @@ async def test_twilio_replayed_voice_gets_the_first_answer_and_changes_nothing(
 async def test_twilio_replayed_voice_of_a_streaming_or_ended_call_hangs_up(state_gw: Gateway):
     gw = state_gw
     params = twilio_params()
-    _, token = parse_twiml(await gw.twilio(VOICE, params))
+    parse_twiml(await gw.twilio(VOICE, params))
     call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
     assert call is not None
     await gw.runtime.registry.transition(call.call_id, CallState.STREAMING)
