@@ -76,7 +76,7 @@ from security.replay import (
 from security.signatures import TelnyxSignatureVerifier, TwilioSignatureVerifier
 from security.signing_keys import KeyRing as SigningKeyRing
 from security.streamtokens import InProcessStreamTokens, RedisStreamTokens, StreamTokens
-from security.webhooks import Carrier, CarrierPolicy, WebhookPipeline
+from security.webhooks import DEFAULT_REPLAY_TTL_S, Carrier, CarrierPolicy, WebhookPipeline
 
 if TYPE_CHECKING:
     from gateway.media import Bridge
@@ -314,6 +314,9 @@ class Runtime:
             registry = InProcessCallRegistry(replica_id, ended_ttl=ENDED_TTL_S)
             breakers = BreakerRegistry.in_process(BreakerPolicy())
 
+        if registry.ended_ttl < DEFAULT_REPLAY_TTL_S:
+            # A webhook of an ended call the registry forgot would start that call again.
+            raise ValueError("the call registry must remember ended calls as long as replays")
         durable = await _open_durable(settings, client)
         resolver = ClientAddressResolver(settings.trusted_proxies)
         allowlists = {
@@ -333,6 +336,7 @@ class Runtime:
                 replay=replay,
                 resolver=resolver,
                 freshness_s=settings.freshness_window_s,
+                replay_ttl_s=DEFAULT_REPLAY_TTL_S,
             )
         if "telnyx" in settings.carriers and settings.telnyx_public_keys:
             telnyx_policy = CarrierPolicy(
@@ -342,15 +346,11 @@ class Runtime:
                 replay=replay,
                 resolver=resolver,
                 freshness_s=settings.freshness_window_s,
+                replay_ttl_s=DEFAULT_REPLAY_TTL_S,
             )
         pipeline = WebhookPipeline(
             twilio=twilio_policy, telnyx=telnyx_policy, max_body_bytes=settings.max_body_bytes
         )
-        for policy in (twilio_policy, telnyx_policy):
-            if policy is not None and registry.ended_ttl < policy.replay_ttl_s:
-                # A delivery the replay cache forgot would be processed anew; one of a call the
-                # registry forgot first would start that call again.
-                raise ValueError("the call registry must remember ended calls as long as replays")
         http = httpx.AsyncClient(timeout=settings.carrier_rest_timeout_s)
         twilio_rest = (
             TwilioRest(

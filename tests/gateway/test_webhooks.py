@@ -29,6 +29,7 @@ from tests.gateway.conftest import (
     GatewayFactory,
     call_control_id,
     call_sid,
+    make_settings,
     telnyx_event,
 )
 
@@ -732,12 +733,15 @@ async def test_rate_limit(make_gateway: GatewayFactory, backend: str, carrier: s
 async def test_duplicate_delivery_spends_no_budget(make_gateway: GatewayFactory, backend: str):
     gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": "2"}, redis=backend == "redis")
     body = telnyx_event("call.machine.detection.ended", call_control_id())
-    for _ in range(5):
+    for _ in range(2):
         assert_ack(await gw.telnyx(body))
     assert_ack(await gw.telnyx(telnyx_event("x.y", call_control_id())))
     assert (await gw.telnyx(telnyx_event("x.y", call_control_id()))).status_code == 429
-    # A duplicate of an accepted delivery is still answered like the first.
+    # A duplicate of an accepted delivery is still answered like the first: duplicates
+    # count on a limit of their own...
     assert_ack(await gw.telnyx(body))
+    # ...which bounds them too.
+    assert_refused(await gw.telnyx(body), 429, "rate limited")
 
 
 async def test_rate_limited_delivery_is_not_processed(make_gateway: GatewayFactory, backend: str):
@@ -942,3 +946,13 @@ async def test_delivery_that_failed_mid_processing_is_processed_on_retry(
     call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
     assert call is not None
     assert url == f"{PUBLIC_WS_URL}/media/twilio/{call.call_id}"
+
+
+async def test_a_registry_forgetting_calls_before_replays_refuses_to_start(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    from gateway import runtime
+
+    monkeypatch.setattr(runtime, "ENDED_TTL_S", 3600.0)
+    with pytest.raises(ValueError, match="remember ended calls"):
+        await runtime.Runtime.start(make_settings(tmp_path))
