@@ -169,13 +169,15 @@ class RedisStreamTokens:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         try:
             async with asyncio.timeout(self._timeout_s):
-                stored = await self._client.set(
-                    self._key(token), _hash(call_key).hex(), nx=True, ex=ttl_s
-                )
-                if stored and delivery is not None:
-                    await self._client.set(
-                        self._delivery_key(delivery), _seal(token, delivery).hex(), ex=ttl_s
-                    )
+                # One round trip; not a transaction, since the two keys may sit in different
+                # cluster slots.
+                pipe = self._client.pipeline(transaction=False)
+                pipe.set(self._key(token), _hash(call_key).hex(), nx=True, ex=ttl_s)
+                if delivery is not None:
+                    pipe.set(self._delivery_key(delivery), _seal(token, delivery).hex(), ex=ttl_s)
+                stored = (await pipe.execute())[0]
+                if not stored and delivery is not None:
+                    await self._client.delete(self._delivery_key(delivery))
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable("stream tokens unavailable") from exc
         if not stored:  # 256 random bits collided: refuse rather than share a token

@@ -121,6 +121,9 @@ async def test_redis_refuses_a_colliding_token(redis_client, redis_prefix, monke
     await tokens.mint("CA123")
     with pytest.raises(StateUnavailable):
         await tokens.mint("CA999")
+    with pytest.raises(StateUnavailable):
+        await tokens.mint("CA999", delivery="d")
+    assert await tokens.minted_for("d") is None  # never answers with another call's token
     assert await tokens.consume("B" * 43, "CA123")
 
 
