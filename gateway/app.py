@@ -75,7 +75,8 @@ ROUTES: list[Route | WebSocketRoute] = [
     Route("/webhooks/twilio/voice", webhooks.twilio_voice, methods=ALL_METHODS),
     Route("/webhooks/twilio/status", webhooks.twilio_status, methods=ALL_METHODS),
     Route("/webhooks/telnyx", webhooks.telnyx, methods=ALL_METHODS),
-    WebSocketRoute("/media/twilio", media.twilio_stream),
+    WebSocketRoute("/media/twilio", media.twilio_stream),  # no call: refused with 1008
+    WebSocketRoute("/media/twilio/{call}", media.twilio_stream),
     WebSocketRoute("/media/telnyx", media.telnyx_stream),
     *auth.routes(),
     *api.routes(),

@@ -5,6 +5,10 @@ terminal. The replica that moves a call to ``connecting`` or ``streaming`` holds
 stream and becomes its ``replica``. A record carries identifiers and state only: never a phone
 number, a transcript or a stream token.
 
+An ended call is remembered for ``ended_ttl`` (``ENDED_TTL_S`` by default: as long as the
+webhook replay cache remembers a delivery), so a late or replayed webhook of an ended call finds
+it ended rather than starting a new call.
+
 Two backends implement ``CallRegistry``:
 
 * ``InProcessCallRegistry``, the embedded default for a single process;
@@ -12,7 +16,7 @@ Two backends implement ``CallRegistry``:
   compare-and-set in a Lua script, so concurrent changes to one call from several replicas
   serialise and the loser re-checks the state machine. Active calls expire ``active_ttl``
   after their holder's last ``heartbeat`` (a replica killed without warning loses its calls
-  that way); ended calls are kept ``ended_ttl`` for late webhooks, then expire.
+  that way); ended calls are kept ``ended_ttl``, then expire.
 
 Errors::
 
@@ -39,9 +43,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from providers.events import CallId
+from security.webhooks import DEFAULT_REPLAY_TTL_S
 
 __all__ = [
     "CARRIERS",
+    "ENDED_TTL_S",
     "Call",
     "CallError",
     "CallNotFoundError",
@@ -58,6 +64,10 @@ __all__ = [
 
 CARRIERS: Final = frozenset({"twilio", "telnyx"})
 """Carriers a call can come from; ``Call.carrier`` is one of these strings."""
+
+ENDED_TTL_S: Final = float(DEFAULT_REPLAY_TTL_S)
+"""How long an ended call is remembered by default: as long as the webhook replay cache
+remembers a delivery (the runtime checks the pair at start-up)."""
 
 
 class CallState(enum.StrEnum):
@@ -107,6 +117,8 @@ class Call:
     """One call as the registry knows it. Times are Unix seconds.
 
     ``ended_reason`` is a short code ("hangup", "replica_lost", ...), never free text.
+    ``account_id`` is the carrier account the call belongs to (Twilio's AccountSid, which its
+    REST API needs to hang the call up), when the carrier named one.
     """
 
     call_id: CallId
@@ -118,6 +130,7 @@ class Call:
     updated_at: float
     replica: str
     ended_reason: str | None = None
+    account_id: str | None = None
 
     @property
     def active(self) -> bool:
@@ -134,7 +147,9 @@ def default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def _new_call(carrier: str, carrier_call_id: str, provider: str, replica: str) -> Call:
+def _new_call(
+    carrier: str, carrier_call_id: str, provider: str, replica: str, account_id: str | None
+) -> Call:
     if carrier not in CARRIERS:
         raise ValueError(f"unknown carrier {carrier!r}")
     if not carrier_call_id:
@@ -143,7 +158,15 @@ def _new_call(carrier: str, carrier_call_id: str, provider: str, replica: str) -
         raise ValueError("empty provider")
     now = time.time()
     return Call(
-        new_call_id(), carrier, carrier_call_id, provider, CallState.RINGING, now, now, replica
+        new_call_id(),
+        carrier,
+        carrier_call_id,
+        provider,
+        CallState.RINGING,
+        now,
+        now,
+        replica,
+        account_id=account_id,
     )
 
 
@@ -201,7 +224,14 @@ class CallRegistry(Protocol):
         """Seconds between two ``heartbeat`` calls."""
         ...
 
-    async def create(self, carrier: str, carrier_call_id: str, provider: str) -> tuple[Call, bool]:
+    @property
+    def ended_ttl(self) -> float:
+        """Seconds an ended call is remembered."""
+        ...
+
+    async def create(
+        self, carrier: str, carrier_call_id: str, provider: str, *, account_id: str | None = None
+    ) -> tuple[Call, bool]:
         """Register a ringing call; idempotent per (carrier, carrier_call_id).
 
         Returns the call and True, or the call already registered for that carrier call id
@@ -295,7 +325,7 @@ class InProcessCallRegistry:
         self,
         replica_id: str | None = None,
         *,
-        ended_ttl: float = 3600.0,
+        ended_ttl: float = ENDED_TTL_S,
         _store: _Store | None = None,
     ) -> None:
         self._replica_id = replica_id or default_replica_id()
@@ -305,12 +335,18 @@ class InProcessCallRegistry:
     def replica_id(self) -> str:
         return self._replica_id
 
+    @property
+    def ended_ttl(self) -> float:
+        return self._store.ended_ttl
+
     def sibling(self, replica_id: str) -> InProcessCallRegistry:
         """A registry for another replica sharing this one's calls."""
         return InProcessCallRegistry(replica_id, _store=self._store)
 
-    async def create(self, carrier: str, carrier_call_id: str, provider: str) -> tuple[Call, bool]:
-        call = _new_call(carrier, carrier_call_id, provider, self._replica_id)
+    async def create(
+        self, carrier: str, carrier_call_id: str, provider: str, *, account_id: str | None = None
+    ) -> tuple[Call, bool]:
+        call = _new_call(carrier, carrier_call_id, provider, self._replica_id, account_id)
         store = self._store
         store.purge()
         existing = store.by_carrier.get((carrier, carrier_call_id))
@@ -487,6 +523,7 @@ def _encode(call: Call) -> bytes:
             "updated_at": call.updated_at,
             "replica": call.replica,
             "ended_reason": call.ended_reason,
+            "account_id": call.account_id,
         }
     )
 
@@ -504,6 +541,7 @@ def _decode(raw: bytes | str) -> Call:
             updated_at=float(d["updated_at"]),
             replica=d["replica"],
             ended_reason=d["ended_reason"],
+            account_id=d.get("account_id"),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CallError("malformed call record in Redis") from exc
@@ -528,7 +566,7 @@ class RedisCallRegistry:
         prefix: str = "voicegw:",
         *,
         replica_id: str | None = None,
-        ended_ttl: float = 3600.0,
+        ended_ttl: float = ENDED_TTL_S,
         active_ttl: float = 60.0,
     ) -> None:
         if ended_ttl <= 0 or active_ttl <= 0:
@@ -537,6 +575,7 @@ class RedisCallRegistry:
         self._replica_id = replica_id or default_replica_id()
         self._base = prefix + "{calls}:"
         self._active_key = self._base + "active"
+        self.ended_ttl: Final = ended_ttl
         self._ended_ttl_ms = max(1, round(ended_ttl * 1000))
         self._active_ttl_ms = max(1, round(active_ttl * 1000))
         self.heartbeat_interval: Final = active_ttl / 4
@@ -560,8 +599,10 @@ class RedisCallRegistry:
     def _replica_key(self, replica_id: str) -> str:
         return f"{self._base}replica:{replica_id}"
 
-    async def create(self, carrier: str, carrier_call_id: str, provider: str) -> tuple[Call, bool]:
-        call = _new_call(carrier, carrier_call_id, provider, self._replica_id)
+    async def create(
+        self, carrier: str, carrier_call_id: str, provider: str, *, account_id: str | None = None
+    ) -> tuple[Call, bool]:
+        call = _new_call(carrier, carrier_call_id, provider, self._replica_id, account_id)
         keys = [
             self._carrier_key(carrier, carrier_call_id),
             self._call_key(call.call_id),

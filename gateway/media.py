@@ -149,6 +149,7 @@ class UncarriableStream(Exception):
 
 
 async def twilio_stream(websocket: WebSocket) -> None:
+    """``/media/twilio/{call}``: the call id in the path is signed by Twilio's upgrade."""
     await _serve(websocket, "twilio")
 
 
@@ -169,7 +170,7 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
     header_token = websocket.headers.get("x-telnyx-streaming-auth-token")
     try:
         started, early = await _await_start(websocket, codec, header_token)
-        call = await runtime.claim_stream(carrier, started)
+        call = await runtime.claim_stream(carrier, started, websocket.path_params.get("call"))
     except UncarriableStream as uncarriable:
         await _end_uncarriable(runtime, websocket, carrier, uncarriable)
         return

@@ -26,6 +26,7 @@ from starlette.requests import HTTPConnection
 
 from gateway.auth import AuthConfig, AuthRuntime, signing_ring
 from gateway.calls import (
+    ENDED_TTL_S,
     Call,
     CallError,
     CallRegistry,
@@ -54,14 +55,14 @@ from metrics.registry import CALLS, FAILOVERS, PROVIDER_CONNECT, PROVIDER_ERRORS
 from providers.ai.config import AgentConfig, AgentOptions, Provider, ProviderOptions
 from providers.ai.session import AgentSession, open_session
 from providers.breakers import BreakerOpen, BreakerPolicy, BreakerRegistry
-from providers.events import StreamStarted
+from providers.events import CallId, StreamStarted
 from providers.exceptions import ConnectError
 from providers.telephony.rest import CarrierRestError, TelnyxRest, TwilioRest
 from security.allowlist import Allowlist, AnySource, ClientAddressResolver
 from security.apikeys import KeyPolicy
 from security.audit import Auditor, HashChainer
 from security.crypto import BlindIndex, KeyRing, load_or_create_dev_keys
-from security.exceptions import Rejection, StateUnavailable
+from security.exceptions import Layer, Rejection, StateUnavailable
 from security.lockout import LockoutPolicy
 from security.ratelimit import FallbackLimiter, InProcessLimiter, Limiter, RedisLimiter
 from security.refresh import gauge_live_sessions
@@ -75,7 +76,7 @@ from security.replay import (
 from security.signatures import TelnyxSignatureVerifier, TwilioSignatureVerifier
 from security.signing_keys import KeyRing as SigningKeyRing
 from security.streamtokens import InProcessStreamTokens, RedisStreamTokens, StreamTokens
-from security.webhooks import Carrier, CarrierPolicy, WebhookPipeline
+from security.webhooks import DEFAULT_REPLAY_TTL_S, Carrier, CarrierPolicy, WebhookPipeline
 
 if TYPE_CHECKING:
     from gateway.media import Bridge
@@ -88,6 +89,15 @@ END_RETRY_S: Final = (0.5, 5.0)
 RETENTION_INTERVAL_S: Final = 3600.0
 RECORDING_KEY_USE: Final = b"voicegw recording v1"  # one of security.crypto.DERIVED_KEY_USES
 DAY_S: Final = 86400.0
+STREAM_NOT_OPENED: Final = "stream_not_opened"
+"""The outcome of a call answered with a stream that never opened before its token expired."""
+STREAM_OPEN_GRACE_S: Final = 5.0
+"""How long after its token expires a call may still be connecting: a stream that spent its
+token just before expiry gets this long to move the call to streaming."""
+DRAIN_GRACE_S: Final = 5.0
+"""How long a drain keeps answering webhooks after its last media stream ended, for the
+carriers' final word on those calls (Twilio's status callback follows the stream's stop by
+about a second, Telnyx's ``call.hangup`` likewise); it ends sooner once every one arrived."""
 # Tasks that loop for the runtime's life (or retry until Redis returns): stop() cancels them
 # rather than waiting for them to finish.
 BACKGROUND_LOOPS: Final = frozenset(
@@ -100,6 +110,7 @@ BACKGROUND_LOOPS: Final = frozenset(
         "audit-verify",
         "sessions-gauge",
         "orphans",
+        "unopened-streams",
     }
 )
 
@@ -253,6 +264,10 @@ class Runtime:
     bridges: set[Bridge] = field(default_factory=set)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # While draining: calls that streamed during the drain and whose carrier has not yet said
+    # they are over (a terminal status callback or hang-up event).
+    _unsettled: set[CallId] = field(default_factory=set)
+    _settled: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -284,7 +299,11 @@ class Runtime:
             replay = fallback_replay
             tokens = RedisStreamTokens(client, prefix + "st:")
             registry = RedisCallRegistry(
-                client, prefix + "calls:", replica_id=replica_id, active_ttl=settings.call_ttl_s
+                client,
+                prefix + "calls:",
+                replica_id=replica_id,
+                ended_ttl=ENDED_TTL_S,
+                active_ttl=settings.call_ttl_s,
             )
             breakers = BreakerRegistry.redis(client, prefix + "breaker:", BreakerPolicy())
             degradable.append(breakers)  # /readyz: degraded while breakers run in-process
@@ -293,9 +312,12 @@ class Runtime:
                 limiters[carrier] = InProcessLimiter(settings.rate_limit_per_minute)
             replay = InProcessReplayCache()
             tokens = InProcessStreamTokens()
-            registry = InProcessCallRegistry(replica_id)
+            registry = InProcessCallRegistry(replica_id, ended_ttl=ENDED_TTL_S)
             breakers = BreakerRegistry.in_process(BreakerPolicy())
 
+        if registry.ended_ttl < DEFAULT_REPLAY_TTL_S:
+            # A webhook of an ended call the registry forgot would start that call again.
+            raise ValueError("the call registry must remember ended calls as long as replays")
         durable = await _open_durable(settings, client)
         resolver = ClientAddressResolver(settings.trusted_proxies)
         allowlists = {
@@ -315,6 +337,7 @@ class Runtime:
                 replay=replay,
                 resolver=resolver,
                 freshness_s=settings.freshness_window_s,
+                replay_ttl_s=DEFAULT_REPLAY_TTL_S,
             )
         if "telnyx" in settings.carriers and settings.telnyx_public_keys:
             telnyx_policy = CarrierPolicy(
@@ -324,6 +347,7 @@ class Runtime:
                 replay=replay,
                 resolver=resolver,
                 freshness_s=settings.freshness_window_s,
+                replay_ttl_s=DEFAULT_REPLAY_TTL_S,
             )
         pipeline = WebhookPipeline(
             twilio=twilio_policy, telnyx=telnyx_policy, max_body_bytes=settings.max_body_bytes
@@ -396,6 +420,7 @@ class Runtime:
         for provider in settings.providers:
             breakers.get(provider)  # listed in /readyz from the start
         runtime.spawn(keep_alive(registry, on_error=runtime._heartbeat_failed), "heartbeat")
+        runtime.spawn(runtime._end_unopened_streams_periodically(), "unopened-streams")
         log.info(
             "gateway started",
             extra={
@@ -408,18 +433,16 @@ class Runtime:
 
     async def drain(self, cut_short: Callable[[], bool] = lambda: False) -> None:
         """Stop taking new calls; let live ones end within ``VOICEGW_DRAIN_SECONDS`` (or until
-        ``cut_short()``), then end the rest cleanly: carrier told, provider closed, call ended."""
-        self.draining = True
+        ``cut_short()``), then end the rest cleanly: carrier told, provider closed, call ended.
+        Then keep answering those calls' webhooks for up to ``DRAIN_GRACE_S``, until the
+        carrier's last word on each has arrived (new calls are still refused meanwhile)."""
+        if not self.draining:
+            self.draining = True
+            self._unsettled = {bridge.call.call_id for bridge in self.bridges}
         if self.bridges:
             log.info("draining", extra={"live_calls": len(self.bridges)})
             deadline = asyncio.get_running_loop().time() + self.settings.drain_s
-            while self.bridges and not cut_short():
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining, 0.5)):
-                        await self._idle.wait()
+            await self._wait_until(self._idle, deadline, cut_short)
         from gateway.media import EndReason
 
         for bridge in list(self.bridges):
@@ -428,6 +451,22 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
                     await self._idle.wait()
+        if self._unsettled and not cut_short():
+            deadline = asyncio.get_running_loop().time() + DRAIN_GRACE_S
+            await self._wait_until(self._settled, deadline, cut_short)
+
+    @staticmethod
+    async def _wait_until(
+        event: asyncio.Event, deadline: float, cut_short: Callable[[], bool]
+    ) -> None:
+        """Wait for ``event`` until the loop time ``deadline``, or ``cut_short()`` (polled)."""
+        while not event.is_set() and not cut_short():
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(remaining, 0.5)):
+                    await event.wait()
 
     async def stop(self) -> None:
         """End live calls (if ``drain`` did not), wait for background work, close pools."""
@@ -453,6 +492,9 @@ class Runtime:
     def add_bridge(self, bridge: Bridge) -> None:
         self.bridges.add(bridge)
         self._idle.clear()
+        if self.draining:  # a call answered just before the drain: its webhooks are awaited too
+            self._unsettled.add(bridge.call.call_id)
+            self._settled.clear()
 
     def remove_bridge(self, bridge: Bridge) -> None:
         self.bridges.discard(bridge)
@@ -533,13 +575,14 @@ class Runtime:
         )
 
     def check_media_upgrade(self, carrier: str, conn: HTTPConnection) -> None:
-        """Allowlist, and for Twilio the signature of the upgrade request. Raises Rejection."""
+        """Allowlist, and for Twilio the signature of the upgrade request over its per-call
+        URL (``/media/twilio/{call}``: a path without a call is refused). Raises Rejection."""
         allowlist = self.allowlists.get(carrier)
         if allowlist is None:
-            from security.exceptions import Layer
-
             raise Rejection(Layer.REQUEST, "carrier not enabled", 404)
         if carrier == "twilio":
+            if not conn.path_params.get("call"):
+                raise Rejection(Layer.REQUEST, "no call in the stream path", 404)
             url = self.settings.public_ws_url + conn.url.path
             if conn.url.query:
                 url += "?" + conn.url.query
@@ -551,19 +594,72 @@ class Runtime:
 
     # -- calls ----------------------------------------------------------------------------
 
-    async def claim_stream(self, carrier: str, started: StreamStarted) -> Call:
-        """Consume the stream token bound to this call and mark the call streaming. Raises
-        StreamRefused; while shared state is down, with TRY_AGAIN_LATER (tokens fail closed)."""
+    async def claim_stream(
+        self, carrier: str, started: StreamStarted, path_call: str | None = None
+    ) -> Call:
+        """Consume the stream token bound to this call and mark the call streaming.
+
+        ``path_call``: the call id the stream URL names (Twilio's, whose upgrade signature
+        covers it); a stream whose ``start`` is for another call is refused before its token
+        is spent. Raises StreamRefused; while shared state is down, with TRY_AGAIN_LATER
+        (tokens fail closed)."""
         token = started.auth_token or ""
         try:
+            call = None
+            if path_call is not None:
+                call = await self.registry.by_carrier_id(carrier, started.call_id)
+                if call is None or call.call_id != path_call:
+                    raise StreamRefused(CloseCode.POLICY_VIOLATION, "stream path of another call")
             if not await self.stream_tokens.consume(token, f"{carrier}:{started.call_id}"):
                 raise StreamRefused(CloseCode.POLICY_VIOLATION, "invalid stream token")
-            call = await self.registry.by_carrier_id(carrier, started.call_id)
+            if call is None:
+                call = await self.registry.by_carrier_id(carrier, started.call_id)
             if call is None or call.state is not CallState.CONNECTING:
                 raise StreamRefused(CloseCode.POLICY_VIOLATION, "call not awaiting a stream")
             return await self.registry.transition(call.call_id, CallState.STREAMING)
+        except CallError:
+            # Ended meanwhile (a hang-up, or its stream was given up on): nothing to stream.
+            raise StreamRefused(CloseCode.POLICY_VIOLATION, "call not awaiting a stream") from None
         except (StateUnavailable, RedisError, OSError, TimeoutError):
             raise StreamRefused(CloseCode.TRY_AGAIN_LATER, "shared state unavailable") from None
+
+    async def end_unopened_streams(self, now: float | None = None) -> list[Call]:
+        """End every call still connecting once its stream token has expired (plus
+        ``STREAM_OPEN_GRACE_S``): registry ended, durable record closed, carrier told to hang
+        up; returns the calls ended. ``now`` is Unix seconds.
+
+        Any replica may run it for every call: the registry's compare-and-set lets exactly one
+        end each call, so a call outlives neither the replica that answered it nor its token.
+        (A holder that dies first takes its calls with it: the registry expires them after
+        ``VOICEGW_CALL_TTL_S`` and the orphan closer completes their records.)"""
+        now = time.time() if now is None else now
+        cutoff = now - self.settings.stream_token_ttl_s - STREAM_OPEN_GRACE_S
+        ended: list[Call] = []
+        for call in await self.registry.list_active():
+            if call.state is not CallState.CONNECTING or call.updated_at > cutoff:
+                continue
+            try:
+                done = await self.registry.transition(
+                    call.call_id, CallState.ENDED, reason=STREAM_NOT_OPENED
+                )
+            except CallError:  # streaming by now, or ended by someone else first
+                continue
+            log.warning("stream never opened: call ended", extra={"call_id": call.call_id})
+            await self.close_call_record(done, STREAM_NOT_OPENED, (), 0)
+            self.hang_up_carrier(done, done.account_id)
+            ended.append(done)
+        return ended
+
+    async def _end_unopened_streams_periodically(self) -> None:
+        """``end_unopened_streams`` a few times per token lifetime (at least every 30 s), so a
+        call is ended at most about a quarter of that lifetime late."""
+        interval = min(30.0, max(1.0, self.settings.stream_token_ttl_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.end_unopened_streams()
+            except (StateUnavailable, RedisError, OSError, TimeoutError, CallError) as exc:
+                log.warning("unopened streams not checked", extra={"error": type(exc).__name__})
 
     def agent_config(self, provider: str, *, greet: bool = True) -> AgentConfig:
         """How to open ``provider`` for a call. ``greet=False`` leaves the greeting out: a call
@@ -779,11 +875,16 @@ class Runtime:
                 return
 
     def stop_bridge(self, call: Call) -> None:
+        """The carrier says the call is over: end its bridge; a drain stops waiting for it."""
         from gateway.media import EndReason
 
         for bridge in list(self.bridges):
             if bridge.call.call_id == call.call_id:
                 bridge.stop(EndReason.CARRIER_HANGUP)
+        if call.call_id in self._unsettled:
+            self._unsettled.discard(call.call_id)
+            if not self._unsettled:
+                self._settled.set()
 
     async def carrier_rest(
         self, carrier: str, what: str, action: Callable[[], Awaitable[object]]

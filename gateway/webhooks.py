@@ -2,7 +2,7 @@
 through the security pipeline, and acts only on what the pipeline verified.
 
 A duplicate delivery (same verified Telnyx event id, same Twilio signature over the same URL and
-body) is answered like the first and never processed twice.
+body) is answered like the first and never processed twice: it creates, mints and ends nothing.
 """
 
 from __future__ import annotations
@@ -220,6 +220,12 @@ _ATTRIBUTE: Final = str.maketrans(
 )
 
 
+def twilio_stream_url(public_ws_url: str, call_id: str) -> str:
+    """The media stream URL of one call. The call id is a path segment (Twilio allows no query
+    on a stream URL), so the signature of Twilio's WebSocket upgrade binds to this one call."""
+    return f"{public_ws_url}/media/twilio/{call_id}"
+
+
 def connect_twiml(stream_url: str, token: str) -> str:
     """``<Connect><Stream url=...>`` with the stream token as its one ``<Parameter>``."""
     return (
@@ -243,7 +249,14 @@ async def _twilio_voice(
     call_sid = params.get("CallSid", "")
     if not call_sid or len(call_sid) > 64:
         return json_error(400, "CallSid required")
-    call, created = await runtime.registry.create("twilio", call_sid, runtime.settings.providers[0])
+    if verified.duplicate:
+        return await _twilio_voice_again(runtime, verified, call_sid)
+    call, created = await runtime.registry.create(
+        "twilio",
+        call_sid,
+        runtime.settings.providers[0],
+        account_id=_text(params.get("AccountSid")),
+    )
     if created:
         # Consent: "recording_consent=yes" as a form field or in the (signed) webhook URL.
         consent = "yes" in (params.get(CONSENT_FIELD), query.get(CONSENT_FIELD))
@@ -257,13 +270,27 @@ async def _twilio_voice(
         return Response(HANGUP_TWIML, media_type="application/xml")
     if call.state is CallState.RINGING:
         call = await runtime.registry.transition(call.call_id, CallState.CONNECTING)
+    # Kept for this delivery as long as the token lives: a duplicate gets this answer again.
     token = await runtime.stream_tokens.mint(
-        f"twilio:{call_sid}", runtime.settings.stream_token_ttl_s
+        f"twilio:{call_sid}", runtime.settings.stream_token_ttl_s, delivery=verified.replay_key
     )
-    twiml = connect_twiml(runtime.settings.public_ws_url + "/media/twilio", token)
-    log.info(
-        "twilio call answered", extra={"call_id": call.call_id, "duplicate": verified.duplicate}
-    )
+    twiml = connect_twiml(twilio_stream_url(runtime.settings.public_ws_url, call.call_id), token)
+    log.info("twilio call answered", extra={"call_id": call.call_id, "duplicate": False})
+    return Response(twiml, media_type="application/xml")
+
+
+async def _twilio_voice_again(
+    runtime: Runtime, verified: VerifiedWebhook, call_sid: str
+) -> Response:
+    """A duplicate voice webhook: the first answer (same stream URL, same token) while its
+    token lives and the call still awaits its stream, else ``<Hangup/>``. Only reads: a replay
+    creates no call and no record, mints no token, and evicts none."""
+    token = await runtime.stream_tokens.minted_for(verified.replay_key)
+    call = None if token is None else await runtime.registry.by_carrier_id("twilio", call_sid)
+    if token is None or call is None or call.state is not CallState.CONNECTING:
+        return Response(HANGUP_TWIML, media_type="application/xml")
+    twiml = connect_twiml(twilio_stream_url(runtime.settings.public_ws_url, call.call_id), token)
+    log.info("twilio call answered", extra={"call_id": call.call_id, "duplicate": True})
     return Response(twiml, media_type="application/xml")
 
 

@@ -3,7 +3,9 @@
 ``Admitter.admit(scope, key, ttl_s)`` decides what happens to a delivery whose signature has
 verified:
 
-1. a delivery already remembered under ``key`` is a duplicate; it spends no rate-limit budget;
+1. a delivery already remembered under ``key`` is a duplicate; it spends no budget of
+   ``scope``'s limit, but one hit of its own limit, ``duplicate_scope(scope)`` (same limit and
+   window): replays of a captured delivery are bounded without crowding out new deliveries;
 2. otherwise one hit is counted on ``scope``'s rolling-window limit; a refused delivery is not
    remembered, so the carrier's retry is processed once the window has room;
 3. an admitted delivery is remembered for ``ttl_s`` seconds.
@@ -48,8 +50,10 @@ class Admission:
     """The verdict on one delivery.
 
     ``duplicate``: the delivery was admitted before (or by a concurrent copy) and must not be
-    processed again. Otherwise ``decision`` is the rate limit's verdict: refused when
-    ``decision.allowed`` is false, in which case nothing was remembered.
+    processed again; ``decision`` is then the duplicates' limit's verdict (None when a
+    concurrent copy won the record after this one spent the delivery limit's budget).
+    Otherwise ``decision`` is the rate limit's verdict: refused when ``decision.allowed`` is
+    false, in which case nothing was remembered.
     """
 
     duplicate: bool
@@ -59,8 +63,18 @@ class Admission:
     def admitted(self) -> bool:
         return not self.duplicate and self.decision is not None and self.decision.allowed
 
+    @property
+    def refused(self) -> bool:
+        """Over a limit: the delivery's, or the duplicates' for a duplicate."""
+        return self.decision is not None and not self.decision.allowed
+
 
 DUPLICATE: Final = Admission(duplicate=True)
+
+
+def duplicate_scope(scope: str) -> str:
+    """The rate-limit scope duplicates of ``scope``'s deliveries are counted on."""
+    return f"{scope}:duplicate"
 
 
 class Admitter(Protocol):
@@ -80,35 +94,45 @@ class StepwiseAdmitter:
 
     async def admit(self, scope: str, key: str, ttl_s: int) -> Admission:
         if await self._replay.seen(key):
-            return DUPLICATE
+            return Admission(
+                duplicate=True, decision=await self._limiter.hit(duplicate_scope(scope))
+            )
         decision = await self._limiter.hit(scope)
         if not decision.allowed:
             return Admission(duplicate=False, decision=decision)
         if not await self._replay.first_seen(key, ttl_s):
-            # A concurrent copy of this delivery was recorded between our read and write.
-            return Admission(duplicate=True, decision=decision)
+            # A concurrent copy of this delivery was recorded between our read and write; this
+            # copy has spent the delivery limit's budget already.
+            return DUPLICATE
         return Admission(duplicate=False, decision=decision)
 
 
-# KEYS: replay key, limit log, limit counter; ARGV: limit, window ms, replay TTL s.
-# Returns {2, 0, 0} for a duplicate, else the sliding log's {allowed, remaining, reset_ms}.
+# KEYS: replay key, limit log, limit counter, duplicates' log, duplicates' counter;
+# ARGV: limit, window ms, replay TTL s. Returns the sliding log's {allowed, remaining,
+# reset_ms}: of the delivery's limit, or for a duplicate of the duplicates' limit with
+# ``DUPLICATE_VERDICT`` added to ``allowed``.
 _ADMIT: Final = (
     """
 local replay_key, log_key, seq_key = KEYS[1], KEYS[2], KEYS[3]
-if redis.call('EXISTS', replay_key) == 1 then
-  return {2, 0, 0}
+local duplicate = redis.call('EXISTS', replay_key) == 1
+if duplicate then
+  log_key, seq_key = KEYS[4], KEYS[5]
 end
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 """
     + SLIDING_LOG_LUA
     + """
+if duplicate then
+  return {allowed + 2, remaining, reset}
+end
 if allowed == 1 then
   redis.call('SET', replay_key, '1', 'EX', tonumber(ARGV[3]))
 end
 return {allowed, remaining, reset}
 """
 )
+DUPLICATE_VERDICT: Final = 2
 
 
 MAX_BATCH: Final = 64
@@ -162,13 +186,16 @@ class RedisAdmitter:
     async def admit(self, scope: str, key: str, ttl_s: int) -> Admission:
         limiter = self._limiter
         log_key, seq_key = limiter.keys(scope)
+        duplicates_log, duplicates_seq = limiter.keys(duplicate_scope(scope))
         command = _command(
             b"EVALSHA",
             self._sha,
-            b"3",
+            b"5",
             self._replay.redis_key(key).encode(),
             log_key.encode(),
             seq_key.encode(),
+            duplicates_log.encode(),
+            duplicates_seq.encode(),
             b"%d" % limiter.limit,
             b"%d" % limiter.window_ms,
             b"%d" % ttl_s,
@@ -184,11 +211,11 @@ class RedisAdmitter:
         if not isinstance(reply, list) or len(reply) != 3:
             raise StateUnavailable(f"unexpected admission reply {type(reply).__name__}")
         verdict, remaining, reset_ms = (int(value) for value in reply)
-        if verdict == 2:
-            return DUPLICATE
+        duplicate = verdict >= DUPLICATE_VERDICT
+        allowed = verdict - DUPLICATE_VERDICT if duplicate else verdict
         return Admission(
-            duplicate=False,
-            decision=sliding_log_decision(limiter.limit, verdict, remaining, reset_ms),
+            duplicate=duplicate,
+            decision=sliding_log_decision(limiter.limit, allowed, remaining, reset_ms),
         )
 
     def _flush(self) -> None:

@@ -6,11 +6,19 @@ accepted once, only for the call it was minted for, and only before it expires. 
 a token spends it, whether or not the call matches. Only SHA-256 hashes of the token and the
 call key are stored. The Redis backend fails closed: if Redis does not answer, ``mint`` and
 ``consume`` raise ``StateUnavailable`` and no stream is admitted.
+
+A token minted for a webhook ``delivery`` (the replay cache's key of the signed request that
+asked for it) is also kept for that delivery, for the token's lifetime, so that a duplicate of
+the delivery is answered with the same token instead of a new one (``minted_for``): replays
+mint nothing, evict nothing. It is stored sealed: XORed with a pad derived from the delivery
+key, which contains the carrier's signature and is itself stored only hashed; reading the
+store alone does not yield the token, only presenting the signed delivery again does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import re
@@ -40,9 +48,43 @@ def _well_formed(token: str) -> bool:
     return _TOKEN_SHAPE.fullmatch(token) is not None
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else value
+
+
+def _delivery_id(delivery: str) -> bytes:
+    """Where a delivery's token is kept (not the replay cache's digest of the same key)."""
+    return _hash("voicegw stream token delivery\x00" + delivery)
+
+
+def _pad(delivery: str) -> bytes:
+    """The one-time pad a delivery's token is sealed with (one token per delivery)."""
+    return _hash("voicegw stream token seal\x00" + delivery)
+
+
+def _seal(token: str, delivery: str) -> bytes:
+    raw = base64.urlsafe_b64decode(token + "=")
+    return bytes(a ^ b for a, b in zip(raw, _pad(delivery), strict=True))
+
+
+def _unseal(sealed: bytes, delivery: str) -> str | None:
+    if len(sealed) != TOKEN_BYTES:
+        return None
+    raw = bytes(a ^ b for a, b in zip(sealed, _pad(delivery), strict=True))
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
 class StreamTokens(Protocol):
-    async def mint(self, call_key: str, ttl_s: int = DEFAULT_TTL_S) -> str:
-        """A new token for ``call_key``, valid for ``ttl_s`` seconds."""
+    async def mint(
+        self, call_key: str, ttl_s: int = DEFAULT_TTL_S, *, delivery: str | None = None
+    ) -> str:
+        """A new token for ``call_key``, valid for ``ttl_s`` seconds; kept for ``delivery``
+        (when given) as long."""
+        ...
+
+    async def minted_for(self, delivery: str) -> str | None:
+        """The token minted for ``delivery`` within its lifetime (spent or not), else None.
+        Read-only: it mints, extends and evicts nothing."""
         ...
 
     async def consume(self, token: str, call_key: str) -> bool:
@@ -51,25 +93,47 @@ class StreamTokens(Protocol):
 
 
 class InProcessStreamTokens:
-    """Stream tokens in this process; at most ``max_tokens`` live, oldest dropped first."""
+    """Stream tokens in this process; at most ``max_tokens`` live, oldest dropped first (and
+    as many tokens kept for deliveries, likewise)."""
 
-    __slots__ = ("_clock", "_max_tokens", "_tokens")
+    __slots__ = ("_clock", "_deliveries", "_max_tokens", "_tokens")
 
     def __init__(self, max_tokens: int = 100_000, *, clock: Clock = time.monotonic) -> None:
         self._max_tokens = max_tokens
         self._clock = clock
         self._tokens: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._deliveries: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
 
-    async def mint(self, call_key: str, ttl_s: int = DEFAULT_TTL_S) -> str:
+    def __len__(self) -> int:
+        """Tokens held (live or not yet pruned)."""
+        return len(self._tokens)
+
+    async def mint(
+        self, call_key: str, ttl_s: int = DEFAULT_TTL_S, *, delivery: str | None = None
+    ) -> str:
         now = self._clock()
-        while self._tokens:
-            oldest, (_, expiry) = next(iter(self._tokens.items()))
-            if expiry > now and len(self._tokens) < self._max_tokens:
-                break
-            del self._tokens[oldest]
+        self._prune(self._tokens, now)
         token = secrets.token_urlsafe(TOKEN_BYTES)
         self._tokens[_hash(token)] = (_hash(call_key), now + ttl_s)
+        if delivery is not None:
+            self._prune(self._deliveries, now)
+            self._deliveries[_delivery_id(delivery)] = (_seal(token, delivery), now + ttl_s)
         return token
+
+    async def minted_for(self, delivery: str) -> str | None:
+        entry = self._deliveries.get(_delivery_id(delivery))
+        if entry is None or entry[1] <= self._clock():
+            return None
+        return _unseal(entry[0], delivery)
+
+    def _prune(self, entries: OrderedDict[bytes, tuple[bytes, float]], now: float) -> None:
+        """Drop expired entries from the front, and the oldest while full (one TTL per
+        gateway: insertion order is expiry order)."""
+        while entries:
+            oldest, (_, expiry) = next(iter(entries.items()))
+            if expiry > now and len(entries) < self._max_tokens:
+                break
+            del entries[oldest]
 
     async def consume(self, token: str, call_key: str) -> bool:
         if not _well_formed(token):
@@ -96,18 +160,42 @@ class RedisStreamTokens:
     def _key(self, token: str) -> str:
         return f"{self._prefix}streamtoken:{_hash(token).hex()}"
 
-    async def mint(self, call_key: str, ttl_s: int = DEFAULT_TTL_S) -> str:
+    def _delivery_key(self, delivery: str) -> str:
+        return f"{self._prefix}streamtoken-delivery:{_delivery_id(delivery).hex()}"
+
+    async def mint(
+        self, call_key: str, ttl_s: int = DEFAULT_TTL_S, *, delivery: str | None = None
+    ) -> str:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         try:
             async with asyncio.timeout(self._timeout_s):
-                stored = await self._client.set(
-                    self._key(token), _hash(call_key).hex(), nx=True, ex=ttl_s
-                )
+                # One round trip; not a transaction, since the two keys may sit in different
+                # cluster slots.
+                pipe = self._client.pipeline(transaction=False)
+                pipe.set(self._key(token), _hash(call_key).hex(), nx=True, ex=ttl_s)
+                if delivery is not None:
+                    pipe.set(self._delivery_key(delivery), _seal(token, delivery).hex(), ex=ttl_s)
+                stored = (await pipe.execute())[0]
+                if not stored and delivery is not None:
+                    await self._client.delete(self._delivery_key(delivery))
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable("stream tokens unavailable") from exc
         if not stored:  # 256 random bits collided: refuse rather than share a token
             raise StateUnavailable("stream token not stored")
         return token
+
+    async def minted_for(self, delivery: str) -> str | None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                sealed = await self._client.get(self._delivery_key(delivery))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StateUnavailable("stream tokens unavailable") from exc
+        if not isinstance(sealed, bytes | str):
+            return None
+        try:
+            return _unseal(bytes.fromhex(_text(sealed)), delivery)
+        except ValueError:  # not what mint wrote
+            return None
 
     async def consume(self, token: str, call_key: str) -> bool:
         if not _well_formed(token):

@@ -5,7 +5,8 @@
 3. freshness       a timestamp the request carries is within ±``freshness_s`` of now
 4. signature       the carrier's signature over exactly what we act on
 5. replay          a delivery already accepted is reported as a duplicate, not an error
-6. rate limit      verified, non-duplicate deliveries per carrier per rolling window
+6. rate limit      verified deliveries per carrier per rolling window; duplicates on a limit
+                   of their own, so replays neither go unbounded nor crowd out new calls
 
 Cheap checks come first so a bad request costs little, and every layer before the signature
 only reads. State is written only after the signature verified: a forged request can neither
@@ -472,15 +473,18 @@ class WebhookPipeline:
 
         The cache is read first and written only once the limiter has admitted the delivery:
         a delivery refused with 429 is not remembered, so the carrier's retry is processed
-        rather than dropped as a duplicate, and a duplicate never spends budget.
+        rather than dropped as a duplicate. A duplicate never spends the budget of new
+        deliveries; it spends its own (``security.admission.duplicate_scope``), so a flood of
+        replays is refused with 429 too, without crowding out new calls.
         """
         admission = await self._admitters[carrier].admit(carrier.value, key, policy.replay_ttl_s)
-        if admission.duplicate:
+        decision = admission.decision
+        if admission.duplicate and not admission.refused:
             _duplicates(carrier).inc()
             return True
-        decision = admission.decision
         if decision is None or not decision.allowed:
-            RATE_LIMITED.labels(carrier=carrier.value, scope="carrier").inc()
+            scope = "duplicate" if admission.duplicate else "carrier"
+            RATE_LIMITED.labels(carrier=carrier.value, scope=scope).inc()
             headers = decision.headers() if decision is not None else {}
             raise Rejection(Layer.RATE_LIMIT, "rate limited", 429, headers)
         return False

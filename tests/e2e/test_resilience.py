@@ -141,6 +141,36 @@ async def test_sigterm_lets_a_live_call_finish_and_refuses_new_ones(serve_drain_
     assert time.monotonic() - started < 20 * UNIT
 
 
+async def _until_draining(url: str) -> None:
+    """Wait (bounded) until the gateway reports it is draining."""
+    async with httpx.AsyncClient(base_url=url, timeout=5 * UNIT) as http:
+        async with asyncio.timeout(10 * UNIT):
+            # The state lives in another process: asked for, not awaited.
+            while (await http.get("/readyz")).status_code != 503:  # noqa: ASYNC110
+                await asyncio.sleep(0.05 * UNIT)
+
+
+async def test_the_drain_answers_its_last_calls_status_callback(serve_drain_30):
+    """The drain's last stream ends; Twilio's status callback for that call comes a moment
+    later and is still answered (new calls still refused), then the process exits."""
+    process, gw = serve_drain_30
+    ticket = await answer(gw, "twilio")
+    leg = await open_stream(gw, ticket)
+    await _stream_for(leg, 0.3)
+    process.proc.send_signal(signal.SIGTERM)
+    await _until_draining(process.url)
+    await leg.stop()
+    new_call = twilio_params("CA" + "3" * 32, "AC" + "2" * 32)
+    refused = await post_twilio(gw, "/webhooks/twilio/voice", new_call)
+    assert refused.status_code == 503 and refused.json() == {"error": "draining"}
+    completed = twilio_params(ticket.call_id, ticket.account_id, "completed")
+    reply = await post_twilio(gw, "/webhooks/twilio/status", completed)
+    assert reply.status_code == 200 and reply.json() == {"status": "ok"}
+    # Its last webhook arrived: the drain is over without waiting out its grace.
+    async with asyncio.timeout(20 * UNIT):
+        assert await process.proc.wait() in (0, -signal.SIGTERM), process.output()
+
+
 async def test_the_drain_deadline_ends_remaining_calls_cleanly(serve_drain_1, rest):
     process, gw = serve_drain_1
     leg = await open_stream(gw, await answer(gw, "twilio"))

@@ -29,6 +29,9 @@ from hypothesis import strategies as st
 from gateway import auth as auth_module
 from gateway.admin_cli import add_user, create_api_key
 from gateway.store.base import Role
+from security.admission import duplicate_scope
+from security.ratelimit import RedisLimiter
+from security.webhooks import Carrier
 from tests.fuzz.profile import COSTLY, tally
 from tests.fuzz.strategies import AWKWARD, dumps, json_values, mutated_bytes, mutated_json
 from tests.gateway.conftest import (  # noqa: F401 - fixtures
@@ -66,14 +69,18 @@ class QuietGateway(Gateway):
 
 async def shared_state(gw: Gateway) -> object:
     """What a webhook may change: rate-limit, replay and stream-token keys (their bytes),
-    the live calls, and the durable call records."""
+    the live calls, and the durable call records. Not the duplicates' own limit, which a
+    duplicate is meant to spend."""
     redis = gw.runtime.redis
     assert redis is not None
     prefix = gw.settings.redis_key_prefix
+    limiter = RedisLimiter(redis, prefix + "rl:", 1)
+    duplicates = {key.encode() for c in Carrier for key in limiter.keys(duplicate_scope(c.value))}
     keys: dict[bytes, bytes | None] = {}
     for part in ("rl:", "replay:", "st:"):
         async for key in redis.scan_iter(match=f"{prefix}{part}*"):
-            keys[key] = await redis.dump(key)
+            if key not in duplicates:
+                keys[key] = await redis.dump(key)
     live = sorted((c.call_id, c.state.value) for c in await gw.runtime.registry.list_active())
     records = [r.call_id for r in await gw.runtime.store.list_calls(limit=1000)]
     return keys, live, records

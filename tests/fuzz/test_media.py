@@ -125,13 +125,16 @@ def opening(carrier: str, call_id: str, token: str) -> list[str]:
     return [orjson.dumps(connected).decode(), orjson.dumps(start).decode()]
 
 
-def new_call(calls: Calls, carrier: str) -> tuple[str, str, dict[str, str]]:
-    """(carrier call id, stream token, upgrade headers) of a call awaiting its stream."""
+def new_call(calls: Calls, carrier: str) -> tuple[str, str, str, dict[str, str]]:
+    """(carrier call id, stream token, stream path, upgrade headers) of a call awaiting its
+    stream."""
     if carrier == "twilio":
         call_id = "CA" + uuid.uuid4().hex
-        return call_id, calls.voice(call_id), calls.signed_headers()
+        token = calls.voice(call_id)
+        path = calls.paths[call_id]
+        return call_id, token, path, calls.signed_headers(path)
     call_id = "v3:" + uuid.uuid4().hex
-    return call_id, calls.telnyx_call(call_id), {}
+    return call_id, calls.telnyx_call(call_id), "/media/telnyx", {}
 
 
 def stop_frame(carrier: str) -> str:
@@ -144,9 +147,9 @@ def stop_frame(carrier: str) -> str:
 def test_hostile_frames_on_a_live_stream(calls, carrier, data):
     recorded = TWILIO_CALL if carrier == "twilio" else TELNYX_CALL
     frames = data.draw(st.lists(frames_from(recorded[1:]), max_size=20), label="frames")
-    call_id, token, headers = new_call(calls, carrier)
+    call_id, token, path, headers = new_call(calls, carrier)
     errors_before = len(calls.errors.records)
-    with calls.client.websocket_connect(f"/media/{carrier}", headers=headers) as ws:
+    with calls.client.websocket_connect(path, headers=headers) as ws:
         for frame in [*opening(carrier, call_id, token), *frames, stop_frame(carrier)]:
             if isinstance(frame, bytes):
                 ws.send_bytes(frame)
@@ -180,8 +183,8 @@ def test_every_field_with_every_awkward_value(calls, carrier):
     errors_before = len(calls.errors.records)
     # Fewer than media.MAX_MALFORMED per stream, so each stream lives to its stop.
     for i in range(0, len(variants), 20):
-        call_id, token, headers = new_call(calls, carrier)
-        with calls.client.websocket_connect(f"/media/{carrier}", headers=headers) as ws:
+        call_id, token, path, headers = new_call(calls, carrier)
+        with calls.client.websocket_connect(path, headers=headers) as ws:
             for frame in [*opening(carrier, call_id, token), *variants[i : i + 20]]:
                 ws.send_text(frame)
             ws.send_text(stop_frame(carrier))

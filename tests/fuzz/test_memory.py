@@ -116,9 +116,9 @@ async def test_an_agent_nobody_reads_from():
 def test_a_media_stream_fed_faster_than_real_time(calls):  # noqa: F811
     """450 frames (9 s of audio) in well under a second: within the flood allowance, echoed
     back into the Bridge's outbound queue, which holds them for paced playback."""
-    call_id, token, headers = new_call(calls, "twilio")
+    call_id, token, path, headers = new_call(calls, "twilio")
     media = [f for f in TWILIO_CALL if '"event": "media"' in f]
-    with calls.client.websocket_connect("/media/twilio", headers=headers) as ws:
+    with calls.client.websocket_connect(path, headers=headers) as ws:
         for frame in opening("twilio", call_id, token):
             ws.send_text(frame)
         with peak_growth() as growth:

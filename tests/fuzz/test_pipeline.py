@@ -27,6 +27,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from security.admission import duplicate_scope
 from security.allowlist import Allowlist, ClientAddressResolver, parse_networks
 from security.exceptions import Layer, Rejection
 from security.ratelimit import InProcessLimiter
@@ -150,11 +151,18 @@ class Pipeline:
         )
 
     def state(self) -> object:
-        """Everything the replay caches and limiters hold (their data attributes, copied)."""
-        return {
-            carrier: (data_of(policy.replay), data_of(policy.limiter))
-            for carrier, policy in self.policies.items()
-        }
+        """Everything the replay caches and limiters hold (their data attributes, copied), but
+        the duplicates' own limit, which a duplicate is meant to spend."""
+        state = {}
+        for carrier, policy in self.policies.items():
+            limiter = data_of(policy.limiter)
+            limiter["_logs"] = {
+                scope: log
+                for scope, log in limiter["_logs"].items()
+                if scope != duplicate_scope(carrier.value)
+            }
+            state[carrier] = (data_of(policy.replay), limiter)
+        return state
 
     async def check(self, request: WebhookRequest) -> VerifiedWebhook | Rejection:
         try:

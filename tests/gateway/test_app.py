@@ -163,9 +163,11 @@ class Media:
     def __init__(self, client: TestClient, token: str) -> None:
         self.client = client
         self.validator = RequestValidator(token)
+        self.paths: dict[str, str] = {}  # CallSid -> the stream path the TwiML named
 
     def voice(self, sid: str) -> str:
-        """Deliver a signed voice webhook for ``sid``; return the stream token from the TwiML."""
+        """Deliver a signed voice webhook for ``sid``; return the stream token from the TwiML
+        (its stream path is kept in ``paths``)."""
         params = {"CallSid": sid, "AccountSid": "AC" + "0" * 32, "From": "+15550100001"}
         url = "http://gw.test:8000" + VOICE
         response = self.client.post(
@@ -174,11 +176,20 @@ class Media:
             headers={"X-Twilio-Signature": self.validator.compute_signature(url, params)},
         )
         assert response.status_code == 200, response.text
+        stream_url = response.text.split('<Stream url="', 1)[1].split('"', 1)[0]
+        assert stream_url.startswith(PUBLIC_WS_URL + "/media/twilio/call_")
+        self.paths[sid] = stream_url.removeprefix(PUBLIC_WS_URL)
         marker = '<Parameter name="token" value="'
         return response.text.split(marker, 1)[1].split('"', 1)[0]
 
-    def signed_headers(self, path: str = "/media/twilio") -> dict[str, str]:
+    def signed_headers(self, path: str) -> dict[str, str]:
         return {"X-Twilio-Signature": self.validator.compute_signature(PUBLIC_WS_URL + path, {})}
+
+    def connect(self, sid: str, *, path: str | None = None) -> Any:
+        """Open the stream of ``sid``'s call as Twilio would: its path, signed upgrade
+        (``path``: connect there instead, with that path's signature)."""
+        path = path or self.paths[sid]
+        return self.client.websocket_connect(path, headers=self.signed_headers(path))
 
     def registry_state(self, sid: str) -> CallState | None:
         runtime = self.client.app.state.runtime  # type: ignore[attr-defined]
@@ -244,37 +255,81 @@ def closed_with(ws: Any) -> int:
 
 
 def test_twilio_upgrade_without_signature_refused(media: Media):
+    sid = call_sid()
+    media.voice(sid)
     with pytest.raises(WebSocketDisconnect) as info:
-        with media.client.websocket_connect("/media/twilio"):
+        with media.client.websocket_connect(media.paths[sid]):
             pass
     assert info.value.code == CloseCode.POLICY_VIOLATION
 
 
 def test_twilio_upgrade_with_bad_signature_refused(media: Media):
-    bad = RequestValidator("not-the-token").compute_signature(PUBLIC_WS_URL + "/media/twilio", {})
+    sid = call_sid()
+    media.voice(sid)
+    path = media.paths[sid]
+    bad = RequestValidator("not-the-token").compute_signature(PUBLIC_WS_URL + path, {})
     with pytest.raises(WebSocketDisconnect) as info:
-        with media.client.websocket_connect("/media/twilio", headers={"X-Twilio-Signature": bad}):
+        with media.client.websocket_connect(path, headers={"X-Twilio-Signature": bad}):
             pass
     assert info.value.code == CloseCode.POLICY_VIOLATION
 
 
 def test_twilio_upgrade_signed_for_another_path_refused(media: Media):
+    sid = call_sid()
+    media.voice(sid)
     headers = media.signed_headers("/media/telnyx")
     with pytest.raises(WebSocketDisconnect) as info:
-        with media.client.websocket_connect("/media/twilio", headers=headers):
+        with media.client.websocket_connect(media.paths[sid], headers=headers):
             pass
     assert info.value.code == CloseCode.POLICY_VIOLATION
+
+
+def test_twilio_stream_path_without_a_call_refused(media: Media):
+    """The old, call-less stream URL: refused cleanly even with a valid signature over it."""
+    path = "/media/twilio"
+    with pytest.raises(WebSocketDisconnect) as info:
+        with media.client.websocket_connect(path, headers=media.signed_headers(path)):
+            pass
+    assert info.value.code == CloseCode.POLICY_VIOLATION
+    assert media.client.get("/healthz").status_code == 200
+
+
+def test_upgrade_header_of_one_call_does_not_open_another(media: Media):
+    """A captured upgrade signature (call A's path) replayed on call B's path is refused, and
+    on A's own path cannot carry B's stream: B's stream opens afterwards as usual."""
+    sid_a, sid_b = call_sid(), call_sid()
+    media.voice(sid_a)
+    token_b = media.voice(sid_b)
+    captured = media.signed_headers(media.paths[sid_a])
+    with pytest.raises(WebSocketDisconnect) as info:
+        with media.client.websocket_connect(media.paths[sid_b], headers=captured):
+            pass
+    assert info.value.code == CloseCode.POLICY_VIOLATION
+    # On A's path (where the captured signature is valid) with B's start and token: refused
+    # before B's token is spent.
+    with media.connect(sid_a) as ws:
+        ws.send_text(CONNECTED)
+        ws.send_text(twilio_start(sid_b, token_b))
+        assert closed_with(ws) == CloseCode.POLICY_VIOLATION
+    assert media.registry_state(sid_b) is CallState.CONNECTING
+    with media.connect(sid_b) as ws:
+        ws.send_text(CONNECTED)
+        ws.send_text(twilio_start(sid_b, token_b))
+        deadline = time.monotonic() + 10 * UNIT
+        while media.registry_state(sid_b) is not CallState.STREAMING:
+            assert time.monotonic() < deadline, "B's own stream did not open"
+            time.sleep(0.01)
+        ws.send_text(twilio_stop(sid_b))
 
 
 def test_media_upgrade_from_outside_the_allowlist_refused(tmp_path: Path):
     settings = make_settings(tmp_path)
     assert settings.twilio_auth_token is not None
     validator = RequestValidator(settings.twilio_auth_token.get())
-    headers = {
-        "X-Twilio-Signature": validator.compute_signature(PUBLIC_WS_URL + "/media/twilio", {})
-    }
+    twilio_path = "/media/twilio/call_" + "A" * 22
+    headers = {"X-Twilio-Signature": validator.compute_signature(PUBLIC_WS_URL + twilio_path, {})}
     with TestClient(build_app(settings), client=("203.0.113.7", 50000)) as client:
-        for path, hdrs in (("/media/twilio", headers), ("/media/telnyx", {})):
+        for path, hdrs in ((twilio_path, headers), ("/media/telnyx", {})):
             with pytest.raises(WebSocketDisconnect) as info:
                 with client.websocket_connect(path, headers=hdrs):
                     pass
@@ -285,7 +340,7 @@ def test_media_upgrade_from_outside_the_allowlist_refused(tmp_path: Path):
 def test_twilio_start_with_bad_token_closes_1008(media: Media, token):
     sid = call_sid()
     media.voice(sid)
-    with media.client.websocket_connect("/media/twilio", headers=media.signed_headers()) as ws:
+    with media.connect(sid) as ws:
         ws.send_text(CONNECTED)
         ws.send_text(twilio_start(sid, token))
         assert closed_with(ws) == CloseCode.POLICY_VIOLATION
@@ -296,11 +351,11 @@ def test_twilio_token_of_another_call_closes_1008_and_is_spent(media: Media):
     sid_a, sid_b = call_sid(), call_sid()
     token_a = media.voice(sid_a)
     media.voice(sid_b)
-    with media.client.websocket_connect("/media/twilio", headers=media.signed_headers()) as ws:
+    with media.connect(sid_b) as ws:
         ws.send_text(twilio_start(sid_b, token_a))
         assert closed_with(ws) == CloseCode.POLICY_VIOLATION
     # Presenting the token spent it, even for the wrong call.
-    with media.client.websocket_connect("/media/twilio", headers=media.signed_headers()) as ws:
+    with media.connect(sid_a) as ws:
         ws.send_text(twilio_start(sid_a, token_a))
         assert closed_with(ws) == CloseCode.POLICY_VIOLATION
 
@@ -308,7 +363,7 @@ def test_twilio_token_of_another_call_closes_1008_and_is_spent(media: Media):
 def test_twilio_reused_token_closes_1008(media: Media):
     sid = call_sid()
     token = media.voice(sid)
-    with media.client.websocket_connect("/media/twilio", headers=media.signed_headers()) as ws:
+    with media.connect(sid) as ws:
         ws.send_text(CONNECTED)
         ws.send_text(twilio_start(sid, token))
         ws.send_text(twilio_stop(sid))
@@ -317,7 +372,7 @@ def test_twilio_reused_token_closes_1008(media: Media):
         while media.registry_state(sid) is not CallState.ENDED:
             assert time.monotonic() < deadline, "the call did not end after stop"
             time.sleep(0.01)
-    with media.client.websocket_connect("/media/twilio", headers=media.signed_headers()) as ws:
+    with media.connect(sid) as ws:
         ws.send_text(twilio_start(sid, token))
         assert closed_with(ws) == CloseCode.POLICY_VIOLATION
 
@@ -325,7 +380,7 @@ def test_twilio_reused_token_closes_1008(media: Media):
 def test_garbage_and_binary_before_start_do_not_crash(media: Media):
     sid = call_sid()
     media.voice(sid)
-    with media.client.websocket_connect("/media/twilio", headers=media.signed_headers()) as ws:
+    with media.connect(sid) as ws:
         ws.send_bytes(b"\x00\xff" * 100)
         ws.send_text("not json at all")
         ws.send_text('{"event": "start"}')
@@ -337,7 +392,9 @@ def test_garbage_and_binary_before_start_do_not_crash(media: Media):
 
 
 def test_endless_garbage_before_start_closes_1008(media: Media):
-    with media.client.websocket_connect("/media/twilio", headers=media.signed_headers()) as ws:
+    sid = call_sid()
+    media.voice(sid)
+    with media.connect(sid) as ws:
         for _ in range(30):
             ws.send_text("garbage")
         assert closed_with(ws) == CloseCode.POLICY_VIOLATION
@@ -346,7 +403,7 @@ def test_endless_garbage_before_start_closes_1008(media: Media):
 def test_disconnect_before_start_leaves_the_call_connecting(media: Media):
     sid = call_sid()
     media.voice(sid)
-    with media.client.websocket_connect("/media/twilio", headers=media.signed_headers()) as ws:
+    with media.connect(sid) as ws:
         ws.send_text(CONNECTED)
     assert media.registry_state(sid) is CallState.CONNECTING
     assert media.client.get("/healthz").status_code == 200

@@ -60,6 +60,7 @@ def test_call_record_holds_no_personal_data():
         "updated_at",
         "replica",
         "ended_reason",
+        "account_id",  # the carrier account (Twilio AccountSid): an identifier, no person's
     }
 
 
@@ -439,7 +440,7 @@ async def test_heartbeat_refreshes_ttls(redis_backend):
 @pytest.mark.redis
 async def test_stored_record_is_plain_json(redis_backend):
     reg = redis_backend.registry("replica-a")
-    call, _ = await reg.create("twilio", "CA15", "openai")
+    call, _ = await reg.create("twilio", "CA15", "openai", account_id="AC1")
     raw = await redis_backend.clients[0].get(redis_backend.prefix + "{calls}:call:" + call.call_id)
     record = orjson.loads(raw)
     assert record == {
@@ -453,7 +454,9 @@ async def test_stored_record_is_plain_json(redis_backend):
         "updated_at": call.updated_at,
         "replica": "replica-a",
         "ended_reason": None,
+        "account_id": "AC1",
     }
+    assert await reg.get(call.call_id) == call
 
 
 @pytest.mark.redis

@@ -18,8 +18,12 @@ import pytest
 from nacl.signing import SigningKey
 from twilio.request_validator import RequestValidator
 
-from gateway.calls import CallState
+from gateway.calls import CallState, InProcessCallRegistry
+from gateway.runtime import STREAM_OPEN_GRACE_S
+from gateway.webhooks import HANGUP_TWIML
 from metrics.registry import REGISTRY
+from security.streamtokens import InProcessStreamTokens
+from security.webhooks import DEFAULT_REPLAY_TTL_S
 from tests.conftest import DEAD_REDIS_URL, UNIT
 from tests.fakes.carrier_rest import Behavior, FakeCarrierRest
 from tests.gateway.conftest import (
@@ -28,6 +32,7 @@ from tests.gateway.conftest import (
     GatewayFactory,
     call_control_id,
     call_sid,
+    make_settings,
     telnyx_event,
 )
 
@@ -115,9 +120,13 @@ def test_twiml_is_what_the_twilio_package_renders(url, token):
 
 
 async def test_twilio_voice_answers_with_connect_stream(gw: Gateway):
-    response = await gw.twilio(VOICE, twilio_params())
+    params = twilio_params()
+    response = await gw.twilio(VOICE, params)
     url, token = parse_twiml(response)
-    assert url == f"{PUBLIC_WS_URL}/media/twilio"
+    call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
+    assert call is not None
+    # The stream URL names the call, so Twilio's signature of the upgrade binds to it.
+    assert url == f"{PUBLIC_WS_URL}/media/twilio/{call.call_id}"
     assert len(token) == 43
     assert response.text.startswith('<?xml version="1.0" encoding="UTF-8"?><Response><Connect>')
 
@@ -502,20 +511,165 @@ async def test_webhook_allowlist_any_accepts_every_source(make_gateway: GatewayF
 # -- replay and rate limit (both backends) ---------------------------------------------------
 
 
-async def test_twilio_replayed_voice_creates_one_call(state_gw: Gateway):
+async def stream_tokens_held(gw: Gateway) -> int:
+    """Stream tokens the gateway holds, on either backend."""
+    tokens = gw.runtime.stream_tokens
+    if isinstance(tokens, InProcessStreamTokens):
+        return len(tokens)
+    return sum(b"streamtoken:" in key for key in await gw.redis_keys())
+
+
+async def test_twilio_replayed_voice_gets_the_first_answer_and_changes_nothing(
+    state_gw: Gateway,
+):
+    """A captured signed voice webhook replayed again and again: the first answer each time
+    (same stream URL, same token), and no new token, call or record."""
     gw = state_gw
     params = twilio_params()
     first = await gw.twilio(VOICE, params)
-    second = await gw.twilio(VOICE, params)
-    parse_twiml(first)
-    parse_twiml(second)  # answered like the first
+    _, token = parse_twiml(first)
+    tokens, records = await stream_tokens_held(gw), await gw.runtime.store.list_calls()
+    for _ in range(20):
+        again = await gw.twilio(VOICE, params)
+        assert again.status_code == 200
+        assert again.text == first.text
+    assert await stream_tokens_held(gw) == tokens == 1
+    assert await gw.runtime.store.list_calls() == records
+    assert len(records) == 1
     call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
     assert call is not None
     assert call.state is CallState.CONNECTING
     assert await gw.runtime.registry.count_active() == 1
+    # The one token is the genuine stream's, and it still opens the call's stream.
+    assert await gw.runtime.stream_tokens.consume(token, f"twilio:{params['CallSid']}")
     assert not (await gw.runtime.readiness())["degraded"]
     if gw.runtime.redis is not None:
         assert any(b"replay:" in key for key in await gw.redis_keys())
+
+
+async def test_twilio_replayed_voice_of_a_streaming_or_ended_call_hangs_up(state_gw: Gateway):
+    gw = state_gw
+    params = twilio_params()
+    parse_twiml(await gw.twilio(VOICE, params))
+    call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
+    assert call is not None
+    await gw.runtime.registry.transition(call.call_id, CallState.STREAMING)
+    for _ in range(2):
+        replay = await gw.twilio(VOICE, params)
+        assert replay.text == HANGUP_TWIML
+    assert_ack(await gw.twilio(STATUS, {**params, "CallStatus": "completed"}))
+    assert (await gw.twilio(VOICE, params)).text == HANGUP_TWIML
+    assert await stream_tokens_held(gw) == 1
+
+
+async def test_twilio_replay_after_the_registry_forgot_the_call_creates_nothing(
+    state_gw: Gateway,
+):
+    """The replay cache outlives the call in the registry: a replay then is still a duplicate,
+    answered with a hang-up, and starts no new call and no new record."""
+    gw = state_gw
+    params = twilio_params()
+    parse_twiml(await gw.twilio(VOICE, params))
+    assert_ack(await gw.twilio(STATUS, {**params, "CallStatus": "completed"}))
+    records = await gw.runtime.store.list_calls()
+    # The registry forgets the ended call (here at once; by default after a day).
+    if gw.runtime.redis is None:
+        gw.runtime.registry = InProcessCallRegistry(gw.runtime.registry.replica_id)
+    else:
+        await gw.runtime.redis.delete(*[k for k in await gw.redis_keys() if b"calls:" in k])
+    assert await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"]) is None
+    for _ in range(3):
+        assert (await gw.twilio(VOICE, params)).text == HANGUP_TWIML
+    assert await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"]) is None
+    assert await gw.runtime.store.list_calls() == records
+
+
+async def test_registry_remembers_ended_calls_as_long_as_the_replay_cache(state_gw: Gateway):
+    gw = state_gw
+    assert gw.runtime.registry.ended_ttl >= DEFAULT_REPLAY_TTL_S
+    params = twilio_params()
+    parse_twiml(await gw.twilio(VOICE, params))
+    assert_ack(await gw.twilio(STATUS, {**params, "CallStatus": "completed"}))
+    if gw.runtime.redis is not None:
+        call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
+        assert call is not None
+        key = next(k for k in await gw.redis_keys() if k.endswith(call.call_id.encode()))
+        assert await gw.runtime.redis.pttl(key) > (DEFAULT_REPLAY_TTL_S - 60) * 1000
+
+
+async def test_replayed_voice_webhooks_evict_no_waiting_calls_token(make_gateway: GatewayFactory):
+    """The in-process token store holds at most N tokens, oldest dropped first; more than N
+    replays of one delivery once evicted a waiting call's token. (N is small here: the bound
+    is a parameter, the mechanism the same as at 100,000.)"""
+    gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": "1000"})
+    gw.runtime.stream_tokens = InProcessStreamTokens(max_tokens=4)
+    waiting = twilio_params()
+    _, token = parse_twiml(await gw.twilio(VOICE, waiting))
+    captured = twilio_params()
+    parse_twiml(await gw.twilio(VOICE, captured))
+    for _ in range(3 * 4):
+        assert (await gw.twilio(VOICE, captured)).status_code == 200
+    assert len(gw.runtime.stream_tokens) == 2
+    assert await gw.runtime.stream_tokens.consume(token, f"twilio:{waiting['CallSid']}")
+
+
+async def test_replayed_voice_webhooks_are_rate_limited_apart(
+    make_gateway: GatewayFactory, backend: str
+):
+    """Duplicates have a budget of their own: a replay flood is refused with 429 without
+    costing new calls theirs."""
+    limit = 3
+    gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": str(limit)}, redis=backend == "redis")
+    params = twilio_params()
+    first = await gw.twilio(VOICE, params)
+    parse_twiml(first)
+    for _ in range(limit):
+        assert (await gw.twilio(VOICE, params)).text == first.text
+    assert_refused(await gw.twilio(VOICE, params), 429, "rate limited")
+    # Two of the three units are left for new calls.
+    for _ in range(limit - 1):
+        parse_twiml(await gw.twilio(VOICE, twilio_params()))
+    assert_refused(await gw.twilio(VOICE, twilio_params()), 429, "rate limited")
+
+
+@pytest.fixture
+async def twilio_rest() -> AsyncIterator[FakeCarrierRest]:
+    async with FakeCarrierRest() as fake:
+        yield fake
+
+
+async def test_call_whose_stream_never_opens_is_ended(
+    make_gateway: GatewayFactory, backend: str, twilio_rest: FakeCarrierRest
+):
+    """Answered with a stream that never connects: once the token has expired the call is
+    ended (registry, durable record) and hung up over the carrier's REST API."""
+    gw = await make_gateway(
+        {"VOICEGW_TWILIO_API_URL": twilio_rest.base_url}, redis=backend == "redis"
+    )
+    params = twilio_params()
+    parse_twiml(await gw.twilio(VOICE, params))
+    call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
+    assert call is not None and call.state is CallState.CONNECTING
+    # Within the token's lifetime nothing happens.
+    assert await gw.runtime.end_unopened_streams() == []
+    due = call.updated_at + gw.settings.stream_token_ttl_s + STREAM_OPEN_GRACE_S + 1
+    [ended] = await gw.runtime.end_unopened_streams(now=due)
+    assert ended.call_id == call.call_id
+    assert ended.state is CallState.ENDED and ended.ended_reason == "stream_not_opened"
+    assert await gw.runtime.registry.count_active() == 0
+    record = await gw.runtime.store.get_call(call.call_id)
+    assert record is not None
+    assert record.outcome == "stream_not_opened" and record.ended_at is not None
+    async with asyncio_timeout():
+        [hangup] = await twilio_rest.wait_for_requests(1)
+    assert hangup.call_id == params["CallSid"]
+    assert hangup.form() == {"Status": "completed"}
+    assert gw.settings.twilio_auth_token is not None
+    assert hangup.basic_auth() == (params["AccountSid"], gw.settings.twilio_auth_token.get())
+    # Ended once: a second sweep (another replica's) finds nothing to do.
+    assert await gw.runtime.end_unopened_streams(now=due) == []
+    # Its stream, connecting now, would be refused; a replay of its webhook hangs up.
+    assert (await gw.twilio(VOICE, params)).text == HANGUP_TWIML
 
 
 async def test_twilio_status_completed_ends_the_call(state_gw: Gateway):
@@ -582,12 +736,15 @@ async def test_rate_limit(make_gateway: GatewayFactory, backend: str, carrier: s
 async def test_duplicate_delivery_spends_no_budget(make_gateway: GatewayFactory, backend: str):
     gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": "2"}, redis=backend == "redis")
     body = telnyx_event("call.machine.detection.ended", call_control_id())
-    for _ in range(5):
+    for _ in range(2):
         assert_ack(await gw.telnyx(body))
     assert_ack(await gw.telnyx(telnyx_event("x.y", call_control_id())))
     assert (await gw.telnyx(telnyx_event("x.y", call_control_id()))).status_code == 429
-    # A duplicate of an accepted delivery is still answered like the first.
+    # A duplicate of an accepted delivery is still answered like the first: duplicates
+    # count on a limit of their own...
     assert_ack(await gw.telnyx(body))
+    # ...which bounds them too.
+    assert_refused(await gw.telnyx(body), 429, "rate limited")
 
 
 async def test_rate_limited_delivery_is_not_processed(make_gateway: GatewayFactory, backend: str):
@@ -944,7 +1101,17 @@ async def test_delivery_that_failed_mid_processing_is_processed_on_retry(
     params = twilio_params()
     assert_refused(await gw.twilio(VOICE, params), 503)
     url, token = parse_twiml(await gw.twilio(VOICE, params))
-    assert url == f"{PUBLIC_WS_URL}/media/twilio"
     assert token
     call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
     assert call is not None
+    assert url == f"{PUBLIC_WS_URL}/media/twilio/{call.call_id}"
+
+
+async def test_a_registry_forgetting_calls_before_replays_refuses_to_start(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    from gateway import runtime
+
+    monkeypatch.setattr(runtime, "ENDED_TTL_S", 3600.0)
+    with pytest.raises(ValueError, match="remember ended calls"):
+        await runtime.Runtime.start(make_settings(tmp_path))

@@ -67,6 +67,22 @@ async def test_duplicate_spends_no_budget(make_state):
     assert refused.decision.retry_after_s > 0
 
 
+async def test_duplicates_spend_a_budget_of_their_own(make_state):
+    """Replays of one delivery are bounded (refused once over the limit) on a scope of their
+    own: they never take new deliveries' budget."""
+    _, _, admitter = make_state(2)
+    assert (await admitter.admit("twilio", "captured", TTL)).admitted
+    for _ in range(2):
+        again = await admitter.admit("twilio", "captured", TTL)
+        assert again.duplicate and not again.refused
+    over = await admitter.admit("twilio", "captured", TTL)
+    assert over.duplicate and over.refused
+    assert over.decision.retry_after_s > 0
+    # The deliveries' limit still has the unit the duplicates did not touch.
+    assert (await admitter.admit("twilio", "new", TTL)).admitted
+    assert not (await admitter.admit("twilio", "newer", TTL)).admitted
+
+
 async def test_refused_delivery_is_not_remembered(make_state):
     replay, _, admitter = make_state(1)
     assert (await admitter.admit("telnyx", "first", TTL)).admitted
@@ -240,9 +256,10 @@ async def test_redis_down_is_served_in_process_with_each_components_bookkeeping(
         refused = await admitter.admit("telnyx", "k3", TTL)
     assert replay.degraded and limiter.degraded
     # As the components count on their own: a read and a write of the replay cache per
-    # admitted delivery, one read for a duplicate, one hit per non-duplicate.
+    # admitted delivery, one read for a duplicate, one hit per delivery (the duplicate's on
+    # the duplicates' limit).
     assert fallbacks("replay") == before["replay"] + 2 + 1 + 2 + 1
-    assert fallbacks("ratelimit") == before["ratelimit"] + 3
+    assert fallbacks("ratelimit") == before["ratelimit"] + 4
     assert not refused.admitted and not await replay.seen("k3")
     # One warning per component for the outage, not one per request.
     warnings = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 
 import pytest
@@ -120,4 +121,69 @@ async def test_redis_refuses_a_colliding_token(redis_client, redis_prefix, monke
     await tokens.mint("CA123")
     with pytest.raises(StateUnavailable):
         await tokens.mint("CA999")
+    with pytest.raises(StateUnavailable):
+        await tokens.mint("CA999", delivery="d")
+    assert await tokens.minted_for("d") is None  # never answers with another call's token
     assert await tokens.consume("B" * 43, "CA123")
+
+
+# -- the token kept for the delivery that asked for it ----------------------------------------
+
+
+async def test_a_delivery_gets_its_token_again_until_it_expires(make_tokens):
+    tokens = make_tokens()
+    token = await tokens.mint("twilio:CA1", 60, delivery="delivery-1")
+    assert await tokens.minted_for("delivery-1") == token
+    assert await tokens.minted_for("delivery-1") == token  # reading changes nothing
+    assert await tokens.minted_for("delivery-2") is None
+    assert await tokens.mint("twilio:CA2", 60) != token
+    # Spent or not, it is the same answer: the token itself opens a stream only once.
+    assert await tokens.consume(token, "twilio:CA1")
+    assert await tokens.minted_for("delivery-1") == token
+    assert not await tokens.consume(token, "twilio:CA1")
+
+
+async def test_in_process_delivery_token_expires_with_the_token():
+    clock = FakeClock()
+    tokens = InProcessStreamTokens(clock=clock)
+    token = await tokens.mint("twilio:CA1", 120, delivery="d")
+    clock.advance(119)
+    assert await tokens.minted_for("d") == token
+    clock.advance(1)
+    assert await tokens.minted_for("d") is None
+
+
+async def test_redis_delivery_token_expires_with_the_token(redis_client, redis_prefix):
+    tokens = RedisStreamTokens(redis_client, redis_prefix)
+    await tokens.mint("twilio:CA1", 60, delivery="d")
+    keys = [key async for key in redis_client.scan_iter(match=f"{redis_prefix}*")]
+    assert len(keys) == 2
+    ttls = [await redis_client.ttl(key) for key in keys]
+    assert all(0 < ttl <= 60 for ttl in ttls)
+    await redis_client.delete(*keys)
+
+
+async def test_redis_keeps_a_deliverys_token_sealed(redis_client, redis_prefix):
+    """Reading Redis yields neither the token nor the delivery key (which holds the carrier's
+    signature); only presenting the delivery again does."""
+    delivery = "twilio\x00https://gw.example.com/webhooks/twilio/voice\x00c2lnbmF0dXJl"
+    tokens = RedisStreamTokens(redis_client, redis_prefix)
+    token = await tokens.mint("twilio:CA1", 60, delivery=delivery)
+    keys = [key async for key in redis_client.scan_iter(match=f"{redis_prefix}*")]
+    stored = b"".join(keys) + b"".join([await redis_client.get(key) for key in keys])
+    raw = base64.urlsafe_b64decode(token + "=")
+    for secret in (token.encode(), raw, raw.hex().encode(), b"c2lnbmF0dXJl", b"CA1"):
+        assert secret not in stored
+    assert await tokens.minted_for(delivery) == token
+    await redis_client.delete(*keys)
+
+
+async def test_in_process_delivery_tokens_are_bounded():
+    tokens = InProcessStreamTokens(max_tokens=2)
+    await tokens.mint("a", delivery="da")
+    second = await tokens.mint("b", delivery="db")
+    third = await tokens.mint("c", delivery="dc")
+    assert await tokens.minted_for("da") is None
+    assert await tokens.minted_for("db") == second
+    assert await tokens.minted_for("dc") == third
+    assert len(tokens) == 2

@@ -676,13 +676,35 @@ async def test_twilio_duplicate_counted_not_processed(make_pipeline):
     before = counter("voicegw_webhook_duplicates_total", carrier="twilio")
     first = await pipeline.check(twilio_request())
     assert not first.duplicate
-    for _ in range(3):
-        again = await pipeline.check(twilio_request())
-        assert again.duplicate
-        assert again.event_id == first.event_id
-    # Duplicates spent no budget: the limit of 1 was used by the first delivery only, and they
-    # were not refused either.
-    assert counter("voicegw_webhook_duplicates_total", carrier="twilio") == before + 3
+    again = await pipeline.check(twilio_request())
+    assert again.duplicate
+    assert again.event_id == first.event_id
+    # The duplicate spent none of the deliveries' budget (the first delivery used it all).
+    assert counter("voicegw_webhook_duplicates_total", carrier="twilio") == before + 1
+
+
+async def test_duplicates_have_a_limit_of_their_own(make_pipeline):
+    """A flood of replays of one captured delivery is refused with 429 once over the limit,
+    and still spends none of the budget of new deliveries."""
+    limit = 3
+    pipeline = make_pipeline(limit=limit)
+    limited = counter("voicegw_rate_limited_total", carrier="twilio", scope="duplicate")
+    assert not (await pipeline.check(twilio_request())).duplicate
+    for _ in range(limit):
+        assert (await pipeline.check(twilio_request())).duplicate
+    for _ in range(2):
+        with pytest.raises(Rejection) as info:
+            await pipeline.check(twilio_request())
+        assert info.value.layer is Layer.RATE_LIMIT and info.value.status == 429
+        assert int(info.value.headers["Retry-After"]) >= 1
+    assert counter("voicegw_rate_limited_total", carrier="twilio", scope="duplicate") == (
+        limited + 2
+    )
+    # New deliveries still have the budget the duplicates did not touch.
+    for n in range(limit - 1):
+        params = [(k, f"CA{n:032d}" if k == "CallSid" else v) for k, v in PARAMS]
+        fresh = await pipeline.check(twilio_request(params))
+        assert not fresh.duplicate
 
 
 async def test_concurrent_copies_are_processed_once(make_pipeline):
