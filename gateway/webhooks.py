@@ -18,10 +18,10 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.calls import CallState, CallStateError
+from gateway.calls import Call, CallState, CallStateError
 from gateway.errors import json_error
 from gateway.runtime import Runtime
-from metrics.registry import WEBHOOK_REJECTIONS
+from metrics.registry import CALLS, WEBHOOK_REJECTIONS
 from security.exceptions import Layer, Rejection, StateUnavailable
 from security.webhooks import Carrier, VerifiedWebhook, WebhookRequest
 
@@ -311,9 +311,18 @@ async def _twilio_status(
         return Response(ACK, media_type="application/json")
     call = await runtime.registry.by_carrier_id("twilio", params.get("CallSid", ""))
     if call is not None:
-        await runtime.end_call(call, f"twilio_{status}")
-        runtime.stop_bridge(call)
+        await _carrier_ended(runtime, call, f"twilio_{status}")
     return Response(ACK, media_type="application/json")
+
+
+async def _carrier_ended(runtime: Runtime, call: Call, outcome: str) -> None:
+    """The carrier says ``call`` is over: end it and its bridge. A call that never streamed
+    has no Bridge to close its durable record, so it is closed here with ``outcome``."""
+    await runtime.end_call(call, outcome)
+    runtime.stop_bridge(call)
+    if call.state in (CallState.RINGING, CallState.CONNECTING):
+        CALLS.labels(call.carrier, "none", outcome).inc()
+        await runtime.close_call_record(call, outcome, (), 0)
 
 
 # -- Telnyx --------------------------------------------------------------------------------
@@ -371,8 +380,7 @@ async def _telnyx(
         case "call.hangup":
             found = await runtime.registry.by_carrier_id("telnyx", call_control_id)
             if found is not None:
-                await runtime.end_call(found, "telnyx_hangup")
-                runtime.stop_bridge(found)
+                await _carrier_ended(runtime, found, "telnyx_hangup")
         case "streaming.failed" | "streaming.stopped":
             await _telnyx_stream_ended(runtime, call_control_id, TELNYX_STREAM_ENDED[event_type])
         case _:

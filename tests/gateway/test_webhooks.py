@@ -1115,3 +1115,33 @@ async def test_a_registry_forgetting_calls_before_replays_refuses_to_start(
     monkeypatch.setattr(runtime, "ENDED_TTL_S", 3600.0)
     with pytest.raises(ValueError, match="remember ended calls"):
         await runtime.Runtime.start(make_settings(tmp_path))
+
+
+async def test_twilio_call_ended_before_its_stream_closes_its_record(state_gw: Gateway):
+    gw = state_gw
+    params = twilio_params()
+    parse_twiml(await gw.twilio(VOICE, params))  # answered; the caller hangs up at once
+    assert_ack(await gw.twilio(STATUS, {**params, "CallStatus": "completed"}))
+    call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
+    assert call is not None
+    record = await gw.runtime.store.get_call(call.call_id)
+    assert record is not None
+    # No Bridge ever ran: the record is closed now, not left for the orphan scan.
+    assert record.outcome == "twilio_completed" and record.ended_at is not None
+
+
+async def test_telnyx_hangup_before_the_stream_closes_the_record(
+    telnyx_gw: Gateway, fake_rest: FakeCarrierRest
+):
+    gw = telnyx_gw
+    before = calls_ended("telnyx_hangup")
+    ccid = call_control_id()
+    assert_ack(await gw.telnyx(telnyx_event("call.initiated", ccid)))
+    await gw.settle()
+    assert_ack(await gw.telnyx(telnyx_event("call.hangup", ccid)))
+    outcome, ended_at = await closed_record(gw, ccid)
+    assert outcome == "telnyx_hangup" and ended_at is not None
+    assert calls_ended("telnyx_hangup") == before + 1
+    # The hang-up's retry is a duplicate; ending again changes nothing.
+    assert_ack(await gw.telnyx(telnyx_event("call.hangup", ccid)))
+    assert calls_ended("telnyx_hangup") == before + 1
