@@ -23,6 +23,7 @@ import base64
 import hashlib
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -65,6 +66,10 @@ FLOOD_ACTIONS: Final = frozenset({"webhook.rejected"})
 _HASH_DOMAIN: Final = b"voicegw-audit-v1\n"
 _CHECKPOINT_DOMAIN: Final = "voicegw-audit-checkpoint-v1"
 _VERIFY_BATCH: Final = 1000
+_UNSTORABLE: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+"""Characters a store or the JSON encoder refuses (PostgreSQL: NUL; UTF-8: lone surrogates),
+with the other C0 controls and DEL: text that carries them is recorded with ``?`` instead, so
+what an attacker typed can never make an event unwritable."""
 
 DetailValue = str | int | float | bool | None
 
@@ -271,14 +276,14 @@ class Auditor:
             if action in FLOOD_ACTIONS and not await self._flood_admits(action, clean):
                 return
             event = AuditEvent(
-                action=action,
-                outcome=outcome,
-                actor=actor,
-                role=None if role is None else str(role),
-                entity_type=entity_type,
-                entity_id=entity_id,
+                action=_storable(action),
+                outcome=_storable(outcome),
+                actor=_storable(actor),
+                role=None if role is None else _storable(str(role)),
+                entity_type=None if entity_type is None else _storable(entity_type),
+                entity_id=None if entity_id is None else _storable(entity_id),
                 ip_hash=None if ip is None else hash_ip(ip, self._ip_hash_key),
-                user_agent=None if user_agent is None else redact(user_agent[:256]),
+                user_agent=None if user_agent is None else _storable(redact(user_agent[:256])),
                 correlation_id=correlation_id.get(),
                 detail=clean,
             )
@@ -359,18 +364,24 @@ class Auditor:
         logger.error("audit event could not be written", extra={"action": action}, exc_info=True)
 
 
+def _storable(text: str) -> str:
+    return _UNSTORABLE.sub("?", text)
+
+
 def _clean_detail(detail: Mapping[str, Any] | None) -> dict[str, DetailValue]:
-    """JSON scalars only; free text masked; non-finite floats and other types as text."""
+    """JSON scalars only; free text masked and storable; non-finite floats and other types as
+    text."""
     clean: dict[str, DetailValue] = {}
     for key, value in (detail or {}).items():
+        name = _storable(str(key))
         if isinstance(value, str):
-            clean[str(key)] = redact(value)
+            clean[name] = _storable(redact(value))
         elif value is None or isinstance(value, bool | int):
-            clean[str(key)] = value
+            clean[name] = value
         elif isinstance(value, float) and math.isfinite(value):
-            clean[str(key)] = value
+            clean[name] = value
         else:
-            clean[str(key)] = redact(str(value))
+            clean[name] = _storable(redact(str(value)))
     return clean
 
 

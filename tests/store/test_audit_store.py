@@ -113,3 +113,24 @@ async def test_deleting_the_oldest_rows_outside_retention_is_detected(
     await backend.raw("DELETE FROM audit_events WHERE seq <= 2")
     result = await verify(store)
     assert (result.ok, result.first_bad_seq) == (False, 1)
+
+
+async def test_text_a_store_cannot_hold_is_recorded_not_lost(store: SqlStore):
+    """NUL (PostgreSQL refuses it), a lone surrogate (not UTF-8) and other control characters
+    in any text an event carries: the event is written, with ``?`` in their place, and the
+    chain verifies."""
+    auditor = Auditor(store, HashChainer(SIGNING_KEY), ip_hash_key=b"i" * 32)
+    hostile = "a\x00b\ud800c\x1bd"
+    await auditor.record(
+        "webhook.rejected",
+        "denied",
+        actor=hostile,
+        entity_type="webhook",
+        entity_id=hostile,
+        user_agent=hostile,
+        detail={hostile: hostile, "layer": "request"},
+    )
+    [event] = await store.iter_audit(0, 10)
+    assert event.actor == event.entity_id == event.user_agent == "a?b?c?d"
+    assert event.detail == {"a?b?c?d": "a?b?c?d", "layer": "request"}
+    assert (await verify(store)).ok
