@@ -158,6 +158,18 @@ class Settings:
         return _Reader(os.environ if environ is None else environ).read()
 
 
+def _parses_as_url(value: str) -> bool:
+    """Whether ``urlsplit`` and its ``hostname`` and ``port`` accept ``value`` (they raise on
+    an unclosed ``[``, a bracketed host that is no IPv6 address, an out-of-range port)."""
+    try:
+        parts = urlsplit(value)
+        parts.hostname  # noqa: B018 - these properties raise on a malformed netloc
+        parts.port  # noqa: B018
+    except ValueError:
+        return False
+    return True
+
+
 class _Reader:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.env = environ
@@ -170,6 +182,9 @@ class _Reader:
         if value is None:
             return None
         value = value.strip()
+        if value and name.endswith("_URL") and not _parses_as_url(value):
+            self.problems.append(f"{name} is not a valid URL (its host or port)")
+            return None
         return value or None
 
     def secret(self, name: str) -> Secret | None:
@@ -349,11 +364,6 @@ class _Reader:
             self.problems.append("VOICEGW_PUBLIC_URL must be an http(s) URL without a query")
         elif production and parts.scheme != "https":
             self.problems.append("VOICEGW_PUBLIC_URL must use https in production")
-        else:
-            try:
-                parts.port  # noqa: B018 - raises on an out-of-range port
-            except ValueError:
-                self.problems.append("VOICEGW_PUBLIC_URL has an invalid port")
 
         carriers = self.names("VOICEGW_CARRIERS", CARRIERS, CARRIERS)
         providers = self.names("VOICEGW_PROVIDERS", ("echo",), PROVIDERS)

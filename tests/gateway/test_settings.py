@@ -653,3 +653,21 @@ async def test_agent_config_carries_the_choices_to_each_provider(make_gateway):
         config = plain.runtime.agent_config(provider)
         assert (config.model, config.voice) == (DEFAULTS[provider].model, DEFAULTS[provider].voice)
         assert config.greeting is None
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "VOICEGW_PUBLIC_URL",
+        "VOICEGW_REDIS_URL",
+        "VOICEGW_DATABASE_URL",
+        "VOICEGW_TWILIO_API_URL",
+        "VOICEGW_TELNYX_API_URL",
+        "VOICEGW_OPENAI_REALTIME_URL",
+    ],
+)
+@pytest.mark.parametrize("value", ["http://[::1", "http://[not-an-address]/", "https://h:99999"])
+def test_a_url_that_does_not_parse_is_named_not_a_crash(tmp_path, variable, value):
+    message = problems({"VOICEGW_DATA_DIR": str(tmp_path), variable: value})
+    assert f"{variable} is not a valid URL" in message
+    assert value not in message
