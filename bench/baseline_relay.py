@@ -27,7 +27,7 @@ SESSION_UPDATE = json.dumps(
         "type": "session.update",
         "session": {
             "type": "realtime",
-            "model": "gpt-realtime",
+            "model": "gpt-realtime-2.1",
             "output_modalities": ["audio"],
             "audio": {
                 "input": {"format": {"type": "audio/pcmu"}},
@@ -49,7 +49,7 @@ def handler(openai_url: str, api_key: str) -> Any:
         if stream_sid is None:
             return
         async with connect(
-            f"{openai_url}?model=gpt-realtime",
+            f"{openai_url}?model=gpt-realtime-2.1",
             additional_headers={"Authorization": f"Bearer {api_key}"},
             compression=None,
         ) as openai:
