@@ -201,6 +201,8 @@ LOGIN_LOCKOUTS = Counter(
     ["scope"],
     registry=REGISTRY,
 )
+for _scope in ("network", "account"):  # both series exist from the start: alerts see 0, not none
+    LOGIN_LOCKOUTS.labels(_scope)
 SESSIONS_ACTIVE = Gauge("voicegw_sessions_active", "Operator sessions active", registry=REGISTRY)
 
 # -- keys ------------------------------------------------------------------------------------

@@ -124,7 +124,10 @@ class LoginGuard:
         await self._log.add_login_failure(name, self._clock(), _network_tag(name, network))
         counts = await self._counts(username, network)
         crossed = []
-        if counts.network == self.policy.failures:
+        # Only attempts the lock did not refuse get here, so every one that leaves the network
+        # at or past the threshold locked it: failures landing together (several replicas, one
+        # burst) all report it rather than none seeing exactly the threshold.
+        if counts.network >= self.policy.failures:
             crossed.append(Lockout.NETWORK)
         if counts.account == self.policy.failures + 1:
             crossed.append(Lockout.ACCOUNT)

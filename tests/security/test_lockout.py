@@ -4,6 +4,7 @@ its own lock."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -122,3 +123,40 @@ async def test_networks_are_not_stored_in_clear(
     (ada, bob) = [str(network) for _, network in rows]
     assert ATTACKER.split("/")[0] not in ada + bob
     assert len(ada) == 32 and ada != bob  # a hash salted with the account name
+
+
+class Together:
+    """The store, with each failure's write held until ``n`` writes are in: the failures land
+    together and every guard counts after all of them (as on several replicas at once)."""
+
+    def __init__(self, store: SqlStore, n: int) -> None:
+        self.store = store
+        self.n = n
+        self.written = 0
+        self.all_in = asyncio.Event()
+
+    async def add_login_failure(self, username: str, at: float, network: str = "") -> None:
+        await self.store.add_login_failure(username, at, network)
+        self.written += 1
+        if self.written == self.n:
+            self.all_in.set()
+        await self.all_in.wait()
+
+    async def login_failure_counts(self, username: str, network: str, since: float, cap: int):
+        return await self.store.login_failure_counts(username, network, since, cap)
+
+    async def clear_login_failures(self, username: str, network: str | None = None) -> int:
+        return await self.store.clear_login_failures(username, network)
+
+
+async def test_failures_landing_together_still_report_the_lock(store: SqlStore, clock: Clock):
+    policy = LockoutPolicy(5, 900, throttle_base_s=2, throttle_max_s=60)
+    guard = LoginGuard(store, policy, clock=clock)
+    assert await fail(guard, clock, ATTACKER, 4) == []
+    together = LoginGuard(Together(store, 2), policy, clock=clock)
+    # The 5th and 6th failures land at once: each guard counts 6, neither sees exactly 5.
+    crossed = await asyncio.gather(
+        together.failed("ada", ATTACKER), together.failed("ada", ATTACKER)
+    )
+    assert Lockout.NETWORK in crossed[0] + crossed[1]
+    assert (await guard.check("ada", ATTACKER)).locked
