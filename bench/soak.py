@@ -241,9 +241,14 @@ class Gateway:
             client.close()
 
 
+SERVE_BANNER = "voicegw: console at "
+"""The start of the line ``voicegw serve`` prints on stderr in development."""
+
+
 def count_log_levels(path: Path, stderr: Path) -> dict[str, Any]:
     """Lines of the gateway's JSON log (``path``) by level, with the first error-level events,
-    and the lines it wrote to ``stderr`` (none expected: everything goes through the log)."""
+    and the lines it wrote to ``stderr`` (none expected but the one human line ``voicegw
+    serve`` prints in development: everything else goes through the log)."""
     levels: collections.Counter[str] = collections.Counter()
     warnings: collections.Counter[str] = collections.Counter()
     errors: list[dict[str, Any]] = []
@@ -259,7 +264,11 @@ def count_log_levels(path: Path, stderr: Path) -> dict[str, Any]:
             warnings[str(record.get("event"))] += 1
         if level in ("error", "critical") and len(errors) < 10:
             errors.append({k: record.get(k) for k in ("ts", "level", "logger", "event", "exc")})
-    other = stderr.read_text(errors="replace").splitlines()
+    other = [
+        line
+        for line in stderr.read_text(errors="replace").splitlines()
+        if not line.startswith(SERVE_BANNER)
+    ]
     return {
         "levels": dict(levels),
         "warnings": dict(warnings.most_common(10)),
