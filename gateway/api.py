@@ -35,10 +35,10 @@ from gateway.auth import Permission, Principal, auth_of, requires
 from gateway.calls import Call, CallError
 from gateway.compliance import render_markdown, report_of_runtime
 from gateway.errors import json_error
-from gateway.privacy import erase_subject, export_subject
 from gateway.recording import Direction, RecordingError, delete_recording_file, export_wav
+from gateway.records.base import MAX_PAGE, AuditEvent, AuditQuery, CallRecord
+from gateway.records.privacy import erase_subject, export_subject
 from gateway.runtime import RECORDING_KEY_USE
-from gateway.store.base import MAX_PAGE, AuditEvent, AuditQuery, CallRecord
 from security.exceptions import StateUnavailable
 from security.revocation import jti_key, sid_key
 

@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import inputs
 from gateway.errors import json_error
-from gateway.store.base import ApiKeyRecord, Role, Store, UserRecord
+from gateway.records.base import ApiKeyRecord, Role, Store, UserRecord
 from metrics.registry import AUTH_FAILURES, LOGIN_LOCKOUTS
 from security import apikeys, csrf
 from security.allowlist import DEFAULT_IPV6_CLIENT_PREFIX, client_network

@@ -43,13 +43,13 @@ from gateway.devkeys import ensure_data_dir
 from gateway.errors import CloseCode, StreamRefused
 from gateway.fallback import fallback_audio
 from gateway.orphans import close_orphans_periodically
-from gateway.privacy import RetentionPeriods, RetentionSweeper, seal_numbers
 from gateway.recording import RecordingWriter, delete_recording_file
+from gateway.records import Store, create_store
+from gateway.records.base import CallRecord
+from gateway.records.privacy import RetentionPeriods, RetentionSweeper, seal_numbers
 from gateway.review.inventory import watch_keys
 from gateway.review.startup import check_start
 from gateway.settings import Settings
-from gateway.store import Store, create_store
-from gateway.store.base import CallRecord
 from metrics.logging import load_ip_hash_key
 from metrics.registry import CALLS, FAILOVERS, PROVIDER_CONNECT, PROVIDER_ERRORS
 from providers.ai.config import AgentConfig, AgentOptions, Provider, ProviderOptions

@@ -208,12 +208,12 @@ def _gdpr(f: Facts, s: Signals) -> list[Control]:
         recording = Condition(
             False, "every call is recorded, consent or not (VOICEGW_RECORDING_CONSENT=all)"
         )
-    dsr_module = _m("gateway/privacy.py")
+    dsr_module = _m("gateway/records/privacy.py")
     return [
         Control(
             "gdpr-5-1-c", g, "Art. 5(1)(c)", "Data minimisation",
             (
-                _m("gateway/privacy.py (seal_numbers)"), _m("security/redaction.py"),
+                _m("gateway/records/privacy.py (seal_numbers)"), _m("security/redaction.py"),
                 _m("metrics/logging.py"), _s("VOICEGW_RECORDING"), _s("VOICEGW_RECORDING_CONSENT"),
             ),
             (
@@ -228,7 +228,7 @@ def _gdpr(f: Facts, s: Signals) -> list[Control]:
         Control(
             "gdpr-5-1-e", g, "Art. 5(1)(e)", "Storage limitation",
             (
-                _m("gateway/privacy.py (RetentionSweeper)"), _s("VOICEGW_RETENTION_CALLS_DAYS"),
+                _m("gateway/records/privacy.py (RetentionSweeper)"), _s("VOICEGW_RETENTION_CALLS_DAYS"),
                 _s("VOICEGW_RETENTION_AUDIT_DAYS"),
                 Feature("metric", "voicegw_retention_deleted_total"),
             ),

@@ -32,10 +32,10 @@ from starlette.responses import Response
 
 from gateway.auth import AuthError, AuthRuntime
 from gateway.calls import CallRegistry
+from gateway.records.base import Role, Store, UserRecord
 from gateway.review.deps import installed_versions
 from gateway.review.inventory import key_inventory
 from gateway.settings import Settings
-from gateway.store.base import Role, Store, UserRecord
 from metrics.logging import JsonFormatter
 from metrics.sentry import PRIVACY_OPTIONS
 from security import crypto

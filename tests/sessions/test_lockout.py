@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from gateway import auth as auth_module
+from gateway.records.base import Role
 from gateway.runtime import open_auditor
-from gateway.store.base import Role
 from metrics.registry import REGISTRY
+from tests.records.backends import BACKENDS
 from tests.sessions.harness import PASSWORD, Gw, running
-from tests.store.backends import BACKENDS
 
 ATTACKER, OWNER = "198.51.100.7", "2001:db8:1:2::10"
 

@@ -18,7 +18,7 @@ from jwcrypto import jwk as jw_jwk  # type: ignore[import-untyped]
 from jwcrypto import jwt as jw_jwt
 
 from gateway.admin_cli import set_disabled, set_password
-from gateway.store.base import Role
+from gateway.records.base import Role
 from security.signing_keys import rotate
 from tests.sessions.harness import (
     PASSWORD,
