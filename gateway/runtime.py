@@ -24,7 +24,6 @@ from nacl.signing import VerifyKey
 from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
 
-from gateway.auth import AuthConfig, AuthRuntime, signing_ring
 from gateway.calls import (
     ENDED_TTL_S,
     Call,
@@ -42,6 +41,7 @@ from gateway.compliance.rejections import RejectionLedger
 from gateway.devkeys import ensure_data_dir
 from gateway.errors import CloseCode, StreamRefused
 from gateway.fallback import fallback_audio
+from gateway.operators.sessions import AuthConfig, AuthRuntime, signing_ring
 from gateway.orphans import close_orphans_periodically
 from gateway.recording import RecordingWriter, delete_recording_file
 from gateway.records import Store, create_store

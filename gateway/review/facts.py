@@ -30,8 +30,8 @@ from redis.exceptions import AuthenticationError, ResponseError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth import AuthError, AuthRuntime
 from gateway.calls import CallRegistry
+from gateway.operators.sessions import AuthError, AuthRuntime
 from gateway.records.base import Role, Store, UserRecord
 from gateway.review.deps import installed_versions
 from gateway.review.inventory import key_inventory

@@ -16,7 +16,7 @@ from playwright.async_api import BrowserContext, ConsoleMessage, Page, async_pla
 
 from gateway import devkeys
 from gateway.admin_cli import add_user
-from gateway.auth import AuthRuntime
+from gateway.operators.sessions import AuthRuntime
 from gateway.records.base import Role
 from gateway.settings import Settings
 from gateway.simulate import serve_app

@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from gateway import devkeys
 from gateway.admin_cli import add_user
 from gateway.app import build_app
-from gateway.auth import AuthConfig, AuthRuntime
+from gateway.operators.sessions import AuthConfig, AuthRuntime
 from gateway.records.base import Role, Store
 from gateway.records.sqlite import SqliteStore
 from gateway.runtime import Runtime

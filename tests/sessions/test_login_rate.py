@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.auth import AuthConfig
+from gateway.operators.sessions import AuthConfig
 from gateway.records.base import Role
 from gateway.runtime import auth_config
 from gateway.settings import Settings, SettingsError

@@ -397,12 +397,12 @@ async def test_hsts_in_production() -> None:
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from gateway import auth
+    from gateway.operators import middleware
 
     async def hello(request: object) -> PlainTextResponse:
         return PlainTextResponse("hi")
 
-    app = Starlette(routes=[Route("/", hello)], middleware=auth.middleware(production=True))
+    app = Starlette(routes=[Route("/", hello)], middleware=middleware.middleware(production=True))
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url=PUBLIC_URL
     ) as client:
