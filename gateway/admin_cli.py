@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from gateway.store.base import ApiKeyRecord, DuplicateError, Role, Store, UserRecord
+from gateway.records.base import ApiKeyRecord, DuplicateError, Role, Store, UserRecord
 from security import apikeys
 from security.apikeys import KeyPolicy, NewKey
 from security.lockout import LoginGuard

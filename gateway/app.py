@@ -17,8 +17,11 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import api, auth, console, media, webhooks
+from gateway import media, webhooks
 from gateway.errors import json_error
+from gateway.operators import api, console
+from gateway.operators.middleware import middleware as security_middleware
+from gateway.operators.routes import routes as auth_routes
 from gateway.review import api as review_api
 from gateway.runtime import Runtime
 from gateway.settings import Settings, SettingsError
@@ -78,7 +81,7 @@ ROUTES: list[Route | WebSocketRoute] = [
     WebSocketRoute("/media/twilio", media.twilio_stream),  # no call: refused with 1008
     WebSocketRoute("/media/twilio/{call}", media.twilio_stream),
     WebSocketRoute("/media/telnyx", media.telnyx_stream),
-    *auth.routes(),
+    *auth_routes(),
     *api.routes(),
     *review_api.routes(),
     *console.routes(),
@@ -168,7 +171,7 @@ def build_app(settings: Settings) -> Starlette:
     app.router.redirect_slashes = False
     app.add_middleware(HttpMiddleware)
     for m in reversed(
-        auth.middleware(production=settings.production, cors_origins=settings.cors_origins)
+        security_middleware(production=settings.production, cors_origins=settings.cors_origins)
     ):
         app.add_middleware(m.cls, *m.args, **m.kwargs)  # security headers end up outermost
     return app

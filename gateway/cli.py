@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from gateway import devkeys
+from gateway.records.base import StoreError, StoreUnavailable
 from gateway.settings import Settings, SettingsError
-from gateway.store.base import StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette

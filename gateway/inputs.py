@@ -1,10 +1,10 @@
 """Text and numbers the operator routes take from a request, checked once at the edge.
 
-Every query parameter, path parameter and JSON field that ``gateway.auth`` and
-``gateway.api`` pass on to the store, a parser or the audit trail goes through ``text`` or
-``finite`` first. What they refuse would otherwise surface later as a 500: PostgreSQL
-refuses NUL in text, other control characters and lone surrogates (what invalid UTF-8
-decodes to) have no place in a name, a filter or an id, and an overlong value is refused
+Every query parameter, path parameter and JSON field that ``gateway.operators.routes`` and
+``gateway.operators.api`` pass on to the store, a parser or the audit trail goes through
+``text`` or ``finite`` first. What they refuse would otherwise surface later as a 500:
+PostgreSQL refuses NUL in text, other control characters and lone surrogates (what invalid
+UTF-8 decodes to) have no place in a name, a filter or an id, and an overlong value is refused
 before anything looks it up. ``BadInput.reason`` is short and safe to send to the client,
 which gets it as a 400.
 """

@@ -24,7 +24,6 @@ from nacl.signing import VerifyKey
 from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection
 
-from gateway.auth import AuthConfig, AuthRuntime, signing_ring
 from gateway.calls import (
     ENDED_TTL_S,
     Call,
@@ -42,14 +41,15 @@ from gateway.compliance.rejections import RejectionLedger
 from gateway.devkeys import ensure_data_dir
 from gateway.errors import CloseCode, StreamRefused
 from gateway.fallback import fallback_audio
+from gateway.operators.sessions import AuthConfig, AuthRuntime, signing_ring
 from gateway.orphans import close_orphans_periodically
-from gateway.privacy import RetentionPeriods, RetentionSweeper, seal_numbers
 from gateway.recording import RecordingWriter, delete_recording_file
+from gateway.records import Store, create_store
+from gateway.records.base import CallRecord
+from gateway.records.privacy import RetentionPeriods, RetentionSweeper, seal_numbers
 from gateway.review.inventory import watch_keys
 from gateway.review.startup import check_start
 from gateway.settings import Settings
-from gateway.store import Store, create_store
-from gateway.store.base import CallRecord
 from metrics.logging import load_ip_hash_key
 from metrics.registry import CALLS, FAILOVERS, PROVIDER_CONNECT, PROVIDER_ERRORS
 from providers.ai.config import AgentConfig, AgentOptions, Provider, ProviderOptions

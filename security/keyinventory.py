@@ -262,7 +262,7 @@ class RedisFirstSeen:
 
 
 class ApiKeyLike(Protocol):
-    """What the inventory reads of a stored API key record (``gateway.store.ApiKeyRecord``)."""
+    """What the inventory reads of a stored API key record (``gateway.records.ApiKeyRecord``)."""
 
     @property
     def key_id(self) -> str: ...

@@ -10,7 +10,7 @@ whether each is enabled here, and live evidence that they operate.
     sources.py     the report of a running gateway, or of a configuration and its store
     cli.py         ``voicegw compliance report``
 
-``GET /api/v1/compliance/report`` (``gateway.api``) serves the same report.
+``GET /api/v1/compliance/report`` (``gateway.operators.api``) serves the same report.
 """
 
 from gateway.compliance.markdown import render_markdown

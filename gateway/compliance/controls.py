@@ -208,12 +208,12 @@ def _gdpr(f: Facts, s: Signals) -> list[Control]:
         recording = Condition(
             False, "every call is recorded, consent or not (VOICEGW_RECORDING_CONSENT=all)"
         )
-    dsr_module = _m("gateway/privacy.py")
+    dsr_module = _m("gateway/records/privacy.py")
     return [
         Control(
             "gdpr-5-1-c", g, "Art. 5(1)(c)", "Data minimisation",
             (
-                _m("gateway/privacy.py (seal_numbers)"), _m("security/redaction.py"),
+                _m("gateway/records/privacy.py (seal_numbers)"), _m("security/redaction.py"),
                 _m("metrics/logging.py"), _s("VOICEGW_RECORDING"), _s("VOICEGW_RECORDING_CONSENT"),
             ),
             (
@@ -228,8 +228,8 @@ def _gdpr(f: Facts, s: Signals) -> list[Control]:
         Control(
             "gdpr-5-1-e", g, "Art. 5(1)(e)", "Storage limitation",
             (
-                _m("gateway/privacy.py (RetentionSweeper)"), _s("VOICEGW_RETENTION_CALLS_DAYS"),
-                _s("VOICEGW_RETENTION_AUDIT_DAYS"),
+                _m("gateway/records/privacy.py (RetentionSweeper)"),
+                _s("VOICEGW_RETENTION_CALLS_DAYS"), _s("VOICEGW_RETENTION_AUDIT_DAYS"),
                 Feature("metric", "voicegw_retention_deleted_total"),
             ),
             (
@@ -302,9 +302,9 @@ def _hipaa(f: Facts, s: Signals) -> list[Control]:
         Control(
             "hipaa-164-312-a", h, "164.312(a)(1)", "Access control",
             (
-                _m("gateway/auth.py"), _m("security/sessions.py"), _m("security/apikeys.py"),
-                _c("voicegw users"), _c("voicegw apikeys"), _s("VOICEGW_SESSION_TTL_S"),
-                _s("VOICEGW_LOGIN_LOCKOUT"),
+                _m("gateway/operators/sessions.py"), _m("security/sessions.py"),
+                _m("security/apikeys.py"), _c("voicegw users"), _c("voicegw apikeys"),
+                _s("VOICEGW_SESSION_TTL_S"), _s("VOICEGW_LOGIN_LOCKOUT"),
             ),
             (
                 Condition(True, "unique accounts and service keys; a role on every /api/v1 route"),
@@ -395,8 +395,8 @@ def _soc2(f: Facts, s: Signals) -> list[Control]:
     return [
         Control(
             "soc2-cc6-1", c, "CC6.1", "Logical access security",
-            (_m("gateway/auth.py"), _m("security/sessions.py"), _m("security/crypto.py"),
-             _s("VOICEGW_API_KEY_MAX_AGE_DAYS")),
+            (_m("gateway/operators/sessions.py"), _m("security/sessions.py"),
+             _m("security/crypto.py"), _s("VOICEGW_API_KEY_MAX_AGE_DAYS")),
             (
                 Condition(True, "EdDSA session tokens with revocation; a role on every route"),
                 _data_keys(f), rotation,
@@ -412,7 +412,7 @@ def _soc2(f: Facts, s: Signals) -> list[Control]:
         ),
         Control(
             "soc2-cc6-3", c, "CC6.3", "Role-based access",
-            (_m("gateway/auth.py (ROLE_PERMISSIONS)"),),
+            (_m("gateway/operators/permissions.py (ROLE_PERMISSIONS)"),),
             (Condition(True, "admin, operator (calls, providers), auditor (audit trail, "
                        "data-subject requests)"),),
             ("access",),

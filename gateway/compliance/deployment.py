@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
+from gateway.records.base import Role, Store
 from gateway.settings import Settings, is_dev_secret, uses_dev_telnyx_key
-from gateway.store.base import Role, Store
 from security.allowlist import is_loopback_host
 from security.apikeys import KeyPolicy
 

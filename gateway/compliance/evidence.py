@@ -23,7 +23,7 @@ from typing import Final
 
 from nacl.signing import VerifyKey
 
-from gateway.store.base import MAX_PAGE, AuditEvent, AuditQuery, LastRun, Store
+from gateway.records.base import MAX_PAGE, AuditEvent, AuditQuery, LastRun, Store
 from security.audit import VerifyResult, verify
 
 log = logging.getLogger(__name__)

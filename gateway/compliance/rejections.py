@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from gateway.store.base import RejectionCount, Store
+from gateway.records.base import RejectionCount, Store
 from security.exceptions import Layer
 
 __all__ = [

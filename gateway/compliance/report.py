@@ -22,9 +22,9 @@ from gateway.compliance.evidence import (
     subject_request_stats,
 )
 from gateway.compliance.rejections import RejectionWindow, rejection_window
-from gateway.privacy import RETENTION_RUN
+from gateway.records.base import LastRun, Store
+from gateway.records.privacy import RETENTION_RUN
 from gateway.settings import Settings
-from gateway.store.base import LastRun, Store
 from security.keyinventory import ROTATION_NOTICE_S, KeyInventory
 
 __all__ = ["REPORT_FORMAT", "build_report"]

@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.auth import Permission, Principal, requires
+from gateway.operators.middleware import requires
+from gateway.operators.permissions import Permission, Principal
 from gateway.review.checks import review
 from gateway.review.facts import runtime_facts
 from gateway.review.inventory import runtime_key_inventory

@@ -16,8 +16,8 @@ import sys
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.auth import AuthRuntime
 from gateway.calls import RedisCallRegistry
+from gateway.operators.sessions import AuthRuntime
 from gateway.review.checks import review
 from gateway.review.facts import REDIS_PROBE_S, Facts, collect_facts, loose_paths
 from gateway.review.model import Report

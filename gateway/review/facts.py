@@ -30,12 +30,12 @@ from redis.exceptions import AuthenticationError, ResponseError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth import AuthError, AuthRuntime
 from gateway.calls import CallRegistry
+from gateway.operators.sessions import AuthError, AuthRuntime
+from gateway.records.base import Role, Store, UserRecord
 from gateway.review.deps import installed_versions
 from gateway.review.inventory import key_inventory
 from gateway.settings import Settings
-from gateway.store.base import Role, Store, UserRecord
 from metrics.logging import JsonFormatter
 from metrics.sentry import PRIVACY_OPTIONS
 from security import crypto

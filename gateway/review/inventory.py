@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.records.base import ApiKeyRecord, Store, StoreError
 from gateway.settings import Settings
-from gateway.store.base import ApiKeyRecord, Store, StoreError
 from metrics.registry import KEY_AGE, KEY_ROTATION_DUE
 from security import crypto
 from security.apikeys import KeyPolicy

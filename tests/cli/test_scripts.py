@@ -20,7 +20,7 @@ def test_scripts_test_starts_and_stops_a_private_postgresql():
     result = subprocess.run(
         [
             str(ROOT / "scripts" / "test"),
-            "tests/store/test_store.py",
+            "tests/records/test_store.py",
             "-q",
             "-p",
             "no:cacheprovider",

@@ -34,9 +34,9 @@ from psycopg import sql
 
 from gateway import devkeys
 from gateway.admin_cli import add_user, create_api_key
+from gateway.records.base import Role
+from gateway.records.postgres import PostgresStore
 from gateway.settings import Settings
-from gateway.store.base import Role
-from gateway.store.postgres import PostgresStore
 from security.audit import VerifyResult, verify
 from security.signing_keys import KeyRing
 from tests.conftest import REDIS_URL, UNIT
@@ -48,8 +48,8 @@ from tests.e2e.processes import (
     stop_processes,
 )
 from tests.fakes.refuser import Refuser
+from tests.records.backends import DATABASE_URL, check_postgres
 from tests.sessions.harness import PASSWORD, TEST_HASHER
-from tests.store.backends import DATABASE_URL, check_postgres
 
 NAMES = ("a", "b", "c")
 RATE_LIMIT = 30

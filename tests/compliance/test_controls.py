@@ -17,9 +17,9 @@ from nacl.signing import SigningKey
 from gateway import devkeys
 from gateway.compliance.controls import Framework, Signals, controls
 from gateway.compliance.deployment import Facts, gather_facts, link_of
+from gateway.records.base import Role, UserRecord
+from gateway.records.sqlite import SqliteStore
 from gateway.settings import Settings
-from gateway.store.base import Role, UserRecord
-from gateway.store.sqlite import SqliteStore
 from security.secret import Secret
 
 GOOD = Signals(

@@ -21,7 +21,8 @@ from gateway.compliance.evidence import (
     subject_request_stats,
     verify_periodically,
 )
-from gateway.privacy import (
+from gateway.records.base import ApiKeyRecord, AuditEvent, LastRun, Role, UserRecord
+from gateway.records.privacy import (
     DAY_S,
     RETENTION_RUN,
     RetentionPeriods,
@@ -30,13 +31,12 @@ from gateway.privacy import (
     erase_subject,
     export_subject,
 )
+from gateway.records.sql import SqlStore
 from gateway.settings import Settings
-from gateway.store.base import ApiKeyRecord, AuditEvent, LastRun, Role, UserRecord
-from gateway.store.sql import SqlStore
 from security.audit import Auditor, HashChainer, VerifyResult, verify
 from tests.conftest import FakeClock
 from tests.gateway.test_calls import eventually
-from tests.gateway.test_privacy import BUSINESS, INDEX, RING, SUBJECT, SUBJECT_FORMS, add_call
+from tests.records.test_privacy import BUSINESS, INDEX, RING, SUBJECT, SUBJECT_FORMS, add_call
 
 NOW = 1_750_000_000.0
 KEY = SigningKey(b"e" * 32)

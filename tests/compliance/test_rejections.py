@@ -11,8 +11,8 @@ from gateway.compliance.rejections import (
     RejectionLedger,
     rejection_window,
 )
-from gateway.store.base import RejectionCount
-from gateway.store.sql import SqlStore
+from gateway.records.base import RejectionCount
+from gateway.records.sql import SqlStore
 from tests.conftest import FakeClock
 from tests.gateway.test_calls import eventually
 

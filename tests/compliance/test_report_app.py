@@ -22,8 +22,8 @@ from gateway import devkeys
 from gateway.admin_cli import create_api_key
 from gateway.cli import main
 from gateway.compliance import build_report
-from gateway.privacy import DAY_S, RETENTION_RUN, RetentionPeriods, RetentionSweeper
-from gateway.store.base import AuditQuery, CallRecord, Role
+from gateway.records.base import AuditQuery, CallRecord, Role
+from gateway.records.privacy import DAY_S, RETENTION_RUN, RetentionPeriods, RetentionSweeper
 from security.secret import Secret
 from tests.gateway.conftest import Gateway, call_control_id, call_sid, telnyx_event
 from tests.gateway.test_calls import eventually

@@ -16,10 +16,10 @@ from playwright.async_api import BrowserContext, ConsoleMessage, Page, async_pla
 
 from gateway import devkeys
 from gateway.admin_cli import add_user
-from gateway.auth import AuthRuntime
+from gateway.operators.sessions import AuthRuntime
+from gateway.records.base import Role
 from gateway.settings import Settings
 from gateway.simulate import serve_app
-from gateway.store.base import Role
 from tests.conftest import UNIT
 from tests.e2e.carrier import Gateway, caller_audio, free_port, gateway_env, place_call
 from tests.fakes.carrier_rest import FakeCarrierRest

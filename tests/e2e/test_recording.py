@@ -11,8 +11,8 @@ import pytest
 
 from gateway.admin_cli import create_api_key
 from gateway.recording import RecordingReader
+from gateway.records.base import AuditQuery, Role
 from gateway.runtime import RECORDING_KEY_USE
-from gateway.store.base import AuditQuery, Role
 from tests.conftest import UNIT
 from tests.e2e.carrier import caller_audio, place_call
 

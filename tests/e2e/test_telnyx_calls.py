@@ -20,8 +20,8 @@ import pytest
 
 from gateway.audio import Transcoder
 from gateway.recording import Direction, RecordingReader
+from gateway.records.base import CallRecord
 from gateway.runtime import RECORDING_KEY_USE
-from gateway.store.base import CallRecord
 from providers.events import PCMA_8K, PCMU_8K
 from tests.conftest import UNIT
 from tests.e2e.carrier import (

@@ -41,9 +41,9 @@ from gateway import devkeys
 from gateway.admin_cli import add_user, create_api_key
 from gateway.calls import CallState, RedisCallRegistry
 from gateway.errors import CloseCode
+from gateway.records.base import Role
 from gateway.runtime import open_store
 from gateway.settings import Settings
-from gateway.store.base import Role
 from tests.conftest import UNIT
 from tests.e2e.carrier import (
     Gateway,

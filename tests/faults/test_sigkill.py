@@ -27,10 +27,10 @@ import redis.asyncio as aioredis
 from gateway import devkeys
 from gateway.admin_cli import add_user
 from gateway.calls import RedisCallRegistry
-from gateway.privacy import open_numbers
+from gateway.records.base import Role
+from gateway.records.privacy import open_numbers
 from gateway.runtime import load_data_keys, open_store
 from gateway.settings import Settings
-from gateway.store.base import Role
 from tests.conftest import UNIT
 from tests.e2e.carrier import (
     Gateway,

@@ -26,9 +26,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import auth as auth_module
 from gateway.admin_cli import add_user, create_api_key
-from gateway.store.base import Role
+from gateway.operators import routes as auth_routes
+from gateway.records.base import Role
 from security.admission import duplicate_scope
 from security.ratelimit import RedisLimiter
 from security.webhooks import Carrier
@@ -50,7 +50,7 @@ PASSWORD = "correct horse battery staple"
 async def gw(make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch) -> Gateway:  # noqa: F811
     """A gateway on the real Redis, with an admin user, a cheap password hash and no failed-
     login delay (the hash format and code path are production's; only the cost differs)."""
-    monkeypatch.setattr(auth_module, "FAILED_LOGIN_FLOOR_S", 0.0)
+    monkeypatch.setattr(auth_routes, "FAILED_LOGIN_FLOOR_S", 0.0)
     # Thousands of logins from one address: the per-address limit has its own tests.
     made = await make_gateway({"VOICEGW_LOGIN_RATE_PER_MINUTE": "10000"}, redis=True)
     made.runtime.auth.hasher = TEST_HASHER

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from gateway import orphans
 from gateway.calls import CallState, RedisCallRegistry
 from gateway.orphans import close_orphans
-from gateway.store.base import CallRecord
+from gateway.records.base import CallRecord
 from metrics.registry import REGISTRY
 from tests.gateway.conftest import Gateway, call_sid
 

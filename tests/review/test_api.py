@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.records.base import AuditQuery, Role
 from gateway.review.checks import CHECKS
-from gateway.store.base import AuditQuery, Role
 from tests.sessions.harness import Gw, running
 
 

@@ -22,6 +22,8 @@ import pytest
 import sentry_sdk
 from sentry_sdk.scrubber import EventScrubber
 
+from gateway.records.base import ApiKeyRecord, Role
+from gateway.records.sqlite import SqliteStore
 from gateway.review.checks import CHECKS, review
 from gateway.review.cli import settings_facts
 from gateway.review.facts import CookieFacts, Facts, SentryFacts, sentry_facts
@@ -29,8 +31,6 @@ from gateway.review.inventory import FIRST_SEEN_REDIS_KEY
 from gateway.review.model import Severity, Status
 from gateway.runtime import load_data_keys
 from gateway.settings import AllowlistSetting, Env, Settings
-from gateway.store.base import ApiKeyRecord, Role
-from gateway.store.sqlite import SqliteStore
 from metrics.sentry import PRIVACY_OPTIONS
 from security.keyinventory import RedisFirstSeen, fingerprint
 from security.secret import Secret

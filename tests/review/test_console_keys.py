@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store.base import Role
+from gateway.records.base import Role
 from tests.console.test_browser import WAIT_MS, browser, console_gateway, watch_console
 from tests.fakes.carrier_rest import FakeCarrierRest
 from tests.sessions.harness import PASSWORD

@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import redis.asyncio as aioredis
 
+from gateway.records.base import ApiKeyRecord, Role
 from gateway.review.inventory import export_key_metrics
-from gateway.store.base import ApiKeyRecord, Role
 from metrics.registry import KEY_AGE, KEY_ROTATION_DUE, REGISTRY
 from security.apikeys import KeyPolicy
 from security.crypto import KeyRing as DataKeyRing

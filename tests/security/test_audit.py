@@ -1,7 +1,7 @@
 """The hash chain, signed checkpoints, verification and the Auditor, over an in-memory log.
 
 The same behaviour on the real backends (and tampering through SQL) is in
-tests/store/test_audit_store.py.
+tests/records/test_audit_store.py.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store.sql import SqlStore
+from gateway.records.sql import SqlStore
 from security.lockout import Lockout, LockoutPolicy, LoginGuard
-from tests.store.backends import BACKENDS, Backend, open_backend
+from tests.records.backends import BACKENDS, Backend, open_backend
 
 NOW = 1_700_000_000.0
 ATTACKER, OWNER = "198.51.100.7/32", "2001:db8:1:2::/64"

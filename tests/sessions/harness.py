@@ -22,16 +22,16 @@ from starlette.applications import Starlette
 from gateway import devkeys
 from gateway.admin_cli import add_user
 from gateway.app import build_app
-from gateway.auth import AuthConfig, AuthRuntime
+from gateway.operators.sessions import AuthConfig, AuthRuntime
+from gateway.records.base import Role, Store
+from gateway.records.sqlite import SqliteStore
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from gateway.store.base import Role, Store
-from gateway.store.sqlite import SqliteStore
 from security.apikeys import KeyPolicy
 from security.lockout import LockoutPolicy
 from security.passwords import PasswordHasher
 from security.signing_keys import FileKeyRing
-from tests.store.backends import open_backend
+from tests.records.backends import open_backend
 
 PUBLIC_URL = "https://gw.test"
 # A cheaper scrypt cost than production (2**15) so the suite stays fast; the format and code

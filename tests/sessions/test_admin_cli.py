@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway import admin_cli
-from gateway.store.base import Role
-from gateway.store.sqlite import SqliteStore
+from gateway.records.base import Role
+from gateway.records.sqlite import SqliteStore
 from security import apikeys
 from security.passwords import PasswordHasher
 

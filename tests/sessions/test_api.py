@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import api
 from gateway.admin_cli import create_api_key, revoke_api_key, rotate_api_key
-from gateway.auth import ROLE_PERMISSIONS, Permission
-from gateway.store.base import Role
+from gateway.operators import api
+from gateway.operators.permissions import ROLE_PERMISSIONS, Permission
+from gateway.records.base import Role
 from security.apikeys import DAY_S, KeyPolicy, KeyState
 from tests.sessions.harness import AsgiStream, Gw, cookie_header, csrf_headers, running
 

@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from gateway.admin_cli import create_api_key
+from gateway.records.base import Role
 from gateway.runtime import open_auditor
-from gateway.store.base import Role
+from tests.records.backends import BACKENDS
 from tests.sessions.harness import PASSWORD, PUBLIC_URL, Gw, csrf_headers, running
-from tests.store.backends import BACKENDS
 
 BAD_ORIGINS = ["http://x:99999", "http://[::1", "https://gw.test:abc", "http://[zz]", "http://x:-1"]
 CONTROL = ["\x00", "a\x00b", "\x1b[2J", "\x7f", "a\x85b"]

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway import auth as auth_module
+from gateway.operators import routes as auth_routes
+from gateway.records.base import Role
 from gateway.runtime import open_auditor
-from gateway.store.base import Role
 from metrics.registry import REGISTRY
+from tests.records.backends import BACKENDS
 from tests.sessions.harness import PASSWORD, Gw, running
-from tests.store.backends import BACKENDS
 
 ATTACKER, OWNER = "198.51.100.7", "2001:db8:1:2::10"
 
@@ -24,7 +24,7 @@ ATTACKER, OWNER = "198.51.100.7", "2001:db8:1:2::10"
 async def gw(
     tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Gw]:
-    monkeypatch.setattr(auth_module, "FAILED_LOGIN_FLOOR_S", 0.0)
+    monkeypatch.setattr(auth_routes, "FAILED_LOGIN_FLOOR_S", 0.0)
     async with running(tmp_path, store_kind=str(request.param)) as gw:
         await gw.user("ada", Role.ADMIN)
         gw.auth.auditor = open_auditor(gw.settings, gw.store)

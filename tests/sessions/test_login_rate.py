@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.auth import AuthConfig
+from gateway.operators.sessions import AuthConfig
+from gateway.records.base import Role
 from gateway.runtime import auth_config
 from gateway.settings import Settings, SettingsError
-from gateway.store.base import Role
 from security.allowlist import client_network, parse_address
 from tests.sessions.harness import Gw, running
 

@@ -18,7 +18,7 @@ from jwcrypto import jwk as jw_jwk  # type: ignore[import-untyped]
 from jwcrypto import jwt as jw_jwt
 
 from gateway.admin_cli import set_disabled, set_password
-from gateway.store.base import Role
+from gateway.records.base import Role
 from security.signing_keys import rotate
 from tests.sessions.harness import (
     PASSWORD,
@@ -397,12 +397,12 @@ async def test_hsts_in_production() -> None:
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from gateway import auth
+    from gateway.operators import middleware
 
     async def hello(request: object) -> PlainTextResponse:
         return PlainTextResponse("hi")
 
-    app = Starlette(routes=[Route("/", hello)], middleware=auth.middleware(production=True))
+    app = Starlette(routes=[Route("/", hello)], middleware=middleware.middleware(production=True))
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url=PUBLIC_URL
     ) as client:

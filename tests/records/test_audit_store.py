@@ -9,10 +9,10 @@ import struct
 import pytest
 from nacl.signing import SigningKey
 
-from gateway.store.sql import SqlStore
+from gateway.records.sql import SqlStore
 from metrics.logging import correlation_id
 from security.audit import Auditor, HashChainer, verify
-from tests.store.backends import Backend
+from tests.records.backends import Backend
 
 COLUMNS = (
     "seq",

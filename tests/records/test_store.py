@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store import create_store
-from gateway.store.base import (
+from gateway.records import create_store
+from gateway.records.base import (
     ApiKeyRecord,
     AuditEvent,
     AuditQuery,
@@ -25,13 +25,13 @@ from gateway.store.base import (
     SubjectRequest,
     UserRecord,
 )
-from gateway.store.migrations import MIGRATIONS, Migration
-from gateway.store.postgres import PostgresStore
-from gateway.store.sql import SqlStore
-from gateway.store.sqlite import SqliteStore
+from gateway.records.migrations import MIGRATIONS, Migration
+from gateway.records.postgres import PostgresStore
+from gateway.records.sql import SqlStore
+from gateway.records.sqlite import SqliteStore
 from security.audit import HashChainer, verify
 from tests.conftest import UNIT
-from tests.store.backends import DATABASE_URL, Backend, open_backend
+from tests.records.backends import DATABASE_URL, Backend, open_backend
 
 NOW = 1_700_000_000.0
 

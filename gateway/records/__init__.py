@@ -1,4 +1,6 @@
-"""Durable records behind one interface: SQLite (embedded default) and PostgreSQL.
+"""Durable records: the store (SQLite, the embedded default, or PostgreSQL) and personal data
+in it (``privacy``: sealing numbers, export, erasure, retention). Imports ``security`` and
+``metrics`` only, never the rest of ``gateway``.
 
 ``create_store`` picks the backend from configuration: PostgreSQL when a database URL is set,
 otherwise SQLite in the data directory. Call ``open()`` on the result before use (it applies
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.store.base import Store
+from gateway.records.base import Store
 
 __all__ = ["Store", "create_store"]
 
@@ -19,9 +21,9 @@ def create_store(
 ) -> Store:
     """A store for this configuration (not yet opened)."""
     if database_url:
-        from gateway.store.postgres import PostgresStore
+        from gateway.records.postgres import PostgresStore
 
         return PostgresStore(database_url, schema)
-    from gateway.store.sqlite import DEFAULT_FILENAME, SqliteStore
+    from gateway.records.sqlite import DEFAULT_FILENAME, SqliteStore
 
     return SqliteStore(data_dir / DEFAULT_FILENAME)

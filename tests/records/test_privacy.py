@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from gateway.privacy import (
+from gateway.records.base import AuditQuery, CallRecord
+from gateway.records.privacy import (
     DAY_S,
     RetentionPeriods,
     RetentionSweeper,
@@ -27,12 +28,11 @@ from gateway.privacy import (
     open_numbers,
     seal_numbers,
 )
-from gateway.store.base import AuditQuery, CallRecord
-from gateway.store.sql import SqlStore
+from gateway.records.sql import SqlStore
 from security.audit import AuditEvent, Auditor, HashChainer, verify
 from security.crypto import BlindIndex, KeyRing
 from tests.conftest import UNIT, FakeClock
-from tests.store.backends import BACKENDS, Backend, open_backend
+from tests.records.backends import BACKENDS, Backend, open_backend
 
 RING = KeyRing([("k1", bytes([7]) * 32)])
 INDEX = BlindIndex(bytes([9]) * 32)

@@ -1,26 +1,14 @@
-"""Circuit breakers for every outside dependency, with state shared by replicas.
+"""The two places a breaker's state lives: this process (``InProcessBreaker``) or Redis, shared
+by every replica (``RedisBreaker``).
 
 Why not pybreaker: pybreaker (1.4) is synchronous. Wrapping a coroutine function with it
 records the success when the coroutine object is created, before the call has run, so a
 provider that fails after connecting never trips it; it has no cap on half-open trial calls,
 so a recovering provider gets every queued call at once; and its Redis storage uses the
 blocking client, stalling the event loop on each call. voicegw's breakers are a small asyncio
-state machine instead: an outcome is recorded when the caller reports it, half-open admits a
-bounded number of concurrent trials, and the Redis backend is one atomic Lua script run on the
-Redis server's clock.
-
-Policy (``BreakerPolicy``, DESIGN.md principle 5): open after 5 consecutive failures; stay open
-60 s; then half-open admits at most 3 concurrent trial calls; 2 consecutive successes close it;
-a failure while half-open opens it for another 60 s. A success while closed resets the count.
-
-Call order: ``acquire()`` (raises ``BreakerOpen`` when refused) returns a ``Trial``; end it with
-exactly one of ``succeed()``, ``fail(error)`` or ``release()`` (later calls are no-ops), or use
-``async with breaker.trial() as t:``. A half-open trial slot is reclaimed after
-``policy.trial_ttl_s`` (30 s) even if its holder never ends it, so a crashed caller cannot wedge
-a breaker half-open. An outcome is counted only while the breaker is in the same open-epoch it
-was in when the trial was admitted: a call admitted before the breaker opened cannot close or
-reopen it later. ``record_failure`` / ``record_success`` report outcomes outside any trial (a
-live session dying mid-call) and count against the current state.
+state machine instead (``providers.breakers.policy``): an outcome is recorded when the caller
+reports it, half-open admits a bounded number of concurrent trials, and the Redis backend is
+one atomic Lua script run on the Redis server's clock.
 
 ``InProcessBreaker`` keeps state in this process. ``RedisBreaker`` keeps it in Redis: every
 replica sees every transition as soon as Redis has applied it (staleness 0 while Redis
@@ -32,186 +20,46 @@ answers), and state outlives the process. When Redis errors or takes longer than
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
-import itertools
 import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Final
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from metrics.registry import BREAKER_STATE, PROVIDER_UP
-from providers.exceptions import ProviderError
+from providers.breakers.base import (
+    BreakerOpen,
+    BreakerSnapshot,
+    Trial,
+    safe_error_name,
+    trial_scope,
+)
+from providers.breakers.policy import (
+    DEFAULT_POLICY,
+    NO_SLOT,
+    BreakerMachine,
+    BreakerPolicy,
+    BreakerState,
+    Outcome,
+)
 from security.replay import REDIS_TIMEOUT_S, Clock, Degradation
 
 logger = logging.getLogger("voicegw.providers.breakers")
 
 _NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_ERROR_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,63}")
 _IDLE_TTL_S: Final = 7 * 24 * 3600
 """Redis forgets a breaker nobody has reported on for this long (it is then closed)."""
-
-_Outcome = Literal["success", "failure", "release"]
-
-
-class BreakerState(enum.IntEnum):
-    """Breaker states; the values are those of the ``voicegw_breaker_state`` gauge."""
-
-    CLOSED = 0
-    OPEN = 1
-    HALF_OPEN = 2
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerPolicy:
-    """When a breaker opens, how long it stays open and how it closes again.
-
-    ``trial_ttl_s`` bounds how long a half-open trial slot is held by a caller that never
-    reports an outcome; after it the slot is free for another trial.
-    """
-
-    failure_threshold: int = 5
-    open_s: float = 60.0
-    half_open_max_trials: int = 3
-    success_threshold: int = 2
-    trial_ttl_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        for field in ("failure_threshold", "half_open_max_trials", "success_threshold"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"breaker policy: {field} must be at least 1")
-        for field in ("open_s", "trial_ttl_s"):
-            if not getattr(self, field) > 0:
-                raise ValueError(f"breaker policy: {field} must be positive")
-
-
-DEFAULT_POLICY: Final = BreakerPolicy()
-
-
-class BreakerOpen(ProviderError):
-    """The breaker refused a call: it is open, or half-open with every trial slot taken.
-
-    ``retry_after_s`` is how long until the breaker can admit a call at the earliest (the end
-    of the open period, or the expiry of the oldest trial slot).
-    """
-
-    def __init__(self, name: str, retry_after_s: float) -> None:
-        super().__init__(f"circuit breaker {name!r} is open")
-        self.name = name
-        self.retry_after_s = retry_after_s
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerSnapshot:
-    """One breaker's state as last seen. Times are Unix seconds; ``opened_at`` is None while
-    closed; ``last_failure`` is an error class name."""
-
-    name: str
-    state: BreakerState
-    consecutive_failures: int
-    opened_at: float | None
-    last_failure: str | None
-    last_success_at: float | None
-
-
-class Trial:
-    """One admitted call. End it with exactly one of ``succeed``, ``fail`` or ``release``;
-    the first ends it and later calls are no-ops."""
-
-    __slots__ = ("_done", "_finish")
-
-    def __init__(self, finish: Callable[[_Outcome, str], Awaitable[None]]) -> None:
-        self._finish = finish
-        self._done = False
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    async def succeed(self) -> None:
-        """The call worked."""
-        await self._end("success", "")
-
-    async def fail(self, error: str) -> None:
-        """The call failed; ``error`` is a short class name (anything else is stored as
-        ``"error"``, so a message cannot carry secrets into logs or Redis)."""
-        await self._end("failure", safe_error_name(error))
-
-    async def release(self) -> None:
-        """Neither: the call was abandoned on our side (cancelled, caller hung up)."""
-        await self._end("release", "")
-
-    async def _end(self, outcome: _Outcome, error: str) -> None:
-        if self._done:
-            return
-        self._done = True
-        await self._finish(outcome, error)
-
-
-class CircuitBreaker(Protocol):
-    """A breaker in front of one outside dependency."""
-
-    name: str
-
-    async def acquire(self) -> Trial:
-        """Admit one call or raise ``BreakerOpen``."""
-        ...
-
-    def trial(self) -> AbstractAsyncContextManager[Trial]:
-        """``acquire()`` as a context: an exception fails the trial with its class name,
-        cancellation releases it, a normal exit without an explicit outcome succeeds it.
-
-        Put the call's timeout inside the block (``async with breaker.trial():`` then
-        ``async with asyncio.timeout(...)``): an ``asyncio.timeout`` around the block cancels
-        it, which releases the trial instead of failing it.
-        """
-        ...
-
-    async def record_failure(self, error: str) -> None:
-        """Count a failure that happened outside a trial."""
-        ...
-
-    async def record_success(self) -> None:
-        """Count a success that happened outside a trial."""
-        ...
-
-    async def snapshot(self) -> BreakerSnapshot: ...
-
-    async def allows(self) -> bool:
-        """Whether ``acquire()`` would admit a call now, without taking a trial slot."""
-        ...
-
-
-def safe_error_name(error: str) -> str:
-    """``error`` if it looks like an exception class name, else ``"error"``."""
-    return error if _ERROR_NAME.fullmatch(error) else "error"
 
 
 def _check_name(name: str) -> None:
     if not _NAME.fullmatch(name):
         raise ValueError("breaker name must be 1-64 characters of [A-Za-z0-9_.-]")
-
-
-@contextlib.asynccontextmanager
-async def _trial_scope(breaker: CircuitBreaker) -> AsyncIterator[Trial]:
-    trial = await breaker.acquire()
-    try:
-        yield trial
-    except Exception as exc:
-        await trial.fail(type(exc).__name__)
-        raise
-    except BaseException:
-        # Our own cancellation (or shutdown) says nothing about the dependency.
-        await trial.release()
-        raise
-    await trial.succeed()
 
 
 class _Gauges:
@@ -237,21 +85,7 @@ class _Gauges:
 class InProcessBreaker:
     """A breaker whose state lives in this process. ``clock`` returns Unix seconds."""
 
-    __slots__ = (
-        "_clock",
-        "_epoch",
-        "_failures",
-        "_gauges",
-        "_ids",
-        "_last_failure",
-        "_last_success_at",
-        "_opened_at",
-        "_slots",
-        "_state",
-        "_successes",
-        "name",
-        "policy",
-    )
+    __slots__ = ("_clock", "_gauges", "_machine", "name", "policy")
 
     def __init__(
         self, name: str, policy: BreakerPolicy = DEFAULT_POLICY, *, clock: Clock = time.time
@@ -260,40 +94,22 @@ class InProcessBreaker:
         self.name = name
         self.policy = policy
         self._clock = clock
-        self._state = BreakerState.CLOSED
-        self._failures = 0
-        self._successes = 0
-        self._opened_at = 0.0
-        self._epoch = 0
-        self._last_failure: str | None = None
-        self._last_success_at: float | None = None
-        self._slots: dict[int, float] = {}  # trial id -> expiry
-        self._ids = itertools.count()
+        self._machine = BreakerMachine(policy)
         self._gauges = _Gauges(name)
-        self._gauges.saw(self._state)
+        self._gauges.saw(self._machine.state)
 
     async def acquire(self) -> Trial:
-        now = self._advance()
-        match self._state:
-            case BreakerState.CLOSED:
-                trial_id = -1
-            case BreakerState.OPEN:
-                raise BreakerOpen(self.name, self._opened_at + self.policy.open_s - now)
-            case BreakerState.HALF_OPEN:
-                if len(self._slots) >= self.policy.half_open_max_trials:
-                    raise BreakerOpen(self.name, min(self._slots.values()) - now)
-                trial_id = next(self._ids)
-                self._slots[trial_id] = now + self.policy.trial_ttl_s
-        epoch = self._epoch
+        admission = self._machine.admit(self._advance())
+        if not admission.admitted:
+            raise BreakerOpen(self.name, admission.retry_after_s)
 
-        async def finish(outcome: _Outcome, error: str) -> None:
-            self._slots.pop(trial_id, None)
-            self._apply(outcome, error, epoch)
+        async def finish(outcome: Outcome, error: str) -> None:
+            self._apply(outcome, error, admission.epoch, admission.slot)
 
         return Trial(finish)
 
     def trial(self) -> AbstractAsyncContextManager[Trial]:
-        return _trial_scope(self)
+        return trial_scope(self)
 
     async def record_failure(self, error: str) -> None:
         self._apply("failure", safe_error_name(error), None)
@@ -303,65 +119,30 @@ class InProcessBreaker:
 
     async def snapshot(self) -> BreakerSnapshot:
         self._advance()
+        machine = self._machine
         return BreakerSnapshot(
             name=self.name,
-            state=self._state,
-            consecutive_failures=self._failures,
-            opened_at=None if self._state is BreakerState.CLOSED else self._opened_at,
-            last_failure=self._last_failure,
-            last_success_at=self._last_success_at,
+            state=machine.state,
+            consecutive_failures=machine.failures,
+            opened_at=None if machine.state is BreakerState.CLOSED else machine.opened_at,
+            last_failure=machine.last_failure,
+            last_success_at=machine.last_success_at,
         )
 
     async def allows(self) -> bool:
-        self._advance()
-        match self._state:
-            case BreakerState.CLOSED:
-                return True
-            case BreakerState.OPEN:
-                return False
-            case BreakerState.HALF_OPEN:
-                return len(self._slots) < self.policy.half_open_max_trials
+        return self._machine.allows(self._advance())
 
     def _advance(self) -> float:
-        """Move OPEN to HALF_OPEN when the open period is over; drop expired slots."""
+        """Bring the state machine to now and publish its state; return now."""
         now = self._clock()
-        if self._state is BreakerState.OPEN and now >= self._opened_at + self.policy.open_s:
-            self._state = BreakerState.HALF_OPEN
-            self._successes = 0
-            self._slots.clear()
-        if self._state is BreakerState.HALF_OPEN:
-            for trial_id in [i for i, expiry in self._slots.items() if expiry <= now]:
-                del self._slots[trial_id]
-        self._gauges.saw(self._state)
+        self._machine.advance(now)
+        self._gauges.saw(self._machine.state)
         return now
 
-    def _apply(self, outcome: _Outcome, error: str, epoch: int | None) -> None:
+    def _apply(self, outcome: Outcome, error: str, epoch: int | None, slot: int = NO_SLOT) -> None:
         now = self._advance()
-        counts = epoch is None or epoch == self._epoch
-        if outcome == "success":
-            self._last_success_at = now
-            if counts and self._state is not BreakerState.OPEN:
-                self._failures = 0
-                if self._state is BreakerState.HALF_OPEN:
-                    self._successes += 1
-                    if self._successes >= self.policy.success_threshold:
-                        self._state = BreakerState.CLOSED
-                        self._successes = 0
-                        self._slots.clear()
-        elif outcome == "failure":
-            self._last_failure = error
-            if counts and self._state is not BreakerState.OPEN:
-                self._failures += 1
-                if (
-                    self._state is BreakerState.HALF_OPEN
-                    or self._failures >= self.policy.failure_threshold
-                ):
-                    self._state = BreakerState.OPEN
-                    self._opened_at = now
-                    self._successes = 0
-                    self._epoch += 1
-                    self._slots.clear()
-        self._gauges.saw(self._state)
+        self._machine.apply(outcome, error, now, epoch=epoch, slot=slot)
+        self._gauges.saw(self._machine.state)
 
 
 # KEYS[1]: state hash; KEYS[2]: half-open trial slots (sorted set, score = expiry in ms).
@@ -371,7 +152,7 @@ class InProcessBreaker:
 # Returns {state, failures, opened_at_ms, last_failure, last_success_ms, epoch, admitted,
 # retry_ms, trials_in_flight}; -1 stands for "never".
 # TIME is the Redis server's clock, so replicas with skewed clocks agree on the open period.
-# Mirrors InProcessBreaker._advance / acquire / _apply; change them together.
+# Mirrors BreakerMachine.advance / admit / apply; change them together.
 _BREAKER: Final = """
 local op = ARGV[1]
 local t = redis.call('TIME')
@@ -560,7 +341,7 @@ class RedisBreaker:
         slot = trial_id if reply.state is BreakerState.HALF_OPEN else ""
         epoch = reply.epoch
 
-        async def finish(outcome: _Outcome, error: str) -> None:
+        async def finish(outcome: Outcome, error: str) -> None:
             if await self._redis(outcome, trial_id=slot, epoch=epoch, error=error) is None:
                 # Redis went away mid-call: the fallback learns the outcome instead.
                 if outcome == "success":
@@ -571,7 +352,7 @@ class RedisBreaker:
         return Trial(finish)
 
     def trial(self) -> AbstractAsyncContextManager[Trial]:
-        return _trial_scope(self)
+        return trial_scope(self)
 
     async def record_failure(self, error: str) -> None:
         error = safe_error_name(error)
@@ -643,77 +424,3 @@ class RedisBreaker:
                 return reply
         self.degradation.fell_back()
         return None
-
-
-class BreakerRegistry:
-    """One breaker per outside dependency, created on first ``get``. ``degradation`` is
-    shared by its Redis breakers (``degraded`` while they run on their in-process fallback;
-    never for in-process breakers)."""
-
-    __slots__ = ("_breakers", "_factory", "degradation")
-
-    def __init__(
-        self,
-        factory: Callable[[str], CircuitBreaker],
-        degradation: Degradation | None = None,
-    ) -> None:
-        self._factory = factory
-        self._breakers: dict[str, CircuitBreaker] = {}
-        self.degradation = Degradation("breaker") if degradation is None else degradation
-
-    @property
-    def degraded(self) -> bool:
-        return self.degradation.degraded
-
-    @classmethod
-    def in_process(
-        cls, policy: BreakerPolicy = DEFAULT_POLICY, clock: Clock = time.time
-    ) -> BreakerRegistry:
-        return cls(lambda name: InProcessBreaker(name, policy, clock=clock))
-
-    @classmethod
-    def redis(
-        cls,
-        client: aioredis.Redis,
-        prefix: str,
-        policy: BreakerPolicy = DEFAULT_POLICY,
-        *,
-        timeout_s: float = REDIS_TIMEOUT_S,
-    ) -> BreakerRegistry:
-        """Breakers in Redis; they share one ``Degradation``, so an outage logs once."""
-        degradation = Degradation("breaker")
-        return cls(
-            lambda name: RedisBreaker(
-                client, prefix, name, policy, timeout_s=timeout_s, degradation=degradation
-            ),
-            degradation,
-        )
-
-    def get(self, name: str) -> CircuitBreaker:
-        breaker = self._breakers.get(name)
-        if breaker is None:
-            breaker = self._breakers[name] = self._factory(name)
-        return breaker
-
-    def names(self) -> list[str]:
-        return sorted(self._breakers)
-
-    async def snapshots(self) -> list[BreakerSnapshot]:
-        """Every breaker's snapshot, ordered by name."""
-        breakers = [self._breakers[name] for name in self.names()]
-        return list(await asyncio.gather(*(b.snapshot() for b in breakers)))
-
-
-__all__ = [
-    "DEFAULT_POLICY",
-    "BreakerOpen",
-    "BreakerPolicy",
-    "BreakerRegistry",
-    "BreakerSnapshot",
-    "BreakerState",
-    "CircuitBreaker",
-    "InProcessBreaker",
-    "RedisBreaker",
-    "Trial",
-    "safe_error_name",
-]

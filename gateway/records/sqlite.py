@@ -23,8 +23,8 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from gateway.store.base import DuplicateError, StoreError, StoreUnavailable
-from gateway.store.migrations import (
+from gateway.records.base import DuplicateError, StoreError, StoreUnavailable
+from gateway.records.migrations import (
     MIGRATIONS,
     SCHEMA_VERSION_TABLE,
     Dialect,
@@ -32,7 +32,7 @@ from gateway.store.migrations import (
     check_order,
     statements,
 )
-from gateway.store.sql import Row, SqlStore
+from gateway.records.sql import Row, SqlStore
 
 __all__ = ["DEFAULT_FILENAME", "SqliteStore"]
 

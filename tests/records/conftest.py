@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store.sql import SqlStore
-from tests.store.backends import BACKENDS, Backend, open_backend
+from gateway.records.sql import SqlStore
+from tests.records.backends import BACKENDS, Backend, open_backend
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,5 +1,5 @@
 """``/api/v1``: what the operator console and services read. Every route states the permission
-it needs (``gateway.auth.requires``); see README "Roles" for who holds which.
+it needs (``gateway.operators.middleware.requires``); see README "Roles" for who holds which.
 
 * ``GET /api/v1/calls``: live calls (from the call registry, every replica) and recent ones
   (from the durable store);
@@ -31,14 +31,16 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway import inputs
-from gateway.auth import Permission, Principal, auth_of, requires
 from gateway.calls import Call, CallError
 from gateway.compliance import render_markdown, report_of_runtime
 from gateway.errors import json_error
-from gateway.privacy import erase_subject, export_subject
+from gateway.operators.middleware import requires
+from gateway.operators.permissions import Permission, Principal
+from gateway.operators.sessions import auth_of
 from gateway.recording import Direction, RecordingError, delete_recording_file, export_wav
+from gateway.records.base import MAX_PAGE, AuditEvent, AuditQuery, CallRecord
+from gateway.records.privacy import erase_subject, export_subject
 from gateway.runtime import RECORDING_KEY_USE
-from gateway.store.base import MAX_PAGE, AuditEvent, AuditQuery, CallRecord
 from security.exceptions import StateUnavailable
 from security.revocation import jti_key, sid_key
 

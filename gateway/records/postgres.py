@@ -21,8 +21,8 @@ import psycopg
 from psycopg import errors, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway.store.base import DuplicateError, StoreError, StoreUnavailable
-from gateway.store.migrations import (
+from gateway.records.base import DuplicateError, StoreError, StoreUnavailable
+from gateway.records.migrations import (
     MIGRATIONS,
     SCHEMA_VERSION_TABLE,
     Dialect,
@@ -30,7 +30,7 @@ from gateway.store.migrations import (
     check_order,
     statements,
 )
-from gateway.store.sql import Row, SqlStore
+from gateway.records.sql import Row, SqlStore
 
 __all__ = ["PostgresStore"]
 

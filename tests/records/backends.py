@@ -15,10 +15,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from gateway.store.migrations import MIGRATIONS, Migration
-from gateway.store.postgres import PostgresStore
-from gateway.store.sql import SqlStore
-from gateway.store.sqlite import SqliteStore
+from gateway.records.migrations import MIGRATIONS, Migration
+from gateway.records.postgres import PostgresStore
+from gateway.records.sql import SqlStore
+from gateway.records.sqlite import SqliteStore
 
 DATABASE_URL = os.environ.get(
     "VOICEGW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.privacy import open_numbers, seal_numbers
-from gateway.store.base import CallRecord
-from gateway.store.sql import SqlStore
+from gateway.records.base import CallRecord
+from gateway.records.privacy import open_numbers, seal_numbers
+from gateway.records.sql import SqlStore
 from security.crypto import (
     CALL_FROM_COLUMN,
     BlindIndex,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from gateway.store.base import AuditQuery, CallRecord, LastRun, Store, SubjectRequest
+from gateway.records.base import AuditQuery, CallRecord, LastRun, Store, SubjectRequest
 from metrics.registry import RETENTION_DELETED
 from security.audit import Auditor, DetailValue
 from security.crypto import (

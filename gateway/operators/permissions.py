@@ -1,0 +1,45 @@
+"""Who may do what: the permissions, the roles that hold them (see README "Roles"), and the
+``Principal`` a request acts for."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from gateway.records.base import Role
+from security.sessions import AccessClaims
+
+
+class Permission(enum.StrEnum):
+    CALLS_READ = "calls:read"
+    PROVIDERS_READ = "providers:read"
+    AUDIT_READ = "audit:read"
+    SUBJECTS_EXPORT = "subjects:export"  # data-subject access requests
+    SUBJECTS_ERASE = "subjects:erase"
+    SECURITY_REVIEW = "security:review"  # admin only: the security review and key inventory
+
+
+ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.OPERATOR: frozenset({Permission.CALLS_READ, Permission.PROVIDERS_READ}),
+    # Data-subject requests (export and erasure) are the auditor's job (issue: "auditor or
+    # admin role"); everything else the auditor sees is read-only.
+    Role.AUDITOR: frozenset(
+        {Permission.AUDIT_READ, Permission.SUBJECTS_EXPORT, Permission.SUBJECTS_ERASE}
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request acts for: a user's session or a service's API key."""
+
+    name: str
+    role: Role
+    via: Literal["session", "api_key"]
+    claims: AccessClaims | None = None
+    key_id: str | None = None
+
+    def can(self, permission: Permission) -> bool:
+        return permission in ROLE_PERMISSIONS[self.role]
