@@ -37,7 +37,7 @@ async def test_deaf_carriers_end_only_their_own_calls(make_gateway, openai_fake,
     # The gateway sends far ahead of real time and gives up on a blocked send quickly, so a
     # deaf carrier's buffers fill in milliseconds rather than minutes.
     monkeypatch.setattr(media, "OUTBOUND_LEAD_S", 600.0)
-    monkeypatch.setattr(media, "CARRIER_SEND_TIMEOUT_S", 0.5 * UNIT)
+    monkeypatch.setattr(media, "CARRIER_SEND_TIMEOUT_S", 2 * UNIT)
     gw = await make_gateway("openai", sndbuf=8192)
     healthy: list[Leg] = list(
         await bounded(asyncio.gather(*(place_call(gw, "twilio") for _ in range(HEALTHY))))
