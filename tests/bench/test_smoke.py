@@ -54,8 +54,7 @@ def test_relay_benchmark_runs_both_systems_and_writes_json(tmp_path):
         assert capacity["levels"] == [2]
         assert capacity["capacity"] in (2, None)
     assert "capacity" in run.stdout
-    # The plot beside the JSON (matplotlib is the optional bench extra).
-    pytest.importorskip("matplotlib")
+    # The plot beside the JSON (matplotlib is in the dev extra: never skipped).
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
 

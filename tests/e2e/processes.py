@@ -51,6 +51,12 @@ def tail(log: Path, chars: int = 4000) -> str:
         return ""
 
 
+def coverage_env() -> dict[str, str]:
+    """The variables that make coverage measure a child process too (set by ``pytest
+    --cov`` with ``patch = ["subprocess"]``; empty otherwise)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")}
+
+
 async def _spawn(env: dict[str, str], port: int, log: Path) -> asyncio.subprocess.Process:
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
@@ -60,7 +66,7 @@ async def _spawn(env: dict[str, str], port: int, log: Path) -> asyncio.subproces
             "serve",
             "--port",
             str(port),
-            env=env,
+            env={**env, **coverage_env()},
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,
         )

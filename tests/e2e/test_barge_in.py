@@ -35,7 +35,12 @@ async def test_openai_barge_in_truncates_at_what_was_heard(
     if ack_marks:
         await eventually(lambda: leg.acked_ms > 0, 2 * UNIT, "a mark acknowledged")
     leg.ack_marks = False  # freeze what the caller is known to have heard
-    await asyncio.sleep(0.1 * UNIT)  # let acks already sent reach the gateway
+    # A barrier: the gateway reads the carrier's frames in order, so once one more caller
+    # frame has reached the provider, every ack sent before it has been read.
+    before = len(openai_fake.audio)
+    await leg.play(caller_audio(1), realtime=False)
+    async with asyncio.timeout(2 * UNIT):
+        await openai_fake.wait_until(lambda: len(openai_fake.audio) == before + 1)
     acked_ms = leg.acked_ms
     item_id = openai_fake._responses[openai_fake.current][1]
 

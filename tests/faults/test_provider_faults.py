@@ -59,6 +59,27 @@ async def hang_up(gw: Gateway, legs: list[Leg]) -> None:
     assert await gw.runtime.registry.list_active() == []
 
 
+async def reconnected(gw: Gateway) -> None:
+    """Wait until every connection in the gateway's Redis pool works again.
+
+    A connection the pool held while Redis restarted is stale: its next command fails once
+    with "Connection closed by server" (the pool does not retry), and the pool then opens a
+    fresh one. The gateway's own work absorbs that (a webhook answers 503 and the carrier
+    retries it); the test's reads of the registry below would not, so first use every pooled
+    connection at once, round after round, until a whole round succeeds."""
+    redis = gw.runtime.redis
+    assert redis is not None
+    width = gw.settings.redis_max_connections
+    async with asyncio.timeout(10 * UNIT):
+        while True:
+            pings = await asyncio.gather(
+                *(redis.ping() for _ in range(width)), return_exceptions=True
+            )
+            if all(p is True for p in pings):
+                return
+            await asyncio.sleep(0.05)
+
+
 async def providers_of(gw: Gateway, legs: list[Leg]) -> set[str]:
     calls = [await gw.call("twilio", leg.ticket.call_id) for leg in legs]
     return {c.provider for c in calls if c is not None}
@@ -184,6 +205,7 @@ async def test_calls_fail_over_while_redis_is_down(make_gateway, openai_fake, re
     while not await moved():
         assert asyncio.get_running_loop().time() < deadline, "registry not updated"
         await asyncio.sleep(0.1)
+    await reconnected(gw)
     await talk(legs, 10)
     await hang_up(gw, legs)
     print(f"\nfailover during a Redis outage: {calls} of {calls} calls moved and kept talking")

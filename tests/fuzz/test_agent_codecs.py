@@ -17,6 +17,7 @@ JSON, text and bytes):
 from __future__ import annotations
 
 import base64
+import binascii
 import copy
 from typing import Any
 
@@ -123,6 +124,9 @@ def test_feed(provider, data):
             events = codec.feed(frame)
         except ProtocolError:
             assert state(codec) == before, "a rejected frame changed the codec's state"
+            # Only a frame the provider could not have sent is refused: never one of its
+            # recorded frames, whatever came before it.
+            assert frame not in RECORDED[provider], f"a recorded frame was refused: {frame!r}"
             tally("rejected")
             continue
         tally("accepted")
@@ -154,13 +158,24 @@ payloads = st.one_of(
 def test_audio_payloads_are_strict_base64(provider, payload):
     codec = make(provider)
     try:
+        strict: bytes | None = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):  # not base64, or not ASCII at all
+        strict = None
+    if strict is not None and base64.b64encode(strict).decode() != payload:
+        strict = None  # not canonical (stray padding): refused too
+    try:
         events = codec.feed(dumps(AUDIO_FRAMES[provider](payload)))
     except ProtocolError:
+        # Refused exactly when the payload is not strict base64.
+        assert strict is None, f"valid base64 refused: {payload!r}"
         tally("rejected")
         return
+    assert strict is not None, f"not base64, yet accepted: {payload!r}"
     tally("accepted")
     for event in events:
         check_event(codec, event)
+        if isinstance(event, AudioChunk):
+            assert event.to_bytes() == strict  # the audio is what was sent, untouched
 
 
 @FUZZ

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 from http.cookies import SimpleCookie
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -18,7 +19,9 @@ from jwcrypto import jwk as jw_jwk  # type: ignore[import-untyped]
 from jwcrypto import jwt as jw_jwt
 
 from gateway.admin_cli import set_disabled, set_password
+from gateway.operators.routes import FAILED_LOGIN_FLOOR_S
 from gateway.records.base import Role
+from security.passwords import HASH_BYTES, PasswordHasher
 from security.signing_keys import rotate
 from tests.sessions.harness import (
     PASSWORD,
@@ -357,20 +360,60 @@ async def test_success_clears_failures_and_lockout_is_per_user(gw: Gw) -> None:
         assert (await gw.login(client, "bob")).status_code == 200
 
 
-async def test_failed_logins_take_the_same_time_whether_or_not_the_user_exists(gw: Gw) -> None:
-    async def timed(name: str) -> float:
-        async with gw.client() as client:
+class CountingHasher(PasswordHasher):
+    """The real scrypt hasher, noting the cost of every derivation it performs."""
+
+    derived: ClassVar[list[tuple[int, int, int]]] = []
+
+    @staticmethod
+    def _derive(
+        password: str, salt: bytes, log_n: int, r: int, p: int, length: int = HASH_BYTES
+    ) -> bytes:
+        CountingHasher.derived.append((log_n, r, p))
+        return PasswordHasher._derive(password, salt, log_n, r, p, length)
+
+
+async def test_failed_logins_take_the_same_time_whether_or_not_the_user_exists(
+    gw: Gw, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No user enumeration by timing. Two checks, each robust to a busy machine:
+
+    * the work is the same: a failed login for a known and for an unknown name each derive
+      exactly one scrypt hash of the same cost (counted, not timed: CPU-independent);
+    * the wall time is the same: every failure waits for the floor, and known and unknown
+      attempts, interleaved in pairs so load spikes hit both alike, differ by a paired median
+      within 15 % of the typical answer time. A median of paired differences ignores the odd
+      attempt a loaded scheduler delays."""
+    monkeypatch.setattr(CountingHasher, "derived", [])
+    monkeypatch.setattr(gw.auth, "hasher", CountingHasher(log_n=TEST_HASHER.log_n))
+
+    async def timed(name: str, client_no: int) -> float:
+        # One client address per attempt: the per-address login limit stays out of the way.
+        async with gw.client(f"192.0.2.{client_no}") as client:
+            before = len(CountingHasher.derived)
             started = time.perf_counter()
             r = await gw.login(client, name, "wrong password!")
+            took = time.perf_counter() - started
             assert r.status_code == 401
-            return time.perf_counter() - started
+            assert len(CountingHasher.derived) == before + 1  # one scrypt, known or not
+            return took
 
     # Fresh names each time so no lockout differs between the two series.
     await gw.user("timing-known")
-    known = [await timed("timing-known") for _ in range(4)]
-    unknown = [await timed(f"ghost-{i}") for i in range(4)]
-    assert statistics.median(known) == pytest.approx(statistics.median(unknown), rel=0.15)
-    assert min(known + unknown) >= 0.39  # the floor every failure waits for
+    known: list[float] = []
+    unknown: list[float] = []
+    for i in range(8):
+        if i % 2:  # alternate which goes first, so neither always follows a warm cache
+            unknown.append(await timed(f"ghost-{i}", 2 * i))
+            known.append(await timed("timing-known", 2 * i + 1))
+        else:
+            known.append(await timed("timing-known", 2 * i))
+            unknown.append(await timed(f"ghost-{i}", 2 * i + 1))
+    assert len(set(CountingHasher.derived)) == 1  # the dummy costs what a real hash costs
+    typical = statistics.median(known + unknown)
+    paired = statistics.median(k - u for k, u in zip(known, unknown, strict=True))
+    assert abs(paired) <= 0.15 * typical, (known, unknown)
+    assert min(known + unknown) >= FAILED_LOGIN_FLOOR_S - 0.01  # the floor every failure waits
 
 
 # -- headers, CORS, JWKS -------------------------------------------------------------------------
