@@ -39,8 +39,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import inputs
-from gateway.errors import json_error
+from gateway.http import inputs
+from gateway.http.errors import json_error
 from gateway.store.base import ApiKeyRecord, Role, Store, UserRecord
 from metrics.registry import AUTH_FAILURES, LOGIN_LOCKOUTS
 from security import apikeys, csrf
@@ -722,7 +722,7 @@ def _client_network(request: Request) -> str:
     lockout: an IPv4 address, or an IPv6 address's ``/login_ipv6_prefix``."""
     runtime = request.app.state.runtime
     try:
-        address = runtime.client_address(request)
+        address = runtime.clients.address(request)
     except Exception:
         return "unknown"
     return str(client_network(address, auth_of(request).config.login_ipv6_prefix))
@@ -731,7 +731,7 @@ def _client_network(request: Request) -> str:
 def _client_ip(request: Request) -> str | None:
     runtime = request.app.state.runtime
     try:
-        return str(runtime.client_address(request))
+        return str(runtime.clients.address(request))
     except Exception:
         return None
 

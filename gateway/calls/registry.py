@@ -1,9 +1,4 @@
-"""The call state machine and the live-call registry, in process or shared through Redis.
-
-A call moves ``ringing -> connecting -> streaming`` and may end from any of those; ``ended`` is
-terminal. The replica that moves a call to ``connecting`` or ``streaming`` holds its media
-stream and becomes its ``replica``. A record carries identifiers and state only: never a phone
-number, a transcript or a stream token.
+"""The live-call registry, in process or shared through Redis.
 
 An ended call is remembered for ``ended_ttl`` (``ENDED_TTL_S`` by default: as long as the
 webhook replay cache remembers a delivery), so a late or replayed webhook of an ended call finds
@@ -14,132 +9,58 @@ Two backends implement ``CallRegistry``:
 * ``InProcessCallRegistry``, the embedded default for a single process;
 * ``RedisCallRegistry``, shared by the replicas of a deployment. Every change is a
   compare-and-set in a Lua script, so concurrent changes to one call from several replicas
-  serialise and the loser re-checks the state machine. Active calls expire ``active_ttl``
-  after their holder's last ``heartbeat`` (a replica killed without warning loses its calls
-  that way); ended calls are kept ``ended_ttl``, then expire.
-
-Errors::
-
-    CallError
-    ├── CallNotFoundError    no such call (never existed, or expired)
-    └── CallStateError       the state machine forbids the change
+  serialise and the loser re-checks the state machine (``gateway.calls.state``). Active calls
+  expire ``active_ttl`` after their holder's last ``heartbeat`` (a replica killed without
+  warning loses its calls that way); ended calls are kept ``ended_ttl``, then expire.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import enum
+import logging
 import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, Final, NoReturn, Protocol, TypeVar, assert_never
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, NoReturn, Protocol, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.calls.state import (
+    Call,
+    CallError,
+    CallNotFoundError,
+    CallState,
+    ended_by_replica_loss,
+    new_call,
+    transitioned,
+    with_provider,
+)
 from providers.events import CallId
 from security.webhooks import DEFAULT_REPLAY_TTL_S
 
 __all__ = [
-    "CARRIERS",
     "ENDED_TTL_S",
-    "Call",
-    "CallError",
-    "CallNotFoundError",
     "CallRegistry",
-    "CallState",
-    "CallStateError",
     "InProcessCallRegistry",
     "RedisCallRegistry",
-    "can_transition",
     "default_replica_id",
     "keep_alive",
-    "new_call_id",
+    "when_registry_answers",
 ]
 
-CARRIERS: Final = frozenset({"twilio", "telnyx"})
-"""Carriers a call can come from; ``Call.carrier`` is one of these strings."""
+log = logging.getLogger("voicegw.runtime")
 
 ENDED_TTL_S: Final = float(DEFAULT_REPLAY_TTL_S)
 """How long an ended call is remembered by default: as long as the webhook replay cache
 remembers a delivery (the runtime checks the pair at start-up)."""
-
-
-class CallState(enum.StrEnum):
-    RINGING = "ringing"
-    CONNECTING = "connecting"
-    STREAMING = "streaming"
-    ENDED = "ended"
-
-
-def can_transition(current: CallState, new: CallState) -> bool:
-    """Whether the state machine allows ``current -> new``."""
-    if new is CallState.ENDED:
-        return current is not CallState.ENDED
-    match current:
-        case CallState.RINGING:
-            return new is CallState.CONNECTING
-        case CallState.CONNECTING:
-            return new is CallState.STREAMING
-        case CallState.STREAMING | CallState.ENDED:
-            return False
-        case _:
-            assert_never(current)
-
-
-class CallError(Exception):
-    """Root of the errors this module raises."""
-
-
-class CallNotFoundError(CallError, LookupError):
-    def __init__(self, call_id: CallId) -> None:
-        super().__init__(f"no call {call_id}")
-        self.call_id = call_id
-
-
-class CallStateError(CallError):
-    """``requested`` is not allowed from ``current`` (e.g. anything after ``ended``)."""
-
-    def __init__(self, call_id: CallId, current: CallState, requested: str) -> None:
-        super().__init__(f"call {call_id} is {current.value}: cannot {requested}")
-        self.call_id = call_id
-        self.current = current
-        self.requested = requested
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One call as the registry knows it. Times are Unix seconds.
-
-    ``ended_reason`` is a short code ("hangup", "replica_lost", ...), never free text.
-    ``account_id`` is the carrier account the call belongs to (Twilio's AccountSid, which its
-    REST API needs to hang the call up), when the carrier named one.
-    """
-
-    call_id: CallId
-    carrier: str
-    carrier_call_id: str  # Twilio CallSid, Telnyx call_control_id
-    provider: str
-    state: CallState
-    created_at: float
-    updated_at: float
-    replica: str
-    ended_reason: str | None = None
-    account_id: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.state is not CallState.ENDED
-
-
-def new_call_id() -> CallId:
-    """A fresh, unguessable gateway call id."""
-    return CallId("call_" + secrets.token_urlsafe(16))
+END_RETRY_S: Final = (0.5, 5.0)
+"""First and longest wait between attempts to update a call in the registry while Redis is
+down (``when_registry_answers``)."""
 
 
 def default_replica_id() -> str:
@@ -147,64 +68,8 @@ def default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def _new_call(
-    carrier: str, carrier_call_id: str, provider: str, replica: str, account_id: str | None
-) -> Call:
-    if carrier not in CARRIERS:
-        raise ValueError(f"unknown carrier {carrier!r}")
-    if not carrier_call_id:
-        raise ValueError("empty carrier call id")
-    if not provider:
-        raise ValueError("empty provider")
-    now = time.time()
-    return Call(
-        new_call_id(),
-        carrier,
-        carrier_call_id,
-        provider,
-        CallState.RINGING,
-        now,
-        now,
-        replica,
-        account_id=account_id,
-    )
-
-
 _Changed = TypeVar("_Changed", Call, Call | None)
 """What a registry update's change returns: the new call, or None for "leave it as it is"."""
-
-
-def _transitioned(call: Call, new_state: CallState, reason: str | None, replica: str) -> Call:
-    if not can_transition(call.state, new_state):
-        raise CallStateError(call.call_id, call.state, f"move to {new_state.value}")
-    match new_state:
-        case CallState.ENDED:
-            return replace(
-                call, state=new_state, updated_at=time.time(), ended_reason=reason or "normal"
-            )
-        case CallState.CONNECTING | CallState.STREAMING:
-            return replace(call, state=new_state, updated_at=time.time(), replica=replica)
-        case CallState.RINGING:  # never allowed: can_transition said no
-            raise AssertionError("unreachable")
-        case _:
-            assert_never(new_state)
-
-
-def _with_provider(call: Call, provider: str) -> Call:
-    if not provider:
-        raise ValueError("empty provider")
-    if not call.active:
-        raise CallStateError(call.call_id, call.state, "change provider")
-    return replace(call, provider=provider, updated_at=time.time())
-
-
-def _ended_by_replica_loss(replica_id: str) -> Callable[[Call], Call | None]:
-    def change(call: Call) -> Call | None:
-        if not call.active or call.replica != replica_id:
-            return None
-        return _transitioned(call, CallState.ENDED, "replica_lost", call.replica)
-
-    return change
 
 
 class CallRegistry(Protocol):
@@ -293,6 +158,29 @@ async def keep_alive(
         await asyncio.sleep(registry.heartbeat_interval)
 
 
+async def when_registry_answers(call: Call, update: Callable[[], Awaitable[object]]) -> None:
+    """Retry a registry ``update`` of ``call`` that failed while shared state was down, backing
+    off from ``END_RETRY_S[0]`` to ``END_RETRY_S[1]``, until it succeeds or is moot."""
+    delay, longest = END_RETRY_S
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await update()
+        except (RedisError, OSError, TimeoutError):
+            delay = min(delay * 2, longest)
+        except CallError as exc:
+            # Moot now: the call has ended or its record expired (an outage longer than
+            # VOICEGW_CALL_TTL_S). Nothing left to update.
+            log.info(
+                "call registry update dropped",
+                extra={"call_id": call.call_id, "error": type(exc).__name__},
+            )
+            return
+        else:
+            log.info("call registry updated", extra={"call_id": call.call_id})
+            return
+
+
 # -- in process --------------------------------------------------------------------------------
 
 
@@ -346,7 +234,7 @@ class InProcessCallRegistry:
     async def create(
         self, carrier: str, carrier_call_id: str, provider: str, *, account_id: str | None = None
     ) -> tuple[Call, bool]:
-        call = _new_call(carrier, carrier_call_id, provider, self._replica_id, account_id)
+        call = new_call(carrier, carrier_call_id, provider, self._replica_id, account_id)
         store = self._store
         store.purge()
         existing = store.by_carrier.get((carrier, carrier_call_id))
@@ -368,12 +256,10 @@ class InProcessCallRegistry:
     async def transition(
         self, call_id: CallId, new_state: CallState, *, reason: str | None = None
     ) -> Call:
-        return self._update(
-            call_id, lambda c: _transitioned(c, new_state, reason, self._replica_id)
-        )
+        return self._update(call_id, lambda c: transitioned(c, new_state, reason, self._replica_id))
 
     async def set_provider(self, call_id: CallId, provider: str) -> Call:
-        return self._update(call_id, lambda c: _with_provider(c, provider))
+        return self._update(call_id, lambda c: with_provider(c, provider))
 
     async def list_active(self) -> list[Call]:
         self._store.purge()
@@ -384,7 +270,7 @@ class InProcessCallRegistry:
         return sum(1 for c in self._store.calls.values() if c.active)
 
     async def remove_replica(self, replica_id: str) -> list[Call]:
-        change = _ended_by_replica_loss(replica_id)
+        change = ended_by_replica_loss(replica_id)
         held = [c.call_id for c in self._store.calls.values() if c.active]
         ended = [self._update(call_id, change) for call_id in held]
         return [c for c in ended if c is not None]
@@ -602,7 +488,7 @@ class RedisCallRegistry:
     async def create(
         self, carrier: str, carrier_call_id: str, provider: str, *, account_id: str | None = None
     ) -> tuple[Call, bool]:
-        call = _new_call(carrier, carrier_call_id, provider, self._replica_id, account_id)
+        call = new_call(carrier, carrier_call_id, provider, self._replica_id, account_id)
         keys = [
             self._carrier_key(carrier, carrier_call_id),
             self._call_key(call.call_id),
@@ -634,11 +520,11 @@ class RedisCallRegistry:
         self, call_id: CallId, new_state: CallState, *, reason: str | None = None
     ) -> Call:
         return await self._update(
-            call_id, lambda c: _transitioned(c, new_state, reason, self._replica_id)
+            call_id, lambda c: transitioned(c, new_state, reason, self._replica_id)
         )
 
     async def set_provider(self, call_id: CallId, provider: str) -> Call:
-        return await self._update(call_id, lambda c: _with_provider(c, provider))
+        return await self._update(call_id, lambda c: with_provider(c, provider))
 
     async def list_active(self) -> list[Call]:
         ids = await self._active(keys=[self._active_key], args=["list"])
@@ -657,7 +543,7 @@ class RedisCallRegistry:
 
     async def remove_replica(self, replica_id: str) -> list[Call]:
         held = await self._redis.smembers(self._replica_key(replica_id))
-        change = _ended_by_replica_loss(replica_id)
+        change = ended_by_replica_loss(replica_id)
         ended: list[Call] = []
         for call_id in sorted(_text(i) for i in held):
             try:

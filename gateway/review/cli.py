@@ -17,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from gateway.auth import AuthRuntime
-from gateway.calls import RedisCallRegistry
+from gateway.calls.registry import RedisCallRegistry
 from gateway.review.checks import review
 from gateway.review.facts import REDIS_PROBE_S, Facts, collect_facts, loose_paths
 from gateway.review.model import Report
@@ -32,7 +32,7 @@ async def review_settings(settings: Settings) -> Report:
 async def settings_facts(settings: Settings) -> Facts:
     """The facts of a gateway with ``settings``: its store, key rings, Redis and session
     code opened the way ``Runtime.start`` opens them, then closed again."""
-    from gateway.runtime import auth_config, load_data_keys, open_store, settings_signing_ring
+    from gateway.services import auth_config, load_data_keys, open_store, settings_signing_ring
 
     # Opening the store tightens the modes of the directory and database file: look first.
     before = await asyncio.to_thread(loose_paths, settings.data_dir)
@@ -82,7 +82,7 @@ async def settings_facts(settings: Settings) -> Facts:
 
 
 def security_review(args: argparse.Namespace) -> int:
-    from gateway.cli import load_settings
+    from gateway.cli.base import load_settings
 
     report = asyncio.run(review_settings(load_settings()))
     if args.json:

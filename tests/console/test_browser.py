@@ -15,10 +15,10 @@ import pytest
 from playwright.async_api import BrowserContext, ConsoleMessage, Page, async_playwright
 
 from gateway import devkeys
-from gateway.admin_cli import add_user
 from gateway.auth import AuthRuntime
+from gateway.cli.admin import add_user
+from gateway.cli.simulate import serve_app
 from gateway.settings import Settings
-from gateway.simulate import serve_app
 from gateway.store.base import Role
 from tests.conftest import UNIT
 from tests.e2e.carrier import Gateway, caller_audio, free_port, gateway_env, place_call

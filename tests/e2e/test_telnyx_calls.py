@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from gateway.audio import Transcoder
-from gateway.recording import Direction, RecordingReader
-from gateway.runtime import RECORDING_KEY_USE
+from gateway.media.audio import Transcoder
+from gateway.media.recorder import RECORDING_KEY_USE
+from gateway.media.recording import Direction, RecordingReader
 from gateway.store.base import CallRecord
 from providers.events import PCMA_8K, PCMU_8K
 from tests.conftest import UNIT

@@ -25,10 +25,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway import devkeys
-from gateway.admin_cli import add_user
-from gateway.calls import RedisCallRegistry
+from gateway.calls.registry import RedisCallRegistry
+from gateway.cli.admin import add_user
 from gateway.privacy import open_numbers
-from gateway.runtime import load_data_keys, open_store
+from gateway.services import load_data_keys, open_store
 from gateway.settings import Settings
 from gateway.store.base import Role
 from tests.conftest import UNIT

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.audio import (
+from gateway.media.audio import (
     Framer,
     Transcoder,
     WavError,

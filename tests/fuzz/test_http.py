@@ -27,7 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import auth as auth_module
-from gateway.admin_cli import add_user, create_api_key
+from gateway.cli.admin import add_user, create_api_key
 from gateway.store.base import Role
 from security.admission import duplicate_scope
 from security.ratelimit import RedisLimiter

@@ -28,7 +28,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from gateway.app import build_app
-from gateway.calls import Call, CallState
+from gateway.calls.state import Call, CallState
 from tests.conftest import UNIT
 from tests.fuzz.profile import COSTLY, tally
 from tests.fuzz.strategies import dumps, frames_from, leaf_swaps

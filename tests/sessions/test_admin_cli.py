@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import admin_cli
+from gateway.cli import admin as admin_cli
 from gateway.store.base import Role
 from gateway.store.sqlite import SqliteStore
 from security import apikeys

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from gateway import api
-from gateway.admin_cli import create_api_key, revoke_api_key, rotate_api_key
 from gateway.auth import ROLE_PERMISSIONS, Permission
+from gateway.cli.admin import create_api_key, revoke_api_key, rotate_api_key
 from gateway.store.base import Role
 from security.apikeys import DAY_S, KeyPolicy, KeyState
 from tests.sessions.harness import AsgiStream, Gw, cookie_header, csrf_headers, running
@@ -235,7 +235,7 @@ async def test_event_stream_shows_calls_as_they_come_and_go(gw: Gw) -> None:
             call, _ = await gw.runtime.registry.create("telnyx", "v3:abc", "echo")
             ((kind, calls),) = await stream.events(1)
             assert kind == "calls" and [c["call_id"] for c in calls] == [call.call_id]
-            await gw.runtime.end_call(call, "hangup")
+            await gw.runtime.records.end_call(call, "hangup")
             assert await stream.events(1) == [("calls", [])]
         finally:
             await stream.close()

@@ -15,8 +15,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from gateway.admin_cli import create_api_key
-from gateway.runtime import open_auditor
+from gateway.cli.admin import create_api_key
+from gateway.services import open_auditor
 from gateway.store.base import Role
 from tests.sessions.harness import PASSWORD, PUBLIC_URL, Gw, csrf_headers, running
 from tests.store.backends import BACKENDS

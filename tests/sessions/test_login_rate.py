@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.auth import AuthConfig
-from gateway.runtime import auth_config
+from gateway.services import auth_config
 from gateway.settings import Settings, SettingsError
 from gateway.store.base import Role
 from security.allowlist import client_network, parse_address

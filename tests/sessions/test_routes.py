@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from jwcrypto import jwk as jw_jwk  # type: ignore[import-untyped]
 from jwcrypto import jwt as jw_jwt
 
-from gateway.admin_cli import set_disabled, set_password
+from gateway.cli.admin import set_disabled, set_password
 from gateway.store.base import Role
 from security.signing_keys import rotate
 from tests.sessions.harness import (
