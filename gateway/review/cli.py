@@ -31,7 +31,7 @@ async def review_settings(settings: Settings) -> Report:
 
 async def settings_facts(settings: Settings) -> Facts:
     """The facts of a gateway with ``settings``: its store, key rings, Redis and session
-    code opened the way ``Runtime.start`` opens them, then closed again."""
+    code opened the way ``gateway.app.start_runtime`` opens them, then closed again."""
     from gateway.services import auth_config, load_data_keys, open_store, settings_signing_ring
 
     # Opening the store tightens the modes of the directory and database file: look first.

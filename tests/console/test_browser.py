@@ -59,7 +59,7 @@ async def console_gateway(
         @contextlib.asynccontextmanager
         async def lifespan(a: Any) -> AsyncIterator[None]:
             async with started(a):
-                a.state.runtime.auth = auth  # what Runtime.start does once integrated
+                a.state.runtime.auth = auth  # what start_runtime does once integrated
                 yield
 
         app.router.lifespan_context = lifespan

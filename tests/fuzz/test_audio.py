@@ -1,4 +1,4 @@
-"""Audio conversions (``gateway/audio.py``) under arbitrary input.
+"""Audio conversions (``gateway/media/audio.py``) under arbitrary input.
 
 Invariants:
 

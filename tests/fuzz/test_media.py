@@ -1,4 +1,4 @@
-"""The media path (``gateway/media.py``: upgrade, ``start``, the Bridge's carrier input) under
+"""The media path (``gateway/media/``: upgrade, ``start``, the Bridge's carrier input) under
 hostile frames, through the app's real WebSocket endpoints (starlette ``TestClient``).
 
 Each example is one call: a signed Twilio webhook (or, for Telnyx, the call and its stream

@@ -1,5 +1,5 @@
-"""``voicegw users|apikeys|keys`` through ``admin_cli.register``, against a real SQLite file,
-and the password hashing underneath."""
+"""``voicegw users|apikeys|keys`` through ``gateway.cli.admin.register``, against a real SQLite
+file, and the password hashing underneath."""
 
 from __future__ import annotations
 
