@@ -16,12 +16,8 @@ import redis.asyncio as aioredis
 from nacl.signing import SigningKey as NaclSigningKey
 
 from gateway.auth import AuthConfig, AuthRuntime, signing_ring
-from gateway.calls.registry import (
-    ENDED_TTL_S,
-    CallRegistry,
-    InProcessCallRegistry,
-    RedisCallRegistry,
-)
+from gateway.calls.redis_registry import RedisCallRegistry
+from gateway.calls.registry import ENDED_TTL_S, CallRegistry, InProcessCallRegistry
 from gateway.devkeys import ensure_data_dir
 from gateway.settings import Settings
 from gateway.store import Store, create_store

@@ -17,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from gateway.auth import AuthRuntime
-from gateway.calls.registry import RedisCallRegistry
+from gateway.calls.redis_registry import RedisCallRegistry
 from gateway.review.checks import review
 from gateway.review.facts import REDIS_PROBE_S, Facts, collect_facts, loose_paths
 from gateway.review.model import Report

@@ -38,7 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway import devkeys
-from gateway.calls.registry import RedisCallRegistry
+from gateway.calls.redis_registry import RedisCallRegistry
 from gateway.calls.state import CallState
 from gateway.cli.admin import add_user, create_api_key
 from gateway.http.errors import CloseCode

@@ -25,7 +25,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway import devkeys
-from gateway.calls.registry import RedisCallRegistry
+from gateway.calls.redis_registry import RedisCallRegistry
 from gateway.cli.admin import add_user
 from gateway.privacy import open_numbers
 from gateway.services import load_data_keys, open_store

@@ -12,10 +12,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.calls.redis_registry import RedisCallRegistry
 from gateway.calls.registry import (
     CallRegistry,
     InProcessCallRegistry,
-    RedisCallRegistry,
     keep_alive,
 )
 from gateway.calls.state import (

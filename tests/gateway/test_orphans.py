@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from gateway.calls import orphans
 from gateway.calls.orphans import close_orphans
-from gateway.calls.registry import RedisCallRegistry
+from gateway.calls.redis_registry import RedisCallRegistry
 from gateway.calls.state import CallState
 from gateway.store.base import CallRecord
 from metrics.registry import REGISTRY

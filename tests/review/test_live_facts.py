@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from starlette.requests import Request
 
 from gateway.app import start_runtime
-from gateway.calls.registry import RedisCallRegistry
+from gateway.calls.redis_registry import RedisCallRegistry
 from gateway.review.checks import review
 from gateway.review.facts import runtime_facts
 from gateway.review.model import Status
