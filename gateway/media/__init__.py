@@ -1,4 +1,4 @@
 """Media: the stream endpoints, the Bridge (inbound, outbound pacing with marks and barge-in,
 failover), stream admission, opening agents, audio conversion and framing, fallback tones,
-recordings. May import ``gateway.calls`` (state and registry), ``gateway.http``, the lower
-packages."""
+recordings. Imports ``gateway.calls`` (state, registry), ``gateway.http``, ``gateway.lifecycle``
+and the lower packages; the endpoints read ``gateway.runtime``."""
