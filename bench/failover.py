@@ -88,7 +88,7 @@ async def _arrivals(leg: Any, times: list[float], stop: asyncio.Event) -> None:
 async def one_failover(gw: Any, openai: FakeOpenAIRealtime, deepgram: FakeDeepgramAgent) -> dict:
     # Every run's abort counts against OpenAI's breaker; start each run with it closed so
     # the call starts on OpenAI (a fifth failure would rightly open it).
-    gw.runtime.breakers = BreakerRegistry.in_process(BreakerPolicy())
+    gw.runtime.dialer.breakers = BreakerRegistry.in_process(BreakerPolicy())
     leg = await open_stream(gw, await answer(gw, "twilio"))
     stop = asyncio.Event()
     back: list[float] = []

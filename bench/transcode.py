@@ -28,7 +28,7 @@ from typing import Final
 import numpy as np
 import soxr
 
-from gateway.audio import ResampleQuality, Transcoder, alaw_encode, ulaw_decode, ulaw_encode
+from gateway.media.audio import ResampleQuality, Transcoder, alaw_encode, ulaw_decode, ulaw_encode
 from providers.events import (
     PCM16_8K,
     PCM16_16K,

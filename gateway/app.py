@@ -1,138 +1,222 @@
-"""The ASGI application: routes, middleware and the lifespan that starts and stops shared pools."""
+"""The composition root: ``start_runtime`` builds every service from ``Settings`` (the one
+wiring function) and owns the start-up and shutdown order; ``build_app`` mounts the routes and
+middleware and runs the runtime in the application's lifespan.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
-import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Final
 
-import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from nacl.signing import VerifyKey
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import media, webhooks
-from gateway.errors import json_error
+from gateway.calls import telnyx, twilio
+from gateway.calls.control import CallControl
+from gateway.calls.orphans import close_orphans_periodically
+from gateway.calls.records import CallRecords
+from gateway.calls.registry import default_replica_id, keep_alive
+from gateway.calls.unopened import UnopenedStreams
+from gateway.compliance.evidence import verify_periodically
+from gateway.compliance.rejections import RejectionLedger
+from gateway.http.clients import ClientAddresses
+from gateway.http.errors import json_error
+from gateway.http.health import healthz, metrics_endpoint, readyz
+from gateway.http.middleware import HttpMiddleware
+from gateway.lifecycle import Lifecycle
+from gateway.media import endpoints
+from gateway.media.admission import StreamAdmission
+from gateway.media.dialer import AgentDialer
+from gateway.media.fallback import fallback_audio
+from gateway.media.recorder import Recorder
+from gateway.media.recording import delete_recording_file
 from gateway.operators import api, console
 from gateway.operators.middleware import middleware as security_middleware
 from gateway.operators.routes import routes as auth_routes
+from gateway.records.privacy import RetentionPeriods, RetentionSweeper
 from gateway.review import api as review_api
+from gateway.review.inventory import watch_keys
+from gateway.review.startup import check_start
 from gateway.runtime import Runtime
+from gateway.services import (
+    DAY_S,
+    Durable,
+    SharedState,
+    carrier_allowlists,
+    redis_client,
+    webhook_pipeline,
+)
 from gateway.settings import Settings, SettingsError
-from metrics.logging import correlation_id
-from metrics.registry import BUILD_INFO, HTTP_DURATION, REGISTRY
+from metrics.registry import BUILD_INFO
+from security.allowlist import ClientAddressResolver
+from security.refresh import gauge_live_sessions
 
-log = logging.getLogger("voicegw.app")
+log = logging.getLogger("voicegw.runtime")
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-
-
-async def healthz(request: Request) -> Response:
-    return Response(b'{"status":"ok"}', media_type="application/json")
-
-
-async def readyz(request: Request) -> Response:
-    """Ready or not (the status code and ``ready``) for anyone: orchestrators probe from
-    outside. The detail (providers, breaker states, failure classes, live calls, Redis and
-    store) only for whoever may read ``/metrics``."""
-    runtime: Runtime = request.app.state.runtime
-    report = await runtime.readiness()
-    status = 200 if report["ready"] else 503
-    if _internals_refused(request) is not None:
-        report = {"ready": report["ready"]}
-    return Response(orjson.dumps(report), status_code=status, media_type="application/json")
-
-
-def _internals_refused(request: Request) -> Response | None:
-    """The refusal for a request that may not read the gateway's internals (``/metrics``, the
-    detail of ``/readyz``), or None: with ``VOICEGW_METRICS_TOKEN`` set, its bearer token;
-    without, a client on this host."""
-    runtime: Runtime = request.app.state.runtime
-    token = runtime.settings.metrics_token
-    if token is not None:
-        given = request.headers.get("authorization", "")
-        if not secrets.compare_digest(given.encode(), f"Bearer {token.get()}".encode()):
-            return json_error(401, "bearer token required", {"WWW-Authenticate": "Bearer"})
-    elif not runtime.is_loopback_client(request):
-        return json_error(403, "source not allowed")
-    return None
-
-
-async def metrics_endpoint(request: Request) -> Response:
-    refused = _internals_refused(request)
-    if refused is not None:
-        return refused
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
+RETENTION_INTERVAL_S: Final = 3600.0
 
 ROUTES: list[Route | WebSocketRoute] = [
     Route("/healthz", healthz, methods=["GET", "HEAD"]),
     Route("/readyz", readyz, methods=["GET", "HEAD"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),
-    Route("/webhooks/twilio/voice", webhooks.twilio_voice, methods=ALL_METHODS),
-    Route("/webhooks/twilio/status", webhooks.twilio_status, methods=ALL_METHODS),
-    Route("/webhooks/telnyx", webhooks.telnyx, methods=ALL_METHODS),
-    WebSocketRoute("/media/twilio", media.twilio_stream),  # no call: refused with 1008
-    WebSocketRoute("/media/twilio/{call}", media.twilio_stream),
-    WebSocketRoute("/media/telnyx", media.telnyx_stream),
+    Route("/webhooks/twilio/voice", twilio.twilio_voice, methods=ALL_METHODS),
+    Route("/webhooks/twilio/status", twilio.twilio_status, methods=ALL_METHODS),
+    Route("/webhooks/telnyx", telnyx.telnyx, methods=ALL_METHODS),
+    WebSocketRoute("/media/twilio", endpoints.twilio_stream),  # no call: refused with 1008
+    WebSocketRoute("/media/twilio/{call}", endpoints.twilio_stream),
+    WebSocketRoute("/media/telnyx", endpoints.telnyx_stream),
     *auth_routes(),
     *api.routes(),
     *review_api.routes(),
     *console.routes(),
 ]
-_TEMPLATES: dict[Callable[..., Any], str] = {r.endpoint: r.path for r in ROUTES}
 
 
-class HttpMiddleware:
-    """Times every HTTP request by route template, sets a correlation id, and turns any
-    uncaught exception into a bare 500 JSON reply (logged, never shown to the client). A
-    client that leaves mid-request is no error: it is timed with status 499."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        token = correlation_id.set(secrets.token_hex(8))
-        started = time.perf_counter()
-        status = 500
-        response_started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, response_started
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                response_started = True
-            await send(message)
-
+async def start_runtime(settings: Settings) -> Runtime:
+    """Build every service ``settings`` describe: the in-process state backends, or the Redis
+    ones when ``VOICEGW_REDIS_URL`` is set; the store, keys and audit trail; the services of
+    calls and media. Then start the background loops. ``Runtime.stop`` undoes it in order."""
+    replica_id = default_replica_id()
+    redis = None
+    if settings.redis_url is not None:
+        redis = redis_client(settings.redis_url.get(), settings.redis_max_connections, replica_id)
+    state = SharedState.build(settings, redis, replica_id)
+    durable = await Durable.open(settings, redis)
+    lifecycle = Lifecycle(drain_s=settings.drain_s, task_grace_s=settings.carrier_rest_timeout_s)
+    tasks = lifecycle.tasks
+    clients = ClientAddresses(ClientAddressResolver(settings.trusted_proxies))
+    allowlists = carrier_allowlists(settings)
+    pipeline = webhook_pipeline(settings, state, clients.resolver, allowlists)
+    recorder = Recorder(
+        enabled=settings.recording,
+        consent=settings.recording_consent,
+        directory=settings.data_dir / "recordings",
+        store=durable.store,
+        data_keys=durable.data_keys,
+    )
+    records = CallRecords(
+        store=durable.store,
+        data_keys=durable.data_keys,
+        blind_index=durable.blind_index,
+        registry=state.registry,
+        tasks=tasks,
+        recording_path=recorder.path,
+    )
+    control = CallControl.build(
+        settings, breakers=state.breakers, registry=state.registry, records=records, tasks=tasks
+    )
+    runtime = Runtime(
+        settings=settings,
+        redis=redis,
+        lifecycle=lifecycle,
+        registry=state.registry,
+        stream_tokens=state.stream_tokens,
+        breakers=state.breakers,
+        degradable=state.degradable,
+        pipeline=pipeline,
+        clients=clients,
+        rejections=RejectionLedger(durable.store),
+        records=records,
+        control=control,
+        unopened=UnopenedStreams(
+            registry=state.registry,
+            records=records,
+            control=control,
+            token_ttl_s=settings.stream_token_ttl_s,
+        ),
+        admission=StreamAdmission(
+            public_ws_url=settings.public_ws_url,
+            allowlists=allowlists,
+            pipeline=pipeline,
+            clients=clients,
+            registry=state.registry,
+            stream_tokens=state.stream_tokens,
+        ),
+        dialer=AgentDialer(settings, breakers=state.breakers, registry=state.registry, tasks=tasks),
+        recorder=recorder,
+        fallback=fallback_audio(settings.fallback_wav),
+        store=durable.store,
+        data_keys=durable.data_keys,
+        blind_index=durable.blind_index,
+        auditor=durable.auditor,
+        auth=durable.auth,
+    )
+    # Shutdown, after live calls and background work: pending flood summaries and a signed
+    # checkpoint over the audit chain's head, then the pools.
+    lifecycle.at_stop(
+        control.aclose,
+        runtime.rejections.close,
+        durable.auditor.flush,
+        durable.auditor.checkpoint,
+        durable.store.close,
+    )
+    if redis is not None:
+        lifecycle.at_stop(redis.aclose)
+    if settings.production:
+        # The security review's critical failures refuse the start; warnings are logged.
         try:
-            await self.app(scope, receive, send_wrapper)
-        except ClientDisconnect:
-            # The client left before its request was all in: nobody to answer, nothing wrong.
-            status = 499  # nginx's "client closed request", for the duration metric
-        except Exception:
-            log.exception("unhandled error", extra={"path_template": _template(scope)})
-            if not response_started:
-                await json_error(500, "internal error")(scope, receive, send)
-            status = 500
-        finally:
-            HTTP_DURATION.labels(_template(scope), scope["method"], str(status)).observe(
-                time.perf_counter() - started
-            )
-            correlation_id.reset(token)
+            await check_start(runtime)
+        except BaseException:
+            await runtime.stop()
+            raise
+    _start_loops(runtime)
+    log.info(
+        "gateway started",
+        extra={
+            "env": settings.env.value,
+            "state": "redis" if redis else "in-process",
+            "providers": ",".join(settings.providers),
+        },
+    )
+    return runtime
 
 
-def _template(scope: Scope) -> str:
-    endpoint = scope.get("endpoint")
-    return _TEMPLATES.get(endpoint, "unmatched") if endpoint is not None else "unmatched"
+def _start_loops(runtime: Runtime) -> None:
+    """The runtime's background loops (``gateway.lifecycle.BACKGROUND_LOOPS``)."""
+    settings, spawn = runtime.settings, runtime.lifecycle.tasks.spawn
+    sweeper = RetentionSweeper(
+        runtime.store,
+        RetentionPeriods(
+            calls_s=settings.retention_calls_days * DAY_S,
+            audit_s=settings.retention_audit_days * DAY_S,
+            login_failures_s=settings.login_lockout_window_s,
+        ),
+        runtime.auditor,
+        delete_recording=delete_recording_file,
+    )
+    spawn(sweeper.run(RETENTION_INTERVAL_S), "retention")
+    spawn(watch_keys(runtime), "key-inventory")
+    spawn(gauge_live_sessions(runtime.auth.families), "sessions-gauge")
+    if runtime.redis is not None or settings.database_url is None:
+        # The registry knows every live call of the store's writers: shared through Redis,
+        # or this process alone on its SQLite file. (Replicas sharing PostgreSQL without
+        # Redis cannot see each other's calls; the security review flags that set-up.)
+        spawn(
+            close_orphans_periodically(
+                runtime.store, runtime.registry, older_than_s=settings.call_ttl_s
+            ),
+            "orphans",
+        )
+    spawn(verify_periodically(runtime.store, lambda: _audit_verify_keys(runtime)), "audit-verify")
+    for provider in settings.providers:
+        runtime.breakers.get(provider)  # listed in /readyz from the start
+    spawn(keep_alive(runtime.registry, on_error=_heartbeat_failed), "heartbeat")
+    spawn(runtime.unopened.run(), "unopened-streams")
+
+
+def _audit_verify_keys(runtime: Runtime) -> list[VerifyKey]:
+    """Public keys of the session signing ring: checkpoints are signed with them."""
+    return [VerifyKey(key.public_raw) for key in runtime.auth.tokens.ring.keys()]
+
+
+def _heartbeat_failed(exc: Exception) -> None:
+    log.warning("call registry heartbeat failed", extra={"error": type(exc).__name__})
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -150,7 +234,7 @@ def build_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
-            runtime = await Runtime.start(settings)
+            runtime = await start_runtime(settings)
         except SettingsError as exc:  # the security review refused: `voicegw serve` says why
             app.state.start_refused = str(exc)
             raise
@@ -169,7 +253,7 @@ def build_app(settings: Settings) -> Starlette:
     # Starlette's trailing-slash redirect builds an absolute Location from the Host header;
     # a path that differs by a slash is a 404 (/console redirects itself, relatively).
     app.router.redirect_slashes = False
-    app.add_middleware(HttpMiddleware)
+    app.add_middleware(HttpMiddleware, templates={r.endpoint: r.path for r in ROUTES})
     for m in reversed(
         security_middleware(production=settings.production, cors_origins=settings.cors_origins)
     ):

@@ -304,7 +304,7 @@ class _Reader:
         value = self.raw(name)
         if value is None:
             return None
-        from gateway.fallback import fallback_audio
+        from gateway.media.fallback import fallback_audio
 
         try:
             fallback_audio(Path(value))

@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _report(args: argparse.Namespace) -> int:
-    from gateway.cli import load_settings
+    from gateway.cli.base import load_settings
 
     if not 1 <= args.window_days <= MAX_WINDOW_DAYS:
         print(f"voicegw: --window-days must be 1 to {MAX_WINDOW_DAYS}", file=sys.stderr)

@@ -250,7 +250,7 @@ def _gdpr(f: Facts, s: Signals) -> list[Control]:
             "gdpr-17", g, "Art. 17", "Right to erasure",
             (
                 _e("POST /api/v1/users/{number}/delete"), dsr_module,
-                _m("gateway/recording.py (secure deletion)"),
+                _m("gateway/media/recording.py (secure deletion)"),
             ),
             (
                 Condition(True, "numbers and blind index leave every call record; recordings are "
@@ -317,7 +317,7 @@ def _hipaa(f: Facts, s: Signals) -> list[Control]:
         Control(
             "hipaa-164-312-a-2-iv", h, "164.312(a)(2)(iv)", "Encryption and decryption",
             (
-                _m("security/crypto.py"), _m("gateway/recording.py"),
+                _m("security/crypto.py"), _m("gateway/media/recording.py"),
                 _s("VOICEGW_ENCRYPTION_KEYS"), _c("voicegw keys rotate-data"),
             ),
             (
@@ -339,7 +339,7 @@ def _hipaa(f: Facts, s: Signals) -> list[Control]:
         Control(
             "hipaa-164-312-c", h, "164.312(c)(1)", "Integrity",
             (
-                _m("security/crypto.py"), _m("gateway/recording.py"), _m("security/audit.py"),
+                _m("security/crypto.py"), _m("gateway/media/recording.py"), _m("security/audit.py"),
                 _c("voicegw audit verify"),
             ),
             (

@@ -49,7 +49,7 @@ async def report_of_settings(
     """The report of the deployment ``settings`` configure, from its store (opened and closed
     here) and, when configured, its Redis (for the keys' first-seen times)."""
     from gateway.review.inventory import key_inventory
-    from gateway.runtime import load_data_keys, open_store, redis_client, settings_signing_ring
+    from gateway.services import load_data_keys, open_store, redis_client, settings_signing_ring
 
     store = open_store(settings)
     await store.open()

@@ -30,17 +30,17 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway import inputs
-from gateway.calls import Call, CallError
+from gateway.calls.state import Call, CallError
 from gateway.compliance import render_markdown, report_of_runtime
-from gateway.errors import json_error
+from gateway.http import inputs
+from gateway.http.errors import json_error
+from gateway.media.recorder import RECORDING_KEY_USE
+from gateway.media.recording import Direction, RecordingError, delete_recording_file, export_wav
 from gateway.operators.middleware import requires
 from gateway.operators.permissions import Permission, Principal
 from gateway.operators.sessions import auth_of
-from gateway.recording import Direction, RecordingError, delete_recording_file, export_wav
 from gateway.records.base import MAX_PAGE, AuditEvent, AuditQuery, CallRecord
 from gateway.records.privacy import erase_subject, export_subject
-from gateway.runtime import RECORDING_KEY_USE
 from security.exceptions import StateUnavailable
 from security.revocation import jti_key, sid_key
 

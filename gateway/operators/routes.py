@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import inputs
-from gateway.errors import json_error
+from gateway.http import inputs
+from gateway.http.errors import json_error
 from gateway.operators.permissions import ROLE_PERMISSIONS
 from gateway.operators.sessions import AuthError, Minted, auth_of
 from gateway.records.base import Role

@@ -27,8 +27,8 @@ import redis.asyncio as aioredis
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway import inputs
-from gateway.errors import json_error
+from gateway.http import inputs
+from gateway.http.errors import json_error
 from gateway.operators.permissions import Principal
 from gateway.records.base import ApiKeyRecord, Role, Store, UserRecord
 from metrics.registry import AUTH_FAILURES

@@ -16,7 +16,7 @@ import sys
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.calls import RedisCallRegistry
+from gateway.calls.redis_registry import RedisCallRegistry
 from gateway.operators.sessions import AuthRuntime
 from gateway.review.checks import review
 from gateway.review.facts import REDIS_PROBE_S, Facts, collect_facts, loose_paths
@@ -31,8 +31,8 @@ async def review_settings(settings: Settings) -> Report:
 
 async def settings_facts(settings: Settings) -> Facts:
     """The facts of a gateway with ``settings``: its store, key rings, Redis and session
-    code opened the way ``Runtime.start`` opens them, then closed again."""
-    from gateway.runtime import auth_config, load_data_keys, open_store, settings_signing_ring
+    code opened the way ``gateway.app.start_runtime`` opens them, then closed again."""
+    from gateway.services import auth_config, load_data_keys, open_store, settings_signing_ring
 
     # Opening the store tightens the modes of the directory and database file: look first.
     before = await asyncio.to_thread(loose_paths, settings.data_dir)
@@ -82,7 +82,7 @@ async def settings_facts(settings: Settings) -> Facts:
 
 
 def security_review(args: argparse.Namespace) -> int:
-    from gateway.cli import load_settings
+    from gateway.cli.base import load_settings
 
     report = asyncio.run(review_settings(load_settings()))
     if args.json:

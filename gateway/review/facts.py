@@ -30,7 +30,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.calls import CallRegistry
+from gateway.calls.registry import CallRegistry
 from gateway.operators.sessions import AuthError, AuthRuntime
 from gateway.records.base import Role, Store, UserRecord
 from gateway.review.deps import installed_versions
@@ -133,7 +133,9 @@ async def runtime_facts(runtime: Runtime, *, now: float | None = None) -> Facts:
         registry=runtime.registry if runtime.redis is not None else None,
         now=now,
     )
-    return dataclasses.replace(facts, untrusted_forwarded=runtime.resolver.untrusted_forwarded > 0)
+    return dataclasses.replace(
+        facts, untrusted_forwarded=runtime.clients.resolver.untrusted_forwarded > 0
+    )
 
 
 async def live_replicas(registry: CallRegistry) -> int | None:

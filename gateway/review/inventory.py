@@ -42,7 +42,7 @@ FIRST_SEEN_REDIS_KEY = "keys:first-seen"
 
 def api_key_policy(settings: Settings) -> KeyPolicy:
     """The API-key rotation policy, as the session code applies it."""
-    from gateway.runtime import auth_config  # the runtime imports this module
+    from gateway.services import auth_config
 
     return auth_config(settings).api_keys
 

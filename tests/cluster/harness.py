@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 from gateway import devkeys
-from gateway.admin_cli import add_user, create_api_key
+from gateway.cli.admin import add_user, create_api_key
 from gateway.records.base import Role
 from gateway.records.postgres import PostgresStore
 from gateway.settings import Settings

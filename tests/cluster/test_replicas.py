@@ -22,7 +22,7 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
-from gateway.simulate import post_telnyx
+from gateway.cli.simulate import post_telnyx
 from providers.breakers import DEFAULT_POLICY
 from tests.cluster.harness import RATE_LIMIT, USER, Cluster, Replica, metric, report
 from tests.conftest import UNIT

@@ -19,8 +19,8 @@ import orjson
 import pytest
 
 from gateway import devkeys
-from gateway.admin_cli import create_api_key
-from gateway.cli import main
+from gateway.cli.admin import create_api_key
+from gateway.cli.main import main
 from gateway.compliance import build_report
 from gateway.records.base import AuditQuery, CallRecord, Role
 from gateway.records.privacy import DAY_S, RETENTION_RUN, RetentionPeriods, RetentionSweeper

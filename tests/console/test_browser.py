@@ -15,11 +15,11 @@ import pytest
 from playwright.async_api import BrowserContext, ConsoleMessage, Page, async_playwright
 
 from gateway import devkeys
-from gateway.admin_cli import add_user
+from gateway.cli.admin import add_user
+from gateway.cli.simulate import serve_app
 from gateway.operators.sessions import AuthRuntime
 from gateway.records.base import Role
 from gateway.settings import Settings
-from gateway.simulate import serve_app
 from tests.conftest import UNIT
 from tests.e2e.carrier import Gateway, caller_audio, free_port, gateway_env, place_call
 from tests.fakes.carrier_rest import FakeCarrierRest
@@ -59,7 +59,7 @@ async def console_gateway(
         @contextlib.asynccontextmanager
         async def lifespan(a: Any) -> AsyncIterator[None]:
             async with started(a):
-                a.state.runtime.auth = auth  # what Runtime.start does once integrated
+                a.state.runtime.auth = auth  # what start_runtime does once integrated
                 yield
 
         app.router.lifespan_context = lifespan

@@ -42,11 +42,11 @@ from websockets.uri import parse_uri
 
 from gateway import devkeys
 from gateway.app import build_app
-from gateway.audio import read_wav
-from gateway.calls import Call
+from gateway.calls.state import Call
+from gateway.cli.simulate import CarrierFrames, post_telnyx, serve_app
+from gateway.media.audio import read_wav
 from gateway.runtime import Runtime
 from gateway.settings import Settings
-from gateway.simulate import CarrierFrames, post_telnyx, serve_app
 from metrics.registry import REGISTRY
 from providers.events import PCMU_8K
 from tests.conftest import UNIT

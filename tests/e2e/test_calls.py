@@ -8,8 +8,8 @@ import base64
 import numpy as np
 import pytest
 
-from gateway.audio import ulaw_decode
-from gateway.calls import CallState
+from gateway.calls.state import CallState
+from gateway.media.audio import ulaw_decode
 from providers.ai.echo import mean_level
 from tests.conftest import UNIT
 from tests.e2e.carrier import FRAME, caller_audio, frames_of, place_call

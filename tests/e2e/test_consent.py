@@ -22,8 +22,8 @@ import httpx
 import pytest
 from twilio.request_validator import RequestValidator
 
-from gateway.recording import RecordingReader
-from gateway.runtime import RECORDING_KEY_USE
+from gateway.media.recorder import RECORDING_KEY_USE
+from gateway.media.recording import RecordingReader
 from tests.conftest import UNIT
 from tests.e2e.carrier import (
     TWILIO_TOKEN,

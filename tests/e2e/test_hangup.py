@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from gateway.calls import CallState
-from gateway.errors import CloseCode
+from gateway.calls.state import CallState
+from gateway.http.errors import CloseCode
 from tests.conftest import UNIT
 from tests.e2e.carrier import TELNYX_API_KEY, TWILIO_TOKEN, caller_audio, place_call
 

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 import pytest
 import websockets
 
-from gateway import media
-from gateway.errors import CloseCode
-from gateway.runtime import Runtime
+from gateway.http.errors import CloseCode
+from gateway.media import inbound, outbound
+from gateway.media.dialer import AgentDialer
 from tests.conftest import UNIT
 from tests.e2e.carrier import (
     FRAME,
@@ -84,7 +84,7 @@ async def bystander(gw: Gateway) -> AsyncIterator[Leg]:
     assert leg.close_code is None, "the healthy call was closed"
     await leg.stop()
     assert (await gw.wait_ended(leg.ticket)).ended_reason == "carrier_hangup"
-    await eventually(lambda: not gw.runtime.bridges, 5 * UNIT, "bridges gone")
+    await eventually(lambda: not len(gw.runtime.lifecycle), 5 * UNIT, "bridges gone")
     assert await gw.runtime.registry.list_active() == []
     await settle_tasks(baseline)
 
@@ -119,9 +119,9 @@ async def test_garbage_frames_are_counted_then_close_the_stream(make_gateway, op
         assert after - before == len(garbage)
         assert leg.close_code is None
 
-        # Past media.MAX_MALFORMED the stream is closed as a policy violation.
+        # Past inbound.MAX_MALFORMED the stream is closed as a policy violation.
         with contextlib.suppress(websockets.ConnectionClosed):
-            for _ in range(media.MAX_MALFORMED + 1):
+            for _ in range(inbound.MAX_MALFORMED + 1):
                 await leg.send_raw("garbage")
         assert await leg.wait_closed() == CloseCode.POLICY_VIOLATION
         assert (await gw.wait_ended(leg.ticket)).ended_reason == "flood"
@@ -136,7 +136,7 @@ async def test_a_flood_of_frames_closes_the_stream(make_gateway, openai_fake, re
         before = metric(DROPPED, carrier="telnyx", direction="from_carrier", reason="flood")
         chunk = caller_audio(1)
         with contextlib.suppress(websockets.ConnectionClosed):
-            for _ in range(int(media.FRAME_BURST) * 3):
+            for _ in range(int(inbound.FRAME_BURST) * 3):
                 await leg.send_audio(chunk)
         assert await leg.wait_closed() == CloseCode.POLICY_VIOLATION
         assert (await gw.wait_ended(leg.ticket)).ended_reason == "flood"
@@ -154,8 +154,8 @@ async def test_a_carrier_that_stops_reading_is_dropped(
 ):
     # Let the gateway send far ahead of real time and give up on a blocked send quickly, so
     # the carrier's buffers fill in milliseconds rather than minutes.
-    monkeypatch.setattr(media, "OUTBOUND_LEAD_S", 600.0)
-    monkeypatch.setattr(media, "CARRIER_SEND_TIMEOUT_S", 0.5 * UNIT)
+    monkeypatch.setattr(outbound, "OUTBOUND_LEAD_S", 600.0)
+    monkeypatch.setattr(outbound, "CARRIER_SEND_TIMEOUT_S", 0.5 * UNIT)
     gw = await make_gateway("openai", sndbuf=8192)
     async with bystander(gw):
         ticket = await answer(gw, "twilio")
@@ -200,13 +200,13 @@ async def test_a_carrier_that_vanishes_mid_call(make_gateway, openai_fake, rest,
 @pytest.fixture
 def quick_setup(monkeypatch):
     """Provider setup bounded by 1 unit instead of the production 10 s."""
-    agent_config = Runtime.agent_config
+    agent_config = AgentDialer.agent_config
 
     def shorter(self, provider, **options):
         config = agent_config(self, provider, **options)
         return dataclasses.replace(config, connect_timeout_s=1.0 * UNIT)
 
-    monkeypatch.setattr(Runtime, "agent_config", shorter)
+    monkeypatch.setattr(AgentDialer, "agent_config", shorter)
 
 
 @pytest.mark.usefixtures("quick_setup")
@@ -242,7 +242,7 @@ async def test_audio_queued_during_a_slow_setup_is_not_a_flood(
     # does not answer, so the burst allowance is scaled down likewise (500 frames = 10 s of
     # Twilio's 50 frames/s; 25 frames = 0.5 s). Two silent providers in production (20 s,
     # 1000 queued frames) end the call as a "flood" right after the failover succeeded.
-    monkeypatch.setattr(media, "FRAME_BURST", 25.0)
+    monkeypatch.setattr(inbound, "FRAME_BURST", 25.0)
     gw = await make_gateway("openai,echo")
     async with bystander(gw):
         openai_fake.answer_setup = False

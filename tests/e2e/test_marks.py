@@ -9,8 +9,8 @@ import base64
 
 import pytest
 
-from gateway.audio import silence
-from gateway.media import MARK_EVERY_S
+from gateway.media.audio import silence
+from gateway.media.outbound import MARK_EVERY_S
 from providers.events import PCMU_8K
 from tests.conftest import UNIT
 from tests.e2e.carrier import FRAME, Leg, eventually, place_call

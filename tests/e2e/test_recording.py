@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.admin_cli import create_api_key
-from gateway.recording import RecordingReader
+from gateway.cli.admin import create_api_key
+from gateway.media.recorder import RECORDING_KEY_USE
+from gateway.media.recording import RecordingReader
 from gateway.records.base import AuditQuery, Role
-from gateway.runtime import RECORDING_KEY_USE
 from tests.conftest import UNIT
 from tests.e2e.carrier import caller_audio, place_call
 

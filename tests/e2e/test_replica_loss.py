@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway import devkeys
-from gateway.calls import RedisCallRegistry
+from gateway.calls.redis_registry import RedisCallRegistry
 from gateway.settings import Settings
 from tests.conftest import UNIT
 from tests.e2e.carrier import (

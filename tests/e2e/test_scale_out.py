@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from gateway import devkeys
-from gateway.simulate import post_telnyx
+from gateway.cli.simulate import post_telnyx
 from tests.conftest import UNIT
 from tests.e2e.carrier import (
     TELNYX_API_KEY,

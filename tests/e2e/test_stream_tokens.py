@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from gateway.calls import CallState
-from gateway.errors import CloseCode
+from gateway.calls.state import CallState
+from gateway.http.errors import CloseCode
 from tests.e2e.carrier import answer, caller_audio, open_stream
 
 pytestmark = pytest.mark.e2e

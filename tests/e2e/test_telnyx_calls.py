@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from gateway.audio import Transcoder
-from gateway.recording import Direction, RecordingReader
+from gateway.media.audio import Transcoder
+from gateway.media.recorder import RECORDING_KEY_USE
+from gateway.media.recording import Direction, RecordingReader
 from gateway.records.base import CallRecord
-from gateway.runtime import RECORDING_KEY_USE
 from providers.events import PCMA_8K, PCMU_8K
 from tests.conftest import UNIT
 from tests.e2e.carrier import (

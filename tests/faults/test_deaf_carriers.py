@@ -14,7 +14,7 @@ import contextlib
 
 import pytest
 
-from gateway import media
+from gateway.media import inbound, outbound
 from tests.conftest import UNIT
 from tests.e2e.carrier import (
     DeafStream,
@@ -37,8 +37,8 @@ async def test_deaf_carriers_end_only_their_own_calls(make_gateway, openai_fake,
     # The gateway sends far ahead of real time and gives up on a blocked send soon (a few
     # times a busy machine's scheduling delay of a healthy reader), so a deaf carrier's
     # buffers fill in milliseconds rather than minutes.
-    monkeypatch.setattr(media, "OUTBOUND_LEAD_S", 600.0)
-    monkeypatch.setattr(media, "CARRIER_SEND_TIMEOUT_S", 2 * UNIT)
+    monkeypatch.setattr(outbound, "OUTBOUND_LEAD_S", 600.0)
+    monkeypatch.setattr(outbound, "CARRIER_SEND_TIMEOUT_S", 2 * UNIT)
     gw = await make_gateway("openai", sndbuf=8192)
     healthy: list[Leg] = list(
         await bounded(asyncio.gather(*(place_call(gw, "twilio") for _ in range(HEALTHY))))
@@ -56,7 +56,7 @@ async def test_deaf_carriers_end_only_their_own_calls(make_gateway, openai_fake,
                 for chunk in speech:
                     await stream.send_audio(chunk)
                 for chunk in speech:
-                    await asyncio.sleep(1 / (media.MAX_FRAMES_PER_S * 0.8))
+                    await asyncio.sleep(1 / (inbound.MAX_FRAMES_PER_S * 0.8))
                     await stream.send_audio(chunk)
 
         async def speak(leg: Leg) -> None:
@@ -89,7 +89,7 @@ async def test_deaf_carriers_end_only_their_own_calls(make_gateway, openai_fake,
     await asyncio.gather(*(leg.stop() for leg in healthy))
     for leg in healthy:
         assert (await gw.wait_ended(leg.ticket)).ended_reason == "carrier_hangup"
-    await eventually(lambda: not gw.runtime.bridges, 5 * UNIT, "every bridge gone")
+    await eventually(lambda: not len(gw.runtime.lifecycle), 5 * UNIT, "every bridge gone")
     assert await gw.runtime.registry.list_active() == []
     async with asyncio.timeout(5 * UNIT):
         await openai_fake.wait_until(lambda: not openai_fake.connections)

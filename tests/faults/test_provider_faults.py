@@ -55,7 +55,7 @@ async def hang_up(gw: Gateway, legs: list[Leg]) -> None:
     await asyncio.gather(*(leg.stop() for leg in legs))
     for leg in legs:
         assert (await gw.wait_ended(leg.ticket)).ended_reason == "carrier_hangup"
-    await eventually(lambda: not gw.runtime.bridges, 5 * UNIT, "every bridge gone")
+    await eventually(lambda: not len(gw.runtime.lifecycle), 5 * UNIT, "every bridge gone")
     assert await gw.runtime.registry.list_active() == []
 
 

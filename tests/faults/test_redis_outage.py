@@ -38,11 +38,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway import devkeys
-from gateway.admin_cli import add_user, create_api_key
-from gateway.calls import CallState, RedisCallRegistry
-from gateway.errors import CloseCode
+from gateway.calls.redis_registry import RedisCallRegistry
+from gateway.calls.state import CallState
+from gateway.cli.admin import add_user, create_api_key
+from gateway.http.errors import CloseCode
 from gateway.records.base import Role
-from gateway.runtime import open_store
+from gateway.services import open_store
 from gateway.settings import Settings
 from tests.conftest import UNIT
 from tests.e2e.carrier import (

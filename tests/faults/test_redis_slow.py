@@ -2,7 +2,7 @@
 
 The gateway bounds each Redis round trip (0.25 s for the security state, a 0.5 s socket
 timeout on its client, 1 s for the readiness ping; ``security/replay.py`` and
-``gateway/runtime.py`` ``REDIS_TIMEOUT_S``) and its client does not retry, so a webhook costs at
+``gateway/services.py`` ``REDIS_TIMEOUT_S``) and its client does not retry, so a webhook costs at
 most a handful of bounded round trips. At 200 ms every delivery is still accepted, only
 slower; at 2 s the timeouts fire and every delivery that needs the call registry is refused
 with 503 + ``Retry-After`` (promptly: the refusal itself proves the timeouts applied, since

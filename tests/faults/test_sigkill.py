@@ -25,11 +25,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway import devkeys
-from gateway.admin_cli import add_user
-from gateway.calls import RedisCallRegistry
+from gateway.calls.redis_registry import RedisCallRegistry
+from gateway.cli.admin import add_user
 from gateway.records.base import Role
 from gateway.records.privacy import open_numbers
-from gateway.runtime import load_data_keys, open_store
+from gateway.services import load_data_keys, open_store
 from gateway.settings import Settings
 from tests.conftest import UNIT
 from tests.e2e.carrier import (

@@ -1,4 +1,4 @@
-"""Audio conversions (``gateway/audio.py``) under arbitrary input.
+"""Audio conversions (``gateway/media/audio.py``) under arbitrary input.
 
 Invariants:
 
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.audio import (
+from gateway.media.audio import (
     Framer,
     Transcoder,
     WavError,

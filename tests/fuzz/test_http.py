@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.admin_cli import add_user, create_api_key
+from gateway.cli.admin import add_user, create_api_key
 from gateway.operators import routes as auth_routes
 from gateway.records.base import Role
 from security.admission import duplicate_scope

@@ -1,4 +1,4 @@
-"""The media path (``gateway/media.py``: upgrade, ``start``, the Bridge's carrier input) under
+"""The media path (``gateway/media/``: upgrade, ``start``, the Bridge's carrier input) under
 hostile frames, through the app's real WebSocket endpoints (starlette ``TestClient``).
 
 Each example is one call: a signed Twilio webhook (or, for Telnyx, the call and its stream
@@ -30,7 +30,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from gateway.app import build_app
-from gateway.calls import Call, CallState
+from gateway.calls.state import Call, CallState
 from providers.codec import CarrierCodec
 from providers.events import Error, StreamStopped
 from providers.exceptions import ProtocolError

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import orjson
 import pytest
 
-from gateway.audio import Framer, Transcoder
+from gateway.media.audio import Framer, Transcoder
 from providers.ai.echo import EchoSession
 from providers.events import PCM16_16K, PCM16_24K, PCMU_8K, AudioChunk
 from providers.exceptions import ProtocolError

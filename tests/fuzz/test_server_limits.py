@@ -32,7 +32,7 @@ import pytest
 import pytest_asyncio
 import websockets
 
-from gateway.request_limits import MAX_HEAD_BYTES, MAX_HEADERS, REQUEST_GRACE_S
+from gateway.http.request_limits import MAX_HEAD_BYTES, MAX_HEADERS, REQUEST_GRACE_S
 from tests.conftest import UNIT
 from tests.e2e.carrier import eventually, free_port
 from tests.e2e.processes import PROCESSES, serve_process

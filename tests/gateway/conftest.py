@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from twilio.request_validator import RequestValidator
 
 from gateway import devkeys
-from gateway.runtime import BACKGROUND_LOOPS
+from gateway.lifecycle import BACKGROUND_LOOPS
 from gateway.settings import Settings
 from tests.conftest import UNIT
 
@@ -158,7 +158,9 @@ class Gateway:
 
     async def settle(self) -> None:
         """Wait for the REST commands the handlers started in the background."""
-        pending = [t for t in self.runtime._tasks if t.get_name() not in BACKGROUND_LOOPS]
+        pending = [
+            t for t in self.runtime.lifecycle.tasks.running if t.get_name() not in BACKGROUND_LOOPS
+        ]
         if pending:
             async with asyncio.timeout(5 * UNIT):
                 await asyncio.gather(*pending, return_exceptions=True)
@@ -183,8 +185,7 @@ async def make_gateway(
 
     async def make(env: Mapping[str, str] | None = None, *, redis: bool = False) -> Gateway:
         # Imported here so the settings tests run even while the app does not import.
-        from gateway.app import build_app
-        from gateway.runtime import Runtime
+        from gateway.app import build_app, start_runtime
 
         nonlocal used_redis
         full = dict(env or {})
@@ -194,7 +195,7 @@ async def make_gateway(
             used_redis = True
         settings = make_settings(tmp_path, full)
         app = build_app(settings)
-        runtime = await Runtime.start(settings)
+        runtime = await start_runtime(settings)
         stack.push_async_callback(runtime.stop)
         app.state.runtime = runtime
         transport = httpx.ASGITransport(app=app)

@@ -17,8 +17,8 @@ from starlette.websockets import WebSocketDisconnect
 from twilio.request_validator import RequestValidator
 
 from gateway.app import build_app
-from gateway.calls import CallState
-from gateway.errors import CloseCode
+from gateway.calls.state import CallState
+from gateway.http.errors import CloseCode
 from tests.conftest import DEAD_REDIS_URL, UNIT
 from tests.gateway.conftest import (
     PUBLIC_WS_URL,
@@ -58,7 +58,7 @@ async def test_readyz_with_redis(make_gateway: GatewayFactory):
 
 
 async def test_readyz_503_while_draining_healthz_still_200(gw: Gateway):
-    gw.runtime.draining = True
+    gw.runtime.lifecycle.draining = True
     response = await gw.http.get("/readyz")
     assert response.status_code == 503
     assert response.json()["ready"] is False and response.json()["draining"] is True
@@ -433,9 +433,9 @@ def test_lifespan_starts_and_stops_the_runtime(tmp_path: Path):
     with TestClient(app, client=("127.0.0.1", 50000)) as client:
         runtime = app.state.runtime
         assert client.get("/readyz").status_code == 200
-    assert runtime.draining
-    assert runtime.http.is_closed
-    assert not [t for t in runtime._tasks if not t.done()]
+    assert runtime.lifecycle.draining
+    assert runtime.control.http.is_closed
+    assert not [t for t in runtime.lifecycle.tasks.running if not t.done()]
 
 
 # -- readiness detail, trailing slashes, forwarded loopback (issue 15, items 14 and 15) ---------
@@ -448,7 +448,7 @@ async def test_readyz_from_elsewhere_shows_only_its_status(gw: Gateway):
         response = await http.get("/readyz")
         assert response.status_code == 200
         assert response.json() == {"ready": True}
-        gw.runtime.draining = True
+        gw.runtime.lifecycle.draining = True
         response = await http.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"ready": False}
@@ -496,7 +496,7 @@ async def test_metrics_refused_to_a_request_forwarded_by_an_undeclared_local_pro
     assert readyz.json() == {"ready": True}
     after = _untrusted((await gw.http.get("/metrics")).text)
     assert after >= before + 2
-    assert gw.runtime.resolver.untrusted_forwarded >= 2
+    assert gw.runtime.clients.resolver.untrusted_forwarded >= 2
 
 
 async def test_metrics_through_a_declared_local_proxy(make_gateway: GatewayFactory):
@@ -505,7 +505,7 @@ async def test_metrics_through_a_declared_local_proxy(make_gateway: GatewayFacto
     remote = await gw.http.get("/metrics", headers={"X-Forwarded-For": "198.51.100.9"})
     local = await gw.http.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"})
     assert (remote.status_code, local.status_code) == (403, 200)
-    assert gw.runtime.resolver.untrusted_forwarded == 0
+    assert gw.runtime.clients.resolver.untrusted_forwarded == 0
 
 
 def _untrusted(text: str) -> float:

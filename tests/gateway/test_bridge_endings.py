@@ -5,8 +5,8 @@ gateway's next send to the carrier fails before its reader has taken ``stop`` of
 the call must still end as ``carrier_hangup`` (no REST hang-up: the carrier has ended the
 call), whichever task ran first. A stream that closes without ``stop`` is
 ``carrier_disconnected`` and the line is hung up over REST. These tests drive the real
-Bridge and Runtime with a carrier socket whose order of events is scripted, so the race is
-not left to the scheduler.
+Bridge and the gateway's services with a carrier socket whose order of events is scripted, so
+the race is not left to the scheduler.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway import media
-from gateway.calls import Call, CallState
-from gateway.media import Bridge, EndReason
+from gateway.calls.state import Call, CallState, EndReason
+from gateway.media import bridge
+from gateway.media.bridge import Bridge
+from gateway.media.endpoints import bridge_services
 from providers.events import PCMU_8K, AudioChunk, StreamStarted
 from providers.telephony.twilio import TwilioCodec
 from tests.conftest import UNIT
@@ -91,7 +92,7 @@ async def streaming_call(gw: Gateway) -> tuple[Call, StreamStarted, TwilioCodec]
     codec = TwilioCodec()
     (started,) = codec.feed(twilio_start(sid, token))
     assert isinstance(started, StreamStarted)
-    return await gw.runtime.claim_stream("twilio", started), started, codec
+    return await gw.runtime.admission.claim("twilio", started), started, codec
 
 
 async def end_of(
@@ -100,13 +101,14 @@ async def end_of(
     """Run a bridge on ``carrier`` to its end: the reason, the ended call, REST hang-ups."""
     hangups: list[str] = []
     monkeypatch.setattr(
-        gw.runtime, "hang_up_carrier", lambda call, account: hangups.append(call.carrier_call_id)
+        gw.runtime.control, "hang_up", lambda call, account: hangups.append(call.carrier_call_id)
     )
     call, started, codec = await streaming_call(gw)
     agent = TalkingAgent()
-    bridge = Bridge(gw.runtime, carrier, codec, agent, call, started)  # type: ignore[arg-type]
+    services = bridge_services(gw.runtime)
+    running = Bridge(services, carrier, codec, agent, call, started)  # type: ignore[arg-type]
     async with asyncio.timeout(5 * UNIT):
-        reason = await bridge.run([])
+        reason = await running.run([])
     ended = await gw.runtime.registry.get(call.call_id)
     assert ended is not None and ended.state is CallState.ENDED
     assert agent.closed
@@ -148,7 +150,7 @@ async def test_audio_before_the_close_is_still_read_then_disconnect(gw: Gateway,
 
 
 async def test_a_reader_that_never_ends_is_waited_for_boundedly(gw: Gateway, monkeypatch):
-    monkeypatch.setattr(media, "CARRIER_DRAIN_S", 0.05)
+    monkeypatch.setattr(bridge, "CARRIER_DRAIN_S", 0.05)
     carrier = ClosingCarrier([], then_disconnect=False)
     reason, call, hangups = await end_of(gw, carrier, monkeypatch)
     assert reason is EndReason.CARRIER_GONE

@@ -21,7 +21,8 @@ import orjson
 import pytest
 
 from gateway import media
-from gateway.media import Bridge, EndReason
+from gateway.calls.state import EndReason
+from gateway.media.bridge import Bridge
 from providers.events import PCMU_8K, AudioChunk
 from providers.exceptions import SessionClosed, SessionError
 from tests.conftest import UNIT

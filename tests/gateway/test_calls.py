@@ -1,4 +1,4 @@
-"""gateway.calls: the state machine, and one registry suite run against both backends
+"""gateway.calls.registry: the state machine, and one registry suite run against both backends
 (Redis is the real server)."""
 
 from __future__ import annotations
@@ -12,18 +12,20 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.calls import (
+from gateway.calls.redis_registry import RedisCallRegistry
+from gateway.calls.registry import (
+    CallRegistry,
+    InProcessCallRegistry,
+    keep_alive,
+)
+from gateway.calls.state import (
     CARRIERS,
     Call,
     CallError,
     CallNotFoundError,
-    CallRegistry,
     CallState,
     CallStateError,
-    InProcessCallRegistry,
-    RedisCallRegistry,
     can_transition,
-    keep_alive,
     new_call_id,
 )
 from providers.events import CallId

@@ -12,9 +12,10 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from gateway import orphans
-from gateway.calls import CallState, RedisCallRegistry
-from gateway.orphans import close_orphans
+from gateway.calls import orphans
+from gateway.calls.orphans import close_orphans
+from gateway.calls.redis_registry import RedisCallRegistry
+from gateway.calls.state import CallState
 from gateway.records.base import CallRecord
 from metrics.registry import REGISTRY
 from tests.gateway.conftest import Gateway, call_sid

@@ -10,7 +10,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from gateway.calls import CallState
+from gateway.calls.state import CallState
 from tests.gateway.conftest import GatewayFactory, call_sid
 from tests.gateway.test_webhooks import VOICE, twilio_params
 
@@ -43,7 +43,9 @@ async def test_calls_set_up_and_ended_in_a_burst_all_reach_the_registry(
     answered = await asyncio.gather(*(gw.twilio(VOICE, twilio_params(sid)) for sid in sids))
     assert [r.status_code for r in answered] == [200] * len(sids)
     calls = [await gw.runtime.registry.by_carrier_id("twilio", sid) for sid in sids]
-    await asyncio.gather(*(gw.runtime.end_call_eventually(c, "carrier_hangup") for c in calls if c))
+    await asyncio.gather(
+        *(gw.runtime.records.end_call_eventually(c, "carrier_hangup") for c in calls if c)
+    )
 
     ended = [await gw.runtime.registry.get(c.call_id) for c in calls if c]
     assert len(ended) == len(sids)

@@ -21,9 +21,10 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.audio import alaw_encode, ulaw_decode
-from gateway.calls import Call
-from gateway.media import Bridge, EndReason
+from gateway.calls.state import Call, EndReason
+from gateway.media.audio import alaw_encode, ulaw_decode
+from gateway.media.bridge import Bridge
+from gateway.media.endpoints import bridge_services
 from providers.events import (
     PCMA_8K,
     PCMU_8K,
@@ -171,7 +172,7 @@ async def streaming_call(
     (started,) = codec.feed(orjson.dumps(start).decode())
     assert isinstance(started, StreamStarted)
     started = dataclasses.replace(started, auth_token=token)
-    return await gw.runtime.claim_stream("telnyx", started), started, codec
+    return await gw.runtime.admission.claim("telnyx", started), started, codec
 
 
 def stop() -> dict[str, Any]:
@@ -183,7 +184,8 @@ async def run_bridge(
 ) -> tuple[Carrier, DeltaAgent, asyncio.Task[EndReason], Call]:
     call, started, codec = await streaming_call(gw, rest, encoding)
     carrier, agent = Carrier(), DeltaAgent()
-    bridge = Bridge(gw.runtime, carrier, codec, agent, call, started)  # type: ignore[arg-type]
+    services = bridge_services(gw.runtime)
+    bridge = Bridge(services, carrier, codec, agent, call, started)  # type: ignore[arg-type]
     return carrier, agent, asyncio.create_task(bridge.run([])), call
 
 

@@ -18,9 +18,11 @@ import pytest
 from nacl.signing import SigningKey
 from twilio.request_validator import RequestValidator
 
-from gateway.calls import CallState, InProcessCallRegistry
-from gateway.runtime import STREAM_OPEN_GRACE_S
-from gateway.webhooks import HANGUP_TWIML
+from gateway.calls.registry import InProcessCallRegistry
+from gateway.calls.state import CallState
+from gateway.calls.twilio import HANGUP_TWIML
+from gateway.calls.unopened import STREAM_OPEN_GRACE_S
+from gateway.http.health import readiness
 from metrics.registry import REGISTRY
 from security.streamtokens import InProcessStreamTokens
 from security.webhooks import DEFAULT_REPLAY_TTL_S
@@ -102,7 +104,7 @@ def parse_twiml(response: httpx.Response) -> tuple[str, str]:
 def test_twiml_is_what_the_twilio_package_renders(url, token):
     from twilio.twiml.voice_response import Connect, VoiceResponse
 
-    from gateway.webhooks import HANGUP_TWIML, connect_twiml
+    from gateway.calls.twilio import HANGUP_TWIML, connect_twiml
 
     expected = VoiceResponse()
     connect = Connect()
@@ -542,7 +544,7 @@ async def test_twilio_replayed_voice_gets_the_first_answer_and_changes_nothing(
     assert await gw.runtime.registry.count_active() == 1
     # The one token is the genuine stream's, and it still opens the call's stream.
     assert await gw.runtime.stream_tokens.consume(token, f"twilio:{params['CallSid']}")
-    assert not (await gw.runtime.readiness())["degraded"]
+    assert not (await readiness(gw.runtime))["degraded"]
     if gw.runtime.redis is not None:
         assert any(b"replay:" in key for key in await gw.redis_keys())
 
@@ -651,9 +653,9 @@ async def test_call_whose_stream_never_opens_is_ended(
     call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
     assert call is not None and call.state is CallState.CONNECTING
     # Within the token's lifetime nothing happens.
-    assert await gw.runtime.end_unopened_streams() == []
+    assert await gw.runtime.unopened.end_expired() == []
     due = call.updated_at + gw.settings.stream_token_ttl_s + STREAM_OPEN_GRACE_S + 1
-    [ended] = await gw.runtime.end_unopened_streams(now=due)
+    [ended] = await gw.runtime.unopened.end_expired(now=due)
     assert ended.call_id == call.call_id
     assert ended.state is CallState.ENDED and ended.ended_reason == "stream_not_opened"
     assert await gw.runtime.registry.count_active() == 0
@@ -667,7 +669,7 @@ async def test_call_whose_stream_never_opens_is_ended(
     assert gw.settings.twilio_auth_token is not None
     assert hangup.basic_auth() == (params["AccountSid"], gw.settings.twilio_auth_token.get())
     # Ended once: a second sweep (another replica's) finds nothing to do.
-    assert await gw.runtime.end_unopened_streams(now=due) == []
+    assert await gw.runtime.unopened.end_expired(now=due) == []
     # Its stream, connecting now, would be refused; a replay of its webhook hangs up.
     assert (await gw.twilio(VOICE, params)).text == HANGUP_TWIML
 
@@ -728,7 +730,7 @@ async def test_rate_limit(make_gateway: GatewayFactory, backend: str, carrier: s
     # Still refused, and a forged request is still refused by its signature, not the limit.
     assert (await good(limit + 1)).status_code == 429
     assert (await forged()).status_code == 403
-    assert not (await gw.runtime.readiness())["degraded"]
+    assert not (await readiness(gw.runtime))["degraded"]
     if backend == "redis":
         assert any(b"ratelimit:" in key for key in await gw.redis_keys())
 
@@ -1011,7 +1013,7 @@ async def test_telnyx_stream_stopped_after_the_call_ended_changes_nothing(
     fake_rest.set_response("telnyx", Behavior.SERVER_ERROR)
     call = await gw.runtime.registry.by_carrier_id("telnyx", ccid)
     assert call is not None
-    assert await gw.runtime.end_unbridged(call, "agent_hangup", hang_up=True)
+    assert await gw.runtime.control.end_unbridged(call, "agent_hangup", hang_up=True)
     await gw.settle()
     requests = len(fake_rest.requests)
     assert_ack(await gw.telnyx(telnyx_stream_event("streaming.stopped", ccid)))
@@ -1069,7 +1071,7 @@ async def test_forged_request_with_redis_down_is_still_refused(dead_redis_gw: Ga
 
 
 async def test_new_calls_refused_while_draining(gw: Gateway):
-    gw.runtime.draining = True
+    gw.runtime.lifecycle.draining = True
     response = await gw.twilio(VOICE, twilio_params())
     assert_refused(response, 503, "draining")
     assert response.headers["retry-after"]
@@ -1110,11 +1112,12 @@ async def test_delivery_that_failed_mid_processing_is_processed_on_retry(
 async def test_a_registry_forgetting_calls_before_replays_refuses_to_start(
     tmp_path, monkeypatch: pytest.MonkeyPatch
 ):
-    from gateway import runtime
+    from gateway import services
+    from gateway.app import start_runtime
 
-    monkeypatch.setattr(runtime, "ENDED_TTL_S", 3600.0)
+    monkeypatch.setattr(services, "ENDED_TTL_S", 3600.0)
     with pytest.raises(ValueError, match="remember ended calls"):
-        await runtime.Runtime.start(make_settings(tmp_path))
+        await start_runtime(make_settings(tmp_path))
 
 
 async def test_twilio_call_ended_before_its_stream_closes_its_record(state_gw: Gateway):

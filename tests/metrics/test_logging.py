@@ -228,7 +228,7 @@ async def test_debug_logging_keeps_websocket_frames_out(restore_logging):
     import websockets
 
     from tests.conftest import UNIT
-    from tests.gateway.test_wsprotocol import serve  # uvicorn with the gateway's protocol
+    from tests.http.test_wsprotocol import serve  # uvicorn with the gateway's protocol
 
     stream = io.StringIO()
     configure("DEBUG", ip_hash_key=KEY, stream=stream)

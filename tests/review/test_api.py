@@ -17,7 +17,7 @@ from tests.sessions.harness import Gw, running
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[Gw]:
     async with running(tmp_path) as gw:
-        gw.auth.auditor = gw.runtime.auditor  # as Runtime.start wires it: refusals audited
+        gw.auth.auditor = gw.runtime.auditor  # as start_runtime wires it: refusals audited
         for role in Role:
             await gw.user(f"{role.value}-user", role)
         yield gw

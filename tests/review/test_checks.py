@@ -29,7 +29,7 @@ from gateway.review.cli import settings_facts
 from gateway.review.facts import CookieFacts, Facts, SentryFacts, sentry_facts
 from gateway.review.inventory import FIRST_SEEN_REDIS_KEY
 from gateway.review.model import Severity, Status
-from gateway.runtime import load_data_keys
+from gateway.services import load_data_keys
 from gateway.settings import AllowlistSetting, Env, Settings
 from metrics.sentry import PRIVACY_OPTIONS
 from security.keyinventory import RedisFirstSeen, fingerprint

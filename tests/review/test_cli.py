@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.review.checks import CHECKS
 from tests.conftest import UNIT
 

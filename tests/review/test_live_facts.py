@@ -9,11 +9,11 @@ import dataclasses
 import redis.asyncio as aioredis
 from starlette.requests import Request
 
-from gateway.calls import RedisCallRegistry
+from gateway.app import start_runtime
+from gateway.calls.redis_registry import RedisCallRegistry
 from gateway.review.checks import review
 from gateway.review.facts import runtime_facts
 from gateway.review.model import Status
-from gateway.runtime import Runtime
 from gateway.settings import Settings
 from tests.review.conftest import not_passing, review_of
 
@@ -52,14 +52,14 @@ def _request(peer: str, forwarded: str | None) -> Request:
 async def test_a_forwarded_request_from_an_undeclared_local_proxy_is_a_finding(
     baseline: Settings,
 ) -> None:
-    runtime = await Runtime.start(baseline)  # production: the start-up review passes
+    runtime = await start_runtime(baseline)  # production: the start-up review passes
     try:
         quiet = review(runtime.settings, await runtime_facts(runtime))
         assert not_passing(quiet) == {}, quiet.render()
-        runtime.client_address(_request("127.0.0.1", None))  # a local client: nothing to say
-        runtime.client_address(_request("203.0.113.7", "198.51.100.9"))  # remote: ignored
+        runtime.clients.address(_request("127.0.0.1", None))  # a local client: nothing to say
+        runtime.clients.address(_request("203.0.113.7", "198.51.100.9"))  # remote: ignored
         assert not_passing(review(runtime.settings, await runtime_facts(runtime))) == {}
-        runtime.client_address(_request("127.0.0.1", "198.51.100.9"))
+        runtime.clients.address(_request("127.0.0.1", "198.51.100.9"))
         report = review(runtime.settings, await runtime_facts(runtime))
     finally:
         await runtime.stop()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app import start_runtime
 from gateway.review.startup import StartRefused
-from gateway.runtime import Runtime
 from gateway.settings import AllowlistSetting, Settings
 from tests.conftest import UNIT
 
@@ -31,7 +31,7 @@ async def test_a_critical_failure_refuses_the_start(
 ) -> None:
     settings = dataclasses.replace(baseline, redis_url=None, replicas=3)
     with pytest.raises(StartRefused) as refused:
-        await Runtime.start(settings)
+        await start_runtime(settings)
     message = str(refused.value)
     assert message.startswith("security review refused the start:")
     assert "redis.configured: 3 replicas (VOICEGW_REPLICAS) but no Redis" in message
@@ -40,7 +40,7 @@ async def test_a_critical_failure_refuses_the_start(
     # Three SQLite stores too: a finding, not a refusal.
     assert records == [(logging.ERROR, "redis.configured"), (logging.WARNING, "store.shared")]
     # Everything the refused runtime opened was closed: the same data starts cleanly now.
-    runtime = await Runtime.start(baseline)
+    runtime = await start_runtime(baseline)
     await runtime.stop()
 
 
@@ -51,7 +51,7 @@ async def test_warnings_are_logged_once_and_the_gateway_starts(
         baseline, allowlists={**baseline.allowlists, "twilio": AllowlistSetting(any=True)}
     )
     caplog.set_level(logging.WARNING, logger="voicegw.review")
-    runtime = await Runtime.start(settings)
+    runtime = await start_runtime(settings)
     try:
         (record,) = _review_records(caplog)
         assert record.levelno == logging.WARNING
@@ -67,7 +67,7 @@ async def test_the_production_like_baseline_starts_without_findings(
     baseline: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="voicegw.review")
-    runtime = await Runtime.start(baseline)
+    runtime = await start_runtime(baseline)
     await runtime.stop()
     assert _review_records(caplog) == []
 
@@ -76,7 +76,7 @@ async def test_development_mode_never_refuses(tmp_path: Path) -> None:
     settings = Settings.from_env(
         {"VOICEGW_DATA_DIR": str(tmp_path / "data"), "VOICEGW_REPLICAS": "3"}
     )
-    runtime = await Runtime.start(settings)  # redis.configured fails, but this is development
+    runtime = await start_runtime(settings)  # redis.configured fails, but this is development
     await runtime.stop()
 
 

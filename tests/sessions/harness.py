@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
 from gateway import devkeys
-from gateway.admin_cli import add_user
-from gateway.app import build_app
+from gateway.app import build_app, start_runtime
+from gateway.cli.admin import add_user
 from gateway.operators.sessions import AuthConfig, AuthRuntime
 from gateway.records.base import Role, Store
 from gateway.records.sqlite import SqliteStore
@@ -107,7 +107,7 @@ async def running(
     settings = settings_for(tmp_path, **dict(env or {}))
     async with open_backend(store_kind, tmp_path) as (_, store):
         app = compose(settings)
-        runtime = await Runtime.start(settings)
+        runtime = await start_runtime(settings)
         runtime.auth = make_auth(  # type: ignore[attr-defined]
             settings, store, redis=redis, redis_prefix=redis_prefix, **config
         )

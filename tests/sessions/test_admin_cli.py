@@ -1,5 +1,5 @@
-"""``voicegw users|apikeys|keys`` through ``admin_cli.register``, against a real SQLite file,
-and the password hashing underneath."""
+"""``voicegw users|apikeys|keys`` through ``gateway.cli.admin.register``, against a real SQLite
+file, and the password hashing underneath."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import admin_cli
+from gateway.cli import admin as admin_cli
 from gateway.records.base import Role
 from gateway.records.sqlite import SqliteStore
 from security import apikeys

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.admin_cli import create_api_key, revoke_api_key, rotate_api_key
+from gateway.cli.admin import create_api_key, revoke_api_key, rotate_api_key
 from gateway.operators import api
 from gateway.operators.permissions import ROLE_PERMISSIONS, Permission
 from gateway.records.base import Role
@@ -235,7 +235,7 @@ async def test_event_stream_shows_calls_as_they_come_and_go(gw: Gw) -> None:
             call, _ = await gw.runtime.registry.create("telnyx", "v3:abc", "echo")
             ((kind, calls),) = await stream.events(1)
             assert kind == "calls" and [c["call_id"] for c in calls] == [call.call_id]
-            await gw.runtime.end_call(call, "hangup")
+            await gw.runtime.records.end_call(call, "hangup")
             assert await stream.events(1) == [("calls", [])]
         finally:
             await stream.close()

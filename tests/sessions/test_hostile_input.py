@@ -15,9 +15,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from gateway.admin_cli import create_api_key
+from gateway.cli.admin import create_api_key
 from gateway.records.base import Role
-from gateway.runtime import open_auditor
+from gateway.services import open_auditor
 from tests.records.backends import BACKENDS
 from tests.sessions.harness import PASSWORD, PUBLIC_URL, Gw, csrf_headers, running
 

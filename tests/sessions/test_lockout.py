@@ -12,7 +12,7 @@ import pytest
 
 from gateway.operators import routes as auth_routes
 from gateway.records.base import Role
-from gateway.runtime import open_auditor
+from gateway.services import open_auditor
 from metrics.registry import REGISTRY
 from tests.records.backends import BACKENDS
 from tests.sessions.harness import PASSWORD, Gw, running
@@ -99,7 +99,7 @@ async def test_lockouts_are_audited_with_the_account_and_a_hashed_address(gw: Gw
 async def test_the_owner_unlocks_by_logging_in_from_their_network_or_an_admin_unlocks(
     gw: Gw,
 ) -> None:
-    from gateway.admin_cli import unlock_user
+    from gateway.cli.admin import unlock_user
 
     await fail(gw, OWNER, 5)
     assert await login(gw, OWNER) == 401

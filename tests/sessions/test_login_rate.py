@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from gateway.operators.sessions import AuthConfig
 from gateway.records.base import Role
-from gateway.runtime import auth_config
+from gateway.services import auth_config
 from gateway.settings import Settings, SettingsError
 from security.allowlist import client_network, parse_address
 from tests.sessions.harness import Gw, running

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from jwcrypto import jwk as jw_jwk  # type: ignore[import-untyped]
 from jwcrypto import jwt as jw_jwt
 
-from gateway.admin_cli import set_disabled, set_password
+from gateway.cli.admin import set_disabled, set_password
 from gateway.operators.routes import FAILED_LOGIN_FLOOR_S
 from gateway.records.base import Role
 from security.passwords import HASH_BYTES, PasswordHasher

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from gateway.errors import json_error
+from gateway.http.errors import json_error
 
 HERE: Final = Path(__file__).resolve().parent
 ASSETS: Final = {

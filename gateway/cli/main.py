@@ -1,5 +1,5 @@
 """The ``voicegw`` command: serve, demo, simulate, and the operator commands registered by
-``admin_cli``, ``compliance.cli`` and ``review.cli``.
+``gateway.cli.admin``, ``gateway.compliance.cli`` and ``gateway.review.cli``.
 
 An error the operator can act on (a ``CommandError``, a store that does not answer) is printed
 by ``main`` as one line on stderr, exit status 1. Any other exception is a bug and keeps its
@@ -23,9 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from gateway import devkeys
+from gateway.cli.base import CommandError, load_settings
 from gateway.records.base import StoreError, StoreUnavailable
-from gateway.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -43,28 +42,13 @@ DEMO_ENV: Final = re.compile(
 TELNYX_API_PORT: Final = 8089
 
 
-class CommandError(Exception):
-    """A command cannot be done; the message (one line) says why and what to do."""
-
-
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings from the environment (or ``environ``), with development keys filled in; exits 2
-    when invalid."""
-    try:
-        settings = Settings.from_env(environ)
-    except SettingsError as exc:
-        print(f"voicegw: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return devkeys.apply(settings)
-
-
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import build_app
-    from gateway.request_limits import REQUEST_GRACE_S, guarded_http_protocol
-    from gateway.server import DrainingServer
-    from gateway.wsprotocol import MediaWebSocketProtocol
+    from gateway.http.request_limits import REQUEST_GRACE_S, guarded_http_protocol
+    from gateway.http.server import DrainingServer
+    from gateway.http.wsprotocol import MediaWebSocketProtocol
     from metrics import logging as jsonlog
     from metrics import sentry
 
@@ -148,7 +132,7 @@ def _has_uvloop() -> bool:
 def demo(args: argparse.Namespace) -> int:
     """The embedded defaults in a temporary data directory (removed afterwards unless
     ``--keep``): the demo's forged webhooks and its call never reach the operator's records."""
-    from gateway.simulate import run_demo
+    from gateway.cli.simulate import run_demo
     from metrics import logging as jsonlog
 
     data_dir = Path(tempfile.mkdtemp(prefix="voicegw-demo-"))
@@ -171,7 +155,7 @@ def demo_environ(environ: Mapping[str, str], data_dir: Path) -> dict[str, str]:
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from gateway.simulate import SimulateOptions, simulate_call
+    from gateway.cli.simulate import SimulateOptions, simulate_call
 
     options = SimulateOptions(
         carrier=args.carrier,
@@ -226,11 +210,11 @@ def parser() -> argparse.ArgumentParser:
     )
     call.set_defaults(func=simulate)
 
-    from gateway import admin_cli
+    from gateway.cli import admin
     from gateway.compliance import cli as compliance_cli
     from gateway.review import cli as review_cli
 
-    admin_cli.register(sub)
+    admin.register(sub)
     compliance_cli.register(sub)
     review_cli.register(sub)
     return p
@@ -263,7 +247,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ from typing import Final
 
 import numpy as np
 
-from gateway.audio import read_wav, ulaw_encode
+from gateway.media.audio import read_wav, ulaw_encode
 from providers.events import PCMU_8K
 
 # ITU-T E.180 / Telcordia SR-2275 "no circuit" SIT: three rising tones.

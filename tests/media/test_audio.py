@@ -1,4 +1,4 @@
-"""gateway.audio: G.711 against a reference written from the spec, streaming resampling,
+"""gateway.media.audio: G.711 against a reference written from the spec, streaming resampling,
 framing and WAV files."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soxr
 
-from gateway.audio import (
+from gateway.media.audio import (
     Framer,
     ResampleQuality,
     Transcoder,

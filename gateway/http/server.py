@@ -34,5 +34,5 @@ class DrainingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         runtime: Runtime | None = getattr(self._app.state, "runtime", None)
         if runtime is not None and not self.force_exit:
-            await runtime.drain(lambda: self.force_exit)
+            await runtime.lifecycle.drain(lambda: self.force_exit)
         await super().shutdown(sockets)

@@ -1,4 +1,4 @@
-"""gateway.recording: encrypted chunked call recordings, written off the event loop, read back
+"""gateway.media.recording: encrypted chunked call recordings, written off the event loop, read back
 only with the key and only when every record is present, in order and unaltered."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.audio import build_wav, parse_wav, read_wav, ulaw_decode, ulaw_encode
-from gateway.recording import (
+from gateway.media.audio import build_wav, parse_wav, read_wav, ulaw_decode, ulaw_encode
+from gateway.media.recording import (
     FLUSH_BYTES,
     MAX_BUFFERED_BYTES,
     Direction,

@@ -53,7 +53,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.audio import build_wav, ulaw_decode, ulaw_encode
+from gateway.media.audio import build_wav, ulaw_decode, ulaw_encode
 from providers.events import PCMU_8K
 
 log = logging.getLogger("voicegw.recording")

@@ -226,19 +226,19 @@ def register(
 
 
 def _settings() -> Settings:
-    from gateway.cli import load_settings
+    from gateway.cli.base import load_settings
 
     return load_settings()
 
 
 def _sqlite_store(settings: Settings) -> Store:
-    from gateway.runtime import open_store
+    from gateway.services import open_store
 
     return open_store(settings)
 
 
 async def _rotate_data(args: argparse.Namespace, store: Store) -> int:
-    from gateway.runtime import load_data_keys
+    from gateway.services import load_data_keys
     from security.crypto import rotate_data
 
     settings: Settings = args.settings
@@ -258,7 +258,7 @@ async def _audit_verify(args: argparse.Namespace, store: Store) -> int:
     from nacl.signing import VerifyKey
 
     from gateway.compliance.evidence import verify_and_record
-    from gateway.runtime import settings_signing_ring
+    from gateway.services import settings_signing_ring
 
     settings: Settings = args.settings
     ring = settings_signing_ring(settings)
@@ -322,7 +322,7 @@ async def _audit(
     """Record the running command in the audit trail (never a password or key secret).
     The auditor is opened here, after the command: ``keys rotate`` must find the key file as
     the command found it, and a new key signs the checkpoints from then on."""
-    from gateway.runtime import open_auditor
+    from gateway.services import open_auditor
 
     await open_auditor(args.settings, args.store).record(
         args.audit_action,

@@ -40,10 +40,10 @@ from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
 from gateway import devkeys
-from gateway.audio import WavError, read_wav, silence, ulaw_decode, write_wav
-from gateway.cli import CommandError
+from gateway.cli.base import CommandError
+from gateway.http.wsprotocol import MediaWebSocketProtocol
+from gateway.media.audio import WavError, read_wav, silence, ulaw_decode, write_wav
 from gateway.settings import Settings
-from gateway.wsprotocol import MediaWebSocketProtocol
 from providers.events import PCMU_8K
 from security.secret import Secret
 

@@ -16,7 +16,7 @@ import uvicorn
 from websockets.asyncio.client import connect
 from websockets.protocol import State
 
-from gateway.wsprotocol import READ_PAUSE_MESSAGES, MediaWebSocketProtocol
+from gateway.http.wsprotocol import READ_PAUSE_MESSAGES, MediaWebSocketProtocol
 from tests.conftest import UNIT
 
 pytestmark = pytest.mark.e2e

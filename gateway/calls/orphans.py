@@ -21,7 +21,7 @@ from typing import Final
 
 from redis.exceptions import RedisError
 
-from gateway.calls import CallRegistry
+from gateway.calls.registry import CallRegistry
 from gateway.records import Store
 from metrics.registry import ORPHANS_CLOSED
 from providers.events import CallId

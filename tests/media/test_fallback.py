@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.audio import write_wav
-from gateway.fallback import fallback_audio, sit_tones
+from gateway.media.audio import write_wav
+from gateway.media.fallback import fallback_audio, sit_tones
 from providers.events import PCMA_8K, PCMU_8K
 
 FRAME = 160  # 20 ms of G.711 at 8 kHz

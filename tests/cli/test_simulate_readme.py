@@ -26,8 +26,8 @@ from pathlib import Path
 
 import httpx
 
-from gateway.audio import read_wav
-from gateway.cli import TELNYX_API_PORT
+from gateway.cli.main import TELNYX_API_PORT
+from gateway.media.audio import read_wav
 from providers.events import PCMU_8K
 from tests.conftest import UNIT
 

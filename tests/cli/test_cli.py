@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway import cli
-from gateway.audio import build_wav
+from gateway.cli import main as cli
+from gateway.media.audio import build_wav
 from providers.events import PCM16_8K
 from tests.conftest import UNIT
 

@@ -1,0 +1,124 @@
+"""Durable call records, and ending calls in the registry even while it is down.
+
+``CallRecords`` writes a new call's record (its numbers encrypted and blind-indexed), completes
+it when the call ends, and ends calls in the live-call registry: at once, or (``eventually``)
+in the background once Redis answers again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from redis.exceptions import RedisError
+
+from gateway.calls.registry import CallRegistry, when_registry_answers
+from gateway.calls.state import Call, CallError, CallState, CallStateError
+from gateway.lifecycle import Tasks
+from gateway.records.base import CallRecord, Store
+from gateway.records.privacy import seal_numbers
+from security.crypto import BlindIndex, KeyRing
+
+log = logging.getLogger("voicegw.runtime")
+
+
+class CallRecords:
+    """Call records in ``store``; calls ended in ``registry``. ``recording_path`` says where a
+    recorded call's file goes; retries run as ``tasks``."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        data_keys: KeyRing,
+        blind_index: BlindIndex,
+        registry: CallRegistry,
+        tasks: Tasks,
+        recording_path: Callable[[Call], Path],
+    ) -> None:
+        self.store = store
+        self.data_keys = data_keys
+        self.blind_index = blind_index
+        self.registry = registry
+        self.tasks = tasks
+        self.recording_path = recording_path
+
+    async def record_call(
+        self, call: Call, *, from_number: str | None, to_number: str | None, record: bool = False
+    ) -> None:
+        """Write the durable record of a new call; its numbers encrypted and blind-indexed.
+        ``record``: the call will be recorded (consent checked by the caller)."""
+        sealed = seal_numbers(
+            self.data_keys,
+            self.blind_index,
+            call_id=call.call_id,
+            from_number=from_number,
+            to_number=to_number,
+        )
+        durable = CallRecord(
+            call_id=call.call_id,
+            carrier=call.carrier,
+            carrier_call_id=call.carrier_call_id,
+            started_at=call.created_at,
+            providers=(call.provider,),
+            recording_path=str(self.recording_path(call)) if record else None,
+            **sealed.fields(),
+        )
+        try:
+            await self.store.put_call(durable)
+        except Exception as exc:  # the call goes on; the gap is logged
+            log.error(
+                "call record not written",
+                extra={"call_id": call.call_id, "error": type(exc).__name__},
+            )
+
+    async def close_call_record(
+        self, call: Call, outcome: str, providers: tuple[str, ...], failovers: int
+    ) -> None:
+        """Complete the durable record of an ended call."""
+        try:
+            record = await self.store.get_call(call.call_id)
+            if record is None:
+                return
+            merged = tuple(dict.fromkeys(record.providers + providers))
+            await self.store.put_call(
+                dataclasses.replace(
+                    record,
+                    ended_at=time.time(),
+                    outcome=outcome,
+                    providers=merged,
+                    failovers=record.failovers + failovers,
+                )
+            )
+        except Exception as exc:
+            log.error(
+                "call record not completed",
+                extra={"call_id": call.call_id, "error": type(exc).__name__},
+            )
+
+    async def end_call(self, call: Call, reason: str) -> None:
+        current = await self.registry.get(call.call_id)
+        if current is not None and current.state is not CallState.ENDED:
+            # Another request (a duplicate hang-up, the bridge) may end it first.
+            with contextlib.suppress(CallStateError):
+                await self.registry.transition(call.call_id, CallState.ENDED, reason=reason)
+
+    async def end_call_eventually(self, call: Call, reason: str) -> None:
+        """``end_call`` for a call whose media has ended; never raises. While shared state is
+        down the registry is updated in the background once Redis answers again, so the call
+        is not kept alive by this replica's heartbeat as a ghost (until then it is still
+        listed; if this process dies first, the registry's TTL ends it)."""
+        try:
+            await self.end_call(call, reason)
+        except (RedisError, OSError, TimeoutError, CallError) as exc:
+            log.warning(
+                "call not ended in the registry yet",
+                extra={"call_id": call.call_id, "error": type(exc).__name__},
+            )
+            self.tasks.spawn(
+                when_registry_answers(call, lambda: self.end_call(call, reason)), "end-call"
+            )
