@@ -51,9 +51,11 @@ from providers.exceptions import SessionClosed, SessionError
 
 log = logging.getLogger("voicegw.media")
 
-CARRIER_DRAIN_S: Final = 1.0
+CARRIER_DRAIN_S: Final = 3.0
 """After a send to the carrier fails, how long the frames it sent before closing may take to
-be read (among them ``stop``: the caller hung up)."""
+be read (among them ``stop``: the caller hung up). The reader ends at once on a closed socket,
+so this bound only matters on a busy machine, where 1 s let a hang-up pass for a vanished
+stream."""
 
 _CLOSE_CODES: Final = {
     EndReason.FLOOD: CloseCode.POLICY_VIOLATION,

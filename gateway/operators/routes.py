@@ -21,13 +21,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.http import inputs
+from gateway.http.clients import ClientAddresses
 from gateway.http.errors import json_error
 from gateway.operators.permissions import ROLE_PERMISSIONS
 from gateway.operators.sessions import AuthError, Minted, auth_of
 from gateway.records.base import Role
 from metrics.registry import AUTH_FAILURES, LOGIN_LOCKOUTS
 from security.allowlist import client_network
-from security.exceptions import StateUnavailable
+from security.exceptions import Rejection, StateUnavailable
 from security.passwords import MAX_PASSWORD_BYTES
 from security.refresh import Outcome
 from security.revocation import sid_key
@@ -276,9 +277,9 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
 def _client_network(request: Request) -> str:
     """The client's network (through trusted proxies), which keys the login limit and the
     lockout: an IPv4 address, or an IPv6 address's ``/login_ipv6_prefix``."""
-    runtime = request.app.state.runtime
+    clients: ClientAddresses = request.app.state.runtime.clients
     try:
-        address = runtime.client_address(request)
-    except Exception:
+        address = clients.address(request)
+    except Rejection:  # a forwarded chain it cannot walk
         return "unknown"
     return str(client_network(address, auth_of(request).config.login_ipv6_prefix))

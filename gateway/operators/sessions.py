@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.http import inputs
+from gateway.http.clients import ClientAddresses
 from gateway.http.errors import json_error
 from gateway.operators.permissions import Principal
 from gateway.records.base import ApiKeyRecord, Role, Store, UserRecord
@@ -35,7 +36,7 @@ from metrics.registry import AUTH_FAILURES
 from security import apikeys, csrf
 from security.allowlist import DEFAULT_IPV6_CLIENT_PREFIX
 from security.apikeys import KeyPolicy
-from security.exceptions import StateUnavailable
+from security.exceptions import Rejection, StateUnavailable
 from security.lockout import LockoutPolicy, LoginGuard
 from security.passwords import PasswordHasher
 from security.ratelimit import FallbackLimiter, InProcessLimiter, Limiter, RedisLimiter
@@ -396,10 +397,10 @@ def auth_of(request: Request) -> AuthRuntime:
 
 
 def _client_ip(request: Request) -> str | None:
-    runtime = request.app.state.runtime
+    clients: ClientAddresses = request.app.state.runtime.clients
     try:
-        return str(runtime.client_address(request))
-    except Exception:
+        return str(clients.address(request))
+    except Rejection:  # a forwarded chain it cannot walk
         return None
 
 

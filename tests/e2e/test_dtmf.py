@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway import media
+from gateway.media import endpoints
 from tests.conftest import UNIT
 from tests.e2e.carrier import (
     Leg,
@@ -127,7 +127,7 @@ async def test_dtmf_while_the_provider_connects_reaches_it_once_ready(make_gatew
 async def test_a_stream_without_start_is_closed_after_the_start_timeout(
     make_gateway, monkeypatch, carrier
 ):
-    monkeypatch.setattr(media, "START_TIMEOUT_S", 0.5 * UNIT)
+    monkeypatch.setattr(endpoints, "START_TIMEOUT_S", 0.5 * UNIT)
     gw = await make_gateway("echo")
     ticket = await answer(gw, carrier)
     leg = await open_stream(gw, ticket, send_start=False)
@@ -136,4 +136,4 @@ async def test_a_stream_without_start_is_closed_after_the_start_timeout(
     for _ in range(3):  # key presses do not stand in for start
         await leg.send_raw(dtmf_frame(leg, "9"))
     assert await leg.wait_closed(within=10 * UNIT) == 1008
-    assert not gw.runtime.bridges
+    assert not len(gw.runtime.lifecycle)

@@ -20,9 +20,10 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway import media
+from gateway.media import outbound
 from gateway.calls.state import EndReason
 from gateway.media.bridge import Bridge
+from gateway.media.endpoints import bridge_services
 from providers.events import PCMU_8K, AudioChunk
 from providers.exceptions import SessionClosed, SessionError
 from tests.conftest import UNIT
@@ -121,7 +122,7 @@ class ScriptedAgent:
 
 async def run_bridge(gw: Gateway, carrier: ScriptedCarrier, agent: ScriptedAgent):
     call, started, codec = await streaming_call(gw)
-    bridge = Bridge(gw.runtime, carrier, codec, agent, call, started)  # type: ignore[arg-type]
+    bridge = Bridge(bridge_services(gw.runtime), carrier, codec, agent, call, started)  # type: ignore[arg-type]
     return bridge, asyncio.create_task(bridge.run([]))
 
 
@@ -146,7 +147,7 @@ async def test_audio_held_during_failover_reaches_the_new_provider_in_order(
         await connect.wait()
         return second
 
-    monkeypatch.setattr(gw.runtime, "open_agent", open_agent)
+    monkeypatch.setattr(gw.runtime.dialer, "open_agent", open_agent)
     carrier = ScriptedCarrier()
     bridge, running = await run_bridge(gw, carrier, first)
     seq = itertools.count()
@@ -197,10 +198,10 @@ async def test_outbound_queue_drops_the_oldest_audio_past_its_cap(
                reason="queue_full") - before
     )  # fmt: skip
     # Down to the cap, not below it: 130 s said, at most 120 s waiting.
-    cap = int(media.OUTBOUND_QUEUE_S)
+    cap = int(outbound.OUTBOUND_QUEUE_S)
     assert 130 - cap - played_then <= dropped <= 130 - cap
     # Let the rest play at once: what was kept plays, in order; what went was the oldest.
-    monkeypatch.setattr(media, "OUTBOUND_LEAD_S", 1e9)
+    monkeypatch.setattr(outbound, "OUTBOUND_LEAD_S", 1e9)
     await eventually(lambda: carrier.played[-1:] == [numbered(129, 8000)], 10 * UNIT, "played")
     order = [chunk[0] for chunk in carrier.played]
     assert len(order) == 130 - dropped
