@@ -183,7 +183,9 @@ class Bridge:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             reason = self._reason(done)
-            if reason is EndReason.CARRIER_GONE and reader not in done:
+            if reason is EndReason.CARRIER_GONE:
+                # Also when the reader is among ``done``: tasks finishing in the same step
+                # come back as a set, and the reader's ``stop`` must win over a failed send.
                 reason = await self._carrier_ending(reader)
         finally:
             for task in tasks:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import websockets
@@ -41,21 +42,23 @@ DROPPED = "voicegw_media_frames_dropped_total"
 PROVIDER_ERRORS = "voicegw_provider_errors_total"
 
 
-async def settle_tasks(baseline: int, within: float = 5 * UNIT) -> None:
-    """Wait until the loop runs no more tasks than ``baseline``; fail listing the extra ones."""
+async def settle_tasks(baseline: set[asyncio.Task[Any]], within: float = 5 * UNIT) -> None:
+    """Wait until every task started since ``baseline`` has ended; fail listing the ones left.
+
+    Tasks of the baseline may end meanwhile (a periodic job finishing a round); only new
+    ones count as leaks."""
     deadline = asyncio.get_running_loop().time() + within
-    while len(asyncio.all_tasks()) > baseline:
+    while extra := asyncio.all_tasks() - baseline:
         if asyncio.get_running_loop().time() > deadline:
-            names = sorted(t.get_name() + " " + repr(t.get_coro()) for t in asyncio.all_tasks())
-            raise AssertionError(f"{len(names)} tasks, baseline {baseline}:\n" + "\n".join(names))
+            names = sorted(t.get_name() + " " + repr(t.get_coro()) for t in extra)
+            raise AssertionError(f"{len(names)} tasks outlived the call:\n" + "\n".join(names))
         await asyncio.sleep(0.02)
-    assert len(asyncio.all_tasks()) == baseline
 
 
 @contextlib.asynccontextmanager
 async def bystander(gw: Gateway) -> AsyncIterator[Leg]:
     """A healthy Twilio call talking at real-time pace for as long as the block runs."""
-    baseline = len(asyncio.all_tasks())
+    baseline = asyncio.all_tasks()
     leg = await place_call(gw, "twilio")
     done = asyncio.Event()
 

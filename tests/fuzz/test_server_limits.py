@@ -84,12 +84,13 @@ async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
 
 async def answer(reader: asyncio.StreamReader, within: float) -> tuple[bytes, float]:
     """Everything the server sent until it closed the connection, and how long until it did.
-    A reset (the server closed with our bytes unread) reads as ``b"<reset>"``."""
+    A reset (the server closed with our bytes unread) reads as ``b"<reset>"``, and so does a
+    broken pipe: a write that failed on the reset leaves its error for the next read."""
     started = time.monotonic()
     async with asyncio.timeout(within):
         try:
             data = await reader.read()
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
             data = b"<reset>"
     return data, time.monotonic() - started
 

@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.media import outbound
 from gateway.calls.state import EndReason
+from gateway.media import outbound
 from gateway.media.bridge import Bridge
 from gateway.media.endpoints import bridge_services
 from providers.events import PCMU_8K, AudioChunk
