@@ -192,6 +192,25 @@ class ResumptionHandle:
     handle: str
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The model calls tool ``name``. ``call_id`` is the provider's id of the call, echoed in
+    its :class:`ToolResult`; ``arguments`` is JSON text exactly as the provider sent it (the
+    model wrote it: unchecked, personal data, never logged)."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCancelled:
+    """The provider withdrew tool calls it had made (Gemini ``toolCallCancellation``): their
+    results must not be sent."""
+
+    call_ids: tuple[str, ...]
+
+
 # -- to_agent only ---------------------------------------------------------------------------
 
 
@@ -202,6 +221,16 @@ class Interrupt:
 
     item_id: str | None = None
     played_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """To the agent: the output of tool call ``call_id`` (named ``name``), as JSON text. The
+    provider's codec sends it and asks the model to go on speaking."""
+
+    call_id: str
+    name: str
+    output: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +247,10 @@ AgentEvent = (
     | Transcript
     | GoAway
     | ResumptionHandle
+    | ToolCall
+    | ToolCancelled
     | Hangup
     | Error
 )
 ToCarrier = AudioChunk | Mark | Clear
-ToAgent = AudioChunk | Dtmf | Interrupt | KeepAlive | Hangup
+ToAgent = AudioChunk | Dtmf | Interrupt | ToolResult | KeepAlive | Hangup

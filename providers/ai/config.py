@@ -110,6 +110,18 @@ class ProviderOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class Function:
+    """A tool the model may call: its ``name``, a ``description`` the model reads, and the JSON
+    Schema (an object schema) of its arguments. Each codec declares it in its protocol's form."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any] = field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class AgentOptions:
     """What the caller hears, whichever provider answers: instructions, a greeting the provider
     speaks first, and per-provider :class:`ProviderOptions`. ``None`` (or a missing provider)
@@ -118,6 +130,8 @@ class AgentOptions:
     instructions: str | None = None
     greeting: str | None = None
     providers: Mapping[Provider, ProviderOptions] = field(default_factory=dict)
+    tools: tuple[Function, ...] | None = None
+    """The tools offered to the model; ``None`` leaves the choice to the layer below."""
 
     def provider(self, name: Provider) -> ProviderOptions:
         return self.providers.get(name, ProviderOptions())
@@ -129,6 +143,7 @@ class AgentOptions:
             instructions=self.instructions or base.instructions,
             greeting=self.greeting or base.greeting,
             providers={p: self.provider(p).over(base.provider(p)) for p in names},
+            tools=self.tools if self.tools is not None else base.tools,
         )
 
 
@@ -148,6 +163,8 @@ class AgentConfig:
     instructions: str = DEFAULT_INSTRUCTIONS
     greeting: str | None = None
     """Spoken by the provider first, once per session (not again on a Gemini resumption)."""
+    tools: tuple[Function, ...] = ()
+    """Declared to the provider in the session setup; its calls arrive as ``ToolCall``."""
     connect_timeout_s: float = 10.0
     """Open the socket, send the setup and receive the provider's acknowledgement."""
     send_timeout_s: float = 5.0
@@ -201,6 +218,7 @@ class AgentConfig:
             voice=chosen.voice or d.voice,
             instructions=options.instructions or DEFAULT_INSTRUCTIONS,
             greeting=options.greeting,
+            tools=options.tools or (),
             ping_interval_s=d.ping_interval_s,
             ping_timeout_s=d.ping_timeout_s,
             idle_keepalive_s=d.idle_keepalive_s,
