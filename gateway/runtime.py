@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from gateway.agents.directory import AgentDirectory
 from gateway.calls.control import CallControl
 from gateway.calls.records import CallRecords
 from gateway.calls.registry import CallRegistry
@@ -20,6 +21,7 @@ from gateway.lifecycle import Lifecycle
 from gateway.media.admission import StreamAdmission
 from gateway.media.dialer import AgentDialer
 from gateway.media.recorder import Recorder
+from gateway.media.tools import ToolServices
 from gateway.operators.sessions import AuthRuntime
 from gateway.records.base import Store
 from gateway.services import Degradable
@@ -60,6 +62,10 @@ class Runtime:
     dialer: AgentDialer
     recorder: Recorder
     fallback: bytes
+
+    # Agents: the profiles in force (per dialled number) and the tools they call.
+    agents: AgentDirectory
+    tools: ToolServices
 
     # What outlives the process, and operator sessions.
     store: Store

@@ -83,6 +83,8 @@ class SharedState:
     stream_tokens: StreamTokens
     registry: CallRegistry
     breakers: BreakerRegistry
+    tool_breakers: BreakerRegistry
+    """One breaker per tool endpoint of the agents (apart from the providers' and carriers')."""
     degradable: list[Degradable]
 
     @classmethod
@@ -119,6 +121,7 @@ class SharedState:
             )
             breakers = BreakerRegistry.redis(redis, prefix + "breaker:", BreakerPolicy())
             degradable.append(breakers)  # /readyz: degraded while breakers run in-process
+            tool_breakers = BreakerRegistry.redis(redis, prefix + "tool-breaker:", BreakerPolicy())
         else:
             for carrier in Carrier:
                 limiters[carrier] = InProcessLimiter(settings.rate_limit_per_minute)
@@ -126,10 +129,11 @@ class SharedState:
             tokens = InProcessStreamTokens()
             registry = InProcessCallRegistry(replica_id, ended_ttl=ENDED_TTL_S)
             breakers = BreakerRegistry.in_process(BreakerPolicy())
+            tool_breakers = BreakerRegistry.in_process(BreakerPolicy())
         if registry.ended_ttl < DEFAULT_REPLAY_TTL_S:
             # A webhook of an ended call the registry forgot would start that call again.
             raise ValueError("the call registry must remember ended calls as long as replays")
-        return cls(limiters, replay, tokens, registry, breakers, degradable)
+        return cls(limiters, replay, tokens, registry, breakers, tool_breakers, degradable)
 
 
 def carrier_allowlists(settings: Settings) -> dict[str, Allowlist]:

@@ -7,6 +7,7 @@ are safe only on a developer's machine.
 
 from __future__ import annotations
 
+import base64
 import enum
 import ipaddress
 import json
@@ -103,6 +104,8 @@ class Settings:
     deepgram_voice: str | None = None  # the speak (TTS) model, e.g. aura-2-thalia-en
     gemini_model: str | None = None
     gemini_voice: str | None = None
+    agents_file: Path | None = None  # VOICEGW_AGENTS_FILE: per-number agent profiles (TOML)
+    tools_secrets: Secret | None = None  # VOICEGW_TOOLS_SECRET: whsec_ keys, first listed signs
 
     max_body_bytes: int = 64 * 1024
     body_timeout_s: float = 10.0
@@ -190,6 +193,36 @@ class _Reader:
     def secret(self, name: str) -> Secret | None:
         value = self.raw(name)
         return Secret(value) if value else None
+
+    def agents_file(self, name: str) -> Path | None:
+        value = self.raw(name)
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_file():
+            self.problems.append(f"{name}: {value!r} is not a readable file")
+            return None
+        return path
+
+    def tools_secrets(self, name: str) -> Secret | None:
+        """Standard Webhooks signing secrets (``whsec_`` + base64 of 24 to 64 bytes), separated
+        by commas or spaces; the requests carry one signature per secret (rotation)."""
+        value = self.raw(name)
+        if value is None:
+            return None
+        items = value.replace(",", " ").split()
+        for i, item in enumerate(items, 1):
+            body = item.removeprefix("whsec_")
+            try:
+                size = len(base64.b64decode(body, validate=True)) if body != item else 0
+            except ValueError:
+                size = 0
+            if not 24 <= size <= 64:
+                self.problems.append(
+                    f"{name}: secret {i} is not whsec_ followed by base64 of 24 to 64 bytes "
+                    "(e.g. whsec_ followed by the output of: openssl rand -base64 32)"
+                )
+        return Secret(" ".join(items))
 
     def number(self, name: str, default: float, *, lo: float, hi: float) -> float:
         value = self.raw(name)
@@ -463,6 +496,8 @@ class _Reader:
             deepgram_voice=self.model_name("VOICEGW_DEEPGRAM_VOICE"),
             gemini_model=self.model_name("VOICEGW_GEMINI_MODEL"),
             gemini_voice=self.model_name("VOICEGW_GEMINI_VOICE"),
+            agents_file=self.agents_file("VOICEGW_AGENTS_FILE"),
+            tools_secrets=self.tools_secrets("VOICEGW_TOOLS_SECRET"),
             body_timeout_s=self.number("VOICEGW_BODY_TIMEOUT_S", 10.0, lo=0.1, hi=120),
             stream_token_ttl_s=int(self.number("VOICEGW_STREAM_TOKEN_TTL_S", 120, lo=5, hi=3600)),
             carrier_rest_timeout_s=self.number(

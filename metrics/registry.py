@@ -93,13 +93,13 @@ HTTP_DURATION = Histogram(
 ACTIVE_CALLS = Gauge(
     "voicegw_active_calls",
     "Calls with an open media stream",
-    ["carrier", "provider"],
+    ["carrier", "provider", "agent"],
     registry=REGISTRY,
 )
 CALLS = Counter(
     "voicegw_calls_total",
     "Calls ended, by outcome",
-    ["carrier", "provider", "outcome"],
+    ["carrier", "provider", "outcome", "agent"],
     registry=REGISTRY,
 )
 CALL_DURATION = Histogram(

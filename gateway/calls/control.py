@@ -1,5 +1,5 @@
 """Carrier control: the REST commands the gateway sends a carrier about a call (answer, start
-streaming, hang up), each through that carrier API's breaker and in the background, and ending a
+streaming, transfer, hang up), each through that carrier API's breaker and in the background, and ending a
 call that has no Bridge on this replica.
 """
 
@@ -98,7 +98,7 @@ class CallControl:
         except BreakerOpen:
             log.warning("carrier API breaker open", extra={"carrier": carrier, "action": what})
             return False
-        except (CarrierRestError, httpx.HTTPError) as exc:
+        except (CarrierRestError, httpx.HTTPError, ValueError) as exc:
             log.warning(
                 "carrier REST call failed",
                 extra={"carrier": carrier, "action": what, "error": type(exc).__name__},
@@ -121,6 +121,26 @@ class CallControl:
             self.tasks.spawn(
                 self.carrier_rest("telnyx", "hangup", lambda: telnyx.hangup(sid)), "hangup"
             )
+
+    async def transfer(self, call: Call, account_id: str | None, destination: str) -> bool:
+        """Move the live call to ``destination`` over the carrier's REST API (Twilio: update
+        with ``<Dial>`` TwiML; Telnyx: ``actions/transfer``); waits for the answer. False when
+        the carrier's API is not configured, refused or failed (logged, never raised)."""
+        sid = call.carrier_call_id
+        if call.carrier == "twilio" and self.twilio is not None and account_id:
+            twilio = self.twilio
+            return await self.carrier_rest(
+                "twilio", "transfer", lambda: twilio.transfer(account_id, sid, destination)
+            )
+        if call.carrier == "telnyx" and self.telnyx is not None:
+            telnyx = self.telnyx
+            return await self.carrier_rest(
+                "telnyx", "transfer", lambda: telnyx.transfer(sid, destination)
+            )
+        log.warning(
+            "transfer not possible: carrier API not configured", extra={"carrier": call.carrier}
+        )
+        return False
 
     def answer_telnyx(self, call: Call, call_control_id: str) -> None:
         """Answer a Telnyx call, in the background; streaming starts on ``call.answered``."""
@@ -187,7 +207,7 @@ class CallControl:
             )
         if hang_up:
             self.hang_up(call, None)
-        CALLS.labels(call.carrier, "none", outcome).inc()
+        CALLS.labels(call.carrier, "none", outcome, call.agent).inc()
         await self.records.close_call_record(call, outcome, (), 0)
         log.info("call ended", extra={"call_id": call.call_id, "reason": outcome})
         return True

@@ -20,7 +20,7 @@ from gateway.calls.registry import CallRegistry, when_registry_answers
 from gateway.calls.state import Call, CallError, CallState, CallStateError
 from gateway.lifecycle import Tasks
 from gateway.records.base import CallRecord, Store
-from gateway.records.privacy import seal_numbers
+from gateway.records.privacy import open_numbers, seal_numbers
 from security.crypto import BlindIndex, KeyRing
 
 log = logging.getLogger("voicegw.runtime")
@@ -66,6 +66,7 @@ class CallRecords:
             started_at=call.created_at,
             providers=(call.provider,),
             recording_path=str(self.recording_path(call)) if record else None,
+            agent=call.agent,
             **sealed.fields(),
         )
         try:
@@ -77,9 +78,16 @@ class CallRecords:
             )
 
     async def close_call_record(
-        self, call: Call, outcome: str, providers: tuple[str, ...], failovers: int
+        self,
+        call: Call,
+        outcome: str,
+        providers: tuple[str, ...],
+        failovers: int,
+        *,
+        transfer_to: str | None = None,
     ) -> None:
-        """Complete the durable record of an ended call."""
+        """Complete the durable record of an ended call; ``transfer_to`` is the destination key
+        of a transferred call."""
         try:
             record = await self.store.get_call(call.call_id)
             if record is None:
@@ -92,6 +100,7 @@ class CallRecords:
                     outcome=outcome,
                     providers=merged,
                     failovers=record.failovers + failovers,
+                    transfer_to=transfer_to or record.transfer_to,
                 )
             )
         except Exception as exc:
@@ -99,6 +108,18 @@ class CallRecords:
                 "call record not completed",
                 extra={"call_id": call.call_id, "error": type(exc).__name__},
             )
+
+    async def caller_number(self, call: Call) -> str | None:
+        """The caller's number from the call's record (decrypted), for a tool that was granted
+        it (``send_caller``); None when there is no record or the number was erased."""
+        try:
+            record = await self.store.get_call(call.call_id)
+            return None if record is None else open_numbers(self.data_keys, record)[0]
+        except Exception as exc:  # the tool goes on without it; the gap is logged
+            log.error(
+                "caller number not read", extra={"call_id": call.call_id, "error": type(exc).__name__}
+            )
+            return None
 
     async def end_call(self, call: Call, reason: str) -> None:
         current = await self.registry.get(call.call_id)

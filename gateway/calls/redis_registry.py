@@ -139,6 +139,7 @@ def _encode(call: Call) -> bytes:
             "replica": call.replica,
             "ended_reason": call.ended_reason,
             "account_id": call.account_id,
+            "agent": call.agent,
         }
     )
 
@@ -157,6 +158,7 @@ def _decode(raw: bytes | str) -> Call:
             replica=d["replica"],
             ended_reason=d["ended_reason"],
             account_id=d.get("account_id"),
+            agent=d.get("agent") or "default",
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CallError("malformed call record in Redis") from exc
@@ -215,9 +217,15 @@ class RedisCallRegistry:
         return f"{self._base}replica:{replica_id}"
 
     async def create(
-        self, carrier: str, carrier_call_id: str, provider: str, *, account_id: str | None = None
+        self,
+        carrier: str,
+        carrier_call_id: str,
+        provider: str,
+        *,
+        account_id: str | None = None,
+        agent: str = "default",
     ) -> tuple[Call, bool]:
-        call = new_call(carrier, carrier_call_id, provider, self._replica_id, account_id)
+        call = new_call(carrier, carrier_call_id, provider, self._replica_id, account_id, agent)
         keys = [
             self._carrier_key(carrier, carrier_call_id),
             self._call_key(call.call_id),

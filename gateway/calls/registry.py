@@ -89,7 +89,13 @@ class CallRegistry(Protocol):
         ...
 
     async def create(
-        self, carrier: str, carrier_call_id: str, provider: str, *, account_id: str | None = None
+        self,
+        carrier: str,
+        carrier_call_id: str,
+        provider: str,
+        *,
+        account_id: str | None = None,
+        agent: str = "default",
     ) -> tuple[Call, bool]:
         """Register a ringing call; idempotent per (carrier, carrier_call_id).
 
@@ -226,9 +232,15 @@ class InProcessCallRegistry:
         return InProcessCallRegistry(replica_id, _store=self._store)
 
     async def create(
-        self, carrier: str, carrier_call_id: str, provider: str, *, account_id: str | None = None
+        self,
+        carrier: str,
+        carrier_call_id: str,
+        provider: str,
+        *,
+        account_id: str | None = None,
+        agent: str = "default",
     ) -> tuple[Call, bool]:
-        call = new_call(carrier, carrier_call_id, provider, self._replica_id, account_id)
+        call = new_call(carrier, carrier_call_id, provider, self._replica_id, account_id, agent)
         store = self._store
         store.purge()
         existing = store.by_carrier.get((carrier, carrier_call_id))

@@ -90,6 +90,8 @@ class Call:
     replica: str
     ended_reason: str | None = None
     account_id: str | None = None
+    agent: str = "default"
+    """The name of the agent profile serving the call (chosen by the dialled number)."""
 
     @property
     def active(self) -> bool:
@@ -102,7 +104,12 @@ def new_call_id() -> CallId:
 
 
 def new_call(
-    carrier: str, carrier_call_id: str, provider: str, replica: str, account_id: str | None
+    carrier: str,
+    carrier_call_id: str,
+    provider: str,
+    replica: str,
+    account_id: str | None,
+    agent: str = "default",
 ) -> Call:
     if carrier not in CARRIERS:
         raise ValueError(f"unknown carrier {carrier!r}")
@@ -121,6 +128,7 @@ def new_call(
         now,
         replica,
         account_id=account_id,
+        agent=agent,
     )
 
 
@@ -172,3 +180,7 @@ class EndReason(enum.StrEnum):
     """The carrier reported the media stream failed (Telnyx ``streaming.failed``)."""
     STREAM_STOPPED = "stream_stopped"
     """The carrier stopped the media stream, not at our request (``streaming.stopped``)."""
+    AGENT_ENDED = "agent_ended"
+    """The agent called its ``end_call`` tool; the line was hung up after its last words."""
+    TRANSFERRED = "transferred"
+    """The agent called ``transfer_call``; the carrier moved the caller to a destination."""

@@ -84,15 +84,18 @@ async def _telnyx(
         return Response(ACK, media_type="application/json")
     match event_type:
         case "call.initiated" if payload.get("direction", "incoming") == "incoming":
+            to_number = short_text(payload.get("to"))
+            profile = runtime.agents.for_number(to_number)
             call, created = await runtime.registry.create(
-                "telnyx", call_control_id, runtime.settings.providers[0]
+                "telnyx", call_control_id, profile.providers[0], agent=profile.name
             )
             if created:
+                consent = runtime.recorder.allowed(_sip_consent(payload))
                 await runtime.records.record_call(
                     call,
                     from_number=short_text(payload.get("from")),
-                    to_number=short_text(payload.get("to")),
-                    record=runtime.recorder.allowed(_sip_consent(payload)),
+                    to_number=to_number,
+                    record=consent and profile.record is not False,
                 )
                 runtime.control.answer_telnyx(call, call_control_id)
         case "call.answered":

@@ -74,11 +74,14 @@ async def _twilio_voice(
         return json_error(400, "CallSid required")
     if verified.duplicate:
         return await _twilio_voice_again(runtime, verified, call_sid)
+    # The dialled number picks the agent; the number itself is never a label or a log field.
+    profile = runtime.agents.for_number(params.get("To"))
     call, created = await runtime.registry.create(
         "twilio",
         call_sid,
-        runtime.settings.providers[0],
+        profile.providers[0],
         account_id=short_text(params.get("AccountSid")),
+        agent=profile.name,
     )
     if created:
         # Consent: "recording_consent=yes" as a form field or in the (signed) webhook URL.
@@ -87,7 +90,7 @@ async def _twilio_voice(
             call,
             from_number=params.get("From"),
             to_number=params.get("To"),
-            record=runtime.recorder.allowed(consent),
+            record=runtime.recorder.allowed(consent) and profile.record is not False,
         )
     if call.state is CallState.ENDED:
         return Response(HANGUP_TWIML, media_type="application/xml")

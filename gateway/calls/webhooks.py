@@ -141,7 +141,7 @@ async def carrier_ended(runtime: Runtime, call: Call, outcome: str) -> None:
     await runtime.records.end_call(call, outcome)
     runtime.lifecycle.stop_call(call)
     if call.state in (CallState.RINGING, CallState.CONNECTING):
-        CALLS.labels(call.carrier, "none", outcome).inc()
+        CALLS.labels(call.carrier, "none", outcome, call.agent).inc()
         await runtime.records.close_call_record(call, outcome, (), 0)
 
 

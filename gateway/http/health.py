@@ -25,7 +25,7 @@ from metrics.registry import REGISTRY
 
 async def readiness(runtime: Runtime) -> dict[str, Any]:
     """The readiness report: draining or not, Redis, the store, degraded components, each
-    provider's breaker, live calls."""
+    provider's breaker, live calls, the agent profiles."""
     draining = runtime.lifecycle.draining
     report: dict[str, Any] = {"ready": not draining, "draining": draining}
     if runtime.redis is not None:
@@ -63,6 +63,9 @@ async def readiness(runtime: Runtime) -> dict[str, Any]:
         for snap in await runtime.breakers.snapshots()
     }
     report["live_calls"] = len(runtime.lifecycle)
+    # Where the agent profiles come from, and whether the last reload was refused (the old
+    # profiles still serve: ready, but an operator should look).
+    report["agents"] = runtime.agents.state()
     return report
 
 

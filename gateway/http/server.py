@@ -5,11 +5,16 @@ gateway draining (readiness 503, new calls refused so the carrier retries elsewh
 serving live media streams and their webhooks until they end or ``VOICEGW_DRAIN_SECONDS`` pass
 (a second Ctrl-C cuts it short), ends what is left cleanly, and only then lets uvicorn close
 the listeners and connections.
+
+``SIGHUP`` reloads the agent profiles (``VOICEGW_AGENTS_FILE``): new calls get the new file,
+calls in progress keep theirs, and a file with problems is refused (logged and audited).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import signal
 import socket
 
 import uvicorn
@@ -30,9 +35,30 @@ class DrainingServer(uvicorn.Server):
         # the event loop for tens of milliseconds under load (bench/webhooks.py --gc-stats).
         gc.collect()
         gc.freeze()
+        runtime: Runtime | None = getattr(self._app.state, "runtime", None)
+        if runtime is not None and hasattr(signal, "SIGHUP"):
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: runtime.lifecycle.tasks.spawn(reload_agents(runtime), "reload")
+            )
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if hasattr(signal, "SIGHUP"):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         runtime: Runtime | None = getattr(self._app.state, "runtime", None)
         if runtime is not None and not self.force_exit:
             await runtime.lifecycle.drain(lambda: self.force_exit)
         await super().shutdown(sockets)
+
+
+async def reload_agents(runtime: Runtime) -> None:
+    """``SIGHUP``: read the agents file again, and audit the outcome."""
+    result = await runtime.agents.reload()
+    await runtime.auditor.record(
+        "agents.reload",
+        "success" if result.ok else "failure",
+        actor="signal",
+        entity_type="agents",
+        entity_id=runtime.agents.book.digest[:16],
+        detail={"problems": len(result.problems), "via": "sighup"},
+    )

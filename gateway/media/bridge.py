@@ -9,9 +9,12 @@ Data takes one path: carrier frame → carrier codec → typed events → Bridge
 * ``to_carrier`` (``Outbound.run``): queued agent audio to the carrier, paced, with marks;
 * ``watchdog`` (``Outbound.watch``): ends the call when the carrier stops reading.
 
+Tool calls of the agent run beside them (``CallTools``), each in a task of its own.
+
 A Bridge receives the few services it uses (``BridgeServices``: narrow ports, so a test can
 build one with fakes for exactly those): the agent dialer, the call records, the carrier's
-hang-up, the audit trail, and the set of live bridges a drain walks.
+hang-up, the audit trail, the set of live bridges a drain walks, and what the call's tools
+use (``ToolServices``).
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from typing import Any, Final, Protocol, assert_never
 
 from starlette.websockets import WebSocket
 
+from gateway.agents.profiles import AgentProfile
 from gateway.calls.state import Call, EndReason
 from gateway.http.errors import CloseCode
 from gateway.media.inbound import Inbound
 from gateway.media.outbound import CarrierGone, Outbound, close_carrier
 from gateway.media.recorder import RecordingTap
 from gateway.media.recording import RecordingWriter
+from gateway.media.tools import PLAYOUT_QUIET_S, CallTools, ToolServices
 from metrics.registry import ACTIVE_CALLS, CALL_DURATION, CALLS, FAILOVERS, PROVIDER_ERRORS
 from providers.ai.session import AgentSession
 from providers.codec import CarrierCodec
@@ -45,6 +50,8 @@ from providers.events import (
     ResumptionHandle,
     SpeechStarted,
     StreamStarted,
+    ToolCall,
+    ToolCancelled,
     Transcript,
 )
 from providers.exceptions import SessionClosed, SessionError
@@ -70,7 +77,9 @@ _CLOSE_CODES: Final = {
 class Dialer(Protocol):
     """Opens a call's agent through its provider's breaker (``gateway.media.dialer``)."""
 
-    async def open_agent(self, call: Call, *, after: str | None = None) -> AgentSession | None: ...
+    async def open_agent(
+        self, call: Call, profile: AgentProfile, *, after: str | None = None
+    ) -> AgentSession | None: ...
 
     async def provider_failed(self, provider: str, error: str) -> None: ...
 
@@ -81,7 +90,13 @@ class Records(Protocol):
     async def end_call_eventually(self, call: Call, reason: str) -> None: ...
 
     async def close_call_record(
-        self, call: Call, outcome: str, providers: tuple[str, ...], failovers: int
+        self,
+        call: Call,
+        outcome: str,
+        providers: tuple[str, ...],
+        failovers: int,
+        *,
+        transfer_to: str | None = None,
     ) -> None: ...
 
 
@@ -120,6 +135,7 @@ class BridgeServices:
     control: HangUp
     auditor: AuditTrail
     live: LiveBridges
+    tools: ToolServices
 
 
 # -- the bridge -------------------------------------------------------------------------------
@@ -137,6 +153,7 @@ class Bridge:
         call: Call,
         started: StreamStarted,
         *,
+        profile: AgentProfile,
         recorder: RecordingWriter | None = None,
     ) -> None:
         self.services = services
@@ -157,11 +174,25 @@ class Bridge:
         )
         self.ended = asyncio.Event()
         self._stop_reason: EndReason | None = None
+        self.profile = profile
+        self.tools = CallTools(services.tools, profile, call, self, account_id=started.account_id)
+        self._transfer_to: str | None = None
+        self._agent_audio_at = 0.0  # perf_counter of the agent's last audio chunk
 
     def stop(self, reason: EndReason) -> None:
         """Ask the bridge to end (e.g. draining); returns at once."""
         self._stop_reason = reason
         self.ended.set()
+
+    def end(self, reason: EndReason, *, transfer_to: str | None = None) -> None:
+        """End the call as the agent asked (its ``end_call`` or a transfer that succeeded)."""
+        self._transfer_to = transfer_to
+        self.stop(reason)
+
+    def playing_or_speaking(self) -> bool:
+        """Whether the agent is still talking or the caller has not heard all of it yet."""
+        speaking = time.perf_counter() - self._agent_audio_at < PLAYOUT_QUIET_S
+        return speaking or not self.outbound.played_out()
 
     def allow_backlog(self, seconds: float) -> None:
         """Admit the frames a carrier queued during ``seconds`` before the bridge read them."""
@@ -169,7 +200,7 @@ class Bridge:
 
     async def run(self, early: list[Dtmf]) -> EndReason:
         started = time.monotonic()
-        ACTIVE_CALLS.labels(self.carrier, self.agent.provider).inc()
+        ACTIVE_CALLS.labels(self.carrier, self.agent.provider, self.call.agent).inc()
         self.services.live.add(self)
         reason = EndReason.CARRIER_ERROR
         reader = asyncio.create_task(self.inbound.run(early), name="from_carrier")
@@ -192,8 +223,9 @@ class Bridge:
                 task.cancel()
             self.outbound.stop_timer()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.tools.close()
             self.services.live.remove(self)
-            ACTIVE_CALLS.labels(self.carrier, self.agent.provider).dec()
+            ACTIVE_CALLS.labels(self.carrier, self.agent.provider, self.call.agent).dec()
             await self._finish(reason, time.monotonic() - started)
         return reason
 
@@ -245,6 +277,9 @@ class Bridge:
         match reason:
             case EndReason.CARRIER_HANGUP:
                 pass  # the caller hung up: the carrier has ended the call
+            case EndReason.TRANSFERRED:
+                # The carrier has moved the caller on; the stream closes, the line stays up.
+                await close_carrier(self.ws, CloseCode.NORMAL)
             case EndReason.CARRIER_GONE:
                 # The stream vanished without ``stop``; the phone line may still be up (a
                 # Telnyx stream ends without ending the call). "Already ended" is fine.
@@ -253,10 +288,14 @@ class Bridge:
                 await close_carrier(self.ws, _CLOSE_CODES.get(reason, CloseCode.NORMAL))
                 # We or the agent ended the call: hang up the phone line too.
                 control.hang_up(self.call, self.started.account_id)
-        CALLS.labels(self.carrier, self.agent.provider, reason.value).inc()
+        CALLS.labels(self.carrier, self.agent.provider, reason.value, self.call.agent).inc()
         CALL_DURATION.observe(duration_s)
         await records.close_call_record(
-            self.call, reason.value, tuple(self._providers), len(self._providers) - 1
+            self.call,
+            reason.value,
+            tuple(self._providers),
+            len(self._providers) - 1,
+            transfer_to=self._transfer_to,
         )
         log.info(
             "call ended",
@@ -286,6 +325,7 @@ class Bridge:
             received = time.perf_counter()
             match event:
                 case AudioChunk():
+                    self._agent_audio_at = received
                     await self.outbound.audio(event, received)
                 case SpeechStarted():
                     # The caller spoke over the agent: clear the carrier, stop the agent.
@@ -302,6 +342,10 @@ class Bridge:
                     PROVIDER_ERRORS.labels(self.agent.provider, "error").inc()
                 case ResponseDone():
                     self.outbound.response_done()
+                case ToolCall():
+                    self.tools.called(event)
+                case ToolCancelled(call_ids=call_ids):
+                    self.tools.cancelled(call_ids)
                 case AgentReady() | Transcript() | GoAway() | ResumptionHandle():
                     pass
                 case _:
@@ -319,7 +363,7 @@ class Bridge:
         log.warning("provider failed mid-call", extra={"provider": failed.provider, "error": error})
         await dialer.provider_failed(failed.provider, error)
         await failed.close()
-        replacement = await dialer.open_agent(self.call, after=failed.provider)
+        replacement = await dialer.open_agent(self.call, self.profile, after=failed.provider)
         if replacement is None:
             return False
         self._use_agent(replacement)
@@ -351,8 +395,8 @@ class Bridge:
     def _use_agent(self, agent: AgentSession) -> None:
         """Swap in a new agent session; transcoders follow its formats. Audio queued for the
         carrier keeps playing (the caller hears the end of the last sentence)."""
-        ACTIVE_CALLS.labels(self.carrier, self.agent.provider).dec()
-        ACTIVE_CALLS.labels(self.carrier, agent.provider).inc()
+        ACTIVE_CALLS.labels(self.carrier, self.agent.provider, self.call.agent).dec()
+        ACTIVE_CALLS.labels(self.carrier, agent.provider, self.call.agent).inc()
         self.agent = agent
         self.inbound.use_agent(agent)
         self.outbound.use_format(agent.output_format)

@@ -1,14 +1,17 @@
-"""Opening a call's agent: the provider's configuration, its breaker, and moving down the
-provider order (``VOICEGW_PROVIDERS``) past providers that are open or fail to connect.
+"""Opening a call's agent: the provider's configuration (the deployment's settings under the
+call's agent profile: instructions, greeting, model, voice, tools), its breaker, and moving
+down the profile's provider order past providers that are open or fail to connect.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from redis.exceptions import RedisError
 
+from gateway.agents.profiles import AgentProfile
 from gateway.calls.registry import CallRegistry, when_registry_answers
 from gateway.calls.state import Call
 from gateway.lifecycle import Tasks
@@ -39,9 +42,12 @@ class AgentDialer:
         self.registry = registry
         self.tasks = tasks
 
-    def agent_config(self, provider: str, *, greet: bool = True) -> AgentConfig:
-        """How to open ``provider`` for a call. ``greet=False`` leaves the greeting out: a call
-        that moves to another provider mid-call has been greeted already."""
+    def agent_config(
+        self, provider: str, profile: AgentProfile, *, greet: bool = True
+    ) -> AgentConfig:
+        """How to open ``provider`` for a call of ``profile``: the profile's choices over the
+        settings'. ``greet=False`` leaves the greeting out: a call that moves to another
+        provider mid-call has been greeted already."""
         s = self.settings
         key, url = {
             "openai": (s.openai_api_key, s.openai_realtime_url),
@@ -49,15 +55,18 @@ class AgentDialer:
             "gemini": (s.gemini_api_key, s.gemini_live_url),
             "echo": (None, None),
         }[provider]
-        options = AgentOptions(
+        deployment = AgentOptions(
             instructions=s.agent_instructions,
-            greeting=s.agent_greeting if greet else None,
+            greeting=s.agent_greeting,
             providers={
                 Provider.OPENAI: ProviderOptions(s.openai_model, s.openai_voice),
                 Provider.DEEPGRAM: ProviderOptions(s.deepgram_think_model, s.deepgram_voice),
                 Provider.GEMINI: ProviderOptions(s.gemini_model, s.gemini_voice),
             },
         )
+        options = replace(profile.options, tools=profile.functions()).over(deployment)
+        if not greet:
+            options = replace(options, greeting=None)
         return AgentConfig.for_provider(
             provider,
             api_key=key,
@@ -66,11 +75,13 @@ class AgentDialer:
             connect_timeout_s=s.provider_connect_timeout_s,
         )
 
-    async def open_agent(self, call: Call, *, after: str | None = None) -> AgentSession | None:
+    async def open_agent(
+        self, call: Call, profile: AgentProfile, *, after: str | None = None
+    ) -> AgentSession | None:
         """Connect the call to a provider: its current one, or the one after ``after``, moving
-        down ``VOICEGW_PROVIDERS`` past providers whose breaker is open or that fail to
+        down the profile's providers past those whose breaker is open or that fail to
         connect. Returns None when none is left."""
-        order = list(self.settings.providers)
+        order = list(profile.providers)
         if after is not None:
             # The providers after the failed one, then the ones before it; never itself.
             start = order.index(after) + 1 if after in order else 0
@@ -84,7 +95,7 @@ class AgentDialer:
                 trial = await breaker.acquire()
             except BreakerOpen:
                 continue
-            session = open_session(self.agent_config(provider, greet=after is None))
+            session = open_session(self.agent_config(provider, profile, greet=after is None))
             began = time.perf_counter()
             try:
                 await session.connect()

@@ -70,6 +70,7 @@ def bridge_services(runtime: Runtime) -> BridgeServices:
         control=runtime.control,
         auditor=runtime.auditor,
         live=runtime.lifecycle,
+        tools=runtime.tools,
     )
 
 
@@ -105,10 +106,12 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
         return
     correlation_id.set(call.call_id)
     connecting = time.monotonic()
-    agent = await runtime.dialer.open_agent(call)
+    # The profile is fixed for the call from here: a reload does not change a call under way.
+    profile = runtime.agents.profile(call.agent)
+    agent = await runtime.dialer.open_agent(call, profile)
     if agent is None:
         log.warning("no provider available", extra={"call_id": call.call_id})
-        CALLS.labels(carrier, "none", "no_provider").inc()
+        CALLS.labels(carrier, "none", "no_provider", call.agent).inc()
         await _play_fallback(websocket, codec, runtime.fallback, started.format)
         await runtime.records.end_call_eventually(call, "no_provider")
         await runtime.records.close_call_record(call, "no_provider", (), 0)
@@ -117,7 +120,14 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
         return
     recorder = await runtime.recorder.open(call)
     bridge = Bridge(
-        bridge_services(runtime), websocket, codec, agent, call, started, recorder=recorder
+        bridge_services(runtime),
+        websocket,
+        codec,
+        agent,
+        call,
+        started,
+        profile=profile,
+        recorder=recorder,
     )
     # The carrier kept sending while the provider connected: that backlog is not a flood.
     bridge.allow_backlog(time.monotonic() - connecting)

@@ -243,6 +243,18 @@ class Outbound:
         self.marks.clear()
         return Interrupt(item_id=item, played_ms=played)
 
+    def played_out(self) -> bool:
+        """Whether the caller has heard everything sent so far: nothing queued or being sent,
+        and the carrier has echoed the mark after the last audio (so it has been played, not
+        only sent). Audio sent since the last mark gets one: ``to_carrier`` places it."""
+        if self._outbound or self._playing:
+            return False
+        if self._since_mark_s > 0:
+            self._mark_due = True
+            self._wakeup.set()
+            return False
+        return not self.marks
+
     # -- to_carrier ---------------------------------------------------------------------------
 
     async def run(self) -> EndReason:

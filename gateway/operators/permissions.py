@@ -18,11 +18,15 @@ class Permission(enum.StrEnum):
     SUBJECTS_EXPORT = "subjects:export"  # data-subject access requests
     SUBJECTS_ERASE = "subjects:erase"
     SECURITY_REVIEW = "security:review"  # admin only: the security review and key inventory
+    AGENTS_READ = "agents:read"  # the agent profiles in force (read-only)
+    AGENTS_RELOAD = "agents:reload"  # admin only: read the agents file again
 
 
 ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.OPERATOR: frozenset({Permission.CALLS_READ, Permission.PROVIDERS_READ}),
+    Role.OPERATOR: frozenset(
+        {Permission.CALLS_READ, Permission.PROVIDERS_READ, Permission.AGENTS_READ}
+    ),
     # Data-subject requests (export and erasure) are the auditor's job (issue: "auditor or
     # admin role"); everything else the auditor sees is read-only.
     Role.AUDITOR: frozenset(

@@ -110,6 +110,8 @@ class CallRecord:
     to_index: str | None = None
     key_id: str | None = None  # data key the numbers are encrypted with
     recording_path: str | None = None
+    agent: str | None = None  # the agent profile that served the call
+    transfer_to: str | None = None  # the transfer destination's key, for a transferred call
 
     @property
     def duration_s(self) -> float | None:

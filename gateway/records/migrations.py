@@ -195,6 +195,13 @@ _V4_COMMON = [
     _both("CREATE INDEX login_failures_network ON login_failures (username, network, at)"),
 ]
 
+# Calls name the agent profile that served them, and where a transferred call went (the key
+# of the profile's transfer table, never the number).
+_V5_COMMON = [
+    _both("ALTER TABLE calls ADD COLUMN agent TEXT"),
+    _both("ALTER TABLE calls ADD COLUMN transfer_to TEXT"),
+]
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
@@ -219,6 +226,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         name="login failures per network",
         sqlite=tuple(s for s, _ in _V4_COMMON),
         postgres=tuple(p for _, p in _V4_COMMON),
+    ),
+    Migration(
+        version=5,
+        name="call agents and transfers",
+        sqlite=tuple(s for s, _ in _V5_COMMON),
+        postgres=tuple(p for _, p in _V5_COMMON),
     ),
 )
 

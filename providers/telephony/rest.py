@@ -1,8 +1,9 @@
 """Thin REST clients for the carrier call-control actions the gateway needs.
 
-``TwilioRest.hangup`` ends a Twilio call (Call resource update, ``Status=completed``);
+``TwilioRest.hangup`` ends a Twilio call (Call resource update, ``Status=completed``) and
+``TwilioRest.transfer`` moves it on (the same update with ``Twiml=<Dial>``);
 ``TelnyxRest.answer`` answers a Telnyx call and starts a bidirectional media stream,
-``TelnyxRest.hangup`` ends it. Each request is bounded by one total deadline. An answer that
+``TelnyxRest.transfer`` transfers it, ``TelnyxRest.hangup`` ends it. Each request is bounded by one total deadline. An answer that
 says the call has already ended is an outcome (``CallOutcome.ALREADY_ENDED``), not an error;
 any other failure raises ``CarrierRestError`` carrying the status and the carrier's short error
 code, never a response body.
@@ -12,6 +13,7 @@ Sources:
          errors 20404 (not found), 21220 (call not in-progress)
   Telnyx https://developers.telnyx.com/api-reference/call-commands/answer-call
          https://developers.telnyx.com/api-reference/call-commands/hangup-call
+         https://developers.telnyx.com/api-reference/call-commands/transfer-call
          error 90018 (call has already ended, HTTP 422)
 """
 
@@ -25,6 +27,7 @@ from types import TracebackType
 from typing import Final, Literal, Self, TypedDict
 
 import httpx
+from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from providers.exceptions import ProviderError
 
@@ -36,6 +39,8 @@ __all__ = [
     "CarrierRestError",
     "TelnyxRest",
     "TwilioRest",
+    "check_destination",
+    "dial_twiml",
 ]
 
 TWILIO_BASE_URL: Final = "https://api.twilio.com"
@@ -72,7 +77,8 @@ class CarrierRestError(ProviderError):
 
 class TelnyxActionBody(TypedDict, total=False):
     """The fields of Call Control commands the gateway sends (a subset of the ``telnyx``
-    SDK's ``ActionAnswerParams`` / ``ActionStartStreamingParams``; a test holds them equal)."""
+    SDK's ``ActionAnswerParams`` / ``ActionStartStreamingParams`` / ``ActionTransferParams``; a
+    test holds them equal)."""
 
     stream_url: str
     stream_track: Literal["inbound_track", "outbound_track", "both_tracks"]
@@ -81,6 +87,7 @@ class TelnyxActionBody(TypedDict, total=False):
     stream_bidirectional_codec: Literal["PCMU", "PCMA"]
     stream_auth_token: str
     client_state: str
+    to: str
 
 
 class _RestClient:
@@ -151,7 +158,7 @@ class _RestClient:
 
 
 class TwilioRest(_RestClient):
-    """Twilio REST: ``hangup`` only. Authenticates with HTTP basic auth as
+    """Twilio REST: ``hangup`` and ``transfer``. Authenticates with HTTP basic auth as
     (the call's AccountSid, ``auth_token``)."""
 
     carrier = "twilio"
@@ -175,11 +182,24 @@ class TwilioRest(_RestClient):
         Raises ``ValueError`` for a malformed SID and ``CarrierRestError`` for any other
         failure.
         """
+        return await self._update(account_sid, call_sid, {"Status": "completed"})
+
+    async def transfer(self, account_sid: str, call_sid: str, destination: str) -> CallOutcome:
+        """Move the live call to ``destination`` (E.164 number or ``sip:`` URI): the same update
+        with ``Twiml=<Response><Dial>…</Dial></Response>``, which ends the call's media stream.
+        ``ALREADY_ENDED`` as for ``hangup``.
+
+        Raises ``ValueError`` for a malformed SID or destination and ``CarrierRestError``
+        for any other failure.
+        """
+        return await self._update(account_sid, call_sid, {"Twiml": dial_twiml(destination)})
+
+    async def _update(self, account_sid: str, call_sid: str, data: dict[str, str]) -> CallOutcome:
         if not _TWILIO_SID.fullmatch(account_sid) or not _TWILIO_SID.fullmatch(call_sid):
             raise ValueError("malformed Twilio SID")
         response = await self._post(
             f"/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json",
-            data={"Status": "completed"},
+            data=data,
             auth=httpx.BasicAuth(account_sid, self._auth_token),
         )
         if response.is_success:
@@ -249,6 +269,16 @@ class TelnyxRest(_RestClient):
         }
         return await self._action(call_control_id, "streaming_start", body)
 
+    async def transfer(self, call_control_id: str, destination: str) -> CallOutcome:
+        """Transfer the call to ``destination`` (E.164 number or ``sip:`` URI). ``ALREADY_ENDED``
+        as for ``hangup``.
+
+        Raises ``ValueError`` for a malformed id or destination and ``CarrierRestError``
+        otherwise.
+        """
+        check_destination(destination)
+        return await self._action(call_control_id, "transfer", {"to": destination})
+
     async def hangup(self, call_control_id: str) -> CallOutcome:
         """Hang up the call. A call that has already ended (422, error 90018) or that Telnyx
         no longer knows (404) is ``ALREADY_ENDED``.
@@ -276,6 +306,31 @@ class TelnyxRest(_RestClient):
             return CallOutcome.ALREADY_ENDED
         code = codes[0] if codes else f"http_{response.status_code}"
         raise CarrierRestError(self.carrier, response.status_code, code)
+
+
+_E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
+_SIP_URI: Final = re.compile(r"sips?:[A-Za-z0-9_.!~*'()&=+$,;?/%-]+@[A-Za-z0-9.\-]+(:[0-9]{1,5})?")
+
+
+def check_destination(destination: str) -> None:
+    """Raise ``ValueError`` unless ``destination`` is an E.164 number or a ``sip:``/``sips:``
+    URI (user@host[:port], no spaces, no markup)."""
+    if not (_E164.fullmatch(destination) or _SIP_URI.fullmatch(destination)):
+        raise ValueError("transfer destination must be an E.164 number or a sip: URI")
+
+
+def dial_twiml(destination: str) -> str:
+    """TwiML that dials ``destination``: ``<Dial><Number>`` or ``<Dial><Sip>``, rendered by
+    the ``twilio`` package."""
+    check_destination(destination)
+    response = VoiceResponse()
+    dial = Dial()
+    if destination.startswith(("sip:", "sips:")):
+        dial.sip(destination)
+    else:
+        dial.number(destination)
+    response.append(dial)
+    return str(response)
 
 
 class _BearerAuth(httpx.Auth):

@@ -93,9 +93,14 @@ async def eventually(predicate: Callable[[], object], within: float, what: str =
 
 
 def metric(name: str, **labels: str) -> float:
-    """The current value of one sample of the gateway's registry (0 when absent)."""
-    value = REGISTRY.get_sample_value(name, labels)
-    return 0.0 if value is None else value
+    """The current value of the samples of the gateway's registry named ``name`` whose labels
+    include ``labels``, summed (0 when none): a label left out counts every value of it."""
+    return sum(
+        s.value
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )
 
 
 def metric_sum(name: str) -> float:

@@ -880,7 +880,8 @@ async def test_telnyx_streaming_start_failure_ends_and_hangs_up(
 
 def calls_ended(outcome: str) -> float:
     value = REGISTRY.get_sample_value(
-        "voicegw_calls_total", {"carrier": "telnyx", "provider": "none", "outcome": outcome}
+        "voicegw_calls_total",
+        {"carrier": "telnyx", "provider": "none", "outcome": outcome, "agent": "default"},
     )
     return value or 0.0
 

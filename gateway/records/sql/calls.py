@@ -12,7 +12,7 @@ from gateway.records.sql.queries import Row, SqlQueries, page
 
 _CALL_COLUMNS = (
     "call_id, carrier, carrier_call_id, started_at, providers, ended_at, outcome, failovers, "
-    "from_number, to_number, from_index, to_index, key_id, recording_path"
+    "from_number, to_number, from_index, to_index, key_id, recording_path, agent, transfer_to"
 )
 
 
@@ -32,6 +32,8 @@ def _call(row: Row) -> CallRecord:
         to_index=row[11],
         key_id=row[12],
         recording_path=row[13],
+        agent=row[14],
+        transfer_to=row[15],
     )
 
 
@@ -51,6 +53,8 @@ def _call_params(call: CallRecord) -> tuple[Any, ...]:
         call.to_index,
         call.key_id,
         call.recording_path,
+        call.agent,
+        call.transfer_to,
     )
 
 
@@ -65,7 +69,7 @@ class CallQueries(SqlQueries):
         )
         await self._write(
             f"INSERT INTO calls ({_CALL_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             f"ON CONFLICT (call_id) DO UPDATE SET {updates}",
             _call_params(call),
         )

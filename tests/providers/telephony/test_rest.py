@@ -12,6 +12,8 @@ import pydantic
 import pytest
 from telnyx.types.calls.action_answer_params import ActionAnswerParams
 from telnyx.types.calls.action_start_streaming_params import ActionStartStreamingParams
+from telnyx.types.calls.action_transfer_params import ActionTransferParams
+from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from providers.exceptions import ProviderError
 from providers.telephony.rest import (
@@ -21,6 +23,7 @@ from providers.telephony.rest import (
     CarrierRestError,
     TelnyxRest,
     TwilioRest,
+    dial_twiml,
 )
 from tests.conftest import UNIT
 from tests.fakes.carrier_rest import Behavior, FakeCarrierRest, Reply
@@ -177,6 +180,77 @@ async def test_telnyx_start_streaming_request(fake: FakeCarrierRest, telnyx: Tel
         "stream_bidirectional_codec": "PCMU",
         "stream_auth_token": STREAM_TOKEN,
     }
+
+
+@pytest.mark.parametrize(
+    ("destination", "element"),
+    [
+        ("+14155550123", "number"),
+        ("sip:sales@example.com", "sip"),
+        ("sips:desk@pbx.example:5061", "sip"),
+    ],
+)
+async def test_twilio_transfer_updates_the_call_with_dial_twiml(
+    fake: FakeCarrierRest, twilio: TwilioRest, destination: str, element: str
+) -> None:
+    assert await twilio.transfer(ACCOUNT_SID, CALL_SID, destination) is CallOutcome.DONE
+    (request,) = fake.requests
+    assert request.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{CALL_SID}.json"
+    assert request.basic_auth() == (ACCOUNT_SID, AUTH_TOKEN)
+    # Exactly the TwiML the twilio package renders for a <Dial> of that destination.
+    expected = VoiceResponse()
+    dial = Dial()
+    getattr(dial, element)(destination)
+    expected.append(dial)
+    assert request.form() == {"Twiml": str(expected)}
+
+
+@pytest.mark.parametrize(
+    "destination",
+    [
+        "",
+        "4155550123",
+        "+0123456789",
+        "+1415555012345678",
+        "sip:",
+        'sip:a@b"/><Hangup/>',
+        "sip:x@example.com <Play>",
+        "http://example.com/",
+        "+1415555\n0123",
+    ],
+)
+async def test_a_malformed_transfer_destination_sends_nothing(
+    fake: FakeCarrierRest, twilio: TwilioRest, telnyx: TelnyxRest, destination: str
+) -> None:
+    with pytest.raises(ValueError):
+        await twilio.transfer(ACCOUNT_SID, CALL_SID, destination)
+    with pytest.raises(ValueError):
+        await telnyx.transfer(CALL_CONTROL_ID, destination)
+    with pytest.raises(ValueError):
+        dial_twiml(destination)
+    assert fake.requests == []
+
+
+async def test_twilio_transfer_of_an_ended_call_is_not_an_error(
+    fake: FakeCarrierRest, twilio: TwilioRest
+) -> None:
+    fake.set_response("twilio", Behavior.ALREADY_ENDED)
+    assert await twilio.transfer(ACCOUNT_SID, CALL_SID, "+14155550123") is CallOutcome.ALREADY_ENDED
+    fake.set_response("twilio", Behavior.SERVER_ERROR)
+    with pytest.raises(CarrierRestError):
+        await twilio.transfer(ACCOUNT_SID, CALL_SID, "+14155550123")
+
+
+@pytest.mark.parametrize("destination", ["+14155550123", "sip:sales@example.com"])
+async def test_telnyx_transfer_matches_the_sdk_types(
+    fake: FakeCarrierRest, telnyx: TelnyxRest, destination: str
+) -> None:
+    assert await telnyx.transfer(CALL_CONTROL_ID, destination) is CallOutcome.DONE
+    (request,) = fake.requests
+    assert request.path == f"/v2/calls/{CALL_CONTROL_ID}/actions/transfer"
+    body = request.json()
+    assert body == {"to": destination}
+    assert sdk_checked(ActionTransferParams, body) == body
 
 
 def sdk_checked(params: type, body: dict[str, object]) -> dict[str, object]:

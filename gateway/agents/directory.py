@@ -1,0 +1,86 @@
+"""The agent profiles in force on this replica, and reloading them.
+
+At start-up the profiles come from ``VOICEGW_AGENTS_FILE`` (a file with problems refuses the
+start) or, without it, from one built-in agent made of the settings. ``reload`` (on ``SIGHUP``
+or an administrator's API call) reads the file again: a valid file replaces the profiles at
+once for new calls, while calls in progress keep the profile they started with (the Bridge
+holds it); a file with problems is refused and the profiles in force stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.agents.profiles import AgentBook, AgentProfile, AgentsFileError
+
+log = logging.getLogger("voicegw.agents")
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """The outcome of one reload: ``problems`` is empty when the new file took effect."""
+
+    at: float
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class AgentDirectory:
+    """The current :class:`AgentBook`; ``load`` reads the file again (None: built in only)."""
+
+    def __init__(self, book: AgentBook, load: Callable[[], AgentBook] | None = None) -> None:
+        self.book = book
+        self._load = load
+        self.last_reload: Reload | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def from_file(self) -> bool:
+        return self._load is not None
+
+    def for_number(self, number: str | None) -> AgentProfile:
+        """The agent serving calls to ``number`` (the dialled number), or the default one."""
+        return self.book.for_number(number)
+
+    def profile(self, name: str) -> AgentProfile:
+        """The profile named ``name``; the default one if a reload removed it."""
+        return self.book.get(name) or self.book.default
+
+    async def reload(self) -> Reload:
+        """Read the agents file again (in a thread: it imports Python tool handlers)."""
+        if self._load is None:
+            result = Reload(time.time(), ("no agents file is configured (VOICEGW_AGENTS_FILE)",))
+            self.last_reload = result
+            return result
+        async with self._lock:
+            try:
+                book = await asyncio.to_thread(self._load)
+            except AgentsFileError as exc:
+                result = Reload(time.time(), tuple(exc.problems))
+                log.warning("agents file refused", extra={"problems": len(exc.problems)})
+            else:
+                self.book = book
+                result = Reload(time.time(), ())
+                log.info("agents file reloaded", extra={"agents": len(book.profiles)})
+            self.last_reload = result
+            return result
+
+    def state(self) -> dict[str, Any]:
+        """For ``/readyz`` and the console: where the profiles come from and the last reload."""
+        last = self.last_reload
+        return {
+            "source": "file" if self.from_file else "built-in",
+            "agents": len(self.book.profiles),
+            "digest": self.book.digest,
+            "last_reload": None
+            if last is None
+            else {"at": round(last.at, 3), "ok": last.ok, "problems": len(last.problems)},
+        }
