@@ -355,7 +355,13 @@ class _Checker:
                 self.problem((*where, i), f"{provider!r} listed twice")
             elif self.production and provider not in self.configured:
                 self.problem(
-                    (*where, i), f"{provider!r} is not configured (its API key is not set)"
+                    (*where, i),
+                    f"{provider!r} is not configured ("
+                    + (
+                        "echo is not used in production)"
+                        if provider == "echo"
+                        else "its API key is not set)"
+                    ),
                 )
         return tuple(items)
 

@@ -79,9 +79,7 @@ def test_end_call_can_be_turned_off(write):
 def test_a_single_agent_is_the_default(write):
     book = load(write(MINIMAL))
     assert book.default.name == "only" and book.for_number("+14155550100").name == "only"
-    assert "the only agent serves every call" in one_problem(
-        write(MINIMAL + "default = false\n")
-    )
+    assert "the only agent serves every call" in one_problem(write(MINIMAL + "default = false\n"))
 
 
 def test_several_agents_need_exactly_one_default(write):
@@ -115,8 +113,12 @@ def test_unknown_keys_are_named_with_their_line(write):
     )
     found = problems(path)
     assert f"{path}:4: agents.only.greting: unknown key" in found[0]
-    assert any(p.startswith(f"{path}:10: agents.only.tools[0].timout_s: unknown key") for p in found)
-    assert ":1: other_top: unknown key" in one_problem(write('other_top = 1\n[agents.a]\nproviders = ["echo"]\n'))
+    assert any(
+        p.startswith(f"{path}:10: agents.only.tools[0].timout_s: unknown key") for p in found
+    )
+    assert ":1: other_top: unknown key" in one_problem(
+        write('other_top = 1\n[agents.a]\nproviders = ["echo"]\n')
+    )
 
 
 @pytest.mark.parametrize(
@@ -127,16 +129,40 @@ def test_unknown_keys_are_named_with_their_line(write):
         ('providers = ["openia"]', "agents.only.providers[0]", "unknown provider 'openia'"),
         ('providers = ["echo", "echo"]', "agents.only.providers[1]", "listed twice"),
         ('providers = ["echo"]\nnumbers = ["4155550100"]', "agents.only.numbers[0]", "E.164"),
-        ('providers = ["echo"]\nnumbers = ["+1415", "+14155550100", "+14155550100"]', "agents.only.numbers[0]", "E.164"),
+        (
+            'providers = ["echo"]\nnumbers = ["+1415", "+14155550100", "+14155550100"]',
+            "agents.only.numbers[0]",
+            "E.164",
+        ),
         ('providers = ["echo"]\nrecord = "yes"', "agents.only.record", "true or false"),
         ('providers = ["echo"]\ngreeting = "a\\nb"', "agents.only.greeting", "one line"),
         ('providers = ["echo"]\ngreeting = ""', "agents.only.greeting", "non-empty"),
         ('providers = ["echo"]\ninstructions = 3', "agents.only.instructions", "non-empty string"),
-        ('providers = ["echo"]\ntransfer = { Bad = "+14155550123" }', "agents.only.transfer.Bad", "destination keys"),
-        ('providers = ["echo"]\ntransfer = { a = "tel:123" }', "agents.only.transfer.a", "E.164 number or a sip:"),
-        ('providers = ["echo"]\ntransfer = { a = "sip:x@y\\"><Hangup/>" }', "agents.only.transfer.a", "sip:"),
-        ('providers = ["echo"]\n[agents.only.openai]\nvoice = "bad voice"', "agents.only.openai.voice", "model or voice name"),
-        ('providers = ["echo"]\n[agents.only.openai]\ncolour = "x"', "agents.only.openai.colour", "unknown key"),
+        (
+            'providers = ["echo"]\ntransfer = { Bad = "+14155550123" }',
+            "agents.only.transfer.Bad",
+            "destination keys",
+        ),
+        (
+            'providers = ["echo"]\ntransfer = { a = "tel:123" }',
+            "agents.only.transfer.a",
+            "E.164 number or a sip:",
+        ),
+        (
+            'providers = ["echo"]\ntransfer = { a = "sip:x@y\\"><Hangup/>" }',
+            "agents.only.transfer.a",
+            "sip:",
+        ),
+        (
+            'providers = ["echo"]\n[agents.only.openai]\nvoice = "bad voice"',
+            "agents.only.openai.voice",
+            "model or voice name",
+        ),
+        (
+            'providers = ["echo"]\n[agents.only.openai]\ncolour = "x"',
+            "agents.only.openai.colour",
+            "unknown key",
+        ),
     ],
 )
 def test_bad_agent_values(write, body, key, text):
@@ -206,7 +232,11 @@ description = "Look it up"
 @pytest.mark.parametrize(
     ("lines", "key", "text"),
     [
-        ('url = "https://a.example/x"\nhandler = "m:f"', "agents.only.tools[0]", "exactly one of url and handler"),
+        (
+            'url = "https://a.example/x"\nhandler = "m:f"',
+            "agents.only.tools[0]",
+            "exactly one of url and handler",
+        ),
         ("", "agents.only.tools[0]", "exactly one of url and handler"),
         ('url = "ftp://a.example/x"', "tools[0].url", "https://"),
         ('url = "https://user:pw@a.example/x"', "tools[0].url", "credentials"),
@@ -217,11 +247,23 @@ description = "Look it up"
         ('url = "https://a.example/x"\ntimeout_s = 31', "tools[0].timeout_s", "(0, 30]"),
         ('url = "https://a.example/x"\ntimeout_s = true', "tools[0].timeout_s", "(0, 30]"),
         ('url = "https://a.example/x"\nsend_caller = 1', "tools[0].send_caller", "true or false"),
-        ('url = "https://a.example/x"\nparameters = { type = "string" }', "tools[0].parameters.type", '"object"'),
-        ('url = "https://a.example/x"\nparameters = { type = "object", properties = { a = 1 } }', "tools[0].parameters.properties", "table of tables"),
-        ('url = "https://a.example/x"\nparameters = { type = "object", required = ["a"] }', "tools[0].parameters.required", "names of properties"),
+        (
+            'url = "https://a.example/x"\nparameters = { type = "string" }',
+            "tools[0].parameters.type",
+            '"object"',
+        ),
+        (
+            'url = "https://a.example/x"\nparameters = { type = "object", properties = { a = 1 } }',
+            "tools[0].parameters.properties",
+            "table of tables",
+        ),
+        (
+            'url = "https://a.example/x"\nparameters = { type = "object", required = ["a"] }',
+            "tools[0].parameters.required",
+            "names of properties",
+        ),
         ('handler = "no_colon"', "tools[0].handler", "package.module:function"),
-        ('handler = 3', "tools[0].handler", "must be a string"),
+        ("handler = 3", "tools[0].handler", "must be a string"),
     ],
 )
 def test_bad_tools(write, lines, key, text):
@@ -236,13 +278,21 @@ def test_tool_names_checked_reserved_and_unique(write):
         assert f"'{name}' is a built-in tool" in one_problem(path)
     path = write(TOOL.replace('"lookup"', '"has space"') + 'url = "https://a.example/x"\n')
     assert "tool names are 1 to 64" in one_problem(path)
-    twice = TOOL + 'url = "https://a.example/x"\n' + TOOL.split("\n", 3)[3] + 'url = "https://b.example/"\n'
+    twice = (
+        TOOL
+        + 'url = "https://a.example/x"\n'
+        + TOOL.split("\n", 3)[3]
+        + 'url = "https://b.example/"\n'
+    )
     assert "tools[1].name: another tool is called 'lookup'" in one_problem(write(twice))
 
 
 def test_parameters_are_size_capped(write):
     big = ", ".join(f'p{i} = {{ type = "string", description = "{"x" * 100}" }}' for i in range(80))
-    path = write(TOOL + f'url = "https://a.example/x"\nparameters = {{ type = "object", properties = {{ {big} }} }}\n')
+    path = write(
+        TOOL
+        + f'url = "https://a.example/x"\nparameters = {{ type = "object", properties = {{ {big} }} }}\n'
+    )
     assert "larger than 8192 bytes" in one_problem(path)
 
 
@@ -251,7 +301,9 @@ def test_tool_and_agent_counts_are_capped(write):
         f'[[agents.only.tools]]\nname = "t{i}"\ndescription = "d"\nurl = "https://a.example/"\n'
         for i in range(33)
     )
-    assert "more than 32 tools" in one_problem(write('[agents.only]\nproviders = ["echo"]\n' + tools))
+    assert "more than 32 tools" in one_problem(
+        write('[agents.only]\nproviders = ["echo"]\n' + tools)
+    )
     agents = "".join(f'[agents.a{i}]\nproviders = ["echo"]\n' for i in range(65))
     assert "more than 64 agents" in one_problem(write(agents))
 
@@ -272,10 +324,16 @@ def test_a_handler_next_to_the_file_is_imported(write, module_name, tmp_path):
         ("x = 1\n", "lookup", "has no attribute 'lookup'"),
         ("raise RuntimeError('boom')\n", "lookup", "cannot import"),
         ("import not_a_module_anywhere_xyz\n", "lookup", "ModuleNotFoundError"),
-        ("class Lookup:\n    async def __call__(self, a, c):\n        return 1\n", "Lookup", "is not an async function"),
+        (
+            "class Lookup:\n    async def __call__(self, a, c):\n        return 1\n",
+            "Lookup",
+            "is not an async function",
+        ),
     ],
 )
-def test_handler_import_problems_name_agent_and_tool(write, module_name, tmp_path, source, attribute, text):
+def test_handler_import_problems_name_agent_and_tool(
+    write, module_name, tmp_path, source, attribute, text
+):
     (tmp_path / f"{module_name}.py").write_text(source)
     path = write(TOOL + f'handler = "{module_name}:{attribute}"\n')
     problem = one_problem(path)
@@ -320,4 +378,6 @@ def test_the_summary_masks_numbers_and_hides_urls():
     assert support["tools"] == [{"name": "lookup_order", "kind": "python", "timeout_s": 2.0}]
     assert support["voices"]["openai"] == {"model": None, "voice": "marin"}
     text = repr(summary)
-    assert "14155550199" not in text and "api.example.com" not in text and "+14155550123" not in text
+    assert (
+        "14155550199" not in text and "api.example.com" not in text and "+14155550123" not in text
+    )

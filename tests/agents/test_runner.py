@@ -81,7 +81,9 @@ CONTEXT = ToolContext(call_id="CA123", agent="support", carrier="twilio", caller
 
 
 async def run(runner, spec, arguments='{"order_id": "A1"}', call_id="call_1"):
-    return await runner.run(profile_with(spec), spec, ToolCall(call_id, spec.name, arguments), CONTEXT)
+    return await runner.run(
+        profile_with(spec), spec, ToolCall(call_id, spec.name, arguments), CONTEXT
+    )
 
 
 def counted(outcome: str, tool: str = "lookup_order") -> float:
@@ -262,7 +264,12 @@ def test_tool_secrets_are_checked():
 def python_tool(function, **kwargs) -> ToolSpec:
     kwargs.setdefault("timeout_s", 2 * UNIT)
     return ToolSpec(
-        "lookup_order", "Find an order", {"type": "object"}, handler="m:f", function=function, **kwargs
+        "lookup_order",
+        "Find an order",
+        {"type": "object"},
+        handler="m:f",
+        function=function,
+        **kwargs,
     )
 
 
