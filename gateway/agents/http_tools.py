@@ -17,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import importlib.metadata
+import ipaddress
 import re
 import secrets
 from collections.abc import Sequence
@@ -89,13 +90,18 @@ class Signer:
 
 def breaker_name(url: str) -> str:
     """The breaker of a tool endpoint: one per scheme, host, port and path (the query is not
-    part of the endpoint). A legal breaker name: the host (readable) and a digest."""
+    part of the endpoint). A legal breaker name: the host name (an IP address is left out:
+    the name is a metric label) and a digest."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     endpoint = f"{parts.scheme}://{host}:{port}{parts.path or '/'}"
     digest = hashlib.sha256(endpoint.encode()).hexdigest()[:12]
-    return f"tool-{_HOST_CHARS.sub('_', host)[:40]}-{digest}"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:  # a host name: readable in /readyz and the breaker metrics
+        return f"tool-{_HOST_CHARS.sub('_', host)[:40]}-{digest}"
+    return f"tool-{digest}"  # an address never becomes a metric label
 
 
 def user_agent() -> str:

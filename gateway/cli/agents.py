@@ -12,13 +12,8 @@ import os
 import sys
 from collections.abc import Mapping
 
-from gateway.agents.loader import (
-    AgentsFileError,
-    AgentsFileUnreadable,
-    configured_providers,
-    load_agents,
-)
-from gateway.agents.profiles import AgentProfile
+from gateway.agents.loader import AgentsFileUnreadable, configured_providers, load_agents
+from gateway.agents.profiles import AgentProfile, AgentsFileError
 from gateway.settings import Settings, SettingsError
 
 PROVIDER_KEYS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.agents import AgentsFileError, END_CALL, TRANSFER_CALL, book_summary
+from gateway.agents import END_CALL, TRANSFER_CALL, AgentsFileError, book_summary
 from gateway.agents.loader import AgentsFileUnreadable
 from providers.ai.config import Provider, ProviderOptions
 from tests.agents.conftest import EXAMPLE, load
@@ -291,7 +291,8 @@ def test_parameters_are_size_capped(write):
     big = ", ".join(f'p{i} = {{ type = "string", description = "{"x" * 100}" }}' for i in range(80))
     path = write(
         TOOL
-        + f'url = "https://a.example/x"\nparameters = {{ type = "object", properties = {{ {big} }} }}\n'
+        + 'url = "https://a.example/x"\n'
+        + f'parameters = {{ type = "object", properties = {{ {big} }} }}\n'
     )
     assert "larger than 8192 bytes" in one_problem(path)
 

@@ -207,6 +207,8 @@ async def test_the_breaker_opens_and_then_nothing_is_sent(runner, endpoint):
     # Another endpoint has its own breaker; the query string is not part of the endpoint.
     assert breaker_name(endpoint.url) == breaker_name(endpoint.url + "?a=1")
     assert breaker_name(endpoint.url) != breaker_name(endpoint.url + "/other")
+    assert "127.0.0.1" not in breaker_name(endpoint.url)  # it is a metric label
+    assert breaker_name("https://api.example.com/x").startswith("tool-api.example.com-")
 
 
 async def test_client_errors_do_not_open_the_breaker(runner, endpoint):
