@@ -382,3 +382,21 @@ def test_the_summary_masks_numbers_and_hides_urls():
     assert (
         "14155550199" not in text and "api.example.com" not in text and "+14155550123" not in text
     )
+
+
+def test_the_built_in_book_keeps_todays_behaviour():
+    from gateway.agents import built_in_book
+    from gateway.settings import Settings
+
+    settings = Settings.from_env(
+        {"VOICEGW_AGENT_GREETING": "Hello there", "VOICEGW_OPENAI_VOICE": "cedar"}
+    )
+    book = built_in_book(settings)
+    (profile,) = book.profiles.values()
+    assert profile.name == "default" and book.default is profile and book.source is None
+    assert book.for_number("+14155550100") is profile
+    assert profile.providers == settings.providers
+    assert profile.functions() == () and profile.agent_options().tools == ()
+    assert profile.options.greeting == "Hello there"
+    assert profile.options.provider(Provider.OPENAI).voice == "cedar"
+    assert book.digest != built_in_book(Settings.from_env({})).digest
