@@ -142,6 +142,34 @@ FAILOVERS = Counter(
     registry=REGISTRY,
 )
 
+# -- agents ----------------------------------------------------------------------------------
+TOOL_CALLS = Counter(
+    "voicegw_tool_calls_total",
+    "Tool calls run for the model, by agent, tool and outcome (ok, timeout, http_error, "
+    "too_large, bad_answer, breaker_open, bad_arguments, error)",
+    ["agent", "tool", "outcome"],
+    registry=REGISTRY,
+)
+TOOL_CALL_SECONDS = Histogram(
+    "voicegw_tool_call_seconds",
+    "Time from a tool call to its output, by agent and tool",
+    ["agent", "tool"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=REGISTRY,
+)
+TRANSFERS = Counter(
+    "voicegw_transfers_total",
+    "Calls the agent transferred, by agent and outcome",
+    ["agent", "outcome"],
+    registry=REGISTRY,
+)
+AGENT_ENDED_CALLS = Counter(
+    "voicegw_agent_ended_calls_total",
+    "Calls the agent hung up (the end_call tool), by agent",
+    ["agent"],
+    registry=REGISTRY,
+)
+
 # -- media -----------------------------------------------------------------------------------
 MEDIA_FRAMES = Counter(
     "voicegw_media_frames_total",

@@ -211,10 +211,12 @@ def parser() -> argparse.ArgumentParser:
     call.set_defaults(func=simulate)
 
     from gateway.cli import admin
+    from gateway.cli import agents as agents_cli
     from gateway.compliance import cli as compliance_cli
     from gateway.review import cli as review_cli
 
     admin.register(sub)
+    agents_cli.register(sub)
     compliance_cli.register(sub)
     review_cli.register(sub)
     return p

@@ -1,0 +1,402 @@
+"""The agents file: a valid file becomes a book, every kind of mistake is named with its file,
+agent, key and line."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.agents import END_CALL, TRANSFER_CALL, AgentsFileError, book_summary
+from gateway.agents.loader import AgentsFileUnreadable
+from providers.ai.config import Provider, ProviderOptions
+from tests.agents.conftest import EXAMPLE, load
+
+MINIMAL = """
+[agents.only]
+providers = ["echo"]
+"""
+
+
+def problems(path, **kwargs) -> list[str]:
+    with pytest.raises(AgentsFileError) as info:
+        load(path, **kwargs)
+    return info.value.problems
+
+
+def one_problem(path, **kwargs) -> str:
+    found = problems(path, **kwargs)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_the_example_file_loads():
+    book = load(EXAMPLE)
+    assert set(book.profiles) == {"support", "sales"}
+    assert book.default.name == "support"
+    support, sales = book.get("support"), book.get("sales")
+    assert support.numbers == ("+14155550199",)
+    assert support.providers == ("openai", "deepgram", "echo")
+    assert support.options.greeting.startswith("Thanks for calling")
+    assert support.options.provider(Provider.OPENAI) == ProviderOptions(None, "marin")
+    assert support.transfer == {"billing": "+14155550123", "sales": "sip:sales@example.com"}
+    assert support.record is False and sales.record is None
+    lookup = support.tool("lookup_order")
+    assert lookup.handler == "order_tools:lookup_order" and lookup.function is not None
+    assert lookup.timeout_s == 2.0 and lookup.url is None
+    callback = sales.tool("book_callback")
+    assert callback.url == "https://api.example.com/voice/tools" and callback.send_caller
+    assert book.source == EXAMPLE and len(book.digest) == 64
+
+
+def test_routing_by_dialed_number_falls_back_to_the_default():
+    book = load(EXAMPLE)
+    assert book.for_number("+14155550100").name == "sales"
+    assert book.for_number("+14155550199").name == "support"
+    assert book.for_number("+14155550111").name == "support"
+    assert book.for_number(None).name == "support"
+    assert book.for_number("14155550100").name == "support"  # exact E.164 only
+
+
+def test_functions_are_the_tools_then_transfer_then_end_call():
+    book = load(EXAMPLE)
+    support = book.get("support")
+    names = [f.name for f in support.functions()]
+    assert names == ["lookup_order", TRANSFER_CALL, END_CALL]
+    transfer = support.functions()[1]
+    assert transfer.parameters["required"] == ["destination"]
+    assert transfer.parameters["properties"]["destination"]["enum"] == ["billing", "sales"]
+    assert "billing, sales" in transfer.description
+    assert support.functions()[2].parameters == {"type": "object", "properties": {}}
+    assert support.agent_options().tools == support.functions()
+    # No transfer table: no transfer_call.
+    assert [f.name for f in book.get("sales").functions()] == ["book_callback", END_CALL]
+
+
+def test_end_call_can_be_turned_off(write):
+    path = write(MINIMAL + "end_call = false\n")
+    assert load(path).get("only").functions() == ()
+
+
+def test_a_single_agent_is_the_default(write):
+    book = load(write(MINIMAL))
+    assert book.default.name == "only" and book.for_number("+14155550100").name == "only"
+    assert "the only agent serves every call" in one_problem(write(MINIMAL + "default = false\n"))
+
+
+def test_several_agents_need_exactly_one_default(write):
+    two = MINIMAL + '[agents.other]\nproviders = ["echo"]\n'
+    assert "no default agent" in one_problem(write(two))
+    both = two.replace('["echo"]', '["echo"]\ndefault = true')
+    assert "more than one default agent: only, other" in one_problem(write(both))
+
+
+def test_a_syntax_error_names_line_and_column(write):
+    path = write('[agents.a]\nproviders = ["echo"]\nnumbers = [1,, 2]\n')
+    (problem,) = problems(path)
+    assert problem.startswith(f"{path}:3:14: TOML syntax: ")
+    path = write('[agents.a]\nproviders = ["echo"\n')
+    assert one_problem(path).startswith(f"{path}: TOML syntax: Unclosed array")
+
+
+def test_unknown_keys_are_named_with_their_line(write):
+    path = write(
+        """
+        [agents.only]
+        providers = ["echo"]
+        greting = "hello"
+
+        [[agents.only.tools]]
+        name = "t"
+        description = "d"
+        handler = "x:y"
+        timout_s = 3
+        """
+    )
+    found = problems(path)
+    assert f"{path}:4: agents.only.greting: unknown key" in found[0]
+    assert any(
+        p.startswith(f"{path}:10: agents.only.tools[0].timout_s: unknown key") for p in found
+    )
+    assert ":1: other_top: unknown key" in one_problem(
+        write('other_top = 1\n[agents.a]\nproviders = ["echo"]\n')
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "text"),
+    [
+        ('providers = "echo"', "agents.only.providers", "must be a list of strings"),
+        ("providers = []", "agents.only.providers", "at least one provider"),
+        ('providers = ["openia"]', "agents.only.providers[0]", "unknown provider 'openia'"),
+        ('providers = ["echo", "echo"]', "agents.only.providers[1]", "listed twice"),
+        ('providers = ["echo"]\nnumbers = ["4155550100"]', "agents.only.numbers[0]", "E.164"),
+        (
+            'providers = ["echo"]\nnumbers = ["+1415", "+14155550100", "+14155550100"]',
+            "agents.only.numbers[0]",
+            "E.164",
+        ),
+        ('providers = ["echo"]\nrecord = "yes"', "agents.only.record", "true or false"),
+        ('providers = ["echo"]\ngreeting = "a\\nb"', "agents.only.greeting", "one line"),
+        ('providers = ["echo"]\ngreeting = ""', "agents.only.greeting", "non-empty"),
+        ('providers = ["echo"]\ninstructions = 3', "agents.only.instructions", "non-empty string"),
+        (
+            'providers = ["echo"]\ntransfer = { Bad = "+14155550123" }',
+            "agents.only.transfer.Bad",
+            "destination keys",
+        ),
+        (
+            'providers = ["echo"]\ntransfer = { a = "tel:123" }',
+            "agents.only.transfer.a",
+            "E.164 number or a sip:",
+        ),
+        (
+            'providers = ["echo"]\ntransfer = { a = "sip:x@y\\"><Hangup/>" }',
+            "agents.only.transfer.a",
+            "sip:",
+        ),
+        (
+            'providers = ["echo"]\n[agents.only.openai]\nvoice = "bad voice"',
+            "agents.only.openai.voice",
+            "model or voice name",
+        ),
+        (
+            'providers = ["echo"]\n[agents.only.openai]\ncolour = "x"',
+            "agents.only.openai.colour",
+            "unknown key",
+        ),
+    ],
+)
+def test_bad_agent_values(write, body, key, text):
+    path = write(f"[agents.only]\n{body}\n")
+    found = problems(path)
+    assert any(f": {key}: " in p and text in p for p in found), found
+    assert all(p.startswith(str(path)) for p in found)
+
+
+def test_greeting_and_instruction_caps(write):
+    path = write(f'[agents.only]\nproviders = ["echo"]\ngreeting = "{"a" * 501}"\n')
+    assert "longer than 500 characters" in one_problem(path)
+    path = write(f'[agents.only]\nproviders = ["echo"]\ninstructions = "{"a" * 20_001}"\n')
+    assert "longer than 20000 characters" in one_problem(path)
+
+
+def test_agent_names_must_be_metric_labels(write):
+    problem = one_problem(write('[agents."Support Line"]\nproviders = ["echo"]\n'))
+    assert 'agents."Support Line": agent names are 1 to 32' in problem
+
+
+def test_a_number_listed_by_two_agents_is_an_error(write):
+    path = write(
+        """
+        [agents.a]
+        default = true
+        providers = ["echo"]
+        numbers = ["+14155550100"]
+
+        [agents.b]
+        providers = ["echo"]
+        numbers = ["+14155550101", "+14155550100"]
+        """
+    )
+    problem = one_problem(path)
+    assert problem == f"{path}:9: agents.b.numbers[1]: already listed by agent 'a'"
+    assert "4155550100" not in problem.replace(str(path), "")  # positions, never the number
+
+
+def test_production_needs_configured_providers_and_https(write):
+    path = write(
+        """
+        [agents.only]
+        providers = ["openai", "gemini"]
+        [[agents.only.tools]]
+        name = "t"
+        description = "d"
+        url = "http://127.0.0.1:9/x"
+        """
+    )
+    assert load(path, production=False).get("only").tool("t").url == "http://127.0.0.1:9/x"
+    found = problems(path, production=True)
+    assert any("providers[1]: 'gemini' is not configured" in p for p in found)
+    assert any("tools[0].url: must use https in production" in p for p in found)
+    assert len(found) == 2
+
+
+TOOL = """
+[agents.only]
+providers = ["echo"]
+[[agents.only.tools]]
+name = "lookup"
+description = "Look it up"
+"""
+
+
+@pytest.mark.parametrize(
+    ("lines", "key", "text"),
+    [
+        (
+            'url = "https://a.example/x"\nhandler = "m:f"',
+            "agents.only.tools[0]",
+            "exactly one of url and handler",
+        ),
+        ("", "agents.only.tools[0]", "exactly one of url and handler"),
+        ('url = "ftp://a.example/x"', "tools[0].url", "https://"),
+        ('url = "https://user:pw@a.example/x"', "tools[0].url", "credentials"),
+        ('url = "https://a.example/x#frag"', "tools[0].url", "fragment"),
+        ('url = "https://a.example:99999/x"', "tools[0].url", "not a valid URL"),
+        ('url = "https:///x"', "tools[0].url", "https://"),
+        ('url = "https://a.example/x"\ntimeout_s = 0', "tools[0].timeout_s", "(0, 30]"),
+        ('url = "https://a.example/x"\ntimeout_s = 31', "tools[0].timeout_s", "(0, 30]"),
+        ('url = "https://a.example/x"\ntimeout_s = true', "tools[0].timeout_s", "(0, 30]"),
+        ('url = "https://a.example/x"\nsend_caller = 1', "tools[0].send_caller", "true or false"),
+        (
+            'url = "https://a.example/x"\nparameters = { type = "string" }',
+            "tools[0].parameters.type",
+            '"object"',
+        ),
+        (
+            'url = "https://a.example/x"\nparameters = { type = "object", properties = { a = 1 } }',
+            "tools[0].parameters.properties",
+            "table of tables",
+        ),
+        (
+            'url = "https://a.example/x"\nparameters = { type = "object", required = ["a"] }',
+            "tools[0].parameters.required",
+            "names of properties",
+        ),
+        ('handler = "no_colon"', "tools[0].handler", "package.module:function"),
+        ("handler = 3", "tools[0].handler", "must be a string"),
+    ],
+)
+def test_bad_tools(write, lines, key, text):
+    path = write(TOOL + lines + "\n")
+    found = problems(path)
+    assert any(key in p and text in p for p in found), found
+
+
+def test_tool_names_checked_reserved_and_unique(write):
+    for name in (END_CALL, TRANSFER_CALL):
+        path = write(TOOL.replace('"lookup"', f'"{name}"') + 'url = "https://a.example/x"\n')
+        assert f"'{name}' is a built-in tool" in one_problem(path)
+    path = write(TOOL.replace('"lookup"', '"has space"') + 'url = "https://a.example/x"\n')
+    assert "tool names are 1 to 64" in one_problem(path)
+    twice = (
+        TOOL
+        + 'url = "https://a.example/x"\n'
+        + TOOL.split("\n", 3)[3]
+        + 'url = "https://b.example/"\n'
+    )
+    assert "tools[1].name: another tool is called 'lookup'" in one_problem(write(twice))
+
+
+def test_parameters_are_size_capped(write):
+    big = ", ".join(f'p{i} = {{ type = "string", description = "{"x" * 100}" }}' for i in range(80))
+    path = write(
+        TOOL
+        + 'url = "https://a.example/x"\n'
+        + f'parameters = {{ type = "object", properties = {{ {big} }} }}\n'
+    )
+    assert "larger than 8192 bytes" in one_problem(path)
+
+
+def test_tool_and_agent_counts_are_capped(write):
+    tools = "".join(
+        f'[[agents.only.tools]]\nname = "t{i}"\ndescription = "d"\nurl = "https://a.example/"\n'
+        for i in range(33)
+    )
+    assert "more than 32 tools" in one_problem(
+        write('[agents.only]\nproviders = ["echo"]\n' + tools)
+    )
+    agents = "".join(f'[agents.a{i}]\nproviders = ["echo"]\n' for i in range(65))
+    assert "more than 64 agents" in one_problem(write(agents))
+
+
+def test_a_handler_next_to_the_file_is_imported(write, module_name, tmp_path):
+    (tmp_path / f"{module_name}.py").write_text(
+        "async def lookup(arguments, context):\n    return {'ok': True}\n"
+    )
+    book = load(write(TOOL + f'handler = "{module_name}:lookup"\n'))
+    spec = book.get("only").tool("lookup")
+    assert spec.function is not None and spec.function.__module__ == module_name
+
+
+@pytest.mark.parametrize(
+    ("source", "attribute", "text"),
+    [
+        ("def lookup(arguments, context):\n    return 1\n", "lookup", "is not an async function"),
+        ("x = 1\n", "lookup", "has no attribute 'lookup'"),
+        ("raise RuntimeError('boom')\n", "lookup", "cannot import"),
+        ("import not_a_module_anywhere_xyz\n", "lookup", "ModuleNotFoundError"),
+        (
+            "class Lookup:\n    async def __call__(self, a, c):\n        return 1\n",
+            "Lookup",
+            "is not an async function",
+        ),
+    ],
+)
+def test_handler_import_problems_name_agent_and_tool(
+    write, module_name, tmp_path, source, attribute, text
+):
+    (tmp_path / f"{module_name}.py").write_text(source)
+    path = write(TOOL + f'handler = "{module_name}:{attribute}"\n')
+    problem = one_problem(path)
+    assert problem.startswith(f"{path}:7: agents.only.tools[0].handler: ") and text in problem
+
+
+def test_an_async_callable_instance_is_a_handler(write, module_name, tmp_path):
+    (tmp_path / f"{module_name}.py").write_text(
+        "class Lookup:\n    async def __call__(self, a, c):\n        return 1\nlookup = Lookup()\n"
+    )
+    assert load(write(TOOL + f'handler = "{module_name}:lookup"\n')).get("only").tool("lookup")
+
+
+def test_a_missing_module_is_a_problem(write):
+    problem = one_problem(write(TOOL + 'handler = "surely_missing_pkg_q.tools:f"\n'))
+    assert "cannot import 'surely_missing_pkg_q.tools'" in problem
+
+
+def test_unreadable_empty_and_odd_files(write, tmp_path):
+    with pytest.raises(AgentsFileUnreadable):
+        load(tmp_path / "absent.toml")
+    with pytest.raises(AgentsFileUnreadable):
+        load(tmp_path)
+    assert "missing: define agents" in one_problem(write(""))
+    assert "no agent defined" in one_problem(write("[agents]\n"))
+    assert "agents: must be a table" in one_problem(write("agents = 3\n"))
+    assert "agents.a: must be a table" in one_problem(write("[agents]\na = 3\n"))
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe[agents]")
+    assert "not UTF-8" in one_problem(binary)
+    huge = tmp_path / "huge.toml"
+    huge.write_text("#" * (1024 * 1024 + 1))
+    assert "larger than" in one_problem(huge)
+
+
+def test_the_summary_masks_numbers_and_hides_urls():
+    summary = book_summary(load(EXAMPLE))
+    assert [a["name"] for a in summary] == ["support", "sales"]
+    support = summary[0]
+    assert support["numbers"] == ["+1********99"] and support["number_count"] == 1
+    assert support["transfer"] == ["billing", "sales"]
+    assert support["tools"] == [{"name": "lookup_order", "kind": "python", "timeout_s": 2.0}]
+    assert support["voices"]["openai"] == {"model": None, "voice": "marin"}
+    text = repr(summary)
+    assert (
+        "14155550199" not in text and "api.example.com" not in text and "+14155550123" not in text
+    )
+
+
+def test_the_built_in_book_keeps_todays_behaviour():
+    from gateway.agents import built_in_book
+    from gateway.settings import Settings
+
+    settings = Settings.from_env(
+        {"VOICEGW_AGENT_GREETING": "Hello there", "VOICEGW_OPENAI_VOICE": "cedar"}
+    )
+    book = built_in_book(settings)
+    (profile,) = book.profiles.values()
+    assert profile.name == "default" and book.default is profile and book.source is None
+    assert book.for_number("+14155550100") is profile
+    assert profile.providers == settings.providers
+    assert profile.functions() == () and profile.agent_options().tools == ()
+    assert profile.options.greeting == "Hello there"
+    assert profile.options.provider(Provider.OPENAI).voice == "cedar"
+    assert book.digest != built_in_book(Settings.from_env({})).digest
