@@ -5,6 +5,7 @@ middleware and runs the runtime in the application's lifespan.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -16,6 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from gateway.agents.directory import open_directory
+from gateway.agents.http_tools import parse_tool_secrets
+from gateway.agents.tools import ToolRunner
 from gateway.calls import telnyx, twilio
 from gateway.calls.control import CallControl
 from gateway.calls.orphans import close_orphans_periodically
@@ -35,6 +39,8 @@ from gateway.media.dialer import AgentDialer
 from gateway.media.fallback import fallback_audio
 from gateway.media.recorder import Recorder
 from gateway.media.recording import delete_recording_file
+from gateway.media.tools import ToolServices
+from gateway.operators import agents as agents_api
 from gateway.operators import api, console
 from gateway.operators.middleware import middleware as security_middleware
 from gateway.operators.routes import routes as auth_routes
@@ -73,6 +79,7 @@ ROUTES: list[Route | WebSocketRoute] = [
     WebSocketRoute("/media/telnyx", endpoints.telnyx_stream),
     *auth_routes(),
     *api.routes(),
+    *agents_api.routes(),
     *review_api.routes(),
     *console.routes(),
 ]
@@ -82,6 +89,8 @@ async def start_runtime(settings: Settings) -> Runtime:
     """Build every service ``settings`` describe: the in-process state backends, or the Redis
     ones when ``VOICEGW_REDIS_URL`` is set; the store, keys and audit trail; the services of
     calls and media. Then start the background loops. ``Runtime.stop`` undoes it in order."""
+    # First, before any pool opens: an agents file with problems refuses the start.
+    agents = await asyncio.to_thread(open_directory, settings)  # it imports tool handlers
     replica_id = default_replica_id()
     redis = None
     if settings.redis_url is not None:
@@ -110,6 +119,11 @@ async def start_runtime(settings: Settings) -> Runtime:
     )
     control = CallControl.build(
         settings, breakers=state.breakers, registry=state.registry, records=records, tasks=tasks
+    )
+    runner = ToolRunner(
+        secrets=parse_tool_secrets(settings.tools_secrets.get()) if settings.tools_secrets else [],
+        breakers=state.tool_breakers,
+        production=settings.production,
     )
     runtime = Runtime(
         settings=settings,
@@ -141,6 +155,13 @@ async def start_runtime(settings: Settings) -> Runtime:
         dialer=AgentDialer(settings, breakers=state.breakers, registry=state.registry, tasks=tasks),
         recorder=recorder,
         fallback=fallback_audio(settings.fallback_wav),
+        agents=agents,
+        tools=ToolServices(
+            runner=runner,
+            transfers=control,
+            auditor=durable.auditor,
+            caller_number=records.caller_number,
+        ),
         store=durable.store,
         data_keys=durable.data_keys,
         blind_index=durable.blind_index,
@@ -151,6 +172,7 @@ async def start_runtime(settings: Settings) -> Runtime:
     # checkpoint over the audit chain's head, then the pools.
     lifecycle.at_stop(
         control.aclose,
+        runner.aclose,
         runtime.rejections.close,
         durable.auditor.flush,
         durable.auditor.checkpoint,

@@ -7,7 +7,6 @@ are safe only on a developer's machine.
 
 from __future__ import annotations
 
-import base64
 import enum
 import ipaddress
 import json
@@ -207,22 +206,19 @@ class _Reader:
     def tools_secrets(self, name: str) -> Secret | None:
         """Standard Webhooks signing secrets (``whsec_`` + base64 of 24 to 64 bytes), separated
         by commas or spaces; the requests carry one signature per secret (rotation)."""
+        from gateway.agents.http_tools import parse_tool_secrets
+
         value = self.raw(name)
         if value is None:
             return None
-        items = value.replace(",", " ").split()
-        for i, item in enumerate(items, 1):
-            body = item.removeprefix("whsec_")
-            try:
-                size = len(base64.b64decode(body, validate=True)) if body != item else 0
-            except ValueError:
-                size = 0
-            if not 24 <= size <= 64:
-                self.problems.append(
-                    f"{name}: secret {i} is not whsec_ followed by base64 of 24 to 64 bytes "
-                    "(e.g. whsec_ followed by the output of: openssl rand -base64 32)"
-                )
-        return Secret(" ".join(items))
+        try:
+            parse_tool_secrets(value)
+        except ValueError as exc:
+            self.problems.append(
+                f"{name}: {exc} (e.g. whsec_ followed by the output of: openssl rand -base64 32)"
+            )
+            return None
+        return Secret(value)
 
     def number(self, name: str, default: float, *, lo: float, hi: float) -> float:
         value = self.raw(name)

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.agents.profiles import AgentBook, AgentProfile, AgentsFileError
+from gateway.agents.loader import configured_providers, load_agents
+from gateway.agents.profiles import AgentBook, AgentProfile, AgentsFileError, built_in_book
+from gateway.settings import Settings, SettingsError
 
 log = logging.getLogger("voicegw.agents")
 
@@ -84,3 +86,33 @@ class AgentDirectory:
             if last is None
             else {"at": round(last.at, 3), "ok": last.ok, "problems": len(last.problems)},
         }
+
+
+def open_directory(settings: Settings) -> AgentDirectory:
+    """The profiles ``settings`` name: ``VOICEGW_AGENTS_FILE`` read and checked (raises
+    ``SettingsError`` listing every problem, so the gateway does not start), or the built-in
+    agent. An HTTP tool needs ``VOICEGW_TOOLS_SECRET``: its requests are signed."""
+    path = settings.agents_file
+    if path is None:
+        return AgentDirectory(built_in_book(settings))
+    providers = configured_providers(settings)
+
+    def load() -> AgentBook:
+        book = load_agents(path, configured_providers=providers, production=settings.production)
+        unsigned = [
+            f"{path}: agents.{profile.name}.tools: tool {tool.name!r} calls a URL, and "
+            "VOICEGW_TOOLS_SECRET (the key its requests are signed with) is not set"
+            for profile in book.profiles.values()
+            for tool in profile.tools
+            if tool.url is not None and settings.tools_secrets is None
+        ]
+        if unsigned:
+            raise AgentsFileError(unsigned)
+        return book
+
+    try:
+        return AgentDirectory(load(), load)
+    except AgentsFileError as exc:
+        raise SettingsError(
+            "invalid agents file (VOICEGW_AGENTS_FILE):\n  - " + "\n  - ".join(exc.problems)
+        ) from None

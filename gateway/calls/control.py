@@ -1,6 +1,7 @@
 """Carrier control: the REST commands the gateway sends a carrier about a call (answer, start
-streaming, transfer, hang up), each through that carrier API's breaker and in the background, and ending a
-call that has no Bridge on this replica.
+streaming, transfer, hang up), each through that carrier API's breaker (in the background but
+for a transfer, whose outcome the agent is told), and ending a call that has no Bridge on this
+replica.
 """
 
 from __future__ import annotations

@@ -117,7 +117,8 @@ class CallRecords:
             return None if record is None else open_numbers(self.data_keys, record)[0]
         except Exception as exc:  # the tool goes on without it; the gap is logged
             log.error(
-                "caller number not read", extra={"call_id": call.call_id, "error": type(exc).__name__}
+                "caller number not read",
+                extra={"call_id": call.call_id, "error": type(exc).__name__},
             )
             return None
 

@@ -39,7 +39,8 @@ class DrainingServer(uvicorn.Server):
         if runtime is not None and hasattr(signal, "SIGHUP"):
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(
-                signal.SIGHUP, lambda: runtime.lifecycle.tasks.spawn(reload_agents(runtime), "reload")
+                signal.SIGHUP,
+                lambda: runtime.lifecycle.tasks.spawn(reload_agents(runtime), "reload"),
             )
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

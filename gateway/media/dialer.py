@@ -11,13 +11,13 @@ from dataclasses import replace
 
 from redis.exceptions import RedisError
 
-from gateway.agents.profiles import AgentProfile
+from gateway.agents.profiles import AgentProfile, settings_options
 from gateway.calls.registry import CallRegistry, when_registry_answers
 from gateway.calls.state import Call
 from gateway.lifecycle import Tasks
 from gateway.settings import Settings
 from metrics.registry import FAILOVERS, PROVIDER_CONNECT, PROVIDER_ERRORS
-from providers.ai.config import AgentConfig, AgentOptions, Provider, ProviderOptions
+from providers.ai.config import AgentConfig
 from providers.ai.session import AgentSession, open_session
 from providers.breakers import BreakerOpen, BreakerRegistry
 from providers.exceptions import ConnectError
@@ -55,16 +55,7 @@ class AgentDialer:
             "gemini": (s.gemini_api_key, s.gemini_live_url),
             "echo": (None, None),
         }[provider]
-        deployment = AgentOptions(
-            instructions=s.agent_instructions,
-            greeting=s.agent_greeting,
-            providers={
-                Provider.OPENAI: ProviderOptions(s.openai_model, s.openai_voice),
-                Provider.DEEPGRAM: ProviderOptions(s.deepgram_think_model, s.deepgram_voice),
-                Provider.GEMINI: ProviderOptions(s.gemini_model, s.gemini_voice),
-            },
-        )
-        options = replace(profile.options, tools=profile.functions()).over(deployment)
+        options = profile.agent_options().over(settings_options(s))
         if not greet:
             options = replace(options, greeting=None)
         return AgentConfig.for_provider(

@@ -252,6 +252,8 @@ class CallTools:
         """Wait (at most ``PLAYOUT_MAX_S``) until the caller has heard all the agent said."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(PLAYOUT_MAX_S):
+                # Polled: "played" joins the outbound queue, the carrier's mark echoes and the
+                # agent's last audio; one wait per call's ending, not per frame.
                 while self.side.playing_or_speaking():
                     await asyncio.sleep(PLAYOUT_POLL_S)
 

@@ -106,7 +106,8 @@ async def end_of(
     call, started, codec = await streaming_call(gw)
     agent = TalkingAgent()
     services = bridge_services(gw.runtime)
-    running = Bridge(services, carrier, codec, agent, call, started)  # type: ignore[arg-type]
+    profile = gw.runtime.agents.profile(call.agent)
+    running = Bridge(services, carrier, codec, agent, call, started, profile=profile)  # type: ignore[arg-type]
     async with asyncio.timeout(5 * UNIT):
         reason = await running.run([])
     ended = await gw.runtime.registry.get(call.call_id)

@@ -122,7 +122,10 @@ class ScriptedAgent:
 
 async def run_bridge(gw: Gateway, carrier: ScriptedCarrier, agent: ScriptedAgent):
     call, started, codec = await streaming_call(gw)
-    bridge = Bridge(bridge_services(gw.runtime), carrier, codec, agent, call, started)  # type: ignore[arg-type]
+    profile = gw.runtime.agents.profile(call.agent)
+    bridge = Bridge(
+        bridge_services(gw.runtime), carrier, codec, agent, call, started, profile=profile
+    )  # type: ignore[arg-type]
     return bridge, asyncio.create_task(bridge.run([]))
 
 
@@ -141,7 +144,9 @@ async def test_audio_held_during_failover_reaches_the_new_provider_in_order(
     connect = asyncio.Event()  # ...and it connects only when the test says so
     asked_after: list[str | None] = []
 
-    async def open_agent(call: object, *, after: str | None = None) -> ScriptedAgent:
+    async def open_agent(
+        call: object, profile: object, *, after: str | None = None
+    ) -> ScriptedAgent:
         asked_after.append(after)
         opening.set()
         await connect.wait()

@@ -63,6 +63,7 @@ def test_call_record_holds_no_personal_data():
         "replica",
         "ended_reason",
         "account_id",  # the carrier account (Twilio AccountSid): an identifier, no person's
+        "agent",  # the agent profile's name (chosen by the dialled number, never the number)
     }
 
 
@@ -472,6 +473,7 @@ async def test_stored_record_is_plain_json(redis_backend):
         "replica": "replica-a",
         "ended_reason": None,
         "account_id": "AC1",
+        "agent": "default",
     }
     assert await reg.get(call.call_id) == call
 

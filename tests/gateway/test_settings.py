@@ -639,18 +639,20 @@ async def test_agent_config_carries_the_choices_to_each_provider(make_gateway):
 
     gw = await make_gateway(AGENT_CHOICES)
     greeting = AGENT_CHOICES["VOICEGW_AGENT_GREETING"]
-    openai = gw.runtime.dialer.agent_config("openai")
+    openai = gw.runtime.dialer.agent_config("openai", gw.runtime.agents.profile("default"))
     assert (openai.model, openai.voice, openai.greeting) == ("gpt-realtime-2", "cedar", greeting)
-    deepgram = gw.runtime.dialer.agent_config("deepgram")
+    deepgram = gw.runtime.dialer.agent_config("deepgram", gw.runtime.agents.profile("default"))
     assert (deepgram.model, deepgram.voice) == ("gpt-4.1-mini", "aura-2-andromeda-en")
     assert deepgram.greeting == greeting
-    gemini = gw.runtime.dialer.agent_config("gemini")
+    gemini = gw.runtime.dialer.agent_config("gemini", gw.runtime.agents.profile("default"))
     assert (gemini.model, gemini.voice) == (AGENT_CHOICES["VOICEGW_GEMINI_MODEL"], "Kore")
     assert gemini.instructions == DEFAULT_INSTRUCTIONS
     # Unset: the providers' defaults, and no greeting.
     plain = await make_gateway()
     for provider in (Provider.OPENAI, Provider.DEEPGRAM, Provider.GEMINI):
-        config = plain.runtime.dialer.agent_config(provider)
+        config = plain.runtime.dialer.agent_config(
+            provider, plain.runtime.agents.profile("default")
+        )
         assert (config.model, config.voice) == (DEFAULTS[provider].model, DEFAULTS[provider].voice)
         assert config.greeting is None
 

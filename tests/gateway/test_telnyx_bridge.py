@@ -185,7 +185,8 @@ async def run_bridge(
     call, started, codec = await streaming_call(gw, rest, encoding)
     carrier, agent = Carrier(), DeltaAgent()
     services = bridge_services(gw.runtime)
-    bridge = Bridge(services, carrier, codec, agent, call, started)  # type: ignore[arg-type]
+    profile = gw.runtime.agents.profile(call.agent)
+    bridge = Bridge(services, carrier, codec, agent, call, started, profile=profile)  # type: ignore[arg-type]
     return carrier, agent, asyncio.create_task(bridge.run([])), call
 
 

@@ -13,11 +13,16 @@ from typing import Any, cast
 
 from starlette.websockets import WebSocket
 
+from gateway.agents.profiles import AgentProfile, built_in_book
+from gateway.agents.tools import ToolRunner
 from gateway.calls.state import Call, CallState, EndReason
 from gateway.media import inbound
 from gateway.media.bridge import Bridge, BridgeServices
 from gateway.media.inbound import FloodGate
 from gateway.media.outbound import Marks
+from gateway.media.tools import ToolServices
+from gateway.settings import Settings
+from providers.breakers import BreakerRegistry
 from providers.events import PCMU_8K, AudioChunk, CallId, Hangup, StreamStarted
 from providers.exceptions import SessionClosed
 from providers.telephony.twilio import TwilioCodec
@@ -82,7 +87,9 @@ class Fakes:
         self.live: set[Bridge] = set()
 
     # Dialer
-    async def open_agent(self, call: Call, *, after: str | None = None) -> Agent | None:
+    async def open_agent(
+        self, call: Call, profile: AgentProfile, *, after: str | None = None
+    ) -> Agent | None:
         self.log.append(("open_agent", after))
         return self.replacement
 
@@ -94,7 +101,13 @@ class Fakes:
         self.log.append(("end_call_eventually", reason))
 
     async def close_call_record(
-        self, call: Call, outcome: str, providers: tuple[str, ...], failovers: int
+        self,
+        call: Call,
+        outcome: str,
+        providers: tuple[str, ...],
+        failovers: int,
+        *,
+        transfer_to: str | None = None,
     ) -> None:
         self.log.append(("close_call_record", outcome, providers, failovers))
 
@@ -115,8 +128,24 @@ class Fakes:
         self.live.discard(bridge)
         self.log.append(("live", len(self.live)))
 
+    # ToolServices: this call makes no tool calls; the runner is never reached.
+    async def transfer(self, call: Call, account_id: str | None, destination: str) -> bool:
+        self.log.append(("transfer", destination))
+        return False
+
+    async def caller_number(self, call: Call) -> str | None:
+        return None
+
     def services(self) -> BridgeServices:
-        return BridgeServices(dialer=self, records=self, control=self, auditor=self, live=self)
+        tools = ToolServices(
+            runner=ToolRunner(secrets=[], breakers=BreakerRegistry.in_process(), production=False),
+            transfers=self,
+            auditor=self,
+            caller_number=self.caller_number,
+        )
+        return BridgeServices(
+            dialer=self, records=self, control=self, auditor=self, live=self, tools=tools
+        )
 
 
 async def test_a_bridge_runs_on_the_services_it_is_given():
@@ -129,7 +158,10 @@ async def test_a_bridge_runs_on_the_services_it_is_given():
     second = Agent("second", [AudioChunk.from_bytes(b"\xff" * 160, PCMU_8K), Hangup()])
     fakes = Fakes(second)
     carrier = Carrier()
-    bridge = Bridge(fakes.services(), cast(WebSocket, carrier), codec, first, call, started)
+    profile = built_in_book(Settings()).default
+    bridge = Bridge(
+        fakes.services(), cast(WebSocket, carrier), codec, first, call, started, profile=profile
+    )
 
     async with asyncio.timeout(5 * UNIT):
         reason = await bridge.run([])
