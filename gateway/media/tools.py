@@ -254,7 +254,7 @@ class CallTools:
             async with asyncio.timeout(PLAYOUT_MAX_S):
                 # Polled: "played" joins the outbound queue, the carrier's mark echoes and the
                 # agent's last audio; one wait per call's ending, not per frame.
-                while self.side.playing_or_speaking():
+                while self.side.playing_or_speaking():  # noqa: ASYNC110
                     await asyncio.sleep(PLAYOUT_POLL_S)
 
 

@@ -3,8 +3,9 @@
 ``TwilioRest.hangup`` ends a Twilio call (Call resource update, ``Status=completed``) and
 ``TwilioRest.transfer`` moves it on (the same update with ``Twiml=<Dial>``);
 ``TelnyxRest.answer`` answers a Telnyx call and starts a bidirectional media stream,
-``TelnyxRest.transfer`` transfers it, ``TelnyxRest.hangup`` ends it. Each request is bounded by one total deadline. An answer that
-says the call has already ended is an outcome (``CallOutcome.ALREADY_ENDED``), not an error;
+``TelnyxRest.transfer`` transfers it, ``TelnyxRest.hangup`` ends it. Each request is bounded
+by one total deadline. An answer that says the call has already ended is an outcome
+(``CallOutcome.ALREADY_ENDED``), not an error;
 any other failure raises ``CarrierRestError`` carrying the status and the carrier's short error
 code, never a response body.
 
