@@ -30,6 +30,8 @@ from redis.exceptions import AuthenticationError, ResponseError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.agents.loader import configured_providers, load_agents
+from gateway.agents.profiles import AgentBook, AgentsFileError
 from gateway.calls.registry import CallRegistry
 from gateway.operators.sessions import AuthError, AuthRuntime
 from gateway.records.base import Role, Store, UserRecord
@@ -75,6 +77,19 @@ class SentryFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentsFacts:
+    """The agent profiles as the review sees them (``gateway.agents``)."""
+
+    from_file: bool
+    problems: tuple[str, ...] = ()  # the file on disk does not load (or a reload was refused)
+    http_tools: tuple[str, ...] = ()  # "agent.tool" of every tool that calls a URL
+    cleartext_tools: tuple[str, ...] = ()  # ... of those, the ones on http://
+    handlers: tuple[str, ...] = ()  # "agent.tool" of every in-process Python handler
+    file_mode: int | None = None  # the agents file's permission bits
+    transfers: int = 0  # transfer destinations across the profiles
+
+
+@dataclass(frozen=True, slots=True)
 class Facts:
     now: float
     keys: KeyInventory
@@ -90,6 +105,7 @@ class Facts:
     replicas_seen: int | None = None
     # A loopback peer sent X-Forwarded-For that no trusted proxy vouches for (running gateway).
     untrusted_forwarded: bool = False
+    agents: AgentsFacts = AgentsFacts(from_file=False)
 
 
 async def collect_facts(
@@ -102,6 +118,8 @@ async def collect_facts(
     auth: AuthRuntime,
     registry: CallRegistry | None = None,
     now: float | None = None,
+    agents: AgentBook | None = None,
+    agents_problems: tuple[str, ...] = (),
 ) -> Facts:
     at = time.time() if now is None else now
     inventory = await key_inventory(
@@ -119,6 +137,42 @@ async def collect_facts(
         redaction_works=redaction_works(),
         versions=installed_versions(),
         replicas_seen=None if registry is None else await live_replicas(registry),
+        agents=await asyncio.to_thread(agents_facts, settings, agents, agents_problems),
+    )
+
+
+def agents_facts(
+    settings: Settings, book: AgentBook | None, problems: tuple[str, ...] = ()
+) -> AgentsFacts:
+    """What the review needs of the agent profiles: ``book`` (those in force, from a running
+    gateway) or, without it, the agents file read now."""
+    path = settings.agents_file
+    if path is None:
+        return AgentsFacts(from_file=False)
+    if book is None:
+        try:
+            book = load_agents(
+                path,
+                configured_providers=configured_providers(settings),
+                production=settings.production,
+            )
+        except AgentsFileError as exc:
+            return AgentsFacts(from_file=True, problems=tuple(exc.problems))
+    tools = [(p.name, t) for p in book.profiles.values() for t in p.tools]
+    try:
+        mode: int | None = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = None
+    return AgentsFacts(
+        from_file=True,
+        problems=problems,
+        http_tools=tuple(f"{a}.{t.name}" for a, t in tools if t.url is not None),
+        cleartext_tools=tuple(
+            f"{a}.{t.name}" for a, t in tools if t.url is not None and t.url.startswith("http:")
+        ),
+        handlers=tuple(f"{a}.{t.name}" for a, t in tools if t.handler is not None),
+        file_mode=mode,
+        transfers=sum(len(p.transfer) for p in book.profiles.values()),
     )
 
 
@@ -132,6 +186,8 @@ async def runtime_facts(runtime: Runtime, *, now: float | None = None) -> Facts:
         auth=runtime.auth,
         registry=runtime.registry if runtime.redis is not None else None,
         now=now,
+        agents=runtime.agents.book,
+        agents_problems=() if (last := runtime.agents.last_reload) is None else last.problems,
     )
     return dataclasses.replace(
         facts, untrusted_forwarded=runtime.clients.resolver.untrusted_forwarded > 0

@@ -184,14 +184,19 @@ class Ticket:
     token: str
 
 
-def twilio_params(call_sid: str, account_sid: str, status: str = "ringing") -> dict[str, str]:
+CALLEE = "+15550100002"
+
+
+def twilio_params(
+    call_sid: str, account_sid: str, status: str = "ringing", *, to: str = CALLEE
+) -> dict[str, str]:
     return {
         "AccountSid": account_sid,
         "CallSid": call_sid,
         "CallStatus": status,
         "Direction": "inbound",
         "From": "+15550100001",
-        "To": "+15550100002",
+        "To": to,
         "ApiVersion": "2010-04-01",
     }
 
@@ -251,12 +256,13 @@ async def rest_command(
     return found
 
 
-async def answer(gw: Gateway, carrier: str) -> Ticket:
-    """Play the carrier's signed webhooks up to the point where it would open the stream."""
+async def answer(gw: Gateway, carrier: str, *, to: str = CALLEE) -> Ticket:
+    """Play the carrier's signed webhooks (a call to ``to``) up to the point where it would
+    open the stream."""
     if carrier == "twilio":
         account_sid, call_sid = "AC" + secrets.token_hex(16), "CA" + secrets.token_hex(16)
         reply = await post_twilio(
-            gw, "/webhooks/twilio/voice", twilio_params(call_sid, account_sid)
+            gw, "/webhooks/twilio/voice", twilio_params(call_sid, account_sid, to=to)
         )
         assert reply.status_code == 200, reply.text
         stream = ET.fromstring(reply.text).find("./Connect/Stream")
@@ -264,7 +270,8 @@ async def answer(gw: Gateway, carrier: str) -> Ticket:
         token = next(p.get("value", "") for p in stream if p.get("name") == "token")
         return Ticket("twilio", call_sid, account_sid, stream.get("url", ""), token)
     call_control_id = "v3:" + secrets.token_urlsafe(24)
-    reply = await send_telnyx(gw.url, gw.keys, telnyx_event("call.initiated", call_control_id))
+    initiated = telnyx_event("call.initiated", call_control_id, to=to)
+    reply = await send_telnyx(gw.url, gw.keys, initiated)
     assert reply.status_code == 200, reply.text
     await rest_command(gw.rest, call_control_id, "answer")
     reply = await send_telnyx(gw.url, gw.keys, telnyx_event("call.answered", call_control_id))
@@ -424,8 +431,10 @@ async def open_stream(
     return Leg(ws, ticket, frames, ack_marks=ack_marks)
 
 
-async def place_call(gw: Gateway, carrier: str, *, ack_marks: bool = True) -> Leg:
-    return await open_stream(gw, await answer(gw, carrier), ack_marks=ack_marks)
+async def place_call(
+    gw: Gateway, carrier: str, *, ack_marks: bool = True, to: str = CALLEE
+) -> Leg:
+    return await open_stream(gw, await answer(gw, carrier, to=to), ack_marks=ack_marks)
 
 
 # -- a carrier that stops reading ------------------------------------------------------------
