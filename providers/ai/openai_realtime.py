@@ -77,6 +77,8 @@ FATAL_ERROR_CODES: Final = frozenset(
     {"session_expired", "invalid_api_key", "insufficient_quota", "session_not_found"}
 )
 CANCEL_NOT_ACTIVE: Final = "response_cancel_not_active"
+MAX_CALLS_PER_RESPONSE: Final = 64
+"""Tool calls one response may make; more are refused as a protocol error."""
 GREETING_INSTRUCTIONS: Final = (
     "Greet the caller now by saying exactly the following words, verbatim, and nothing else: "
 )
@@ -383,6 +385,8 @@ class OpenAIRealtimeCodec:
                 return []
 
     def _report(self, calls: list[ToolCall]) -> list[AgentEvent]:
+        if len(self._awaiting) >= MAX_CALLS_PER_RESPONSE:
+            raise ProtocolError("too many tool calls in one response")
         fresh = self._seen_calls.first(calls)
         self._awaiting.update(call.call_id for call in fresh)
         return list(fresh)
