@@ -5,11 +5,11 @@ provider's output frame."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 from providers.ai.config import Function
-from providers.events import ResponseDone, ToolCall, ToolResult
+from providers.events import ResponseDone, ToolCall, ToolCancelled, ToolResult
 from tests.conftest import UNIT
+from tests.fakes.deepgram_agent import FakeDeepgramAgent
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.providers.ai.test_session import config, connected, events_until, recv_until
 
@@ -64,5 +64,28 @@ async def test_openai_fake_refuses_an_output_for_a_call_never_made() -> None:
             async with asyncio.timeout(5 * UNIT):
                 await fake.wait_until(lambda: "invalid_value" in fake.errors_sent)
             assert fake.tool_outputs == {}
+        finally:
+            await session.close()
+
+
+async def test_deepgram_tool_round_trip() -> None:
+    async with FakeDeepgramAgent(api_key="dg-test") as fake:
+        session = await connected(config("deepgram", fake.url, "dg-test", tools=TOOLS))
+        try:
+            assert [(f["name"], f["parameters"]) for f in fake.tools] == [
+                ("lookup_order", LOOKUP.parameters),
+                ("hang_up", HANG_UP.parameters),
+            ]
+            # A server-side call is the server's business: no ToolCall for it.
+            await fake.call_tool("hang_up", "{}", client_side=False)
+            call_id = await fake.call_tool("lookup_order", '{"order": "A-17"}')
+            assert await recv_until(session, ToolCall) == ToolCall(
+                call_id, "lookup_order", '{"order": "A-17"}'
+            )
+            await session.send(ToolResult(call_id, "lookup_order", '{"status": "shipped"}'))
+            async with asyncio.timeout(5 * UNIT):
+                assert await fake.wait_tool_output(call_id) == '{"status": "shipped"}'
+            await fake.cancel_tools(["fc_other"])
+            assert await recv_until(session, ToolCancelled) == ToolCancelled(("fc_other",))
         finally:
             await session.close()
