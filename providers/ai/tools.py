@@ -73,10 +73,8 @@ def json_arguments(args: Any) -> str:
         return "{}"
     if not isinstance(args, dict):
         raise ProtocolError("tool call: args not an object")
-    try:
-        return orjson.dumps(args).decode()
-    except TypeError:  # integers beyond 64 bits
-        raise ProtocolError("tool call: args not encodable") from None
+    # Parsed by orjson, so it encodes back (big integers were read as floats).
+    return orjson.dumps(args).decode()
 
 
 def count_calls(calls: Any, what: str) -> list[Any]:

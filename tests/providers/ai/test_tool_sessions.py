@@ -5,11 +5,13 @@ provider's output frame."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 from providers.ai.config import Function
-from providers.events import ResponseDone, ToolCall, ToolCancelled, ToolResult
+from providers.events import ResponseDone, ResumptionHandle, ToolCall, ToolCancelled, ToolResult
 from tests.conftest import UNIT
 from tests.fakes.deepgram_agent import FakeDeepgramAgent
+from tests.fakes.gemini_live import FakeGeminiLive
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.providers.ai.test_session import config, connected, events_until, recv_until
 
@@ -87,5 +89,50 @@ async def test_deepgram_tool_round_trip() -> None:
                 assert await fake.wait_tool_output(call_id) == '{"status": "shipped"}'
             await fake.cancel_tools(["fc_other"])
             assert await recv_until(session, ToolCancelled) == ToolCancelled(("fc_other",))
+        finally:
+            await session.close()
+
+
+async def test_gemini_tool_round_trip() -> None:
+    async with FakeGeminiLive(api_key="g-test") as fake:
+        session = await connected(config("gemini", fake.url, "g-test", tools=TOOLS))
+        try:
+            assert [(d["name"], d["parametersJsonSchema"]) for d in fake.tools] == [
+                ("lookup_order", LOOKUP.parameters),
+                ("hang_up", HANG_UP.parameters),
+            ]
+            call_id = await fake.call_tool("lookup_order", {"order": "A-17"})
+            event = await recv_until(session, ToolCall)
+            assert isinstance(event, ToolCall)
+            assert (event.call_id, event.name) == (call_id, "lookup_order")
+            assert json.loads(event.arguments) == {"order": "A-17"}
+            await session.send(ToolResult(call_id, "lookup_order", '{"status": "shipped"}'))
+            async with asyncio.timeout(5 * UNIT):
+                assert await fake.wait_tool_output(call_id) == {"status": "shipped"}
+            await recv_until(session, ResponseDone)  # the model goes on
+            other = await fake.call_tool("hang_up", {})
+            await fake.cancel_tools([other])
+            assert await recv_until(session, ToolCancelled) == ToolCancelled((other,))
+            assert fake.connections  # the fake found nothing to refuse
+        finally:
+            await session.close()
+
+
+async def test_gemini_resumption_declares_the_same_tools() -> None:
+    async with FakeGeminiLive(api_key="g-test") as fake:
+        session = await connected(config("gemini", fake.url, "g-test", tools=TOOLS))
+        try:
+            await recv_until(session, ResumptionHandle)
+            await fake.go_away("5s")
+            # The session resumes while someone receives; the new socket's call arrives.
+            receiver = asyncio.create_task(recv_until(session, ToolCall))
+            async with asyncio.timeout(5 * UNIT):
+                await fake.wait_until(lambda: len(fake.setups) == 2 and bool(fake.connections))
+            assert fake.resumed_with == [None, "handle-1"]
+            assert fake.setups[1]["tools"] == fake.setups[0]["tools"]
+            assert len(fake.tools) == 2
+            call_id = await fake.call_tool("hang_up", {})
+            async with asyncio.timeout(5 * UNIT):
+                assert await receiver == ToolCall(call_id, "hang_up", "{}")
         finally:
             await session.close()
