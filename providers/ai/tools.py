@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -97,13 +98,13 @@ def output_object(output: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"output": value}
 
 
+@dataclass(slots=True)
 class SeenCalls:
     """The latest ``limit`` call ids reported, so a call the provider announces twice (OpenAI:
     ``function_call_arguments.done`` and ``output_item.done``) is reported once."""
 
-    def __init__(self, limit: int = 256) -> None:
-        self.limit = limit
-        self._ids: OrderedDict[str, None] = OrderedDict()
+    limit: int = 256
+    _ids: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
     def first(self, calls: Iterable[ToolCall]) -> list[ToolCall]:
         """The calls of ``calls`` not seen before, each remembered."""
