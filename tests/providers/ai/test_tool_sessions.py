@@ -7,12 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 
+from deepgram.agent.v1.types import AgentV1FunctionCallCancelled, AgentV1FunctionCallRequest
+from google.genai import types
+from websockets.asyncio.client import connect as ws_connect
+
 from providers.ai.config import Function
 from providers.events import ResponseDone, ResumptionHandle, ToolCall, ToolCancelled, ToolResult
 from tests.conftest import UNIT
 from tests.fakes.deepgram_agent import FakeDeepgramAgent
 from tests.fakes.gemini_live import FakeGeminiLive
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
+from tests.providers.ai.test_openai_realtime import SERVER_EVENT
 from tests.providers.ai.test_session import config, connected, events_until, recv_until
 
 LOOKUP = Function(
@@ -136,3 +141,37 @@ async def test_gemini_resumption_declares_the_same_tools() -> None:
                 assert await receiver == ToolCall(call_id, "hang_up", "{}")
         finally:
             await session.close()
+
+
+async def test_fake_tool_call_frames_are_valid_server_messages() -> None:
+    # What each fake sends for a call parses as its SDK's server message type.
+    async with FakeOpenAIRealtime(api_key="sk-test") as fake:
+        async with ws_connect(
+            f"{fake.url}?model=m", additional_headers={"Authorization": "Bearer sk-test"}
+        ) as ws:
+            await ws.recv()  # session.created
+            await fake.call_tool("hang_up", "{}")
+            async with asyncio.timeout(5 * UNIT):
+                frames = [json.loads(await ws.recv()) for _ in range(6)]
+    assert [f["type"] for f in frames][-1] == "response.done"
+    for frame in frames:
+        SERVER_EVENT.validate_python(frame)
+    async with FakeDeepgramAgent(api_key="dg-test") as fake:
+        async with ws_connect(
+            fake.url, additional_headers={"Authorization": "Token dg-test"}
+        ) as ws:
+            await ws.recv()  # Welcome
+            await fake.call_tool("hang_up", "{}")
+            await fake.cancel_tools(["fc_x"])
+            async with asyncio.timeout(5 * UNIT):
+                request, cancelled = [json.loads(await ws.recv()) for _ in range(2)]
+    AgentV1FunctionCallRequest.model_validate(request)
+    AgentV1FunctionCallCancelled.model_validate(cancelled)
+    async with FakeGeminiLive(api_key="g-test") as fake:
+        async with ws_connect(fake.url) as ws:
+            await fake.wait_until(lambda: bool(fake.connections))
+            await fake.call_tool("hang_up", {})
+            await fake.cancel_tools(["x"])
+            async with asyncio.timeout(5 * UNIT):
+                for _ in range(2):
+                    types.LiveServerMessage.model_validate(json.loads(await ws.recv()))
