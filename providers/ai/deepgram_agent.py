@@ -20,6 +20,12 @@ package's ``agent/v1/types`` models):
 * ``AgentAudioDone`` ends a turn of agent audio; ``ConversationText`` ``{role: user|assistant,
   content}`` carries transcripts; ``Error`` is fatal ("treat every Error as session-ending"),
   ``Warning`` is not. ``KeepAlive`` (text frame) keeps an idle connection open (every 8 s).
+* Tools: ``agent.think.functions`` lists ``{name, description, parameters}`` (JSON Schema);
+  without an ``endpoint`` a function runs client-side. The server asks with
+  ``FunctionCallRequest`` ``{functions: [{id, name, arguments, client_side}]}``: each
+  ``client_side`` function is a :class:`ToolCall` (the others the server runs itself). The
+  client answers ``FunctionCallResponse`` ``{id, name, content}``. ``FunctionCallCancelled``
+  ``{functions: [{id, name}]}`` withdraws calls (:class:`ToolCancelled`).
 
 Feed policy: unknown message types are ignored; non-JSON text, a JSON value that is not an
 object with a string ``type``, or wrong field types raise :class:`ProtocolError`.
@@ -27,12 +33,13 @@ object with a string ``type``, or wrong field types raise :class:`ProtocolError`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, NotRequired, TypedDict, assert_never
 
 import orjson
 
-from providers.ai.config import AgentConfig, Endpoint, api_key_value
+from providers.ai import tools as tool_checks
+from providers.ai.config import AgentConfig, Endpoint, Function, api_key_value
 from providers.ai.frames import load_typed, string_field
 from providers.codec import Frame
 from providers.events import (
@@ -49,6 +56,9 @@ from providers.events import (
     ResponseDone,
     SpeechStarted,
     ToAgent,
+    ToolCall,
+    ToolCancelled,
+    ToolResult,
     Transcript,
 )
 from providers.exceptions import ProtocolError
@@ -87,9 +97,16 @@ class ListenJSON(TypedDict):
     provider: ListenProviderJSON
 
 
+class FunctionJSON(TypedDict):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
 class ThinkJSON(TypedDict):
     provider: ProviderJSON
     prompt: str
+    functions: NotRequired[list[FunctionJSON]]
 
 
 class SpeakJSON(TypedDict):
@@ -107,6 +124,13 @@ class SettingsJSON(TypedDict):
     type: Literal["Settings"]
     audio: AudioJSON
     agent: AgentJSON
+
+
+class FunctionCallResponseJSON(TypedDict):
+    type: Literal["FunctionCallResponse"]
+    id: str
+    name: str
+    content: str
 
 
 def endpoint(config: AgentConfig) -> Endpoint:
@@ -134,6 +158,7 @@ class DeepgramAgentCodec:
         listen_model: str = "nova-3",
         think_provider: str = "open_ai",
         greeting: str | None = None,
+        tools: Sequence[Function] = (),
         max_frame_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.model = model
@@ -143,6 +168,7 @@ class DeepgramAgentCodec:
         self.think_provider = think_provider
         self.greeting = greeting
         self.max_frame_bytes = max_frame_bytes
+        self.tools = tool_checks.check_declared(tools)
         self.ready = False
         self.request_id: str | None = None
 
@@ -155,6 +181,7 @@ class DeepgramAgentCodec:
             listen_model=config.listen_model,
             think_provider=config.think_provider,
             greeting=config.greeting,
+            tools=config.tools,
             max_frame_bytes=config.max_message_bytes,
         )
 
@@ -169,6 +196,15 @@ class DeepgramAgentCodec:
             },
             "speak": {"provider": {"type": "deepgram", "model": self.voice}},
         }
+        if self.tools:
+            agent["think"]["functions"] = [
+                {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": dict(tool.parameters),
+                }
+                for tool in self.tools
+            ]
         if self.greeting:
             agent["greeting"] = self.greeting
         return {
@@ -192,8 +228,8 @@ class DeepgramAgentCodec:
         """Frames for ``event``. Raises ``ValueError`` for audio not in ``input_format``.
 
         ``Dtmf`` becomes ``InjectUserMessage`` ``"DTMF: <digit>"`` (invalid digits send
-        nothing); ``Interrupt`` and ``Hangup`` send nothing (Deepgram stops speaking by
-        itself on barge-in).
+        nothing); ``ToolResult`` becomes ``FunctionCallResponse``; ``Interrupt`` and
+        ``Hangup`` send nothing (Deepgram stops speaking by itself on barge-in).
         """
         match event:
             case AudioChunk():
@@ -207,6 +243,14 @@ class DeepgramAgentCodec:
                     return []
                 msg = {"type": "InjectUserMessage", "content": f"DTMF: {digit}"}
                 return [orjson.dumps(msg).decode()]
+            case ToolResult(call_id=call_id, name=name, output=output):
+                response: FunctionCallResponseJSON = {
+                    "type": "FunctionCallResponse",
+                    "id": call_id,
+                    "name": name,
+                    "content": output,
+                }
+                return [orjson.dumps(response).decode()]
             case Interrupt() | Hangup():
                 return []
             case _:
@@ -244,8 +288,37 @@ class DeepgramAgentCodec:
                 return [Error(_code(msg), _description(msg), fatal=True)]
             case "Warning":
                 return [Error(_code(msg), _description(msg), fatal=False)]
+            case "FunctionCallRequest":
+                return list(_function_calls(msg))
+            case "FunctionCallCancelled":
+                functions = tool_checks.count_calls(msg.get("functions"), "FunctionCallCancelled")
+                ids = tuple(_call_id(function) for function in functions)
+                return [ToolCancelled(ids)]
             case _:
                 return []
+
+
+def _function_calls(msg: Mapping[str, Any]) -> list[ToolCall]:
+    """The client-side calls of a ``FunctionCallRequest``; the server runs the others."""
+    calls: list[ToolCall] = []
+    for function in tool_checks.count_calls(msg.get("functions"), "FunctionCallRequest"):
+        if not isinstance(function, dict):
+            raise ProtocolError("FunctionCallRequest: function is not an object")
+        client_side = function.get("client_side")
+        if not isinstance(client_side, bool):
+            raise ProtocolError("FunctionCallRequest: client_side missing or not a boolean")
+        call = tool_checks.tool_call(
+            function.get("id"), function.get("name"), function.get("arguments")
+        )
+        if client_side:
+            calls.append(call)
+    return calls
+
+
+def _call_id(function: Any) -> str:
+    if not isinstance(function, dict):
+        raise ProtocolError("FunctionCallCancelled: function is not an object")
+    return tool_checks.checked_call_id(function.get("id"))
 
 
 def _code(msg: Mapping[str, Any]) -> str:

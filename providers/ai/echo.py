@@ -14,7 +14,15 @@ No key, no socket, G.711 mu-law 8 kHz both ways (the zero-transcode path). Behav
   :class:`ResponseDone` follows.
 * :class:`Interrupt` drops every queued echo of earlier utterances (the "response" the caller
   talked over); audio of the current utterance keeps flowing. ``Hangup`` closes the session;
-  ``Dtmf`` and ``KeepAlive`` are ignored.
+  ``KeepAlive`` is ignored.
+* Tools, for demos and tests of the agent side without a model: DTMF digit ``n`` (``1`` to
+  ``9``) calls the ``n``-th tool of ``config.tools``, if there are that many, at once:
+  :class:`ToolCall` ``(call_id="echo_<k>", name=<tool name>, arguments=<JSON object>)``,
+  ``k`` counting the calls of the session from 1. The arguments give each *required*
+  property of the tool's schema its first ``enum`` value, else its ``default``, else an empty
+  value of its type (``""``, ``0``, ``false``, ``[]``, ``{}``; ``null`` for no or an unknown
+  type); optional properties are left out. Other digits are ignored. A :class:`ToolResult` is
+  accepted and remembered (``EchoAgent.tool_results``, the latest 64) and sends nothing.
 
 :class:`EchoAgent` is the sans-I/O core (time is passed in); :class:`EchoSession` is the thin
 asyncio shell with the ``AgentSession`` interface.
@@ -27,10 +35,14 @@ import base64
 import binascii
 import heapq
 import logging
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, assert_never
+from typing import Any, Final, assert_never
 
-from providers.ai.config import AgentConfig
+import orjson
+
+from providers.ai.config import AgentConfig, Function
 from providers.events import (
     PCMU_8K,
     AgentEvent,
@@ -44,6 +56,8 @@ from providers.events import (
     ResponseDone,
     SpeechStarted,
     ToAgent,
+    ToolCall,
+    ToolResult,
 )
 from providers.exceptions import SessionClosed
 
@@ -68,6 +82,46 @@ def mean_level(ulaw: bytes) -> float:
     return sum(ULAW_ABS[b] for b in ulaw) / len(ulaw)
 
 
+_EMPTY: Final[Mapping[str, Any]] = {
+    "string": "",
+    "integer": 0,
+    "number": 0,
+    "boolean": False,
+    "array": [],
+    "object": {},
+    "null": None,
+}
+
+
+def sample_arguments(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """Arguments for a tool with the JSON Schema ``parameters``: each required property gets
+    its first ``enum`` value, else its ``default``, else the empty value of its type."""
+    properties = parameters.get("properties")
+    properties = properties if isinstance(properties, Mapping) else {}
+    required = parameters.get("required")
+    arguments: dict[str, Any] = {}
+    for name in required if isinstance(required, list) else []:
+        if not isinstance(name, str):
+            continue
+        schema = properties.get(name)
+        arguments[name] = _sample(schema if isinstance(schema, Mapping) else {})
+    return arguments
+
+
+def _sample(schema: Mapping[str, Any]) -> Any:
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    if "default" in schema:
+        return schema["default"]
+    kind = schema.get("type")
+    if isinstance(kind, list):  # ["string", "null"]: the first non-null type
+        kind = next((k for k in kind if k != "null"), "null")
+    empty = _EMPTY.get(kind) if isinstance(kind, str) else None
+    # A fresh copy: the list and dict of the table are shared.
+    return type(empty)() if isinstance(empty, list | dict) else empty
+
+
 @dataclass(order=True, slots=True)
 class _Due:
     at: float
@@ -81,7 +135,12 @@ class EchoAgent:
     events); collect delayed events with :meth:`poll` once :meth:`next_due` has passed."""
 
     def __init__(
-        self, *, delay_ms: int = 500, silence_ms: int = 400, threshold: float = 500.0
+        self,
+        *,
+        delay_ms: int = 500,
+        silence_ms: int = 400,
+        threshold: float = 500.0,
+        tools: Sequence[Function] = (),
     ) -> None:
         self.delay_s = delay_ms / 1000
         self.silence_s = silence_ms / 1000
@@ -93,6 +152,11 @@ class EchoAgent:
         self._loud_until: float | None = None  # end of the last loud chunk (input time)
         self._last_loud_echo: float | None = None  # when that chunk's echo plays
         self._min_utterance = 0  # echoes of earlier utterances are dropped
+        self.tools = tuple(tools)
+        self.tool_calls = 0
+        """Tool calls made so far (``k`` of the latest ``echo_<k>``)."""
+        self.tool_results: deque[ToolResult] = deque(maxlen=64)
+        """The latest tool results received, oldest first."""
 
     def receive(self, event: ToAgent, now: float) -> list[AgentEvent]:
         match event:
@@ -106,10 +170,23 @@ class EchoAgent:
             case Hangup():
                 self.closed = True
                 return []
-            case Dtmf() | KeepAlive():
+            case Dtmf(digit=digit):
+                return self._tool_call(digit)
+            case ToolResult():
+                self.tool_results.append(event)
+                return []
+            case KeepAlive():
                 return []
             case _:
                 assert_never(event)
+
+    def _tool_call(self, digit: str) -> list[AgentEvent]:
+        if len(digit) != 1 or not "1" <= digit <= "9" or int(digit) > len(self.tools):
+            return []
+        tool = self.tools[int(digit) - 1]
+        self.tool_calls += 1
+        arguments = orjson.dumps(sample_arguments(tool.parameters)).decode()
+        return [ToolCall(f"echo_{self.tool_calls}", tool.name, arguments)]
 
     def _audio(self, chunk: AudioChunk, now: float) -> list[AgentEvent]:
         events: list[AgentEvent] = []
@@ -167,7 +244,8 @@ class EchoSession:
 
     def __init__(self, config: AgentConfig | None = None, *, max_pending: int = 2000) -> None:
         delay_ms = config.echo_delay_ms if config is not None else 500
-        self.agent = EchoAgent(delay_ms=delay_ms)
+        tools = config.tools if config is not None else ()
+        self.agent = EchoAgent(delay_ms=delay_ms, tools=tools)
         self._ready: list[AgentEvent] = []
         self._wake = asyncio.Event()
         self._connected = False

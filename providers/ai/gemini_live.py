@@ -26,6 +26,14 @@ camelCase wire names):
   "<seconds>s"}`` announces the end of the connection; ``sessionResumptionUpdate``
   ``{"newHandle", "resumable"}`` gives the handle to resume with on a new connection.
 * The server sends its JSON in binary frames as well as text frames; both are accepted.
+* Tools: ``setup.tools`` is ``[{"functionDeclarations": [{name, description,
+  parametersJsonSchema}]}]``. ``parametersJsonSchema`` (``FunctionDeclaration.
+  parameters_json_schema`` in google-genai) takes the JSON Schema as it is; ``parameters``
+  would take only the OpenAPI subset Gemini's ``Schema`` defines. A call arrives as
+  ``toolCall`` ``{functionCalls: [{id, name, args}]}`` (``args`` an object, reported as JSON
+  text); ``toolCallCancellation`` ``{ids}`` withdraws calls. The output goes back as
+  ``toolResponse`` ``{functionResponses: [{id, name, response}]}``, ``response`` an object:
+  the output when it is a JSON object, else ``{"output": <value or text>}``.
 
 Feed policy: unknown top-level keys are ignored; a frame that is not a JSON object, or known
 keys with the wrong types, raise :class:`ProtocolError`.
@@ -34,12 +42,13 @@ keys with the wrong types, raise :class:`ProtocolError`.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, NotRequired, TypedDict, assert_never
 
 import orjson
 
-from providers.ai.config import AgentConfig, Endpoint, api_key_value
+from providers.ai import tools as tool_checks
+from providers.ai.config import AgentConfig, Endpoint, Function, api_key_value
 from providers.ai.frames import is_base64
 from providers.codec import Frame
 from providers.events import (
@@ -59,6 +68,8 @@ from providers.events import (
     ResumptionHandle,
     SpeechStarted,
     ToAgent,
+    ToolCancelled,
+    ToolResult,
     Transcript,
 )
 from providers.exceptions import ProtocolError
@@ -99,6 +110,16 @@ class SessionResumptionJSON(TypedDict, total=False):
     handle: str
 
 
+class FunctionDeclarationJSON(TypedDict):
+    name: str
+    description: str
+    parametersJsonSchema: dict[str, Any]
+
+
+class ToolJSON(TypedDict):
+    functionDeclarations: list[FunctionDeclarationJSON]
+
+
 class SetupJSON(TypedDict):
     model: str
     generationConfig: GenerationConfigJSON
@@ -107,10 +128,25 @@ class SetupJSON(TypedDict):
     contextWindowCompression: dict[str, dict[str, int]]
     inputAudioTranscription: NotRequired[dict[str, str]]
     outputAudioTranscription: NotRequired[dict[str, str]]
+    tools: NotRequired[list[ToolJSON]]
 
 
 class SetupMessageJSON(TypedDict):
     setup: SetupJSON
+
+
+class FunctionResponseJSON(TypedDict):
+    id: str
+    name: str
+    response: dict[str, Any]
+
+
+class ToolResponseJSON(TypedDict):
+    functionResponses: list[FunctionResponseJSON]
+
+
+class ToolResponseMessageJSON(TypedDict):
+    toolResponse: ToolResponseJSON
 
 
 class TurnJSON(TypedDict):
@@ -159,6 +195,7 @@ class GeminiLiveCodec:
         greeting: str | None = None,
         resume_handle: str | None = None,
         transcripts: bool = True,
+        tools: Sequence[Function] = (),
         max_frame_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.model = model if model.startswith("models/") else f"models/{model}"
@@ -169,6 +206,7 @@ class GeminiLiveCodec:
         self.resume_handle = resume_handle
         self.transcripts = transcripts
         self.max_frame_bytes = max_frame_bytes
+        self.tools = tool_checks.check_declared(tools)
         self.ready = False
 
     @classmethod
@@ -178,6 +216,7 @@ class GeminiLiveCodec:
             voice=config.voice,
             instructions=config.instructions,
             greeting=config.greeting,
+            tools=config.tools,
             max_frame_bytes=config.max_message_bytes,
         )
 
@@ -199,6 +238,16 @@ class GeminiLiveCodec:
         if self.transcripts:
             setup["inputAudioTranscription"] = {}
             setup["outputAudioTranscription"] = {}
+        if self.tools:
+            declarations: list[FunctionDeclarationJSON] = [
+                {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parametersJsonSchema": dict(tool.parameters),
+                }
+                for tool in self.tools
+            ]
+            setup["tools"] = [{"functionDeclarations": declarations}]
         return {"setup": setup}
 
     def start(self, resume_handle: str | None = None) -> list[Frame]:
@@ -227,6 +276,7 @@ class GeminiLiveCodec:
         """Frames for ``event``. Raises ``ValueError`` for audio not in ``input_format``.
 
         ``Dtmf`` becomes realtime text ``"DTMF: <digit>"`` (invalid digits send nothing).
+        ``ToolResult`` becomes a ``toolResponse`` with one function response.
         ``Interrupt``, ``KeepAlive`` and ``Hangup`` send nothing: Gemini detects barge-in
         itself and has no application keepalive.
         """
@@ -242,6 +292,19 @@ class GeminiLiveCodec:
                 if digit not in DTMF_DIGITS:
                     return []
                 return [orjson.dumps({"realtimeInput": {"text": f"DTMF: {digit}"}}).decode()]
+            case ToolResult(call_id=call_id, name=name, output=output):
+                response: ToolResponseMessageJSON = {
+                    "toolResponse": {
+                        "functionResponses": [
+                            {
+                                "id": call_id,
+                                "name": name,
+                                "response": tool_checks.output_object(output),
+                            }
+                        ]
+                    }
+                }
+                return [orjson.dumps(response).decode()]
             case Interrupt() | KeepAlive() | Hangup():
                 return []
             case _:
@@ -270,6 +333,13 @@ class GeminiLiveCodec:
             if update.get("resumable") is True and isinstance(handle, str) and handle:
                 resume_handle = handle
                 events.append(ResumptionHandle(handle))
+        if (tool_call := msg.get("toolCall")) is not None:
+            events.extend(_tool_calls(_obj(tool_call, "toolCall")))
+        if (cancellation := msg.get("toolCallCancellation")) is not None:
+            ids = tool_checks.count_calls(
+                _obj(cancellation, "toolCallCancellation").get("ids"), "toolCallCancellation"
+            )
+            events.append(ToolCancelled(tuple(tool_checks.checked_call_id(i) for i in ids)))
         if (go_away := msg.get("goAway")) is not None:
             events.append(GoAway(_duration_ms(_obj(go_away, "goAway").get("timeLeft"))))
         if (error := msg.get("error")) is not None:
@@ -308,6 +378,16 @@ class GeminiLiveCodec:
         if content.get("turnComplete") is True:
             events.append(ResponseDone())
         return events
+
+
+def _tool_calls(tool_call: Mapping[str, Any]) -> list[AgentEvent]:
+    calls = tool_checks.count_calls(tool_call.get("functionCalls"), "toolCall.functionCalls")
+    events: list[AgentEvent] = []
+    for call in calls:
+        call = _obj(call, "functionCall")
+        arguments = tool_checks.json_arguments(call.get("args"))
+        events.append(tool_checks.tool_call(call.get("id"), call.get("name"), arguments))
+    return events
 
 
 def _audio_part(part: Any) -> AudioChunk | None:

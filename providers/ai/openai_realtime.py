@@ -25,6 +25,14 @@ the ``openai`` package's ``types/realtime`` models generated from the same OpenA
 * A greeting: ``response.create`` whose ``response.instructions`` (which replace the session's
   for that response only) ask the model to say the greeting verbatim.
 * ``error`` events are mostly recoverable ("the session will stay open").
+* Tools: ``session.tools`` lists ``{"type": "function", "name", "description",
+  "parameters"}`` (JSON Schema) and ``tool_choice: "auto"`` lets the model choose. A call
+  arrives as ``response.function_call_arguments.done`` ``{call_id, name, arguments}`` and again
+  as the ``function_call`` item of ``response.output_item.done``; this codec reports the first
+  and drops the repeat (:class:`ToolCall`, once per ``call_id``). The output goes back as
+  ``conversation.item.create`` with item ``{"type": "function_call_output", call_id, output}``;
+  ``response.create`` then asks the model to go on, once every call of the latest response
+  has its output (parallel calls get one answer, not one per output).
 
 Feed policy: unknown event types are ignored (OpenAI adds events regularly); a frame that is not
 a JSON object with a string ``type``, or a known event whose fields have the wrong types, raises
@@ -33,13 +41,14 @@ a JSON object with a string ``type``, or a known event whose fields have the wro
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, NotRequired, TypedDict, assert_never
 from urllib.parse import urlencode, urlsplit
 
 import orjson
 
-from providers.ai.config import AgentConfig, Endpoint, api_key_value
+from providers.ai import tools as tool_checks
+from providers.ai.config import AgentConfig, Endpoint, Function, api_key_value
 from providers.ai.frames import is_base64, load_typed, string_field
 from providers.codec import Frame
 from providers.events import (
@@ -56,6 +65,8 @@ from providers.events import (
     ResponseDone,
     SpeechStarted,
     ToAgent,
+    ToolCall,
+    ToolResult,
     Transcript,
 )
 from providers.exceptions import ProtocolError
@@ -66,6 +77,8 @@ FATAL_ERROR_CODES: Final = frozenset(
     {"session_expired", "invalid_api_key", "insufficient_quota", "session_not_found"}
 )
 CANCEL_NOT_ACTIVE: Final = "response_cancel_not_active"
+MAX_CALLS_PER_RESPONSE: Final = 64
+"""Tool calls one response may make; more are refused as a protocol error."""
 GREETING_INSTRUCTIONS: Final = (
     "Greet the caller now by saying exactly the following words, verbatim, and nothing else: "
 )
@@ -103,17 +116,37 @@ class AudioJSON(TypedDict):
     output: AudioOutputJSON
 
 
+class FunctionToolJSON(TypedDict):
+    type: Literal["function"]
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
 class SessionJSON(TypedDict):
     type: Literal["realtime"]
     model: str
     instructions: str
     output_modalities: list[Literal["audio"]]
     audio: AudioJSON
+    tools: NotRequired[list[FunctionToolJSON]]
+    tool_choice: NotRequired[Literal["auto"]]
 
 
 class SessionUpdateJSON(TypedDict):
     type: Literal["session.update"]
     session: SessionJSON
+
+
+class FunctionCallOutputJSON(TypedDict):
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str
+
+
+class ItemCreateJSON(TypedDict):
+    type: Literal["conversation.item.create"]
+    item: FunctionCallOutputJSON
 
 
 class ResponseJSON(TypedDict):
@@ -153,6 +186,7 @@ class OpenAIRealtimeCodec:
         instructions: str,
         greeting: str | None = None,
         transcription_model: str | None = None,
+        tools: Sequence[Function] = (),
         max_frame_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.model = model
@@ -161,12 +195,15 @@ class OpenAIRealtimeCodec:
         self.greeting = greeting
         self.transcription_model = transcription_model
         self.max_frame_bytes = max_frame_bytes
+        self.tools = tool_checks.check_declared(tools)
         self.ready = False
         self.greeted = False
         self.responding = False
         """A response is in progress (between ``response.created`` and ``response.done``)."""
         self._cancelled = False  # we sent response.cancel for the response in progress
         self._cancels_unanswered = 0  # our cancels not (yet) answered with cancel_not_active
+        self._seen_calls = tool_checks.SeenCalls()
+        self._awaiting: set[str] = set()  # calls of the latest response awaiting output
 
     @classmethod
     def from_config(cls, config: AgentConfig) -> OpenAIRealtimeCodec:
@@ -175,6 +212,7 @@ class OpenAIRealtimeCodec:
             voice=config.voice,
             instructions=config.instructions,
             greeting=config.greeting,
+            tools=config.tools,
             max_frame_bytes=config.max_message_bytes,
         )
 
@@ -194,19 +232,28 @@ class OpenAIRealtimeCodec:
         }
         if self.transcription_model:
             audio_input["transcription"] = {"model": self.transcription_model}
-        return {
-            "type": "session.update",
-            "session": {
-                "type": "realtime",
-                "model": self.model,
-                "instructions": self.instructions,
-                "output_modalities": ["audio"],
-                "audio": {
-                    "input": audio_input,
-                    "output": {"format": {"type": "audio/pcmu"}, "voice": self.voice},
-                },
+        session: SessionJSON = {
+            "type": "realtime",
+            "model": self.model,
+            "instructions": self.instructions,
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": audio_input,
+                "output": {"format": {"type": "audio/pcmu"}, "voice": self.voice},
             },
         }
+        if self.tools:
+            session["tools"] = [
+                {
+                    "type": "function",
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": dict(tool.parameters),
+                }
+                for tool in self.tools
+            ]
+            session["tool_choice"] = "auto"
+        return {"type": "session.update", "session": session}
 
     def start(self) -> list[Frame]:
         self.ready = False
@@ -229,8 +276,10 @@ class OpenAIRealtimeCodec:
         ``Dtmf`` becomes a user text item ``"DTMF: <digit>"`` followed by ``response.create``
         (a text item alone does not trigger a reply); an invalid digit sends nothing.
         ``Interrupt`` cancels the response in progress, if any (once), and truncates the item
-        that was playing, if any, to what the caller heard. ``KeepAlive`` and ``Hangup`` send
-        nothing (WebSocket pings keep the session alive).
+        that was playing, if any, to what the caller heard. ``ToolResult`` becomes a
+        ``function_call_output`` item, then ``response.create`` once no call of the latest
+        response awaits its output. ``KeepAlive`` and ``Hangup`` send nothing (WebSocket
+        pings keep the session alive).
         """
         match event:
             case AudioChunk():
@@ -268,6 +317,15 @@ class OpenAIRealtimeCodec:
                     _dumps({"type": "conversation.item.create", "item": item}),
                     _dumps({"type": "response.create"}),
                 ]
+            case ToolResult(call_id=call_id, output=output):
+                result: ItemCreateJSON = {
+                    "type": "conversation.item.create",
+                    "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+                }
+                self._awaiting.discard(call_id)
+                if self._awaiting:
+                    return [_dumps(result)]
+                return [_dumps(result), _dumps({"type": "response.create"})]
             case KeepAlive() | Hangup():
                 return []
             case _:
@@ -295,6 +353,8 @@ class OpenAIRealtimeCodec:
                 if not isinstance(msg.get("response"), dict):
                     raise ProtocolError("response.created without a response object")
                 self.responding, self._cancelled = True, False
+                # Calls of earlier responses still unanswered no longer hold the next one.
+                self._awaiting.clear()
                 return []
             case "response.done":
                 self.responding = self._cancelled = False
@@ -303,11 +363,33 @@ class OpenAIRealtimeCodec:
                 return [Transcript("agent", string_field(msg, "transcript"))]
             case "conversation.item.input_audio_transcription.completed":
                 return [Transcript("user", string_field(msg, "transcript"))]
+            case "response.function_call_arguments.done":
+                call = tool_checks.tool_call(
+                    msg.get("call_id"), msg.get("name"), msg.get("arguments")
+                )
+                return self._report([call])
+            case "response.output_item.done":
+                item = msg.get("item")
+                if not isinstance(item, dict):
+                    raise ProtocolError("response.output_item.done without an item object")
+                if item.get("type") != "function_call":
+                    return []
+                call = tool_checks.tool_call(
+                    item.get("call_id"), item.get("name"), item.get("arguments")
+                )
+                return self._report([call])
             case "error":
                 error = self._error(msg)
                 return [] if error is None else [error]
             case _:
                 return []
+
+    def _report(self, calls: list[ToolCall]) -> list[AgentEvent]:
+        if len(self._awaiting) >= MAX_CALLS_PER_RESPONSE:
+            raise ProtocolError("too many tool calls in one response")
+        fresh = self._seen_calls.first(calls)
+        self._awaiting.update(call.call_id for call in fresh)
+        return list(fresh)
 
     def _session_updated(self, msg: Mapping[str, Any]) -> list[AgentEvent]:
         session = msg.get("session")

@@ -18,18 +18,30 @@ Behaviour, as the real server (https://developers.deepgram.com/docs/voice-agent)
   ``AgentAudioDone``.
 * Binary audio is recorded and echoed back as binary; every ``audio_done_every`` chunks
   the fake sends ``AgentAudioDone``. ``KeepAlive`` and ``InjectUserMessage`` are recorded.
+* Tools: ``agent.think.functions`` is checked against deepgram-sdk's request type (names
+  ``^[A-Za-z0-9_-]{1,64}$``, object ``parameters``) and readable as ``tools``.
+  ``call_tool(name, arguments)`` sends ``FunctionCallRequest`` (``client_side`` true unless
+  told otherwise), ``cancel_tools(ids)`` ``FunctionCallCancelled``. A ``FunctionCallResponse``
+  is checked against the SDK's type, must answer a client-side call made (else ``Error``
+  and close), and is recorded in ``tool_outputs``; await it with ``wait_tool_output(id)``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from http import HTTPStatus
 from typing import Any
 
+from deepgram.agent.v1.requests import AgentV1SendFunctionCallResponseParams
+from deepgram.requests.think_settings_v1functions_item import ThinkSettingsV1FunctionsItemParams
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
 
 from tests.fakes.openai_realtime import WebSocketFake
+from tests.providers.ai.sdk_types import problems
+
+_FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _ENCODINGS = {"linear16", "mulaw", "alaw", "mp3", "opus", "flac", "aac"}
 _SETTINGS_KEYS = {"type", "tags", "experimental", "flags", "mip_opt_out", "audio", "agent"}
@@ -91,6 +103,13 @@ def validate_settings(msg: Any) -> None:
     need(isinstance(provider, dict) and isinstance(provider.get("type"), str), "think.provider")
     need(isinstance(provider.get("model"), str), "agent.think.provider.model")
     need(isinstance(think.get("prompt", ""), str), "agent.think.prompt")
+    functions = think.get("functions", [])
+    need(isinstance(functions, list), "agent.think.functions")
+    for function in functions:
+        need(not problems(function, ThinkSettingsV1FunctionsItemParams), "think.functions[]")
+        need(_FUNCTION_NAME.fullmatch(function.get("name", "")) is not None, "function name")
+        parameters = function.get("parameters", {"type": "object"})
+        need(parameters.get("type") == "object", "agent.think.functions[].parameters")
     speak = agent.get("speak")
     need(isinstance(speak, dict), "agent.speak")
     provider = speak.get("provider")
@@ -125,6 +144,8 @@ class FakeDeepgramAgent(WebSocketFake):
         self.audio: list[bytes] = []
         self.settings: dict[str, Any] | None = None
         self.keepalives = 0
+        self.calls: dict[str, str] = {}  # id -> name of every client-side call made
+        self.tool_outputs: dict[str, str] = {}  # id -> content the client sent
         self._chunks = 0
         self._configured: set[ServerConnection] = set()
 
@@ -133,7 +154,32 @@ class FakeDeepgramAgent(WebSocketFake):
             return HTTPStatus.UNAUTHORIZED, "INVALID_AUTH\n"
         return None
 
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        """The functions the client declared in its last valid Settings."""
+        return list((self.settings or {}).get("agent", {}).get("think", {}).get("functions", []))
+
     # -- commands --------------------------------------------------------------------------
+
+    async def call_tool(
+        self, name: str, arguments: str, *, call_id: str | None = None, client_side: bool = True
+    ) -> str:
+        """Send ``FunctionCallRequest`` for one function; returns its id."""
+        call_id = call_id or self.next_id("fc")
+        if client_side:
+            self.calls[call_id] = name
+        function = {"id": call_id, "name": name, "arguments": arguments, "client_side": client_side}
+        await self.send_json({"type": "FunctionCallRequest", "functions": [function]})
+        return call_id
+
+    async def cancel_tools(self, ids: list[str]) -> None:
+        functions = [{"id": i, "name": self.calls.pop(i, "unknown")} for i in ids]
+        await self.send_json({"type": "FunctionCallCancelled", "functions": functions})
+
+    async def wait_tool_output(self, call_id: str) -> str:
+        """The content the client sent for ``call_id``, once it has. Callers bound the wait."""
+        await self.wait_until(lambda: call_id in self.tool_outputs)
+        return self.tool_outputs[call_id]
 
     async def user_started_speaking(self) -> None:
         await self.send_json({"type": "UserStartedSpeaking"})
@@ -197,6 +243,13 @@ class FakeDeepgramAgent(WebSocketFake):
             self.keepalives += 1
         elif kind == "InjectUserMessage" and not isinstance(msg.get("content"), str):
             await self._refuse(conn, "InjectUserMessage.content must be a string")
+        elif kind == "FunctionCallResponse":
+            if problems(msg, AgentV1SendFunctionCallResponseParams):
+                await self._refuse(conn, "Invalid FunctionCallResponse")
+            elif self.calls.get(msg.get("id", "")) != msg["name"]:
+                await self._refuse(conn, "FunctionCallResponse for no pending call")
+            else:
+                self.tool_outputs[msg["id"]] = msg["content"]
 
 
 def _parse(text: str) -> Any:

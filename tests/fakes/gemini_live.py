@@ -22,6 +22,13 @@ Behaviour, as the real server (https://ai.google.dev/api/live):
 * ``clientContent`` (``turns`` of ``{role, parts: [{text}]}``, ``turnComplete``) is validated
   and recorded in ``turns``; with ``turnComplete`` the model answers with a turn of
   ``reply_chunks`` x 20 ms of 24 kHz silence and ``turnComplete``.
+* Tools: ``setup.tools`` is checked against google-genai's ``Tool`` (extra fields forbidden;
+  function names ``^[A-Za-z0-9_-]{1,64}$``) and its function declarations are readable as
+  ``tools``. ``call_tool(name, args)`` sends ``toolCall`` ``{functionCalls: [{id, name,
+  args}]}``, ``cancel_tools(ids)`` ``toolCallCancellation``. A ``toolResponse`` is checked
+  against ``LiveClientToolResponse``, must answer calls made (else close 1007), is recorded in
+  ``tool_outputs`` (id -> response object) and answered with a model turn like
+  ``clientContent``; await it with ``wait_tool_output(id)``.
 * Commands: ``interrupted()``, ``go_away(time_left)`` (and, with ``close_after``, the socket is
   closed once the time is up), ``resumption_update()``, ``transcription(...)``.
 """
@@ -33,11 +40,14 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 import sys
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pydantic
+from google.genai import types
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request
 
@@ -75,6 +85,7 @@ _SETUP_SCHEMA: dict[str, Any] = {
     "proactivity": None,
     "historyConfig": None,
 }
+_FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CLIENT_KEYS = {"setup", "clientContent", "realtimeInput", "toolResponse"}
 _REALTIME_KEYS = {
     "mediaChunks",
@@ -121,6 +132,17 @@ def validate_setup(setup: Any) -> None:
     ).get("prebuiltVoiceConfig")
     if voice is not None and not isinstance(voice.get("voiceName"), str):
         raise InvalidPayload(1007, "Invalid value at 'voice_name'")
+    tools = setup.get("tools", [])
+    if not isinstance(tools, list):
+        raise InvalidPayload(1007, "Invalid value at 'setup.tools'")
+    for tool in tools:
+        try:
+            types.Tool.model_validate(tool)
+        except pydantic.ValidationError:
+            raise InvalidPayload(1007, "Invalid value at 'setup.tools'") from None
+        for declaration in tool.get("functionDeclarations") or []:
+            if not _FUNCTION_NAME.fullmatch(declaration.get("name") or ""):
+                raise InvalidPayload(1007, "Invalid function name at 'setup.tools'")
     instruction = setup.get("systemInstruction")
     if instruction is not None:
         parts = instruction.get("parts")
@@ -180,6 +202,8 @@ class FakeGeminiLive(WebSocketFake):
         self._keys: dict[ServerConnection, str | None] = {}
         self._setup_done: set[ServerConnection] = set()
         self._chunks = 0
+        self.calls: dict[str, str] = {}  # id -> name of every call made and not answered
+        self.tool_outputs: dict[str, dict[str, Any]] = {}  # id -> response object sent
         self._tasks: set[asyncio.Task[None]] = set()
 
     def check_request(self, request: Request) -> tuple[HTTPStatus, str] | None:
@@ -189,7 +213,33 @@ class FakeGeminiLive(WebSocketFake):
         data = json.dumps(msg)
         await (conn or self.current).send(data.encode() if self.binary_json else data)
 
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        """The function declarations of the latest setup."""
+        tools = self.setups[-1].get("tools", []) if self.setups else []
+        return [d for tool in tools for d in tool.get("functionDeclarations") or []]
+
     # -- commands --------------------------------------------------------------------------
+
+    async def call_tool(
+        self, name: str, args: dict[str, Any], *, call_id: str | None = None
+    ) -> str:
+        """Send ``toolCall`` with one function call; returns its id."""
+        call_id = call_id or self.next_id("function-call")
+        self.calls[call_id] = name
+        call = {"id": call_id, "name": name, "args": args}
+        await self.send_json({"toolCall": {"functionCalls": [call]}})
+        return call_id
+
+    async def cancel_tools(self, ids: list[str]) -> None:
+        for call_id in ids:
+            self.calls.pop(call_id, None)
+        await self.send_json({"toolCallCancellation": {"ids": ids}})
+
+    async def wait_tool_output(self, call_id: str) -> dict[str, Any]:
+        """The response object sent for ``call_id``, once it has been. Callers bound it."""
+        await self.wait_until(lambda: call_id in self.tool_outputs)
+        return self.tool_outputs[call_id]
 
     async def interrupted(self) -> None:
         await self.send_json({"serverContent": {"interrupted": True}})
@@ -259,6 +309,22 @@ class FakeGeminiLive(WebSocketFake):
             await self._realtime_input(conn, msg["realtimeInput"])
         if "clientContent" in msg:
             await self._client_content(conn, msg["clientContent"])
+        if "toolResponse" in msg:
+            await self._tool_response(conn, msg["toolResponse"])
+
+    async def _tool_response(self, conn: ServerConnection, response: Any) -> None:
+        try:
+            types.LiveClientToolResponse.model_validate(response)
+        except pydantic.ValidationError:
+            raise InvalidPayload(1007, "Invalid value at 'tool_response'") from None
+        answers = response.get("functionResponses") or []
+        for answer in answers:
+            call_id, name = answer.get("id"), answer.get("name")
+            if self.calls.get(call_id) != name or not isinstance(answer.get("response"), dict):
+                raise InvalidPayload(1007, "Invalid value at 'tool_response.function_responses'")
+            del self.calls[call_id]
+            self.tool_outputs[call_id] = answer["response"]
+        await self._model_turn(conn)
 
     async def _client_content(self, conn: ServerConnection, content: Any) -> None:
         _check_schema(content, {"turns": None, "turnComplete": None}, "client_content")
@@ -274,8 +340,11 @@ class FakeGeminiLive(WebSocketFake):
                 if not isinstance(part, dict) or not isinstance(part.get("text"), str):
                     raise InvalidPayload(1007, "Invalid value at 'client_content.turns.parts'")
             self.turns.append(turn)
-        if content.get("turnComplete") is not True:
-            return
+        if content.get("turnComplete") is True:
+            await self._model_turn(conn)
+
+    async def _model_turn(self, conn: ServerConnection) -> None:
+        """A model turn of ``reply_chunks`` x 20 ms of 24 kHz silence."""
         silence = base64.b64encode(b"\x00\x00" * 480).decode()  # 20 ms at 24 kHz
         part = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": silence}}
         for _ in range(self.reply_chunks):

@@ -26,6 +26,14 @@ Behaviour, as the real server (https://platform.openai.com/docs/api-reference/re
   ``error`` ``response_cancel_not_active`` (``invalid_request_error``), as the real server.
   ``conversation.item.truncate`` and ``conversation.item.create`` are validated and answered
   as the real server does.
+* Tools: ``session.tools`` is validated (function tools, names ``^[A-Za-z0-9_-]{1,64}$``,
+  object ``parameters``; ``tool_choice`` a mode) and readable as ``tools``. ``call_tool(name,
+  arguments)`` makes the model call a tool with the documented event sequence
+  (``response.created``, ``response.output_item.added``, ``response.function_call_arguments.
+  delta`` / ``.done``, ``response.output_item.done``, ``response.done`` with the item in its
+  output). A ``function_call_output`` item is checked against the openai SDK's request type,
+  must name a call made (else ``error``), and is recorded in ``tool_outputs``; await it with
+  ``wait_tool_output(call_id)``.
 
 :class:`WebSocketFake` is the base the Deepgram and Gemini fakes share: recording, knobs
 (``stall`` stops reading) and commands (``close_abnormally``, ``send_raw``).
@@ -38,16 +46,20 @@ import base64
 import binascii
 import itertools
 import json
+import re
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
+from openai.types.realtime import ConversationItemCreateEventParam
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+
+from tests.providers.ai.sdk_types import problems
 
 
 class WebSocketFake:
@@ -236,6 +248,8 @@ _SESSION_SCHEMA: dict[str, Any] = {
     },
 }
 _FORMATS = {"audio/pcm", "audio/pcmu", "audio/pcma"}
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TOOL_KEYS = {"type", "name", "description", "parameters"}
 SILENCE_20MS = base64.b64encode(b"\xff" * 160).decode()  # mu-law silence
 _CLIENT_EVENTS = {
     "session.update",
@@ -304,7 +318,33 @@ def validate_session_update(msg: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidRequest("invalid_type", "Invalid voice.", "session.audio.output.voice")
     if "instructions" in session and not isinstance(session["instructions"], str):
         raise InvalidRequest("invalid_type", "Invalid instructions.", "session.instructions")
+    _validate_tools(session)
     return session
+
+
+def _validate_tools(session: Mapping[str, Any]) -> None:
+    tools = session.get("tools", [])
+    if not isinstance(tools, list):
+        raise InvalidRequest("invalid_type", "Invalid type for 'session.tools'.", "session.tools")
+    for i, tool in enumerate(tools):
+        param = f"session.tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise InvalidRequest("invalid_value", "Invalid tool type.", f"{param}.type")
+        if set(tool) - _TOOL_KEYS:
+            name = sorted(set(tool) - _TOOL_KEYS)[0]
+            raise InvalidRequest("unknown_parameter", f"Unknown parameter: '{name}'.", param)
+        if not isinstance(tool.get("name"), str) or not _TOOL_NAME.fullmatch(tool["name"]):
+            raise InvalidRequest("invalid_value", "Invalid function name.", f"{param}.name")
+        if not isinstance(tool.get("description", ""), str):
+            raise InvalidRequest("invalid_type", "Invalid description.", f"{param}.description")
+        parameters = tool.get("parameters", {"type": "object"})
+        if not isinstance(parameters, dict) or parameters.get("type") != "object":
+            raise InvalidRequest(
+                "invalid_function_parameters", "Invalid schema.", f"{param}.parameters"
+            )
+    choice = session.get("tool_choice", "auto")
+    if choice not in ("auto", "none", "required") and not isinstance(choice, dict):
+        raise InvalidRequest("invalid_value", "Invalid tool_choice.", "session.tool_choice")
 
 
 class FakeOpenAIRealtime(WebSocketFake):
@@ -334,6 +374,8 @@ class FakeOpenAIRealtime(WebSocketFake):
         self.errors_sent: list[str] = []  # codes of the error events sent, in order
         self.session: dict[str, Any] = {"type": "realtime", "model": "", "audio": {}}
         self.items: set[str] = set()
+        self.calls: dict[str, str] = {}  # call_id -> name of every call the model made
+        self.tool_outputs: dict[str, str] = {}  # call_id -> output the client sent
         # (response_id, item_id) of the active response, per connection
         self._responses: dict[ServerConnection, tuple[str, str]] = {}
         self._deltas = 0
@@ -349,7 +391,104 @@ class FakeOpenAIRealtime(WebSocketFake):
         self.session["model"] = model[0]
         return None
 
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        """The function tools the client declared (the effective session's)."""
+        return list(self.session.get("tools") or [])
+
     # -- commands --------------------------------------------------------------------------
+
+    async def call_tool(self, name: str, arguments: str, *, call_id: str | None = None) -> str:
+        """Make the model call tool ``name`` with ``arguments`` (JSON text) in a response of
+        its own; returns the call id."""
+        conn = self.current
+        call_id = call_id or self.next_id("call")
+        response_id, item_id = self.next_id("resp"), self.next_id("fc")
+        self.calls[call_id] = name
+        await self.send_json(
+            {
+                "type": "response.created",
+                "event_id": self.next_id("event"),
+                "response": {
+                    "id": response_id,
+                    "object": "realtime.response",
+                    "status": "in_progress",
+                    "output": [],
+                },
+            },
+            conn,
+        )
+        item = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "name": name,
+            "call_id": call_id,
+            "arguments": "",
+        }
+        common = {"response_id": response_id, "output_index": 0}
+        await self.send_json(
+            {
+                "type": "response.output_item.added",
+                "event_id": self.next_id("event"),
+                **common,
+                "item": item,
+            },
+            conn,
+        )
+        await self.send_json(
+            {
+                "type": "response.function_call_arguments.delta",
+                "event_id": self.next_id("event"),
+                **common,
+                "item_id": item_id,
+                "call_id": call_id,
+                "delta": arguments,
+            },
+            conn,
+        )
+        await self.send_json(
+            {
+                "type": "response.function_call_arguments.done",
+                "event_id": self.next_id("event"),
+                **common,
+                "item_id": item_id,
+                "call_id": call_id,
+                "name": name,
+                "arguments": arguments,
+            },
+            conn,
+        )
+        done_item = {**item, "status": "completed", "arguments": arguments}
+        await self.send_json(
+            {
+                "type": "response.output_item.done",
+                "event_id": self.next_id("event"),
+                **common,
+                "item": done_item,
+            },
+            conn,
+        )
+        await self.send_json(
+            {
+                "type": "response.done",
+                "event_id": self.next_id("event"),
+                "response": {
+                    "id": response_id,
+                    "object": "realtime.response",
+                    "status": "completed",
+                    "output": [done_item],
+                },
+            },
+            conn,
+        )
+        return call_id
+
+    async def wait_tool_output(self, call_id: str) -> str:
+        """The output the client sent for ``call_id``, once it has. Callers bound the wait."""
+        await self.wait_until(lambda: call_id in self.tool_outputs)
+        return self.tool_outputs[call_id]
 
     async def speech_started(self, audio_start_ms: int = 0) -> None:
         conn = self.current
@@ -512,6 +651,9 @@ class FakeOpenAIRealtime(WebSocketFake):
                 )
             case "conversation.item.create":
                 item = msg.get("item")
+                if isinstance(item, dict) and item.get("type") == "function_call_output":
+                    await self._function_call_output(conn, msg)
+                    return
                 if not isinstance(item, dict) or item.get("type") != "message":
                     raise InvalidRequest("invalid_value", "Invalid item.", "item")
                 if item.get("role") not in {"user", "system", "assistant"}:
@@ -533,6 +675,26 @@ class FakeOpenAIRealtime(WebSocketFake):
                 )
             case _:
                 pass  # accepted without an answer the client needs
+
+    async def _function_call_output(self, conn: ServerConnection, msg: dict[str, Any]) -> None:
+        found = problems(msg, ConversationItemCreateEventParam)
+        if found:
+            raise InvalidRequest("invalid_value", "Invalid item.", "item")
+        item = msg["item"]
+        if item["call_id"] not in self.calls:
+            raise InvalidRequest(
+                "invalid_value", "No function call found for this call_id.", "item.call_id"
+            )
+        self.tool_outputs[item["call_id"]] = item["output"]
+        await self.send_json(
+            {
+                "type": "conversation.item.added",
+                "event_id": self.next_id("event"),
+                "previous_item_id": None,
+                "item": {"id": self.next_id("item"), "object": "realtime.item", **item},
+            },
+            conn,
+        )
 
     async def _begin(self, conn: ServerConnection) -> None:
         response_id, item_id = self.next_id("resp"), self.next_id("item")
