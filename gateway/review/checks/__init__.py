@@ -1,8 +1,9 @@
 """The checks of the security review, in the order they are reported, and ``review``.
 
-Each area module (``transport``, ``keys``, ``state``, ``data``, ``agents``) registers its checks with a
-stable dotted id, the severity of the risk it looks for, and the setting or command that fixes
-it. Findings name settings and public key ids only: never a secret, never personal data.
+Each area module (``transport``, ``keys``, ``state``, ``data``, ``agents``) registers its
+checks with a stable dotted id, the severity of the risk it looks for, and the setting or
+command that fixes it. Findings name settings and public key ids only: never a secret, never
+personal data.
 """
 
 from __future__ import annotations
