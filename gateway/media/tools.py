@@ -249,12 +249,16 @@ class CallTools:
         await self._answer(event, agent, _error("transfer_failed"))
 
     async def _last_words_played(self) -> None:
-        """Wait (at most ``PLAYOUT_MAX_S``) until the caller has heard all the agent said."""
+        """Wait (at most ``PLAYOUT_MAX_S``) until the caller has heard all the agent said: at
+        least ``PLAYOUT_QUIET_S`` from now (audio of the same turn may still be on its way),
+        then until the agent has been quiet that long and its audio has been played."""
+        loop = asyncio.get_running_loop()
+        quiet_from = loop.time() + PLAYOUT_QUIET_S
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(PLAYOUT_MAX_S):
                 # Polled: "played" joins the outbound queue, the carrier's mark echoes and the
                 # agent's last audio; one wait per call's ending, not per frame.
-                while self.side.playing_or_speaking():  # noqa: ASYNC110
+                while loop.time() < quiet_from or self.side.playing_or_speaking():  # noqa: ASYNC110
                     await asyncio.sleep(PLAYOUT_POLL_S)
 
 

@@ -431,9 +431,7 @@ async def open_stream(
     return Leg(ws, ticket, frames, ack_marks=ack_marks)
 
 
-async def place_call(
-    gw: Gateway, carrier: str, *, ack_marks: bool = True, to: str = CALLEE
-) -> Leg:
+async def place_call(gw: Gateway, carrier: str, *, ack_marks: bool = True, to: str = CALLEE) -> Leg:
     return await open_stream(gw, await answer(gw, carrier, to=to), ack_marks=ack_marks)
 
 
