@@ -32,6 +32,10 @@ pytestmark = pytest.mark.e2e
 
 SUPPORT, SALES, LEGAL = "+14155550199", "+14155550100", "+14155550111"
 BILLING = "+14155550123"
+ORDER_ID = (
+    '{ type = "object", properties = { order_id = { type = "string" } }, required = ["order_id"] }'
+)
+WHEN = '{ type = "object", properties = { when = { type = "string" } }, required = ["when"] }'
 
 
 @pytest.fixture
@@ -70,13 +74,13 @@ transfer = {{ billing = "{BILLING}", desk = "sip:desk@pbx.example.com" }}
 [[agents.support.tools]]
 name = "lookup_order"
 description = "Find an order"
-parameters = {{ type = "object", properties = {{ order_id = {{ type = "string" }} }}, required = ["order_id"] }}
+parameters = {ORDER_ID}
 handler = "{handler_module(tmp_path)}"
 
 [[agents.support.tools]]
 name = "book_callback"
 description = "Book a callback"
-parameters = {{ type = "object", properties = {{ when = {{ type = "string" }} }}, required = ["when"] }}
+parameters = {WHEN}
 url = "{endpoint.url}"
 send_caller = true
 timeout_s = 1
@@ -277,7 +281,7 @@ async def test_a_transfer_that_fails_is_told_to_the_model_and_the_call_goes_on(
 def three_agents(tmp_path: Path, endpoint: Endpoint) -> Path:
     path = tmp_path / "agents.toml"
     tool = f"""
-parameters = {{ type = "object", properties = {{ order_id = {{ type = "string" }} }}, required = ["order_id"] }}
+parameters = {ORDER_ID}
 url = "{endpoint.url}"
 """
     path.write_text(
