@@ -83,7 +83,7 @@ class AgentProfile:
     tools come from :meth:`functions`, see :meth:`agent_options`); ``record`` ``None`` keeps
     the deployment's choice; ``transfer`` maps the destination keys the model may pick to an
     E.164 number or a ``sip:``/``sips:`` URI; ``caller_ids`` the numbers a transfer may present
-    as caller ID (the first is used; empty: the dialed number)."""
+    as caller ID (the first is used; empty: the carrier's default, the caller's number)."""
 
     name: str
     default: bool

@@ -123,20 +123,30 @@ class CallControl:
                 self.carrier_rest("telnyx", "hangup", lambda: telnyx.hangup(sid)), "hangup"
             )
 
-    async def transfer(self, call: Call, account_id: str | None, destination: str) -> bool:
+    async def transfer(
+        self,
+        call: Call,
+        account_id: str | None,
+        destination: str,
+        *,
+        caller_id: str | None = None,
+    ) -> bool:
         """Move the live call to ``destination`` over the carrier's REST API (Twilio: update
-        with ``<Dial>`` TwiML; Telnyx: ``actions/transfer``); waits for the answer. False when
-        the carrier's API is not configured, refused or failed (logged, never raised)."""
+        with ``<Dial>`` TwiML; Telnyx: ``actions/transfer``), presenting ``caller_id`` when
+        given; waits for the answer. False when the carrier's API is not configured, refused
+        or failed (logged, never raised)."""
         sid = call.carrier_call_id
         if call.carrier == "twilio" and self.twilio is not None and account_id:
             twilio = self.twilio
             return await self.carrier_rest(
-                "twilio", "transfer", lambda: twilio.transfer(account_id, sid, destination)
+                "twilio",
+                "transfer",
+                lambda: twilio.transfer(account_id, sid, destination, caller_id=caller_id),
             )
         if call.carrier == "telnyx" and self.telnyx is not None:
             telnyx = self.telnyx
             return await self.carrier_rest(
-                "telnyx", "transfer", lambda: telnyx.transfer(sid, destination)
+                "telnyx", "transfer", lambda: telnyx.transfer(sid, destination, caller_id=caller_id)
             )
         log.warning(
             "transfer not possible: carrier API not configured", extra={"carrier": call.carrier}

@@ -53,7 +53,14 @@ MAX_PENDING: Final = 8
 class Transfers(Protocol):
     """Moves a live call to another destination (``gateway.calls.control.CallControl``)."""
 
-    async def transfer(self, call: Call, account_id: str | None, destination: str) -> bool: ...
+    async def transfer(
+        self,
+        call: Call,
+        account_id: str | None,
+        destination: str,
+        *,
+        caller_id: str | None = None,
+    ) -> bool: ...
 
 
 class AuditTrail(Protocol):
@@ -229,7 +236,10 @@ class CallTools:
             return
         self._acting = True
         await self._last_words_played()
-        moved = await self.services.transfers.transfer(self.call, self.account_id, destination)
+        caller_id = self.profile.caller_ids[0] if self.profile.caller_ids else None
+        moved = await self.services.transfers.transfer(
+            self.call, self.account_id, destination, caller_id=caller_id
+        )
         seconds = time.perf_counter() - began
         outcome = "ok" if moved else "failed"
         self._count(TRANSFER_CALL, outcome, seconds)

@@ -76,19 +76,24 @@ class CarrierRestError(ProviderError):
         self.code = code
 
 
-class TelnyxActionBody(TypedDict, total=False):
-    """The fields of Call Control commands the gateway sends (a subset of the ``telnyx``
-    SDK's ``ActionAnswerParams`` / ``ActionStartStreamingParams`` / ``ActionTransferParams``; a
-    test holds them equal)."""
-
-    stream_url: str
-    stream_track: Literal["inbound_track", "outbound_track", "both_tracks"]
-    stream_codec: Literal["PCMU", "PCMA"]
-    stream_bidirectional_mode: Literal["rtp"]
-    stream_bidirectional_codec: Literal["PCMU", "PCMA"]
-    stream_auth_token: str
-    client_state: str
-    to: str
+# The fields of Call Control commands the gateway sends (a subset of the ``telnyx`` SDK's
+# ``ActionAnswerParams`` / ``ActionStartStreamingParams`` / ``ActionTransferParams``; a test
+# holds them equal). Functional syntax: ``from`` is a Python keyword.
+TelnyxActionBody = TypedDict(
+    "TelnyxActionBody",
+    {
+        "stream_url": str,
+        "stream_track": Literal["inbound_track", "outbound_track", "both_tracks"],
+        "stream_codec": Literal["PCMU", "PCMA"],
+        "stream_bidirectional_mode": Literal["rtp"],
+        "stream_bidirectional_codec": Literal["PCMU", "PCMA"],
+        "stream_auth_token": str,
+        "client_state": str,
+        "to": str,
+        "from": str,
+    },
+    total=False,
+)
 
 
 class _RestClient:
@@ -185,15 +190,19 @@ class TwilioRest(_RestClient):
         """
         return await self._update(account_sid, call_sid, {"Status": "completed"})
 
-    async def transfer(self, account_sid: str, call_sid: str, destination: str) -> CallOutcome:
+    async def transfer(
+        self, account_sid: str, call_sid: str, destination: str, *, caller_id: str | None = None
+    ) -> CallOutcome:
         """Move the live call to ``destination`` (E.164 number or ``sip:`` URI): the same update
-        with ``Twiml=<Response><Dial>…</Dial></Response>``, which ends the call's media stream.
-        ``ALREADY_ENDED`` as for ``hangup``.
+        with ``Twiml=<Response><Dial>…</Dial></Response>``, which ends the call's media stream;
+        ``caller_id`` (E.164) is the number the destination sees (``<Dial callerId>``; Twilio's
+        default is the caller's). ``ALREADY_ENDED`` as for ``hangup``.
 
         Raises ``ValueError`` for a malformed SID or destination and ``CarrierRestError``
         for any other failure.
         """
-        return await self._update(account_sid, call_sid, {"Twiml": dial_twiml(destination)})
+        twiml = dial_twiml(destination, caller_id=caller_id)
+        return await self._update(account_sid, call_sid, {"Twiml": twiml})
 
     async def _update(self, account_sid: str, call_sid: str, data: dict[str, str]) -> CallOutcome:
         if not _TWILIO_SID.fullmatch(account_sid) or not _TWILIO_SID.fullmatch(call_sid):
@@ -270,15 +279,20 @@ class TelnyxRest(_RestClient):
         }
         return await self._action(call_control_id, "streaming_start", body)
 
-    async def transfer(self, call_control_id: str, destination: str) -> CallOutcome:
-        """Transfer the call to ``destination`` (E.164 number or ``sip:`` URI). ``ALREADY_ENDED``
-        as for ``hangup``.
+    async def transfer(
+        self, call_control_id: str, destination: str, *, caller_id: str | None = None
+    ) -> CallOutcome:
+        """Transfer the call to ``destination`` (E.164 number or ``sip:`` URI), presenting
+        ``caller_id`` (E.164; ``from``) when given. ``ALREADY_ENDED`` as for ``hangup``.
 
         Raises ``ValueError`` for a malformed id or destination and ``CarrierRestError``
         otherwise.
         """
         check_destination(destination)
-        return await self._action(call_control_id, "transfer", {"to": destination})
+        body: TelnyxActionBody = {"to": destination}
+        if caller_id is not None:
+            body["from"] = _caller_id(caller_id)
+        return await self._action(call_control_id, "transfer", body)
 
     async def hangup(self, call_control_id: str) -> CallOutcome:
         """Hang up the call. A call that has already ended (422, error 90018) or that Telnyx
@@ -320,12 +334,18 @@ def check_destination(destination: str) -> None:
         raise ValueError("transfer destination must be an E.164 number or a sip: URI")
 
 
-def dial_twiml(destination: str) -> str:
+def _caller_id(number: str) -> str:
+    if not _E164.fullmatch(number):
+        raise ValueError("a caller id must be an E.164 number")
+    return number
+
+
+def dial_twiml(destination: str, *, caller_id: str | None = None) -> str:
     """TwiML that dials ``destination``: ``<Dial><Number>`` or ``<Dial><Sip>``, rendered by
-    the ``twilio`` package."""
+    the ``twilio`` package; ``<Dial callerId>`` when ``caller_id`` is given."""
     check_destination(destination)
     response = VoiceResponse()
-    dial = Dial()
+    dial = Dial() if caller_id is None else Dial(caller_id=_caller_id(caller_id))
     if destination.startswith(("sip:", "sips:")):
         dial.sip(destination)
     else:

@@ -129,7 +129,9 @@ class Fakes:
         self.log.append(("live", len(self.live)))
 
     # ToolServices: this call makes no tool calls; the runner is never reached.
-    async def transfer(self, call: Call, account_id: str | None, destination: str) -> bool:
+    async def transfer(
+        self, call: Call, account_id: str | None, destination: str, *, caller_id: str | None = None
+    ) -> bool:
         self.log.append(("transfer", destination))
         return False
 

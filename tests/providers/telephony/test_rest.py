@@ -253,6 +253,29 @@ async def test_telnyx_transfer_matches_the_sdk_types(
     assert sdk_checked(ActionTransferParams, body) == body
 
 
+async def test_a_transfer_presents_the_caller_id_given(
+    fake: FakeCarrierRest, twilio: TwilioRest, telnyx: TelnyxRest
+) -> None:
+    await twilio.transfer(ACCOUNT_SID, CALL_SID, "+14155550123", caller_id="+14155550199")
+    expected = VoiceResponse()
+    dial = Dial(caller_id="+14155550199")
+    dial.number("+14155550123")
+    expected.append(dial)
+    assert fake.requests[0].form() == {"Twiml": str(expected)}
+    await telnyx.transfer(CALL_CONTROL_ID, "sip:desk@pbx.example.com", caller_id="+14155550199")
+    body = fake.requests[1].json()
+    assert body == {"to": "sip:desk@pbx.example.com", "from": "+14155550199"}
+    # The SDK names the field ``from_`` (a keyword in Python) and sends it as ``from``.
+    sdk_body = {"from_" if k == "from" else k: v for k, v in body.items()}
+    assert sdk_checked(ActionTransferParams, sdk_body) == sdk_body
+    for bad in ("4155550199", "sip:me@example.com", '+1415"/>'):
+        with pytest.raises(ValueError):
+            await twilio.transfer(ACCOUNT_SID, CALL_SID, "+14155550123", caller_id=bad)
+        with pytest.raises(ValueError):
+            await telnyx.transfer(CALL_CONTROL_ID, "+14155550123", caller_id=bad)
+    assert len(fake.requests) == 2
+
+
 def sdk_checked(params: type, body: dict[str, object]) -> dict[str, object]:
     """``body`` validated against the ``telnyx`` SDK's request TypedDict: every field is one
     the SDK knows, every value one its types allow (e.g. the codec literals)."""
