@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import re
 from typing import Any
 
 import orjson
@@ -45,14 +46,19 @@ from providers.events import (
     ResponseDone,
     ResumptionHandle,
     SpeechStarted,
+    ToolCall,
+    ToolCancelled,
     Transcript,
 )
 from providers.exceptions import ProtocolError
 from tests.fuzz.profile import FUZZ, tally
 from tests.fuzz.strategies import dumps, frames_from, leaf_swaps, mutated_json
 from tests.providers.ai import test_deepgram_agent as deepgram_recorded
+from tests.providers.ai import test_deepgram_tools as deepgram_tools
 from tests.providers.ai import test_gemini_live as gemini_recorded
+from tests.providers.ai import test_gemini_tools as gemini_tools
 from tests.providers.ai import test_openai_realtime as openai_recorded
+from tests.providers.ai import test_openai_tools as openai_tools
 
 AgentCodec = OpenAIRealtimeCodec | DeepgramAgentCodec | GeminiLiveCodec
 
@@ -68,10 +74,20 @@ RECORDED: dict[str, list[str]] = {
             openai_recorded.AGENT_TRANSCRIPT,
             openai_recorded.USER_TRANSCRIPT,
             openai_recorded.ERROR,
+            openai_tools.ARGUMENTS_DONE,
+            openai_tools.OUTPUT_ITEM_DONE,
         )
     ],
-    "deepgram": [dumps(frame) for frame, _ in deepgram_recorded.RECORDED],
-    "gemini": [dumps(frame) for frame in gemini_recorded.RECORDED],
+    "deepgram": [
+        *(dumps(frame) for frame, _ in deepgram_recorded.RECORDED),
+        dumps(deepgram_tools.REQUEST),
+        dumps(deepgram_tools.CANCELLED),
+    ],
+    "gemini": [
+        *(dumps(frame) for frame in gemini_recorded.RECORDED),
+        dumps(gemini_tools.TOOL_CALL),
+        dumps(gemini_tools.CANCELLATION),
+    ],
 }
 
 
@@ -102,6 +118,13 @@ def check_event(codec: AgentCodec, event: AgentEvent) -> None:
             assert isinstance(handle, str) and handle
         case GoAway(time_left_ms=left):
             assert left is None or (isinstance(left, int) and left >= 0)
+        case ToolCall(call_id=call_id, name=name, arguments=arguments):
+            # What the Bridge relies on: a bounded id, a declarable name, JSON text arguments.
+            assert isinstance(call_id, str) and 0 < len(call_id) <= 128
+            assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name)
+            assert isinstance(arguments, str) and len(arguments.encode()) <= 16 * 1024
+        case ToolCancelled(call_ids=ids):
+            assert ids and all(isinstance(i, str) and 0 < len(i) <= 128 for i in ids)
         case AgentReady() | SpeechStarted() | ResponseDone() | Hangup():
             pass
         case _:
