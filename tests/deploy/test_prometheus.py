@@ -97,7 +97,7 @@ def test_rules_read_only_metrics_the_gateway_exports(expr):
 
 
 def test_the_name_check_catches_typos():
-    assert metric_labels()["voicegw_calls_total"] == {"carrier", "provider", "outcome"}
+    assert metric_labels()["voicegw_calls_total"] == {"carrier", "provider", "outcome", "agent"}
     assert problems_in("sum(rate(voicegw_call_total[5m]))") == ["unknown metric voicegw_call_total"]
     assert problems_in("sum by (layer) (voicegw_calls_total)")
     assert (
