@@ -21,6 +21,7 @@ from gateway.agents.directory import open_directory
 from gateway.agents.http_tools import parse_tool_secrets
 from gateway.agents.tools import ToolRunner
 from gateway.calls import telnyx, twilio
+from gateway.calls.commands import CallCommands
 from gateway.calls.control import CallControl
 from gateway.calls.orphans import close_orphans_periodically
 from gateway.calls.records import CallRecords
@@ -41,7 +42,7 @@ from gateway.media.recorder import Recorder
 from gateway.media.recording import delete_recording_file
 from gateway.media.tools import ToolServices
 from gateway.operators import agents as agents_api
-from gateway.operators import api, console
+from gateway.operators import api, calls_api, console
 from gateway.operators.middleware import middleware as security_middleware
 from gateway.operators.routes import routes as auth_routes
 from gateway.records.privacy import RetentionPeriods, RetentionSweeper
@@ -54,6 +55,7 @@ from gateway.services import (
     Durable,
     SharedState,
     carrier_allowlists,
+    commands_client,
     redis_client,
     webhook_pipeline,
 )
@@ -80,6 +82,7 @@ ROUTES: list[Route | WebSocketRoute] = [
     *auth_routes(),
     *api.routes(),
     *agents_api.routes(),
+    *calls_api.routes(),
     *review_api.routes(),
     *console.routes(),
 ]
@@ -120,6 +123,13 @@ async def start_runtime(settings: Settings) -> Runtime:
     control = CallControl.build(
         settings, breakers=state.breakers, registry=state.registry, records=records, tasks=tasks
     )
+    commands = CallCommands(
+        bridges=lifecycle,
+        control=control,
+        replica_id=state.registry.replica_id,
+        redis=None if settings.redis_url is None else commands_client(settings.redis_url.get()),
+        prefix=settings.redis_key_prefix,
+    )
     runner = ToolRunner(
         secrets=parse_tool_secrets(settings.tools_secrets.get()) if settings.tools_secrets else [],
         breakers=state.tool_breakers,
@@ -155,6 +165,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         dialer=AgentDialer(settings, breakers=state.breakers, registry=state.registry, tasks=tasks),
         recorder=recorder,
         fallback=fallback_audio(settings.fallback_wav),
+        commands=commands,
         agents=agents,
         tools=ToolServices(
             runner=runner,
@@ -180,6 +191,8 @@ async def start_runtime(settings: Settings) -> Runtime:
     )
     if redis is not None:
         lifecycle.at_stop(redis.aclose)
+    if commands.redis is not None:
+        lifecycle.at_stop(commands.redis.aclose)
     if settings.production:
         # The security review's critical failures refuse the start; warnings are logged.
         try:
@@ -230,6 +243,7 @@ def _start_loops(runtime: Runtime) -> None:
         runtime.breakers.get(provider)  # listed in /readyz from the start
     spawn(keep_alive(runtime.registry, on_error=_heartbeat_failed), "heartbeat")
     spawn(runtime.unopened.run(), "unopened-streams")
+    spawn(runtime.commands.run(), "call-commands")
 
 
 def _audit_verify_keys(runtime: Runtime) -> list[VerifyKey]:

@@ -36,6 +36,7 @@ BACKGROUND_LOOPS: Final = frozenset(
         "sessions-gauge",
         "orphans",
         "unopened-streams",
+        "call-commands",
     }
 )
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from gateway.agents.directory import AgentDirectory
+from gateway.calls.commands import CallCommands
 from gateway.calls.control import CallControl
 from gateway.calls.records import CallRecords
 from gateway.calls.registry import CallRegistry
@@ -62,6 +63,9 @@ class Runtime:
     dialer: AgentDialer
     recorder: Recorder
     fallback: bytes
+
+    # Commands on live calls (hang up, transfer), wherever their Bridge runs.
+    commands: CallCommands
 
     # Agents: the profiles in force (per dialled number) and the tools they call.
     agents: AgentDirectory

@@ -63,6 +63,19 @@ def redis_client(url: str, max_connections: int, replica_id: str) -> aioredis.Re
     return aioredis.Redis.from_pool(pool)
 
 
+def commands_client(url: str) -> aioredis.Redis:
+    """A Redis client for the call-command channel: it blocks on a subscription and on
+    replies, so no socket timeout (connecting is still bounded); a small pool of its own."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=16,
+        timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        health_check_interval=15,
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
 class Degradable(Protocol):
     """A Redis-backed component with an in-process fallback (rate limits, replay cache)."""
 

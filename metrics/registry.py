@@ -142,6 +142,14 @@ FAILOVERS = Counter(
     registry=REGISTRY,
 )
 
+CALL_COMMANDS = Counter(
+    "voicegw_call_commands_total",
+    "Commands on live calls from the API (hangup, transfer), by outcome (ok, not_live, "
+    "unknown_destination, failed, busy, unreachable)",
+    ["command", "outcome"],
+    registry=REGISTRY,
+)
+
 # -- agents ----------------------------------------------------------------------------------
 TOOL_CALLS = Counter(
     "voicegw_tool_calls_total",

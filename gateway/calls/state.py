@@ -183,4 +183,7 @@ class EndReason(enum.StrEnum):
     AGENT_ENDED = "agent_ended"
     """The agent called its ``end_call`` tool; the line was hung up after its last words."""
     TRANSFERRED = "transferred"
-    """The agent called ``transfer_call``; the carrier moved the caller to a destination."""
+    """The carrier moved the caller to a destination (the agent's ``transfer_call``, or an
+    operator's command)."""
+    OPERATOR_HANGUP = "operator_hangup"
+    """An operator or the customer's system hung the call up (``/api/v1/calls/{id}/hangup``)."""

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Final
+from typing import Any, Final
+
+import orjson
+from starlette.requests import Request
 
 _NOT_ALLOWED: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 """C0 and C1 control characters (NUL included), DEL, and lone surrogates."""
@@ -53,3 +56,32 @@ def printable(value: str, *, max_len: int) -> str:
     """``value`` cut to ``max_len`` characters, each character ``text`` refuses replaced by
     ``?``: for values recorded as they came (a User-Agent in the audit trail), not refused."""
     return _NOT_ALLOWED.sub("?", value[:max_len])
+
+
+class BadBody(ValueError):
+    """A request body the routes refuse: ``status`` (400, 413, 415) and a short ``reason``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+async def json_object(request: Request, limit: int) -> dict[str, Any]:
+    """The request's body as a JSON object: ``application/json``, at most ``limit`` bytes
+    (read no further). Raises :class:`BadBody`."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise BadBody(415, "content type must be application/json")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadBody(413, "body too large")
+        chunks.append(chunk)
+    try:
+        body = orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError:
+        raise BadBody(400, "body must be JSON") from None
+    if not isinstance(body, dict):
+        raise BadBody(400, "body must be a JSON object")
+    return body

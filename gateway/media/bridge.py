@@ -189,6 +189,11 @@ class Bridge:
         self._transfer_to = transfer_to
         self.stop(reason)
 
+    async def transfer(self, destination: str) -> str:
+        """An operator's transfer to the profile's ``destination`` key, at once (see
+        ``CallTools.transfer`` for the outcomes)."""
+        return await self.tools.transfer(destination, by="operator", after_last_words=False)
+
     def playing_or_speaking(self) -> bool:
         """Whether the agent is still talking or the caller has not heard all of it yet."""
         speaking = time.perf_counter() - self._agent_audio_at < PLAYOUT_QUIET_S

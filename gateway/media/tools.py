@@ -222,41 +222,59 @@ class CallTools:
         self.side.end(EndReason.AGENT_ENDED)
 
     async def _transfer(self, event: ToolCall, agent: AgentSession) -> None:
-        began = time.perf_counter()
         key = _destination(event.arguments)
-        destination = self.profile.transfer.get(key) if key is not None else None
-        if key is None or destination is None:
-            # The model never dials a number of its choosing: only a key of the table.
+        outcome = await self.transfer(key or "", by="agent", after_last_words=True)
+        if outcome == "ok":
+            return
+        if outcome == "unknown_destination":
             self._count(TRANSFER_CALL, "bad_arguments", 0.0)
+        error = {"busy": "already_ending", "failed": "transfer_failed"}.get(outcome, outcome)
+        await self._answer(event, agent, _error(error))
+
+    async def transfer(self, key: str, *, by: str, after_last_words: bool) -> str:
+        """Move the call to the profile's transfer destination ``key`` (the agent's
+        ``transfer_call``, or an operator's command: ``by``). Returns ``ok`` (the Bridge is
+        ending, outcome ``transferred``), ``unknown_destination``, ``busy`` (already ending)
+        or ``failed`` (the carrier did not move the call; it goes on)."""
+        began = time.perf_counter()
+        destination = self.profile.transfer.get(key)
+        if destination is None:
+            # Only a key of the table: the model (or a caller of the API) never dials a number
+            # of its choosing.
             TRANSFERS.labels(self.profile.name, "bad_destination").inc()
-            await self._answer(event, agent, _error("unknown_destination"))
-            return
+            return "unknown_destination"
         if self._acting:
-            await self._answer(event, agent, _error("already_ending"))
-            return
+            return "busy"
         self._acting = True
-        await self._last_words_played()
+        if after_last_words:
+            await self._last_words_played()
         caller_id = self.profile.caller_ids[0] if self.profile.caller_ids else None
         moved = await self.services.transfers.transfer(
             self.call, self.account_id, destination, caller_id=caller_id
         )
         seconds = time.perf_counter() - began
         outcome = "ok" if moved else "failed"
-        self._count(TRANSFER_CALL, outcome, seconds)
+        if by == "agent":
+            self._count(TRANSFER_CALL, outcome, seconds)
         TRANSFERS.labels(self.profile.name, outcome).inc()
         await self.services.auditor.record(
             "call.transfer",
             "success" if moved else "failure",
             entity_type="call",
             entity_id=self.call.call_id,
-            detail={"agent": self.profile.name, "destination": key, "ms": round(seconds * 1000, 1)},
+            detail={
+                "agent": self.profile.name,
+                "destination": key,
+                "by": by,
+                "ms": round(seconds * 1000, 1),
+            },
         )
         if moved:
             self.side.end(EndReason.TRANSFERRED, transfer_to=key)
-            return
+            return "ok"
         self._acting = False
         log.warning("transfer failed", extra={"call_id": self.call.call_id})
-        await self._answer(event, agent, _error("transfer_failed"))
+        return "failed"
 
     async def _last_words_played(self) -> None:
         """Wait (at most ``PLAYOUT_MAX_S``) until the caller has heard all the agent said: at

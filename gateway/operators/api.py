@@ -39,7 +39,7 @@ from gateway.media.recording import Direction, RecordingError, delete_recording_
 from gateway.operators.middleware import requires
 from gateway.operators.permissions import Permission, Principal
 from gateway.operators.sessions import auth_of
-from gateway.records.base import MAX_PAGE, AuditEvent, AuditQuery, CallRecord
+from gateway.records.base import MAX_PAGE, AuditEvent, AuditQuery, CallQuery, CallRecord
 from gateway.records.privacy import erase_subject, export_subject
 from security.exceptions import StateUnavailable
 from security.revocation import jti_key, sid_key
@@ -60,6 +60,7 @@ def live_call(call: Call, now: float) -> dict[str, Any]:
         "call_id": call.call_id,
         "carrier": call.carrier,
         "provider": call.provider,
+        "agent": call.agent,
         "state": call.state.value,
         "started_at": call.created_at,
         "duration_s": round(max(0.0, now - call.created_at), 1),
@@ -71,12 +72,14 @@ def recent_call(record: CallRecord) -> dict[str, Any]:
     return {
         "call_id": record.call_id,
         "carrier": record.carrier,
+        "agent": record.agent,
         "providers": list(record.providers),
         "started_at": record.started_at,
         "ended_at": record.ended_at,
         "duration_s": None if record.duration_s is None else round(record.duration_s, 1),
         "outcome": record.outcome,
         "failovers": record.failovers,
+        "transfer_to": record.transfer_to,
     }
 
 
@@ -107,16 +110,55 @@ async def _live(request: Request) -> list[dict[str, Any]]:
 
 @requires(Permission.CALLS_READ)
 async def calls(request: Request) -> Response:
+    """Live calls (every replica's) and the call history, newest first: filtered by
+    ``agent``, ``carrier``, ``outcome``, ``state`` (``ended`` or ``open``), ``since`` /
+    ``until`` (Unix seconds, of the start), paged with ``limit`` and the ``cursor`` of the
+    previous page's ``next``."""
     limit = _int(request, "limit", 50, hi=MAX_PAGE)
     if limit is None:
         return json_error(400, "limit must be a whole number from 0 to 1000")
-    records = await auth_of(request).store.list_calls(limit=limit) if limit else []
+    try:
+        query = _call_query(request, limit)
+    except inputs.BadInput as exc:
+        return json_error(400, exc.reason)
+    records = await auth_of(request).store.query_calls(query) if limit else []
     try:
         live = await _live(request)
     except REGISTRY_ERRORS:
         # Without the shared registry the live list would be a guess: say so, briefly.
         return json_error(503, "live calls unavailable", {"Retry-After": "5"})
-    return _json({"live": live, "recent": [recent_call(r) for r in records]})
+    last = records[-1] if len(records) == limit and records else None
+    cursor = None if last is None else f"{last.started_at!r}:{last.call_id}"
+    return _json({"live": live, "recent": [recent_call(r) for r in records], "next": cursor})
+
+
+def _call_query(request: Request, limit: int) -> CallQuery:
+    params = request.query_params
+    names = {}
+    for name in ("agent", "carrier", "outcome"):
+        value = params.get(name)
+        names[name] = None if value is None else inputs.text(value, name, max_len=64)
+    state = params.get("state")
+    if state not in (None, "ended", "open"):
+        raise inputs.BadInput("state must be ended or open")
+    since = params.get("since")
+    until = params.get("until")
+    before = None
+    if (cursor := params.get("cursor")) is not None:
+        at, _, call_id = inputs.text(cursor, "cursor", max_len=128).partition(":")
+        if not call_id:
+            raise inputs.BadInput("cursor is not one this API gave")
+        before = (inputs.finite(at, "cursor"), call_id)
+    return CallQuery(
+        agent=names["agent"],
+        carrier=names["carrier"],
+        outcome=names["outcome"],
+        ended=None if state is None else state == "ended",
+        since=None if since is None else inputs.finite(since, "since"),
+        until=None if until is None else inputs.finite(until, "until"),
+        before=before,
+        limit=limit,
+    )
 
 
 @requires(Permission.PROVIDERS_READ)

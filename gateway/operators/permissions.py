@@ -13,6 +13,7 @@ from security.sessions import AccessClaims
 
 class Permission(enum.StrEnum):
     CALLS_READ = "calls:read"
+    CALLS_CONTROL = "calls:control"  # hang up or transfer a live call
     PROVIDERS_READ = "providers:read"
     AUDIT_READ = "audit:read"
     SUBJECTS_EXPORT = "subjects:export"  # data-subject access requests
@@ -25,7 +26,12 @@ class Permission(enum.StrEnum):
 ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
     Role.ADMIN: frozenset(Permission),
     Role.OPERATOR: frozenset(
-        {Permission.CALLS_READ, Permission.PROVIDERS_READ, Permission.AGENTS_READ}
+        {
+            Permission.CALLS_READ,
+            Permission.CALLS_CONTROL,
+            Permission.PROVIDERS_READ,
+            Permission.AGENTS_READ,
+        }
     ),
     # Data-subject requests (export and erasure) are the auditor's job (issue: "auditor or
     # admin role"); everything else the auditor sees is read-only.

@@ -257,21 +257,10 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 async def _json_body(request: Request, limit: int) -> dict[str, Any]:
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise AuthError(415, "content type must be application/json")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise AuthError(413, "body too large")
-        chunks.append(chunk)
     try:
-        body = orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError:
-        raise AuthError(400, "body must be JSON") from None
-    if not isinstance(body, dict):
-        raise AuthError(400, "body must be a JSON object")
-    return body
+        return await inputs.json_object(request, limit)
+    except inputs.BadBody as exc:
+        raise AuthError(exc.status, exc.reason) from None
 
 
 def _client_network(request: Request) -> str:

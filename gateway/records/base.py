@@ -136,6 +136,22 @@ class AuditQuery:
     limit: int = 100  # at most MAX_PAGE
 
 
+@dataclass(frozen=True, slots=True)
+class CallQuery:
+    """Filters of call records (all optional, combined with AND) and a page, newest first.
+    ``ended``: True only ended calls, False only open ones. ``before`` is the cursor: the
+    (started_at, call_id) of the last record of the previous page."""
+
+    agent: str | None = None
+    carrier: str | None = None
+    outcome: str | None = None
+    ended: bool | None = None
+    since: float | None = None  # started at or after
+    until: float | None = None  # started before (exclusive)
+    before: tuple[float, str] | None = None
+    limit: int = 100  # at most MAX_PAGE
+
+
 MAX_PAGE = 1000
 """The largest page a listing or query returns, whatever limit is asked for."""
 
@@ -226,6 +242,7 @@ class Store(Protocol):
     async def list_calls(
         self, *, limit: int = 100, before: float | None = None
     ) -> list[CallRecord]: ...  # newest first; ``before``: started_at cursor (exclusive)
+    async def query_calls(self, query: CallQuery) -> list[CallRecord]: ...  # newest first
     async def find_calls(self, number_index: str) -> list[CallRecord]: ...  # from or to
     async def erase_call_numbers(self, number_index: str) -> list[CallRecord]:
         """Remove the number (ciphertext and index) on each side that matches, and the

@@ -200,6 +200,9 @@ _V4_COMMON = [
 _V5_COMMON = [
     _both("ALTER TABLE calls ADD COLUMN agent TEXT"),
     _both("ALTER TABLE calls ADD COLUMN transfer_to TEXT"),
+    # The call history pages newest first, by agent or not (``query_calls``).
+    _both("CREATE INDEX calls_started ON calls (started_at, call_id)"),
+    _both("CREATE INDEX calls_agent ON calls (agent, started_at, call_id)"),
 ]
 
 MIGRATIONS: tuple[Migration, ...] = (

@@ -47,11 +47,13 @@ from tests.e2e.processes import (
     serve_processes,
     stop_processes,
 )
+from tests.fakes.carrier_rest import FakeCarrierRest
 from tests.fakes.refuser import Refuser
 from tests.records.backends import DATABASE_URL, check_postgres
 from tests.sessions.harness import PASSWORD, TEST_HASHER
 
 NAMES = ("a", "b", "c")
+TRANSFER_TO = "+14155550123"
 RATE_LIMIT = 30
 """Verified webhooks per carrier per rolling minute, for the whole cluster."""
 USER = "cluster-ops"
@@ -88,6 +90,7 @@ class Cluster:
     signing_ring: KeyRing
     telnyx_keys: devkeys.DevKeys  # the Telnyx signing key this "carrier" signs with
     refuser: Refuser
+    rest: FakeCarrierRest  # Twilio's REST API (hang-ups, transfers)
     _clients: dict[str, httpx.AsyncClient] = field(default_factory=dict)
 
     def http(self, replica: Replica) -> httpx.AsyncClient:
@@ -201,6 +204,14 @@ async def start_cluster(tmp: Path) -> AsyncIterator[Cluster]:
         database_url = await stack.enter_async_context(database())
         api_token = await _provision(database_url)
         refuser = await stack.enter_async_context(Refuser())
+        rest = await stack.enter_async_context(FakeCarrierRest(twilio_auth_token=TWILIO_TOKEN))
+        agents = tmp / "agents.toml"
+        agents.write_text(
+            "[agents.desk]\n"
+            'providers = ["openai", "echo"]\n'
+            'instructions = "You answer the front desk."\n'
+            f'transfer = {{ billing = "{TRANSFER_TO}" }}\n'
+        )
         stack.push_async_callback(clear_gateway_keys, REDIS_URL, prefix)
         shared = {
             "PATH": os.environ.get("PATH", ""),
@@ -218,8 +229,9 @@ async def start_cluster(tmp: Path) -> AsyncIterator[Cluster]:
             "VOICEGW_PROVIDERS": "openai,echo",
             "OPENAI_API_KEY": OPENAI_KEY,
             "VOICEGW_OPENAI_REALTIME_URL": refuser.url,
-            # Nothing should reach the carriers' REST APIs; if something does, it fails at once.
-            "VOICEGW_TWILIO_API_URL": f"http://127.0.0.1:{free_port()}",
+            "VOICEGW_AGENTS_FILE": str(agents),
+            # Twilio's REST API is a fake; Telnyx's is nowhere (a request fails at once).
+            "VOICEGW_TWILIO_API_URL": rest.base_url,
             "VOICEGW_TELNYX_API_URL": f"http://127.0.0.1:{free_port()}",
             "VOICEGW_LOG_LEVEL": "WARNING",
             "VOICEGW_DRAIN_SECONDS": "1",
@@ -242,6 +254,7 @@ async def start_cluster(tmp: Path) -> AsyncIterator[Cluster]:
             signing_ring=KeyRing.from_seeds([signing_seed]),
             telnyx_keys=telnyx_keys,
             refuser=refuser,
+            rest=rest,
         )
         stack.push_async_callback(cluster.close_clients)
         yield cluster

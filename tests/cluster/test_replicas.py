@@ -24,7 +24,15 @@ from twilio.request_validator import RequestValidator
 
 from gateway.cli.simulate import post_telnyx
 from providers.breakers import DEFAULT_POLICY
-from tests.cluster.harness import RATE_LIMIT, USER, Cluster, Replica, metric, report
+from tests.cluster.harness import (
+    RATE_LIMIT,
+    TRANSFER_TO,
+    USER,
+    Cluster,
+    Replica,
+    metric,
+    report,
+)
 from tests.conftest import UNIT
 from tests.e2e.carrier import (
     Leg,
@@ -315,6 +323,51 @@ async def test_call_records_written_by_each_replica_are_visible_from_every_repli
         "PostgreSQL records across replicas",
         "3 calls, one webhook per replica: each replica's /api/v1/calls showed all 3 records; "
         "numbers encrypted at rest",
+    )
+
+
+# -- commands on live calls -------------------------------------------------------------------
+
+
+async def test_hangup_and_transfer_work_from_a_replica_that_does_not_hold_the_call(
+    cluster: Cluster,
+):
+    holder, other = cluster.replicas[0], cluster.replicas[1]
+    bearer = {"Authorization": f"Bearer {cluster.api_token}"}
+    hung, moved = await stream_call(holder), await stream_call(holder)
+    ids = await call_ids(cluster, [hung.ticket.call_id, moved.ticket.call_id])
+    hung_id, moved_id = ids[hung.ticket.call_id], ids[moved.ticket.call_id]
+    http = cluster.http(other)
+
+    reply = await http.post(f"/api/v1/calls/{hung_id}/hangup", headers=bearer)
+    assert reply.status_code == 200, reply.text
+    # The holder's Bridge ended it (closing the stream), not a REST call from elsewhere.
+    await hung.wait_closed()
+    detail = await cluster.api(other, f"/api/v1/calls/{hung_id}")
+    assert detail["call"]["outcome"] == "operator_hangup"
+
+    path = f"/api/v1/calls/{moved_id}/transfer"
+    unknown = await http.post(path, headers=bearer, json={"destination": "sales"})
+    assert unknown.status_code == 422, unknown.text
+    reply = await http.post(path, headers=bearer, json={"destination": "billing"})
+    assert reply.status_code == 200, reply.text
+    await moved.wait_closed()
+    assert moved.close_code == 1000
+    (update,) = [
+        r for r in cluster.rest.requests_for("twilio") if r.call_id == moved.ticket.call_id
+    ]
+    assert f"<Number>{TRANSFER_TO}</Number>" in update.form()["Twiml"]
+    deadline = time.monotonic() + 5 * UNIT
+    while (await cluster.api(other, f"/api/v1/calls/{moved_id}"))["call"]["outcome"] is None:
+        assert time.monotonic() < deadline, "the transferred call's record was not closed"
+        await asyncio.sleep(0.05)
+    detail = await cluster.api(holder, f"/api/v1/calls/{moved_id}")
+    assert (detail["call"]["outcome"], detail["call"]["transfer_to"]) == ("transferred", "billing")
+    report(
+        "commands across replicas",
+        "2 calls streamed by replica a; replica b hung one up (outcome operator_hangup, the "
+        "holder closed its stream) and transferred the other (Twilio <Dial>, outcome "
+        "transferred); an unknown destination was refused with 422 through the holder",
     )
 
 

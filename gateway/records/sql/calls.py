@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from gateway.records.base import CallRecord
+from gateway.records.base import CallQuery, CallRecord
 from gateway.records.sql.queries import Row, SqlQueries, page
 
 _CALL_COLUMNS = (
@@ -87,6 +87,37 @@ class CallQueries(SqlQueries):
             f"SELECT {_CALL_COLUMNS} FROM calls {where} "
             "ORDER BY started_at DESC, call_id DESC LIMIT ?",
             (*params, page(limit)),
+            _call,
+        )
+
+    async def query_calls(self, query: CallQuery) -> list[CallRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("agent", query.agent),
+            ("carrier", query.carrier),
+            ("outcome", query.outcome),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.ended is not None:
+            where.append("ended_at IS NOT NULL" if query.ended else "ended_at IS NULL")
+        if query.since is not None:
+            where.append("started_at >= ?")
+            params.append(query.since)
+        if query.until is not None:
+            where.append("started_at < ?")
+            params.append(query.until)
+        if query.before is not None:
+            at, call_id = query.before
+            where.append("(started_at < ? OR (started_at = ? AND call_id < ?))")
+            params.extend((at, at, call_id))
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        return await self._all(
+            f"SELECT {_CALL_COLUMNS} FROM calls {clause}"
+            "ORDER BY started_at DESC, call_id DESC LIMIT ?",
+            (*params, page(query.limit)),
             _call,
         )
 
