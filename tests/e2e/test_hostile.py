@@ -205,8 +205,8 @@ def quick_setup(monkeypatch):
     """Provider setup bounded by 1 unit instead of the production 10 s."""
     agent_config = AgentDialer.agent_config
 
-    def shorter(self, provider, **options):
-        config = agent_config(self, provider, **options)
+    def shorter(self, provider, profile, **options):
+        config = agent_config(self, provider, profile, **options)
         return dataclasses.replace(config, connect_timeout_s=1.0 * UNIT)
 
     monkeypatch.setattr(AgentDialer, "agent_config", shorter)

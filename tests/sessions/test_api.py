@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from gateway.cli.admin import create_api_key, revoke_api_key, rotate_api_key
-from gateway.operators import api
+from gateway.operators import agents as agents_api
+from gateway.operators import api, calls_api
 from gateway.operators.permissions import ROLE_PERMISSIONS, Permission
 from gateway.records.base import Role
 from security.apikeys import DAY_S, KeyPolicy, KeyState
@@ -19,8 +20,19 @@ from tests.sessions.harness import AsgiStream, Gw, cookie_header, csrf_headers, 
 
 SUBJECT = "%2B15550100009"  # a fictional number, URL-encoded as a subject
 # What a permitted request answers (the recording of an unknown call does not exist).
-ALLOWED_STATUS = {"/api/v1/calls/{call_id}/recording": 404}
-ROUTE_PERMISSION = {r.path: r.endpoint.permission for r in api.routes()}  # type: ignore[attr-defined]
+# What an allowed role gets on each route with the test's (unknown call, empty) requests.
+ALLOWED_STATUS = {
+    "/api/v1/calls/{call_id}/recording": 404,
+    "/api/v1/calls/{call_id}": 404,
+    "/api/v1/calls/{call_id}/hangup": 404,
+    "/api/v1/calls/{call_id}/transfer": 415,  # no JSON body
+    "/api/v1/agents/reload": 422,  # no agents file configured
+}
+UNSAFE = ("/delete", "/hangup", "/transfer", "/reload")
+ROUTE_PERMISSION = {
+    r.path: r.endpoint.permission  # type: ignore[attr-defined]
+    for r in (*api.routes(), *agents_api.routes(), *calls_api.routes())
+}
 
 
 @pytest.fixture
@@ -41,13 +53,23 @@ def test_every_api_route_declares_a_permission() -> None:
         "/api/v1/users/{subject}/delete",
         "/api/v1/calls/{call_id}/recording",
         "/api/v1/compliance/report",
+        "/api/v1/agents",
+        "/api/v1/agents/reload",
+        "/api/v1/calls/{call_id}",
+        "/api/v1/calls/{call_id}/hangup",
+        "/api/v1/calls/{call_id}/transfer",
     }
     assert all(isinstance(p, Permission) for p in ROUTE_PERMISSION.values())
 
 
 def test_roles_table() -> None:
     assert ROLE_PERMISSIONS[Role.ADMIN] == frozenset(Permission)
-    assert ROLE_PERMISSIONS[Role.OPERATOR] == {Permission.CALLS_READ, Permission.PROVIDERS_READ}
+    assert ROLE_PERMISSIONS[Role.OPERATOR] == {
+        Permission.CALLS_READ,
+        Permission.CALLS_CONTROL,
+        Permission.PROVIDERS_READ,
+        Permission.AGENTS_READ,
+    }
     assert ROLE_PERMISSIONS[Role.AUDITOR] == {
         Permission.AUDIT_READ,
         Permission.SUBJECTS_EXPORT,
@@ -64,7 +86,7 @@ async def get(
         await stream.close()
         return status
     path = path.replace("{subject}", SUBJECT).replace("{call_id}", "call_unknown")
-    if path.endswith("/delete"):  # the one unsafe route: CSRF headers as the console sends
+    if path.endswith(UNSAFE):  # the unsafe routes: CSRF headers as the console sends
         sent = {**csrf_headers(client), **(headers or {})}
         return (await client.post(path, headers=sent)).status_code
     return (await client.get(path, headers=headers)).status_code
