@@ -6,6 +6,7 @@ security layers (hostile webhooks, and which layer refused each) and one simulat
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import secrets
 import socket
@@ -46,8 +47,7 @@ async def run_demo(settings: Settings, *, wav: str | None, carrier: str) -> int:
     from gateway.app import build_app
 
     caller_audio(wav)  # an unusable WAV stops the demo before it starts
-    port = free_port()
-    api_port = free_port()
+    port, api_port = free_ports(2)
     keys = devkeys.load_or_create(settings.data_dir)
     settings = demo_settings(settings, port, api_port)
     async with serve_app(build_app(settings), port) as url:
@@ -106,8 +106,11 @@ async def _tampered(http: httpx.AsyncClient, keys: devkeys.DevKeys, body: bytes)
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free at the time of the call (held together while
+    chosen, so no two are the same)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]

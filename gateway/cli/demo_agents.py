@@ -36,7 +36,7 @@ from gateway.agents import END_CALL, TRANSFER_CALL, AgentBook, AgentProfile, Age
 from gateway.agents.http_tools import new_tool_secret
 from gateway.agents.loader import load_agents
 from gateway.cli.base import CommandError
-from gateway.cli.demo import demo_settings, free_port
+from gateway.cli.demo import demo_settings, free_ports
 from gateway.cli.simulate import (
     CALLEE,
     Press,
@@ -163,7 +163,8 @@ async def run_agents_demo(
     presses = presses or default_presses(profile)
     http_tools = any(tool.url for p in book.profiles.values() for tool in p.tools)
     secret = new_tool_secret()
-    port, api_port, closed = free_port(), free_port(), f"ws://127.0.0.1:{free_port()}"
+    port, api_port, tools_port, closed_port = free_ports(4)
+    closed = f"ws://127.0.0.1:{closed_port}"
     settings = dataclasses.replace(
         demo_settings(settings, port, api_port),
         agents_file=agents_file,
@@ -177,7 +178,7 @@ async def run_agents_demo(
     stand_in = ToolStandIn(secret)
     app = build_app(settings)
     async with contextlib.AsyncExitStack() as stack:
-        tools_url = await stack.enter_async_context(serve_app(stand_in.app))
+        tools_url = await stack.enter_async_context(serve_app(stand_in.app, tools_port))
         url = await stack.enter_async_context(serve_app(app, port))
         runtime = app.state.runtime
         runtime.agents.book = with_stand_in(runtime.agents.book, tools_url)
