@@ -29,6 +29,8 @@ from gateway.records.base import StoreError, StoreUnavailable
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
+    from gateway.cli.simulate import Press
+
 # What ``voicegw demo`` takes from the environment: which agent providers, and how to reach
 # them. Everything else (data directory, Redis, database, keys, carriers) is the embedded
 # default, so a demo leaves the operator's state untouched.
@@ -129,16 +131,51 @@ def _has_uvloop() -> bool:
     return True
 
 
+def call_options(args: argparse.Namespace) -> tuple[str | None, tuple[Press, ...] | None]:
+    """``--to`` and ``--dtmf`` checked; raises ``UsageError`` naming the bad one."""
+    from gateway.cli.simulate import parse_number, parse_presses
+
+    try:
+        to = None if args.to is None else parse_number(args.to)
+    except ValueError as exc:
+        raise UsageError(f"--to: {exc}") from None
+    try:
+        presses = None if args.dtmf is None else parse_presses(args.dtmf)
+    except ValueError as exc:
+        raise UsageError(f"--dtmf: {exc}") from None
+    return to, presses
+
+
+class UsageError(CommandError):
+    """A command-line value that cannot be used: one line, exit status 2."""
+
+
 def demo(args: argparse.Namespace) -> int:
     """The embedded defaults in a temporary data directory (removed afterwards unless
-    ``--keep``): the demo's forged webhooks and its call never reach the operator's records."""
-    from gateway.cli.simulate import run_demo
+    ``--keep``): the demo's forged webhooks and its call never reach the operator's records.
+    With ``--agents FILE`` the call plays the agents' tools (``gateway.cli.demo_agents``)."""
+    from gateway.cli.demo import run_demo
+    from gateway.cli.demo_agents import run_agents_demo
     from metrics import logging as jsonlog
 
+    to, presses = call_options(args)
+    if args.agents is None and (to or presses):
+        raise UsageError("--to and --dtmf need --agents FILE")
     data_dir = Path(tempfile.mkdtemp(prefix="voicegw-demo-"))
     try:
         settings = load_settings(demo_environ(os.environ, data_dir))
         jsonlog.configure("WARNING", ip_hash_key=jsonlog.load_ip_hash_key(settings.data_dir))
+        if args.agents is not None:
+            return asyncio.run(
+                run_agents_demo(
+                    settings,
+                    agents_file=Path(args.agents).resolve(),
+                    carrier=args.carrier,
+                    wav=args.wav,
+                    to=to,
+                    presses=presses,
+                )
+            )
         return asyncio.run(run_demo(settings, wav=args.wav, carrier=args.carrier))
     finally:
         if args.keep:
@@ -155,15 +192,18 @@ def demo_environ(environ: Mapping[str, str], data_dir: Path) -> dict[str, str]:
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from gateway.cli.simulate import SimulateOptions, simulate_call
+    from gateway.cli.simulate import CALLEE, SimulateOptions, simulate_call
 
+    to, presses = call_options(args)
     options = SimulateOptions(
         carrier=args.carrier,
         wav=args.wav,
         gateway_url=args.url,
         out=args.out,
         realtime=not args.fast,
-        telnyx_api_port=args.telnyx_api_port,
+        api_port=args.api_port,
+        to=to or CALLEE,
+        dtmf=presses or (),
     )
     report = asyncio.run(simulate_call(load_settings(), options))
     print(report.render())
@@ -191,6 +231,19 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--keep", action="store_true", help="keep the temporary data directory and say where"
     )
+    d.add_argument(
+        "--agents",
+        default=None,
+        metavar="FILE",
+        help="agent profiles (TOML): the call's agent uses its tools (echo: key n calls tool n)",
+    )
+    d.add_argument("--to", default=None, help="the dialed number (default: the default agent's)")
+    d.add_argument(
+        "--dtmf",
+        default=None,
+        metavar="KEYS",
+        help="keys to press, DIGIT@SECONDS,... (default: each of the agent's tools in turn)",
+    )
     d.set_defaults(func=demo)
 
     sim = sub.add_parser("simulate", help="act as a carrier against a running gateway")
@@ -201,12 +254,22 @@ def parser() -> argparse.ArgumentParser:
     call.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway (%(default)s)")
     call.add_argument("--out", default=None, help="write the audio that came back to this WAV")
     call.add_argument("--fast", action="store_true", help="send audio as fast as possible")
+    call.add_argument("--to", default=None, help="the dialed number, E.164 (selects the agent)")
     call.add_argument(
+        "--dtmf",
+        default=None,
+        metavar="KEYS",
+        help="keys to press, DIGIT@SECONDS,... in time order (e.g. 1@1.5,3@4)",
+    )
+    call.add_argument(
+        "--api-port",
         "--telnyx-api-port",
+        dest="api_port",
         type=int,
         default=TELNYX_API_PORT,
-        help="port of the simulated Telnyx Call Control API (%(default)s); start the gateway "
-        "with VOICEGW_TELNYX_API_URL=http://127.0.0.1:PORT",
+        help="port of the simulated carrier REST API (%(default)s): Telnyx Call Control, and "
+        "Twilio's with --dtmf; start the gateway with VOICEGW_TELNYX_API_URL / "
+        "VOICEGW_TWILIO_API_URL=http://127.0.0.1:PORT",
     )
     call.set_defaults(func=simulate)
 
@@ -240,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         root.addHandler(handler)
     try:
         result: int = args.func(args)
+    except UsageError as exc:
+        print(f"voicegw: {exc}", file=sys.stderr)
+        return 2
     except CommandError as exc:
         print(f"voicegw: {exc}", file=sys.stderr)
         return 1

@@ -3,8 +3,12 @@
 The simulator signs webhooks exactly as the carrier does (with the gateway's development keys
 from ``VOICEGW_DATA_DIR``, or the configured Twilio token), opens the media stream the gateway
 asks for, sends a WAV at real-time pace in 20 ms frames, records the audio that comes back, and
-reports per-turn latency. For Telnyx it also plays the Call Control REST API on
-``http://127.0.0.1:{telnyx_api_port}``: the gateway's ``VOICEGW_TELNYX_API_URL`` must point there.
+reports per-turn latency. It presses DTMF keys at given times (``--dtmf 1@1.5,3@4``) and dials
+the number given (``--to``), which selects the gateway's agent. It plays the carrier's REST API
+on ``http://127.0.0.1:{api_port}`` (``gateway.cli.carrier_api``): Telnyx's Call Control always,
+Twilio's call update when keys are pressed (the agent's tools act through it); the gateway's
+``VOICEGW_TELNYX_API_URL`` / ``VOICEGW_TWILIO_API_URL`` must point there. The report lists the
+commands the gateway sent (a transfer, a hang-up) and how the media stream ended.
 
 What stops a simulated call before it has a result (gateway unreachable, unreadable WAV, the
 gateway never calling the Call Control API) raises ``SimulateError``, one line for the operator;
@@ -16,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import itertools
+import math
+import re
 import secrets
 import socket
 import time
@@ -33,19 +38,15 @@ import numpy as np
 import orjson
 import uvicorn
 import websockets
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
 from gateway import devkeys
 from gateway.cli.base import CommandError
+from gateway.cli.carrier_api import CarrierApi, CarrierCommand
 from gateway.http.wsprotocol import MediaWebSocketProtocol
 from gateway.media.audio import WavError, read_wav, silence, ulaw_decode, write_wav
 from gateway.settings import Settings
 from providers.events import PCMU_8K
-from security.secret import Secret
 
 FRAME_BYTES: Final = 160  # 20 ms of 8 kHz mu-law
 FRAME_S: Final = 0.02
@@ -54,7 +55,12 @@ TURN_GAP_FRAMES: Final = 15  # 300 ms of silence ends a turn
 TAIL_S: Final = 2.0  # keep listening this long after the last frame
 CALLER: Final = "+15550100001"  # fictional (555-01xx) numbers
 CALLEE: Final = "+15550100002"
-API_WAIT_S: Final = 10.0  # how long the gateway has to call the simulated Call Control API
+E164: Final = re.compile(r"\+[1-9][0-9]{6,14}")
+DTMF_DIGITS: Final = frozenset("0123456789*#")
+MAX_PRESS_S: Final = 600.0
+PRESS_TAIL_S: Final = 5.0  # after key presses, time for the agent to act before ``stop``
+COMMAND_GRACE_S: Final = 1.0  # a hang-up may reach the carrier just after the stream closed
+STREAM_SETUP: Final = frozenset({"answer", "streaming_start"})
 
 
 class SimulateError(CommandError):
@@ -62,14 +68,55 @@ class SimulateError(CommandError):
 
 
 @dataclass(frozen=True, slots=True)
+class Press:
+    """One DTMF key pressed ``at_s`` seconds into the media stream."""
+
+    digit: str
+    at_s: float
+
+
+def parse_presses(text: str) -> tuple[Press, ...]:
+    """``"1@1.5,3@4"`` as presses in time order. Raises ``ValueError`` (one line naming the
+    bad item) for a digit other than ``0-9*#``, a time that is not a number of seconds from 0
+    to 600, or times out of order."""
+    presses: list[Press] = []
+    for item in text.split(","):
+        digit, at, time_s = item.strip().partition("@")
+        if not at or digit not in DTMF_DIGITS:
+            raise ValueError(f"{item.strip()!r}: expected DIGIT@SECONDS, DIGIT one of 0-9 * #")
+        try:
+            seconds = float(time_s)
+        except ValueError:
+            seconds = float("nan")
+        if not 0 <= seconds <= MAX_PRESS_S:  # also NaN and inf
+            raise ValueError(f"{item.strip()!r}: the time must be seconds from 0 to 600")
+        if presses and seconds < presses[-1].at_s:
+            raise ValueError(f"{item.strip()!r}: the presses must be in time order")
+        presses.append(Press(digit, seconds))
+    return tuple(presses)
+
+
+def parse_number(text: str) -> str:
+    """``text`` if it is an E.164 number; raises ``ValueError`` otherwise."""
+    if not E164.fullmatch(text):
+        raise ValueError(f"{text!r} is not an E.164 number (+ and 7 to 15 digits)")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
 class SimulateOptions:
+    """``to``: the dialed number; ``dtmf``: keys to press; ``api_port``: where the simulated
+    carrier REST API listens (0: any free port)."""
+
     carrier: str
     wav: str | None
     gateway_url: str
     out: str | None = None
     realtime: bool = True
-    telnyx_api_port: int = 0
+    api_port: int = 0
     tail_s: float = TAIL_S
+    to: str = CALLEE
+    dtmf: tuple[Press, ...] = ()
 
 
 @dataclass(slots=True)
@@ -89,6 +136,8 @@ class Report:
     bytes_received: int = 0
     turns: list[Turn] = field(default_factory=list)
     close_code: int | None = None
+    commands: list[CarrierCommand] = field(default_factory=list)
+    """The carrier REST commands the gateway sent about the call, in order."""
     ok: bool = False
 
     def step(self, what: str, verdict: str) -> None:
@@ -164,6 +213,7 @@ class CarrierFrames:
     token: str
     account_id: str = ""
     stream_id: str = ""
+    to: str = CALLEE
     seq: Iterator[int] = field(default_factory=lambda: itertools.count(2))
     chunk: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -210,7 +260,7 @@ class CarrierFrames:
                     "call_control_id": self.call_id,
                     "call_session_id": str(uuid.uuid4()),
                     "from": CALLER,
-                    "to": CALLEE,
+                    "to": self.to,
                     "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
                 },
             },
@@ -234,6 +284,16 @@ class CarrierFrames:
     def mark(self, name: str) -> dict[str, Any]:
         key = "streamSid" if self.twilio else "stream_id"
         return {"event": "mark", key: self.stream_id, "mark": {"name": name}}
+
+    def dtmf(self, digit: str) -> dict[str, Any]:
+        """A key press, as each carrier reports it on the stream."""
+        if self.twilio:
+            return {
+                "event": "dtmf",
+                **self._header(),
+                "dtmf": {"track": "inbound_track", "digit": digit},
+            }
+        return {"event": "dtmf", **self._header(), "dtmf": {"digit": digit}}
 
     def stop(self) -> dict[str, Any]:
         if self.twilio:
@@ -260,7 +320,7 @@ async def _twilio_call(
         "CallStatus": "ringing",
         "Direction": "inbound",
         "From": CALLER,
-        "To": CALLEE,
+        "To": options.to,
         "ApiVersion": "2010-04-01",
     }
     url = settings.public("/webhooks/twilio/voice")
@@ -277,8 +337,12 @@ async def _twilio_call(
         report.step("TwiML <Connect><Stream> with token", "ok")
         headers = {"X-Twilio-Signature": validator.compute_signature(stream_url, {})}
         ws_url = _ws_url(options.gateway_url, stream_url)
-        frames = CarrierFrames("twilio", call_sid, token, account_sid)
-        await _stream(ws_url, headers, frames, audio, options, report)
+        frames = CarrierFrames("twilio", call_sid, token, account_sid, to=options.to)
+        async with contextlib.AsyncExitStack() as stack:
+            api = CarrierApi()
+            if options.dtmf:  # the agent's tools act through Twilio's REST API
+                await stack.enter_async_context(serve_api(api, options.api_port))
+            await _stream(ws_url, headers, frames, audio, options, report, api)
         status = {**params, "CallStatus": "completed", "CallDuration": "10"}
         status_url = settings.public("/webhooks/twilio/status")
         reply = await http.post(
@@ -310,32 +374,6 @@ def _ws_url(gateway_url: str, public_stream_url: str) -> str:
 
 
 # -- Telnyx --------------------------------------------------------------------------------
-
-
-class _TelnyxApi:
-    """Plays Telnyx's Call Control REST API on loopback: records answer/streaming_start."""
-
-    def __init__(self) -> None:
-        self.commands: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        self.app = Starlette(
-            routes=[Route("/v2/calls/{cid:path}", self._command, methods=["POST"])]
-        )
-
-    async def _command(self, request: Request) -> Response:
-        action = request.url.path.rsplit("/", 1)[-1]
-        body = orjson.loads(await request.body() or b"{}")
-        await self.commands.put((action, body))
-        return Response(b'{"data":{"result":"ok"}}', media_type="application/json")
-
-    async def next(self, action: str, timeout_s: float = API_WAIT_S) -> dict[str, Any] | None:
-        """The body of the next ``action`` command; None when none came within ``timeout_s``."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    got, body = await self.commands.get()
-                    if got == action:
-                        return body
-        return None
 
 
 @contextlib.asynccontextmanager
@@ -372,14 +410,29 @@ async def serve_app(app: Any, port: int = 0, *, sndbuf: int | None = None) -> As
         sock.close()
 
 
-def _telnyx_event(event_type: str, call_control_id: str, **extra: Any) -> bytes:
+@contextlib.asynccontextmanager
+async def serve_api(api: CarrierApi, port: int) -> AsyncIterator[str]:
+    """Serve the simulated carrier REST API on ``port``; raises ``SimulateError`` when the
+    port cannot be had."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            url = await stack.enter_async_context(serve_app(api.app, port))
+        except OSError as exc:
+            raise SimulateError(
+                f"cannot serve the simulated carrier API on port {port} ({_why(exc)}); "
+                "choose another with --api-port"
+            ) from None
+        yield url
+
+
+def _telnyx_event(event_type: str, call_control_id: str, to: str = CALLEE, **extra: Any) -> bytes:
     payload = {
         "call_control_id": call_control_id,
         "call_leg_id": str(uuid.uuid4()),
         "call_session_id": str(uuid.uuid4()),
         "connection_id": "1684641123236054244",
         "from": CALLER,
-        "to": CALLEE,
+        "to": to,
         "direction": "incoming",
         **extra,
     }
@@ -417,20 +470,15 @@ async def _telnyx_call(
     settings: Settings, options: SimulateOptions, audio: bytes, report: Report
 ) -> None:
     keys = devkeys.load_or_create(settings.data_dir)
-    api = _TelnyxApi()
+    api = CarrierApi()
     call_control_id = "v3:" + secrets.token_urlsafe(24)
+    to = options.to
     async with contextlib.AsyncExitStack() as stack:
-        try:
-            api_url = await stack.enter_async_context(serve_app(api.app, options.telnyx_api_port))
-        except OSError as exc:
-            raise SimulateError(
-                f"cannot serve the simulated Call Control API on port {options.telnyx_api_port} "
-                f"({_why(exc)}); choose another with --telnyx-api-port"
-            ) from None
+        api_url = await stack.enter_async_context(serve_api(api, options.api_port))
         http = await stack.enter_async_context(
             httpx.AsyncClient(base_url=options.gateway_url, timeout=10.0)
         )
-        reply = await post_telnyx(http, keys, _telnyx_event("call.initiated", call_control_id))
+        reply = await post_telnyx(http, keys, _telnyx_event("call.initiated", call_control_id, to))
         report.step("call.initiated webhook (signed)", f"{reply.status_code}")
         if reply.status_code != 200:
             return
@@ -441,23 +489,24 @@ async def _telnyx_call(
                 "VOICEGW_TELNYX_API_KEY=dev-local"
             )
         report.step("gateway answered (Call Control answer)", "ok")
-        reply = await post_telnyx(http, keys, _telnyx_event("call.answered", call_control_id))
+        reply = await post_telnyx(http, keys, _telnyx_event("call.answered", call_control_id, to))
         report.step("call.answered webhook (signed)", f"{reply.status_code}")
-        command = await api.next("streaming_start")
-        if command is None:
+        started = await api.next("streaming_start")
+        if started is None:
             report.step("streaming_start", "never came")
             return
+        command = started.body
         bidirectional = command.get("stream_bidirectional_mode") == "rtp"
         report.step("streaming_start (rtp, PCMU, token)", "ok" if bidirectional else "one-way!")
         token = str(command.get("stream_auth_token", ""))
         ws_url = _ws_url(options.gateway_url, str(command.get("stream_url", "")))
-        frames = CarrierFrames("telnyx", call_control_id, token)
+        frames = CarrierFrames("telnyx", call_control_id, token, to=to)
         headers = {"x-telnyx-streaming-auth-token": token}
-        await _stream(ws_url, headers, frames, audio, options, report)
+        await _stream(ws_url, headers, frames, audio, options, report, api)
         reply = await post_telnyx(
             http,
             keys,
-            _telnyx_event("call.hangup", call_control_id, hangup_cause="normal_clearing"),
+            _telnyx_event("call.hangup", call_control_id, to, hangup_cause="normal_clearing"),
         )
         report.step("call.hangup webhook (signed)", f"{reply.status_code}")
 
@@ -472,6 +521,7 @@ async def _stream(
     audio: bytes,
     options: SimulateOptions,
     report: Report,
+    api: CarrierApi,
 ) -> None:
     received: list[tuple[float, bytes]] = []
     try:
@@ -479,13 +529,22 @@ async def _stream(
     except websockets.InvalidStatus as exc:
         report.step("media WebSocket upgrade", f"refused ({exc.response.status_code})")
         return
+    audio = _padded(audio, options.dtmf)
     async with ws:
         report.step("media WebSocket upgrade", "accepted")
         try:
-            await _send_audio(ws, frames, audio, options, report, received)
+            await _send_audio(ws, frames, audio, options, report, received, api.ended)
         except websockets.ConnectionClosed:
             report.step("media stream", f"closed by the gateway ({ws.close_code})")
     report.close_code = ws.close_code
+    if options.dtmf and not api.ended.is_set():
+        # A hang-up the agent asked for may follow the stream's end (it runs in the background).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(COMMAND_GRACE_S):
+                await api.ended.wait()
+    report.commands = [c for c in api.commands if c.action not in STREAM_SETUP]
+    for command in report.commands:
+        report.step(f"carrier REST API: {command.action}", command.describe())
     report.frames_received = len(received)
     report.bytes_received = sum(len(d) for _, d in received)
     report.turns = measure_turns(audio, received)
@@ -498,6 +557,15 @@ async def _stream(
             raise SimulateError(f"cannot write {options.out}: {exc.strerror or exc}") from None
 
 
+def _padded(audio: bytes, presses: tuple[Press, ...]) -> bytes:
+    """``audio`` with silence after it until the last key press, if that comes later."""
+    if not presses:
+        return audio
+    frames = math.ceil(round(presses[-1].at_s / FRAME_S, 6))
+    missing = frames * FRAME_BYTES - len(audio)
+    return audio + silence(PCMU_8K, missing // 8) if missing > 0 else audio
+
+
 async def _send_audio(
     ws: websockets.ClientConnection,
     frames: CarrierFrames,
@@ -505,10 +573,14 @@ async def _send_audio(
     options: SimulateOptions,
     report: Report,
     received: list[tuple[float, bytes]],
+    ended: asyncio.Event,
 ) -> None:
-    """Send ``audio`` as the carrier does (acknowledging marks), keep listening ``tail_s``,
-    then send ``stop``; what comes back goes into ``received``. Raises ``ConnectionClosed``
-    when the gateway closes the stream first."""
+    """Send ``audio`` as the carrier does (acknowledging marks), pressing the keys of
+    ``options.dtmf`` at their times; keep listening ``tail_s`` (``PRESS_TAIL_S`` at least
+    after key presses, time for the agent to act on them), then send ``stop``. Once ``ended``
+    is set (the gateway asked the carrier to transfer or hang up the call) the gateway gets
+    ``tail_s`` to close the stream, then the carrier stops it. What comes back goes into
+    ``received``. Raises ``ConnectionClosed`` when the gateway closes the stream first."""
     for frame in frames.opening():
         await ws.send(orjson.dumps(frame).decode())
     t0 = time.perf_counter()
@@ -523,22 +595,36 @@ async def _send_audio(
                 # The caller has "heard" everything before the mark: acknowledge it.
                 await ws.send(orjson.dumps(frames.mark(event["mark"]["name"])).decode())
 
+    async def press_due(at_s: float) -> None:
+        while presses and presses[0].at_s <= at_s:
+            press = presses.pop(0)
+            await ws.send(orjson.dumps(frames.dtmf(press.digit)).decode())
+            report.step(f"DTMF {press.digit} at {press.at_s:.2f} s", "sent")
+
+    presses = list(options.dtmf)
     receiver = asyncio.create_task(receive())
+    stream_ended = asyncio.create_task(ended.wait())
     try:
         for i in range(len(audio) // FRAME_BYTES):
             if options.realtime:
                 delay = t0 + i * FRAME_S - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
+            await press_due(i * FRAME_S)
             chunk = audio[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]
             await ws.send(orjson.dumps(frames.media(base64.b64encode(chunk).decode())).decode())
             report.frames_sent += 1
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(options.tail_s):
-                await asyncio.shield(receiver)
+        await press_due(MAX_PRESS_S)
+        tail_s = max(options.tail_s, PRESS_TAIL_S) if options.dtmf else options.tail_s
+        done, _ = await asyncio.wait({receiver, stream_ended}, timeout=tail_s)
+        if stream_ended in done and receiver not in done:
+            await asyncio.wait({receiver}, timeout=options.tail_s)
         await ws.send(orjson.dumps(frames.stop()).decode())
+        if ended.is_set():
+            report.step("media stream", "stopped by the carrier (the call moved on)")
     finally:
         receiver.cancel()
+        stream_ended.cancel()
         with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
             await receiver
 
@@ -569,84 +655,3 @@ def measure_turns(sent: bytes, received: list[tuple[float, bytes]]) -> list[Turn
         turn.first_audio_ms = None if first is None else (first - turn.start_s) * 1000
         turn.response_ms = None if after is None else (after - turn.end_s) * 1000
     return turns
-
-
-# -- demo ----------------------------------------------------------------------------------
-
-
-async def run_demo(settings: Settings, *, wav: str | None, carrier: str) -> int:
-    """Serve the gateway with embedded defaults on a free port and run one call through it."""
-    from gateway.app import build_app
-
-    caller_audio(wav)  # an unusable WAV stops the demo before it starts
-    port = _free_port()
-    api_port = _free_port()
-    keys = devkeys.load_or_create(settings.data_dir)
-    settings = dataclasses.replace(
-        settings,
-        public_url=f"http://127.0.0.1:{port}",
-        telnyx_api_url=f"http://127.0.0.1:{api_port}",
-        telnyx_api_key=settings.telnyx_api_key or Secret("dev-demo"),
-        telnyx_public_keys=settings.telnyx_public_keys or (keys.telnyx_public_key,),
-    )
-    async with serve_app(build_app(settings), port) as url:
-        print(f"gateway running at {url} (providers: {', '.join(settings.providers)})")
-        print(await _security_tour(url, settings, keys))
-        options = SimulateOptions(carrier, wav, url, telnyx_api_port=api_port)
-        report = await simulate_call(settings, options)
-        print(report.render())
-    return 0 if report.ok else 1
-
-
-async def _security_tour(url: str, settings: Settings, keys: devkeys.DevKeys) -> str:
-    """Send a few hostile webhooks and show which layer refused each."""
-    lines = ["security layers:"]
-    async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
-        body = _telnyx_event(
-            "call.initiated", "v3:demo-" + secrets.token_hex(4), direction="outgoing"
-        )
-        checks: list[tuple[str, httpx.Response]] = [
-            ("GET instead of POST", await http.get("/webhooks/telnyx")),
-            (
-                "wrong content type",
-                await http.post(
-                    "/webhooks/telnyx", content=body, headers={"content-type": "text/plain"}
-                ),
-            ),
-            (
-                "unsigned Twilio webhook",
-                await http.post("/webhooks/twilio/voice", data={"CallSid": "CA" + "0" * 32}),
-            ),
-            (
-                "Telnyx timestamp 10 minutes old",
-                await post_telnyx(http, keys, body, int(time.time()) - 600),
-            ),
-            ("Telnyx body changed after signing", await _tampered(http, keys, body)),
-            ("Telnyx webhook, signed", await post_telnyx(http, keys, body)),
-            ("the same webhook again (answered, not redone)", await post_telnyx(http, keys, body)),
-        ]
-    for what, reply in checks:
-        reason = reply.json().get("error", "accepted") if reply.content else ""
-        lines.append(f"  {what:<44} {reply.status_code} {reason}")
-    return "\n".join(lines)
-
-
-async def _tampered(http: httpx.AsyncClient, keys: devkeys.DevKeys, body: bytes) -> httpx.Response:
-    ts = str(int(time.time()))
-    signature = keys.telnyx_signing_key().sign(ts.encode() + b"|" + body).signature
-    return await http.post(
-        "/webhooks/telnyx",
-        content=body.replace(b"incoming", b"outgoing").replace(b"+1555", b"+1556"),
-        headers={
-            "content-type": "application/json",
-            "telnyx-signature-ed25519": base64.b64encode(signature).decode(),
-            "telnyx-timestamp": ts,
-        },
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
