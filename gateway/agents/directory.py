@@ -80,7 +80,7 @@ class AgentDirectory:
         last = self.last_reload
         return {
             "source": "file" if self.from_file else "built-in",
-            "agents": len(self.book.profiles),
+            "count": len(self.book.profiles),
             "digest": self.book.digest,
             "last_reload": None
             if last is None

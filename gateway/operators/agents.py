@@ -27,7 +27,9 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 def agents_view(directory: AgentDirectory) -> dict[str, Any]:
-    return {"agents": book_summary(directory.book), **directory.state()}
+    """The profiles in force (``agents``, a list) and where they come from (``source``,
+    ``count``, ``digest``, ``last_reload``)."""
+    return {**directory.state(), "agents": book_summary(directory.book)}
 
 
 @requires(Permission.AGENTS_READ)

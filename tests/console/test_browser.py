@@ -44,12 +44,12 @@ pytestmark = pytest.mark.e2e
 
 @contextlib.asynccontextmanager
 async def console_gateway(
-    tmp_path: Path, rest: FakeCarrierRest, role: Role = Role.OPERATOR
+    tmp_path: Path, rest: FakeCarrierRest, role: Role = Role.OPERATOR, **env: str
 ) -> AsyncIterator[Gateway]:
     """The composed app (sessions, API, console) served by uvicorn on a free loopback port,
-    with one user, ``ada``, of ``role``."""
+    with one user, ``ada``, of ``role``; ``env`` adds settings."""
     port = free_port()
-    settings = devkeys.apply(Settings.from_env(gateway_env(tmp_path, port, rest)))
+    settings = devkeys.apply(Settings.from_env(gateway_env(tmp_path, port, rest, **env)))
     async with sqlite_store(tmp_path) as store:
         await add_user(store, TEST_HASHER, "ada", role, PASSWORD)
         app = compose(settings)
@@ -206,3 +206,133 @@ async () => navigator.locks.request('voicegw-refresh', async () => {
 
 async def _gather(*aws: Any) -> list[Any]:
     return list(await asyncio.gather(*aws))
+
+
+# -- the agents panel ------------------------------------------------------------------------
+
+SUPPORT = "+15550100111"
+SALES = "+15550100122"
+BILLING = "+15550100133"  # a transfer destination: the console shows its key only
+AGENTS = f"""
+[agents.support]
+default = true
+numbers = ["{SUPPORT}"]
+providers = ["echo"]
+instructions = "You answer the support line."
+greeting = "Support, hello."
+transfer = {{ billing = "{BILLING}", desk = "sip:desk@pbx.example.com" }}
+"""
+SALES_AGENT = f"""
+[agents.sales]
+numbers = ["{SALES}"]
+providers = ["echo"]
+instructions = "You answer the sales line."
+greeting = "<img src=x onerror=alert(1)>Sales!"
+end_call = false
+"""
+
+
+def agents_file(tmp_path: Path) -> Path:
+    path = tmp_path / "agents.toml"
+    path.write_text(AGENTS)
+    return path
+
+
+async def sign_in(page: Page, url: str) -> None:
+    await page.goto(url + "/console/")
+    await page.wait_for_selector("body[data-state=signed-out]", timeout=WAIT_MS)
+    await page.fill("#username", "ada")
+    await page.fill("#password", PASSWORD)
+    await page.click("#login-button")
+    await page.wait_for_selector("body[data-state=signed-in]", timeout=WAIT_MS)
+
+
+async def agent_rows(page: Page) -> list[list[str]]:
+    script = (
+        "() => [...document.querySelectorAll('#agents tbody tr')]"
+        ".map(r => [...r.cells].map(c => c.innerText.trim()))"
+    )
+    rows: list[list[str]] = await page.evaluate(script)
+    return rows
+
+
+async def test_operator_sees_the_agents_and_no_reload_button(
+    tmp_path: Path, rest: FakeCarrierRest
+) -> None:
+    problems: list[str] = []
+    env = {"VOICEGW_AGENTS_FILE": str(agents_file(tmp_path))}
+    async with (
+        console_gateway(tmp_path, rest, Role.OPERATOR, **env) as gw,
+        browser(tmp_path) as context,
+    ):
+        page = await context.new_page()
+        watch_console(page, problems)
+        await sign_in(page, gw.url)
+        await page.wait_for_selector("#agents tr[data-agent=support]", timeout=WAIT_MS)
+        assert await page.is_visible("#agents-panel")
+        assert await page.is_hidden("#agents-reload")  # admins only
+        [row] = await agent_rows(page)
+        name, numbers, providers, tools, transfer, greeting = row
+        assert name.split() == ["support", "default"]
+        assert numbers == "+1********11"
+        assert providers == "echo"
+        assert tools.split() == ["transfer_call", "end_call"]
+        assert transfer.split() == ["billing", "desk"]
+        assert greeting.startswith("Support, hello.")
+        assert await page.text_content("#agents-source") == "from the agents file"
+        assert await page.text_content("#agents-count") == "1"
+        assert await page.text_content("#agents-last-reload") == "not reloaded since start"
+        text = await page.inner_text("body")
+        for number in (SUPPORT, BILLING):
+            assert number not in text and number[2:] not in text
+    assert not [p for p in problems if "401" not in p], problems  # 401: before signing in
+
+
+async def test_admin_reloads_a_good_file_then_a_bad_one(
+    tmp_path: Path, rest: FakeCarrierRest
+) -> None:
+    problems: list[str] = []
+    path = agents_file(tmp_path)
+    async with (
+        console_gateway(tmp_path, rest, Role.ADMIN, VOICEGW_AGENTS_FILE=str(path)) as gw,
+        browser(tmp_path) as context,
+    ):
+        page = await context.new_page()
+        watch_console(page, problems)
+        await sign_in(page, gw.url)
+        await page.wait_for_selector("#agents tr[data-agent=support]", timeout=WAIT_MS)
+        assert await page.is_visible("#agents-reload")
+
+        # A good file: the table shows the new agent (the greeting as text, never as HTML).
+        path.write_text(AGENTS + SALES_AGENT)
+        await page.click("#agents-reload")
+        await page.wait_for_selector("#agents tr[data-agent=sales]", timeout=WAIT_MS)
+        assert "Reloaded: 2 agents" in (await page.text_content("#agents-reload-result") or "")
+        rows = await agent_rows(page)
+        assert [r[0].split()[0] for r in rows] == ["support", "sales"]
+        sales = rows[1]
+        assert sales[1] == "+1********22" and sales[3] == "—" and sales[4] == "—"
+        assert sales[5].startswith("<img src=x onerror=alert(1)>Sales!")
+        assert await page.locator("#agents img").count() == 0
+        assert "applied" in (await page.text_content("#agents-last-reload") or "")
+        assert await page.text_content("#agents-count") == "2"
+        before = await agent_rows(page)
+
+        # A bad file: the problems listed as text, the table unchanged.
+        path.write_text(AGENTS + SALES_AGENT + '\n[agents.sales."<b id=injected>x</b>"]\n')
+        await page.click("#agents-reload")
+        await page.wait_for_selector("#agents-problems:not([hidden]) li", timeout=WAIT_MS)
+        listed = await page.eval_on_selector_all(
+            "#agents-problems li", "items => items.map(li => li.textContent)"
+        )
+        assert len(listed) == 1 and "unknown key" in listed[0], listed
+        assert "<b id=injected>" in listed[0]  # shown as text ...
+        assert await page.locator("#injected").count() == 0  # ... never parsed as HTML
+        assert "Refused" in (await page.text_content("#agents-reload-result") or "")
+        await page.wait_for_selector("#agents-last-reload >> text=refused", timeout=WAIT_MS)
+        assert await agent_rows(page) == before
+        assert set(gw.runtime.agents.book.profiles) == {"support", "sales"}
+        shot = tmp_path / "agents.png"
+        await page.screenshot(path=str(shot), full_page=True)
+        print(f"console screenshot: {shot}")
+    assert not [p for p in problems if "401" not in p and "422" not in p], problems

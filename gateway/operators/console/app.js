@@ -11,12 +11,14 @@
   const CSRF_COOKIES = ["__Host-voicegw_csrf", "voicegw_csrf"];
   const REFRESH_MARGIN_S = 60;
   const PROVIDERS_EVERY_MS = 5000;
+  const AGENTS_EVERY_MS = 30000; // a SIGHUP reload shows up within this
   const channel = "BroadcastChannel" in window ? new BroadcastChannel("voicegw-session") : null;
 
   let session = null; // {user, role, expires_at, permissions}
   let events = null;
   let refreshTimer = null;
   let providersTimer = null;
+  let agentsTimer = null;
   let tickTimer = null;
   let liveCalls = [];
 
@@ -30,7 +32,7 @@
     return "";
   }
 
-  function post(path, body) {
+  function postOnce(path, body) {
     const headers = { "X-CSRF-Token": csrfToken() };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     return fetch(path, {
@@ -39,6 +41,15 @@
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
+  }
+
+  // POST an /api/v1 action; on 401 refresh once and retry (the refresh renews the CSRF cookie).
+  async function post(path, body) {
+    let response = await postOnce(path, body);
+    if (response.status === 401 && path.startsWith("/api/") && (await refresh())) {
+      response = await postOnce(path, body);
+    }
+    return response;
   }
 
   // GET an /api/v1 resource; on 401 refresh once and retry; if that fails, the session is over.
@@ -125,6 +136,10 @@
       loadProviders();
       providersTimer = setInterval(loadProviders, PROVIDERS_EVERY_MS);
     }
+    if (can("agents:read")) {
+      loadAgents();
+      agentsTimer = setInterval(loadAgents, AGENTS_EVERY_MS);
+    }
     if (can("audit:read")) loadAudit();
     if (can("security:review")) loadKeys();
     tickTimer = setInterval(renderCalls, 1000);
@@ -133,6 +148,7 @@
   function stop() {
     clearTimeout(refreshTimer);
     clearInterval(providersTimer);
+    clearInterval(agentsTimer);
     clearInterval(tickTimer);
     if (events) events.close();
     events = null;
@@ -208,6 +224,130 @@
       cell(row, String(p.consecutive_failures));
       cell(row, p.last_failure || "—");
       body.appendChild(row);
+    }
+  }
+
+  // -- agent profiles (read-only; admins may reload the file) ---------------------------------
+
+  // A cell holding one <span> per item (text only), or "—" when there is none.
+  function listCell(row, items, className) {
+    const td = document.createElement("td");
+    if (className) td.className = className;
+    if (items.length === 0) td.textContent = "—";
+    for (const [text, title] of items) {
+      const span = document.createElement("span");
+      span.className = "item";
+      span.textContent = text;
+      if (title) span.title = title;
+      td.appendChild(span);
+    }
+    row.appendChild(td);
+    return td;
+  }
+
+  function when(at) {
+    return new Date(at * 1000).toISOString().replace("T", " ").slice(0, 19);
+  }
+
+  function renderAgents(data) {
+    $("agents-count").textContent = String(data.count);
+    $("agents-source").textContent =
+      data.source === "file" ? "from the agents file" : "built in (from the settings: no agents file)";
+    $("agents-digest").textContent = data.digest.slice(0, 12);
+    const last = data.last_reload;
+    const lastText = !last
+      ? "not reloaded since start"
+      : last.ok
+        ? `last reload ${when(last.at)} UTC: applied`
+        : `last reload ${when(last.at)} UTC: refused (${last.problems} problem${last.problems === 1 ? "" : "s"}), the profiles in force stay`;
+    $("agents-last-reload").textContent = lastText;
+    $("agents-last-reload").className = last && !last.ok ? "error" : "";
+
+    const body = $("agents").tBodies[0];
+    body.replaceChildren();
+    for (const a of data.agents) {
+      const row = document.createElement("tr");
+      row.dataset.agent = a.name;
+      const name = document.createElement("td");
+      name.textContent = a.name;
+      if (a.default) {
+        const badge = document.createElement("span");
+        badge.className = "badge default-agent";
+        badge.textContent = "default";
+        badge.title = "serves every number no other agent lists";
+        name.append(" ", badge);
+      }
+      row.appendChild(name);
+      listCell(row, a.numbers.map((n) => [n]), "mono numbers");
+      listCell(row, a.providers.map((p, i) => [i === 0 ? p : `→ ${p}`]), "providers");
+      const tools = a.tools.map((t) => [t.name, `${t.kind} tool, timeout ${t.timeout_s} s`]);
+      if (a.transfer.length) tools.push(["transfer_call", "built in"]);
+      if (a.end_call) tools.push(["end_call", "built in"]);
+      listCell(row, tools, "mono tools");
+      listCell(row, a.transfer.map((k) => [k]), "transfer");
+      const greeting = document.createElement("td");
+      greeting.className = "greeting";
+      greeting.textContent = a.greeting || "—";
+      if (a.instructions) {
+        const details = document.createElement("details");
+        const summary = document.createElement("summary");
+        summary.textContent = "instructions";
+        const text = document.createElement("p");
+        text.textContent = a.instructions;
+        details.append(summary, text);
+        greeting.appendChild(details);
+      }
+      row.appendChild(greeting);
+      body.appendChild(row);
+    }
+  }
+
+  async function loadAgents() {
+    const data = await get("/api/v1/agents");
+    if (data) renderAgents(data);
+  }
+
+  // Reload the agents file: applied (the table shows the new profiles) or refused (the problems
+  // listed, as text; the profiles in force stay).
+  async function reloadAgents() {
+    const button = $("agents-reload");
+    const result = $("agents-reload-result");
+    const problems = $("agents-problems");
+    button.disabled = true;
+    result.textContent = "reloading…";
+    result.className = "muted";
+    problems.replaceChildren();
+    problems.hidden = true;
+    try {
+      const response = await post("/api/v1/agents/reload");
+      const data = response.headers.get("content-type")?.startsWith("application/json")
+        ? await response.json()
+        : null;
+      if (response.ok && data && data.ok) {
+        renderAgents(data);
+        result.textContent = `Reloaded: ${data.count} agent${data.count === 1 ? "" : "s"} in force.`;
+        result.className = "ok";
+        return;
+      }
+      if (response.status === 422 && data && Array.isArray(data.problems)) {
+        result.textContent = "Refused: the file has problems; the profiles in force stay.";
+        for (const problem of data.problems) {
+          const li = document.createElement("li");
+          li.textContent = String(problem);
+          problems.appendChild(li);
+        }
+        problems.hidden = data.problems.length === 0;
+      } else {
+        result.textContent =
+          response.status === 403 ? "Refused: reloading needs the admin role." : `Reload failed (HTTP ${response.status}).`;
+      }
+      result.className = "error";
+      await loadAgents(); // the last reload's outcome
+    } catch {
+      result.textContent = "Reload failed: the gateway did not answer.";
+      result.className = "error";
+    } finally {
+      button.disabled = false;
     }
   }
 
@@ -293,6 +433,8 @@
     await post("/auth/logout-all");
     signedOut(true);
   });
+
+  $("agents-reload").addEventListener("click", reloadAgents);
 
   $("audit-form").addEventListener("submit", (event) => {
     event.preventDefault();
