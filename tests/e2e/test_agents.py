@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from gateway.agents.http_tools import new_tool_secret
-from gateway.records.base import AuditQuery
+from gateway.records.base import AuditQuery, CallRecord
 from providers.ai.echo import EchoSession
 from tests.agents.endpoint import Answer, Endpoint
 from tests.conftest import UNIT
@@ -106,6 +107,17 @@ def echo_of(gw: Gateway, leg: Leg) -> EchoSession:
             assert isinstance(bridge.agent, EchoSession)
             return bridge.agent
     raise AssertionError("no live bridge for the call")
+
+
+async def record_of(gw: Gateway, call_id: str) -> CallRecord:
+    """The call's durable record once it is closed (written just after the call ends)."""
+    async with asyncio.timeout(5 * UNIT):
+        for _ in itertools.count():
+            record = await gw.runtime.store.get_call(call_id)
+            if record is not None and record.outcome is not None:
+                return record
+            await asyncio.sleep(0.02)
+    raise AssertionError("unreachable")
 
 
 async def press(gw: Gateway, leg: Leg, digit: str, results: int) -> dict[str, Any]:
@@ -226,8 +238,7 @@ async def test_transfer_call_moves_the_caller_to_the_configured_destination(
         transfer = next(r for r in commands if r.action == "transfer")
         assert transfer.json() == {"to": BILLING}
     assert metric("voicegw_transfers_total", agent="support", outcome="ok") == before + 1
-    record = await gw.runtime.store.get_call(ended.call_id)
-    assert record is not None
+    record = await record_of(gw, ended.call_id)
     assert (record.outcome, record.transfer_to, record.agent) == (
         "transferred",
         "billing",
@@ -253,8 +264,8 @@ async def test_end_call_hangs_up_after_the_last_words_are_played(make_gateway, t
         5 * UNIT,
         "REST hang-up",
     )
-    record = await gw.runtime.store.get_call(ended.call_id)
-    assert record is not None and record.outcome == "agent_ended"
+    record = await record_of(gw, ended.call_id)
+    assert record.outcome == "agent_ended"
 
 
 async def test_a_transfer_that_fails_is_told_to_the_model_and_the_call_goes_on(
@@ -393,8 +404,8 @@ async def test_each_number_gets_its_agent_at_its_provider(
         await leg.stop()
     calls = [await gw.wait_ended(leg.ticket) for leg in legs]
     assert [c.agent for c in calls] == ["support", "sales", "legal"]
-    records = [await gw.runtime.store.get_call(c.call_id) for c in calls]
-    assert [r.agent for r in records if r is not None] == ["support", "sales", "legal"]
+    records = [await record_of(gw, c.call_id) for c in calls]
+    assert [r.agent for r in records] == ["support", "sales", "legal"]
 
 
 async def test_a_forged_answer_from_the_model_dials_nothing(
