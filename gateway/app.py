@@ -23,6 +23,7 @@ from gateway.agents.tools import ToolRunner
 from gateway.calls import telnyx, twilio
 from gateway.calls.control import CallControl
 from gateway.calls.orphans import close_orphans_periodically
+from gateway.calls.outbound import OutboundCalls
 from gateway.calls.records import CallRecords
 from gateway.calls.registry import default_replica_id, keep_alive
 from gateway.calls.unopened import UnopenedStreams
@@ -41,7 +42,7 @@ from gateway.media.recorder import Recorder
 from gateway.media.recording import delete_recording_file
 from gateway.media.tools import ToolServices
 from gateway.operators import agents as agents_api
-from gateway.operators import api, console
+from gateway.operators import api, console, outbound_api
 from gateway.operators.middleware import middleware as security_middleware
 from gateway.operators.routes import routes as auth_routes
 from gateway.records.privacy import RetentionPeriods, RetentionSweeper
@@ -80,6 +81,7 @@ ROUTES: list[Route | WebSocketRoute] = [
     *auth_routes(),
     *api.routes(),
     *agents_api.routes(),
+    *outbound_api.routes(),
     *review_api.routes(),
     *console.routes(),
 ]
@@ -143,6 +145,18 @@ async def start_runtime(settings: Settings) -> Runtime:
             records=records,
             control=control,
             token_ttl_s=settings.stream_token_ttl_s,
+        ),
+        outbound=OutboundCalls(
+            settings=settings,
+            registry=state.registry,
+            stream_tokens=state.stream_tokens,
+            breakers=state.breakers,
+            control=control,
+            records=records,
+            agents=agents,
+            recorder=recorder,
+            lifecycle=lifecycle,
+            limiter=OutboundCalls.dial_limiter(settings, redis),
         ),
         admission=StreamAdmission(
             public_ws_url=settings.public_ws_url,

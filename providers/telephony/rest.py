@@ -293,7 +293,8 @@ class TwilioRest(_RestClient):
 
 class TelnyxRest(_RestClient):
     """Telnyx Call Control REST: ``dial``, ``answer``, ``start_streaming`` (a bidirectional
-    media stream), ``transfer`` and ``hangup``. Authenticates with ``Authorization: Bearer <api_key>``."""
+    media stream), ``transfer`` and ``hangup``. Authenticates with
+    ``Authorization: Bearer <api_key>``."""
 
     carrier = "telnyx"
 

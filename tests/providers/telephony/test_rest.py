@@ -8,11 +8,12 @@ import typing
 from collections.abc import AsyncIterator
 
 import httpx
+import orjson
 import pydantic
 import pytest
+from telnyx.types.call_dial_params import CallDialParams
 from telnyx.types.calls.action_answer_params import ActionAnswerParams
 from telnyx.types.calls.action_start_streaming_params import ActionStartStreamingParams
-from telnyx.types.call_dial_params import CallDialParams
 from telnyx.types.calls.action_transfer_params import ActionTransferParams
 from twilio.http import HttpClient
 from twilio.http.response import Response as TwilioResponse
@@ -23,8 +24,8 @@ from providers.exceptions import ProviderError
 from providers.telephony.rest import (
     TELNYX_BASE_URL,
     TWILIO_BASE_URL,
-    CallOutcome,
     TWILIO_STATUS_EVENTS,
+    CallOutcome,
     CarrierRestError,
     TelnyxRest,
     TwilioRest,
@@ -486,7 +487,7 @@ class CapturingTwilioHttp(HttpClient):
 
     def request(self, method, uri, params=None, data=None, headers=None, auth=None, **kw):  # type: ignore[no-untyped-def, override]
         self.sent.append((method, uri, dict(data or {})))
-        body = '{"sid": "%s", "status": "queued"}' % CALL_SID
+        body = orjson.dumps({"sid": CALL_SID, "status": "queued"}).decode()
         return TwilioResponse(201, body)
 
 
