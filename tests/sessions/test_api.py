@@ -47,7 +47,12 @@ def test_every_api_route_declares_a_permission() -> None:
 
 def test_roles_table() -> None:
     assert ROLE_PERMISSIONS[Role.ADMIN] == frozenset(Permission)
-    assert ROLE_PERMISSIONS[Role.OPERATOR] == {Permission.CALLS_READ, Permission.PROVIDERS_READ}
+    assert ROLE_PERMISSIONS[Role.OPERATOR] == {
+        Permission.CALLS_READ,
+        Permission.PROVIDERS_READ,
+        Permission.AGENTS_READ,
+    }
+    assert ROLE_PERMISSIONS[Role.DIALER] == {Permission.CALLS_DIAL}
     assert ROLE_PERMISSIONS[Role.AUDITOR] == {
         Permission.AUDIT_READ,
         Permission.SUBJECTS_EXPORT,
