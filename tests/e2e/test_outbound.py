@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.exceptions import RedisError
 
 from gateway.calls.outbound import DialRequest
 from gateway.cli.admin import create_api_key
@@ -23,6 +24,7 @@ from tests.e2e.carrier import (
     frames_of,
     open_stream,
     post_twilio,
+    rest_command,
     send_telnyx,
     telnyx_event,
     twilio_params,
@@ -359,3 +361,36 @@ def test_a_dial_request_shows_no_number() -> None:
     # Its repr, which a traceback or a log call would show, names no number.
     shown = repr(DialRequest(to=CALLEE, from_=CALLER_ID, agent="reminders"))
     assert CALLEE not in shown and CALLER_ID not in shown
+
+
+class RegistryDown:
+    """The gateway's registry, but Redis fails when a call is registered."""
+
+    def __init__(self, registry: Any) -> None:
+        self._registry = registry
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._registry, name)
+
+    async def create(self, *args: Any, **kwargs: Any) -> Any:
+        raise RedisError("connection refused")
+
+
+async def test_a_call_placed_but_not_registered_is_hung_up(make_gateway, tmp_path: Path) -> None:
+    gw = await outbound_gateway(make_gateway, tmp_path)
+    token = await api_key(gw)
+    outbound = gw.runtime.outbound
+    outbound.registry = RegistryDown(outbound.registry)  # type: ignore[assignment]
+    reply = await dial(gw, token, request_body())
+    assert reply.status_code == 503 and reply.headers["retry-after"]
+    assert reply.json() == {"error": "the call could not be registered"}
+    placed = gw.rest.requests[0]
+    assert placed.action == "create"
+    # The carrier placed it: it is told to hang up, and the token admits no stream.
+    hangup = await rest_command(gw.rest, placed.call_id, "update")
+    assert hangup.form() == {"Status": "completed"}
+    assert await gw.runtime.registry.list_active() == []
+    leg = await open_stream(gw, ticket_of(gw, placed))
+    assert await leg.wait_closed() == 1008
+    (record,) = await gw.runtime.store.list_calls(limit=10)
+    assert record.outcome == "dial_failed" and record.carrier_call_id == placed.call_id
