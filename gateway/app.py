@@ -24,6 +24,7 @@ from gateway.calls import telnyx, twilio
 from gateway.calls.commands import CallCommands
 from gateway.calls.control import CallControl
 from gateway.calls.orphans import close_orphans_periodically
+from gateway.calls.outbound import OutboundCalls
 from gateway.calls.records import CallRecords
 from gateway.calls.registry import default_replica_id, keep_alive
 from gateway.calls.unopened import UnopenedStreams
@@ -42,7 +43,7 @@ from gateway.media.recorder import Recorder
 from gateway.media.recording import delete_recording_file
 from gateway.media.tools import ToolServices
 from gateway.operators import agents as agents_api
-from gateway.operators import api, calls_api, console
+from gateway.operators import api, calls_api, console, outbound_api
 from gateway.operators.middleware import middleware as security_middleware
 from gateway.operators.routes import routes as auth_routes
 from gateway.records.privacy import RetentionPeriods, RetentionSweeper
@@ -83,6 +84,7 @@ ROUTES: list[Route | WebSocketRoute] = [
     *api.routes(),
     *agents_api.routes(),
     *calls_api.routes(),
+    *outbound_api.routes(),
     *review_api.routes(),
     *console.routes(),
 ]
@@ -153,6 +155,18 @@ async def start_runtime(settings: Settings) -> Runtime:
             records=records,
             control=control,
             token_ttl_s=settings.stream_token_ttl_s,
+        ),
+        outbound=OutboundCalls(
+            settings=settings,
+            registry=state.registry,
+            stream_tokens=state.stream_tokens,
+            breakers=state.breakers,
+            control=control,
+            records=records,
+            agents=agents,
+            recorder=recorder,
+            lifecycle=lifecycle,
+            limiter=OutboundCalls.dial_limiter(settings, redis),
         ),
         admission=StreamAdmission(
             public_ws_url=settings.public_ws_url,

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from gateway.agents.directory import AgentDirectory
 from gateway.calls.commands import CallCommands
 from gateway.calls.control import CallControl
+from gateway.calls.outbound import OutboundCalls
 from gateway.calls.records import CallRecords
 from gateway.calls.registry import CallRegistry
 from gateway.calls.unopened import UnopenedStreams
@@ -57,6 +58,8 @@ class Runtime:
     records: CallRecords
     control: CallControl
     unopened: UnopenedStreams
+    outbound: OutboundCalls
+    """Calls the gateway places (``POST /api/v1/calls``)."""
 
     # Media: which streams are admitted, opening agents, recordings, the fallback message.
     admission: StreamAdmission

@@ -38,6 +38,8 @@ LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_INSTRUCTIONS: Final = "You are a helpful voice assistant on a phone call. Be brief."
 MODEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
 MAX_SPOKEN_TEXT: Final = 500
+TWILIO_ACCOUNT_SID: Final = re.compile(r"AC[0-9a-fA-F]{32}")
+TELNYX_CONNECTION_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -78,6 +80,10 @@ class Settings:
     telnyx_public_keys: tuple[str, ...] = ()
     telnyx_api_key: Secret | None = None
     telnyx_api_url: str = "https://api.telnyx.com"
+    # Outbound calls (POST /api/v1/calls): the accounts they are placed from, and the rate.
+    twilio_account_sid: str | None = None  # VOICEGW_TWILIO_ACCOUNT_SID: AC + 32 hex
+    telnyx_connection_id: str | None = None  # VOICEGW_TELNYX_CONNECTION_ID
+    dial_rate_per_minute: int = 10  # calls one API key or user may place per minute
 
     allowlists: Mapping[str, AllowlistSetting] = field(default_factory=dict)
     trusted_proxies: tuple[Network, ...] = ()
@@ -219,6 +225,14 @@ class _Reader:
             )
             return None
         return Secret(value)
+
+    def matching(self, name: str, shape: re.Pattern[str], described: str) -> str | None:
+        """The variable's value when it has ``shape``; a problem (``described``) otherwise."""
+        value = self.raw(name)
+        if value is not None and not shape.fullmatch(value):
+            self.problems.append(f"{name} must be {described}")
+            return None
+        return value
 
     def number(self, name: str, default: float, *, lo: float, hi: float) -> float:
         value = self.raw(name)
@@ -466,6 +480,15 @@ class _Reader:
             telnyx_public_keys=telnyx_keys,
             telnyx_api_key=telnyx_api_key,
             telnyx_api_url=(self.raw("VOICEGW_TELNYX_API_URL") or "https://api.telnyx.com"),
+            twilio_account_sid=self.matching(
+                "VOICEGW_TWILIO_ACCOUNT_SID", TWILIO_ACCOUNT_SID, "AC followed by 32 hex digits"
+            ),
+            telnyx_connection_id=self.matching(
+                "VOICEGW_TELNYX_CONNECTION_ID", TELNYX_CONNECTION_ID, "1 to 64 letters or digits"
+            ),
+            dial_rate_per_minute=int(
+                self.number("VOICEGW_DIAL_RATE_PER_MINUTE", 10, lo=1, hi=100_000)
+            ),
             allowlists=allowlists,
             trusted_proxies=trusted.networks,
             rate_limit_per_minute=int(

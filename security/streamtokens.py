@@ -7,6 +7,11 @@ a token spends it, whether or not the call matches. Only SHA-256 hashes of the t
 call key are stored. The Redis backend fails closed: if Redis does not answer, ``mint`` and
 ``consume`` raise ``StateUnavailable`` and no stream is admitted.
 
+A call the gateway places itself names its token before the carrier names the call: the token
+is minted for a provisional key and ``rebind`` moves it, unspent and with its expiry, to the
+call's key once the carrier's answer gives the call id; a stream that presents it before that
+spends it and is refused.
+
 A token minted for a webhook ``delivery`` (the replay cache's key of the signed request that
 asked for it) is also kept for that delivery, for the token's lifetime, so that a duplicate of
 the delivery is answered with the same token instead of a new one (``minted_for``): replays
@@ -91,6 +96,12 @@ class StreamTokens(Protocol):
         """True exactly once: for an unexpired token minted for ``call_key``."""
         ...
 
+    async def rebind(self, token: str, from_key: str, to_key: str) -> bool:
+        """Bind an unspent, unexpired ``token`` minted for ``from_key`` to ``to_key`` instead,
+        keeping its expiry. False, changing nothing, when it is spent, expired or bound to
+        another key."""
+        ...
+
 
 class InProcessStreamTokens:
     """Stream tokens in this process; at most ``max_tokens`` live, oldest dropped first (and
@@ -144,11 +155,32 @@ class InProcessStreamTokens:
         bound_to, expiry = entry
         return expiry > self._clock() and hmac.compare_digest(bound_to, _hash(call_key))
 
+    async def rebind(self, token: str, from_key: str, to_key: str) -> bool:
+        if not _well_formed(token):
+            return False
+        entry = self._tokens.get(_hash(token))
+        if entry is None or entry[1] <= self._clock():
+            return False
+        if not hmac.compare_digest(entry[0], _hash(from_key)):
+            return False
+        self._tokens[_hash(token)] = (_hash(to_key), entry[1])
+        return True
+
+
+# Compare-and-set of a token's binding, keeping its TTL: 1 when it was bound to ARGV[1].
+_REBIND: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+    return 1
+end
+return 0
+"""
+
 
 class RedisStreamTokens:
     """Stream tokens in Redis, usable from any replica; spent atomically with ``GETDEL``."""
 
-    __slots__ = ("_client", "_prefix", "_timeout_s")
+    __slots__ = ("_client", "_prefix", "_rebind", "_timeout_s")
 
     def __init__(
         self, client: aioredis.Redis, prefix: str, *, timeout_s: float = REDIS_TIMEOUT_S
@@ -156,6 +188,7 @@ class RedisStreamTokens:
         self._client = client
         self._prefix = prefix
         self._timeout_s = timeout_s
+        self._rebind = client.register_script(_REBIND)
 
     def _key(self, token: str) -> str:
         return f"{self._prefix}streamtoken:{_hash(token).hex()}"
@@ -209,3 +242,16 @@ class RedisStreamTokens:
             bound_to = bound_to.encode("ascii", "replace")
         expected = _hash(call_key).hex().encode("ascii")
         return isinstance(bound_to, bytes) and hmac.compare_digest(bound_to, expected)
+
+    async def rebind(self, token: str, from_key: str, to_key: str) -> bool:
+        if not _well_formed(token):
+            return False
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                moved = await self._rebind(
+                    keys=[self._key(token)],
+                    args=[_hash(from_key).hex(), _hash(to_key).hex()],
+                )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StateUnavailable("stream tokens unavailable") from exc
+        return bool(moved)

@@ -53,11 +53,14 @@ SIP_URI: Final = re.compile(
     r"sips?:(?:[A-Za-z0-9._~%!$&'()*+,;=:-]+@)?[A-Za-z0-9.-]+(?::\d{1,5})?(?:;[A-Za-z0-9=._~-]+)*"
 )
 
+MAX_CONCURRENT_CALLS: Final = 100_000
+
 AGENT_KEYS: Final = frozenset(
     {
         "default",
         "numbers",
         "caller_ids",
+        "max_concurrent_calls",
         "providers",
         "instructions",
         "greeting",
@@ -317,6 +320,7 @@ class _Checker:
             end_call = self.boolean(table["end_call"], (*where, "end_call")) is not False
         transfer = self.transfer(table.get("transfer", {}), (*where, "transfer"))
         tools = self.tools(table.get("tools", []), (*where, "tools"))
+        max_calls = self.call_cap(table, where)
         if len(self.problems) > before:
             return None
         return AgentProfile(
@@ -330,7 +334,23 @@ class _Checker:
             tools=tools,
             end_call=end_call,
             caller_ids=caller_ids,
+            max_concurrent_calls=max_calls,
         )
+
+    def call_cap(self, table: Mapping[str, Any], where: Path_) -> int | None:
+        """``max_concurrent_calls``: a whole number from 1 to ``MAX_CONCURRENT_CALLS``."""
+        if "max_concurrent_calls" not in table:
+            return None
+        value = table["max_concurrent_calls"]
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem((*where, "max_concurrent_calls"), "must be a whole number")
+            return None
+        if not 1 <= value <= MAX_CONCURRENT_CALLS:
+            self.problem(
+                (*where, "max_concurrent_calls"), f"must be from 1 to {MAX_CONCURRENT_CALLS}"
+            )
+            return None
+        return value
 
     def optional_text(
         self, table: Mapping[str, Any], key: str, where: Path_, cap: int, one_line: bool

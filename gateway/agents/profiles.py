@@ -83,7 +83,9 @@ class AgentProfile:
     tools come from :meth:`functions`, see :meth:`agent_options`); ``record`` ``None`` keeps
     the deployment's choice; ``transfer`` maps the destination keys the model may pick to an
     E.164 number or a ``sip:``/``sips:`` URI; ``caller_ids`` the numbers a transfer may present
-    as caller ID (the first is used; empty: the carrier's default, the caller's number)."""
+    as caller ID (the first is used; empty: the carrier's default, the caller's number) and
+    the numbers an outbound call may be placed from; ``max_concurrent_calls`` caps the agent's
+    live calls, in and out, across replicas (``None``: no cap)."""
 
     name: str
     default: bool
@@ -95,6 +97,7 @@ class AgentProfile:
     tools: tuple[ToolSpec, ...]
     end_call: bool = True
     caller_ids: tuple[str, ...] = ()
+    max_concurrent_calls: int | None = None
 
     def functions(self) -> tuple[Function, ...]:
         """What the model is offered: the profile's tools in file order, then ``transfer_call``

@@ -224,8 +224,11 @@ class RedisCallRegistry:
         *,
         account_id: str | None = None,
         agent: str = "default",
+        call_id: CallId | None = None,
     ) -> tuple[Call, bool]:
-        call = new_call(carrier, carrier_call_id, provider, self._replica_id, account_id, agent)
+        call = new_call(
+            carrier, carrier_call_id, provider, self._replica_id, account_id, agent, call_id
+        )
         keys = [
             self._carrier_key(carrier, carrier_call_id),
             self._call_key(call.call_id),

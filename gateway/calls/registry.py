@@ -96,8 +96,10 @@ class CallRegistry(Protocol):
         *,
         account_id: str | None = None,
         agent: str = "default",
+        call_id: CallId | None = None,
     ) -> tuple[Call, bool]:
-        """Register a ringing call; idempotent per (carrier, carrier_call_id).
+        """Register a ringing call; idempotent per (carrier, carrier_call_id). ``call_id``:
+        the gateway call id made for it beforehand (``new_call_id``), when it has one.
 
         Returns the call and True, or the call already registered for that carrier call id
         (in whatever state) and False. Raises ValueError for an unknown carrier.
@@ -239,8 +241,11 @@ class InProcessCallRegistry:
         *,
         account_id: str | None = None,
         agent: str = "default",
+        call_id: CallId | None = None,
     ) -> tuple[Call, bool]:
-        call = new_call(carrier, carrier_call_id, provider, self._replica_id, account_id, agent)
+        call = new_call(
+            carrier, carrier_call_id, provider, self._replica_id, account_id, agent, call_id
+        )
         store = self._store
         store.purge()
         existing = store.by_carrier.get((carrier, carrier_call_id))

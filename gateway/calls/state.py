@@ -110,7 +110,10 @@ def new_call(
     replica: str,
     account_id: str | None,
     agent: str = "default",
+    call_id: CallId | None = None,
 ) -> Call:
+    """A ringing call; ``call_id`` a gateway call id made for it beforehand (a call the
+    gateway places names its stream URL before the carrier names the call), else a new one."""
     if carrier not in CARRIERS:
         raise ValueError(f"unknown carrier {carrier!r}")
     if not carrier_call_id:
@@ -119,7 +122,7 @@ def new_call(
         raise ValueError("empty provider")
     now = time.time()
     return Call(
-        new_call_id(),
+        call_id or new_call_id(),
         carrier,
         carrier_call_id,
         provider,

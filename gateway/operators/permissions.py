@@ -21,6 +21,7 @@ class Permission(enum.StrEnum):
     SECURITY_REVIEW = "security:review"  # admin only: the security review and key inventory
     AGENTS_READ = "agents:read"  # the agent profiles in force (read-only)
     AGENTS_RELOAD = "agents:reload"  # admin only: read the agents file again
+    CALLS_DIAL = "calls:dial"  # place outbound calls (POST /api/v1/calls)
 
 
 ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
@@ -38,6 +39,8 @@ ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
     Role.AUDITOR: frozenset(
         {Permission.AUDIT_READ, Permission.SUBJECTS_EXPORT, Permission.SUBJECTS_ERASE}
     ),
+    # A service that places calls: it reads nothing back (toll fraud is the risk it carries).
+    Role.DIALER: frozenset({Permission.CALLS_DIAL}),
 }
 
 

@@ -66,6 +66,7 @@ class Role(enum.StrEnum):
     ADMIN = "admin"  # everything
     OPERATOR = "operator"  # calls and providers
     AUDITOR = "auditor"  # audit trail and data-subject requests, read-only
+    DIALER = "dialer"  # places outbound calls (a service's API key), nothing else
 
 
 @dataclass(frozen=True, slots=True)

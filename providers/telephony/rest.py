@@ -1,18 +1,21 @@
 """Thin REST clients for the carrier call-control actions the gateway needs.
 
-``TwilioRest.hangup`` ends a Twilio call (Call resource update, ``Status=completed``) and
-``TwilioRest.transfer`` moves it on (the same update with ``Twiml=<Dial>``);
-``TelnyxRest.answer`` answers a Telnyx call and starts a bidirectional media stream,
-``TelnyxRest.transfer`` transfers it, ``TelnyxRest.hangup`` ends it. Each request is bounded
+``TwilioRest.create_call`` places an outbound Twilio call, ``TwilioRest.hangup`` ends one
+(Call resource update, ``Status=completed``) and ``TwilioRest.transfer`` moves it on (the same
+update with ``Twiml=<Dial>``); ``TelnyxRest.dial`` places an outbound Telnyx call that streams
+once answered, ``TelnyxRest.answer`` answers a Telnyx call and starts a bidirectional media
+stream, ``TelnyxRest.transfer`` transfers it, ``TelnyxRest.hangup`` ends it. Each request is bounded
 by one total deadline. An answer that says the call has already ended is an outcome
 (``CallOutcome.ALREADY_ENDED``), not an error;
 any other failure raises ``CarrierRestError`` carrying the status and the carrier's short error
 code, never a response body.
 
 Sources:
-  Twilio https://www.twilio.com/docs/voice/api/call-resource#update-a-call-resource
+  Twilio https://www.twilio.com/docs/voice/api/call-resource#create-a-call-resource
+         https://www.twilio.com/docs/voice/api/call-resource#update-a-call-resource
          errors 20404 (not found), 21220 (call not in-progress)
-  Telnyx https://developers.telnyx.com/api-reference/call-commands/answer-call
+  Telnyx https://developers.telnyx.com/api-reference/call-commands/dial
+         https://developers.telnyx.com/api-reference/call-commands/answer-call
          https://developers.telnyx.com/api-reference/call-commands/hangup-call
          https://developers.telnyx.com/api-reference/call-commands/transfer-call
          error 90018 (call has already ended, HTTP 422)
@@ -23,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import re
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from types import TracebackType
 from typing import Final, Literal, Self, TypedDict
 
@@ -41,6 +44,7 @@ __all__ = [
     "TelnyxRest",
     "TwilioRest",
     "check_destination",
+    "check_e164",
     "dial_twiml",
 ]
 
@@ -56,6 +60,9 @@ TELNYX_ALREADY_ENDED: Final = "90018"
 _USER_AGENT: Final = "voicegw"
 _TWILIO_SID: Final = re.compile(r"[A-Z]{2}[0-9a-fA-F]{32}")
 _TELNYX_ID: Final = re.compile(r"[A-Za-z0-9_:\-]{1,256}")
+_TELNYX_CONNECTION_ID: Final = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+TWILIO_STATUS_EVENTS: Final = ("initiated", "ringing", "answered", "completed")
+"""The progress events an outbound Twilio call reports to its ``StatusCallback``."""
 
 
 class CallOutcome(enum.StrEnum):
@@ -91,6 +98,26 @@ TelnyxActionBody = TypedDict(
         "client_state": str,
         "to": str,
         "from": str,
+    },
+    total=False,
+)
+
+
+# The fields of the Dial command the gateway sends (a subset of the ``telnyx`` SDK's
+# ``CallDialParams``; a test holds them equal).
+TelnyxDialBody = TypedDict(
+    "TelnyxDialBody",
+    {
+        "connection_id": str,
+        "to": str,
+        "from": str,
+        "stream_url": str,
+        "stream_track": Literal["inbound_track", "outbound_track", "both_tracks"],
+        "stream_codec": Literal["PCMU", "PCMA"],
+        "stream_bidirectional_mode": Literal["rtp"],
+        "stream_bidirectional_codec": Literal["PCMU", "PCMA"],
+        "stream_auth_token": str,
+        "answering_machine_detection": Literal["detect"],
     },
     total=False,
 )
@@ -144,7 +171,7 @@ class _RestClient:
         path: str,
         *,
         auth: httpx.Auth,
-        data: dict[str, str] | None = None,
+        data: Mapping[str, str | list[str]] | None = None,
         json: object = None,
     ) -> httpx.Response:
         try:
@@ -164,8 +191,8 @@ class _RestClient:
 
 
 class TwilioRest(_RestClient):
-    """Twilio REST: ``hangup`` and ``transfer``. Authenticates with HTTP basic auth as
-    (the call's AccountSid, ``auth_token``)."""
+    """Twilio REST: ``create_call``, ``hangup`` and ``transfer``. Authenticates with HTTP
+    basic auth as (the call's AccountSid, ``auth_token``)."""
 
     carrier = "twilio"
 
@@ -179,6 +206,50 @@ class TwilioRest(_RestClient):
     ) -> None:
         super().__init__(base_url, timeout=timeout, client=client)
         self._auth_token = auth_token
+
+    async def create_call(
+        self,
+        account_sid: str,
+        *,
+        to: str,
+        from_: str,
+        twiml: str,
+        status_callback: str,
+        machine_detection: bool = False,
+    ) -> str:
+        """Place a call from ``from_`` to ``to`` (both E.164) that runs ``twiml`` once
+        answered: POST ``/2010-04-01/Accounts/{AccountSid}/Calls.json``. Its progress
+        (``TWILIO_STATUS_EVENTS``) is POSTed to ``status_callback``; ``machine_detection``
+        asks Twilio to tell a person from an answering machine (``MachineDetection=Enable``).
+        Returns the new call's CallSid.
+
+        Raises ``ValueError`` for a malformed SID or number and ``CarrierRestError`` for a
+        refusal, a failure or an answer without a well-formed CallSid.
+        """
+        if not _TWILIO_SID.fullmatch(account_sid):
+            raise ValueError("malformed Twilio SID")
+        data: dict[str, str | list[str]] = {
+            "To": check_e164(to),
+            "From": check_e164(from_),
+            "Twiml": twiml,
+            "StatusCallback": status_callback,
+            "StatusCallbackEvent": list(TWILIO_STATUS_EVENTS),
+            "StatusCallbackMethod": "POST",
+        }
+        if machine_detection:
+            data["MachineDetection"] = "Enable"
+        response = await self._post(
+            f"/2010-04-01/Accounts/{account_sid}/Calls.json",
+            data=data,
+            auth=httpx.BasicAuth(account_sid, self._auth_token),
+        )
+        if not response.is_success:
+            raise CarrierRestError(self.carrier, response.status_code, _twilio_code(response))
+        body = _json(response)
+        sid = body.get("sid") if isinstance(body, dict) else None
+        if not isinstance(sid, str) or not sid.startswith("CA") or not _TWILIO_SID.fullmatch(sid):
+            raise CarrierRestError(self.carrier, response.status_code, "no_call_sid")
+        return sid
 
     async def hangup(self, account_sid: str, call_sid: str) -> CallOutcome:
         """End the call: POST ``/2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json`` with
@@ -221,8 +292,9 @@ class TwilioRest(_RestClient):
 
 
 class TelnyxRest(_RestClient):
-    """Telnyx Call Control REST: ``answer``, ``start_streaming`` (a bidirectional media
-    stream) and ``hangup``. Authenticates with ``Authorization: Bearer <api_key>``."""
+    """Telnyx Call Control REST: ``dial``, ``answer``, ``start_streaming`` (a bidirectional
+    media stream), ``transfer`` and ``hangup``. Authenticates with
+    ``Authorization: Bearer <api_key>``."""
 
     carrier = "telnyx"
 
@@ -236,6 +308,53 @@ class TelnyxRest(_RestClient):
     ) -> None:
         super().__init__(base_url, timeout=timeout, client=client)
         self._api_key = api_key
+
+    async def dial(
+        self,
+        *,
+        connection_id: str,
+        to: str,
+        from_: str,
+        stream_url: str,
+        stream_auth_token: str,
+        machine_detection: bool = False,
+        stream_track: Literal["inbound_track", "outbound_track", "both_tracks"] = "inbound_track",
+    ) -> str:
+        """Place a call from ``from_`` to ``to`` (both E.164) on the Call Control application
+        ``connection_id``: POST ``/v2/calls``. Once it is answered Telnyx streams it to
+        ``stream_url`` both ways as PCMU RTP payloads (as ``start_streaming`` does) and sends
+        ``stream_auth_token`` back on the media WebSocket; ``machine_detection`` asks for
+        answering-machine detection (``detect``). Returns the new ``call_control_id``.
+
+        Raises ``ValueError`` for a malformed connection id or number and
+        ``CarrierRestError`` for a refusal, a failure or an answer without a well-formed id.
+        """
+        if not _TELNYX_CONNECTION_ID.fullmatch(connection_id):
+            raise ValueError("malformed Telnyx connection_id")
+        body: TelnyxDialBody = {
+            "connection_id": connection_id,
+            "to": check_e164(to),
+            "from": check_e164(from_),
+            "stream_url": stream_url,
+            "stream_track": stream_track,
+            "stream_codec": "PCMU",
+            "stream_bidirectional_mode": "rtp",
+            "stream_bidirectional_codec": "PCMU",
+            "stream_auth_token": stream_auth_token,
+        }
+        if machine_detection:
+            body["answering_machine_detection"] = "detect"
+        response = await self._post("/v2/calls", json=body, auth=_BearerAuth(self._api_key))
+        if not response.is_success:
+            codes = _telnyx_codes(response)
+            code = codes[0] if codes else f"http_{response.status_code}"
+            raise CarrierRestError(self.carrier, response.status_code, code)
+        answer = _json(response)
+        data = answer.get("data") if isinstance(answer, dict) else None
+        call_control_id = data.get("call_control_id") if isinstance(data, dict) else None
+        if not isinstance(call_control_id, str) or not _TELNYX_ID.fullmatch(call_control_id):
+            raise CarrierRestError(self.carrier, response.status_code, "no_call_control_id")
+        return call_control_id
 
     async def answer(self, call_control_id: str, *, client_state: str | None = None) -> CallOutcome:
         """Answer the call. Streaming starts with ``start_streaming`` once Telnyx reports the
@@ -337,6 +456,14 @@ def check_destination(destination: str) -> None:
 def _caller_id(number: str) -> str:
     if not _E164.fullmatch(number):
         raise ValueError("a caller id must be an E.164 number")
+    return number
+
+
+def check_e164(number: str) -> str:
+    """``number`` when it is an E.164 number (``+``, then 7 to 15 digits, no leading 0);
+    raises ``ValueError`` otherwise."""
+    if not _E164.fullmatch(number):
+        raise ValueError("a phone number must be in E.164 form")
     return number
 
 

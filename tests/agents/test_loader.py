@@ -76,6 +76,11 @@ def test_end_call_can_be_turned_off(write):
     assert load(path).get("only").functions() == ()
 
 
+def test_max_concurrent_calls_caps_an_agent(write):
+    assert load(write(MINIMAL)).get("only").max_concurrent_calls is None
+    assert load(write(MINIMAL + "max_concurrent_calls = 3\n")).get("only").max_concurrent_calls == 3
+
+
 def test_a_single_agent_is_the_default(write):
     book = load(write(MINIMAL))
     assert book.default.name == "only" and book.for_number("+14155550100").name == "only"
@@ -135,6 +140,21 @@ def test_unknown_keys_are_named_with_their_line(write):
             "E.164",
         ),
         ('providers = ["echo"]\nrecord = "yes"', "agents.only.record", "true or false"),
+        (
+            'providers = ["echo"]\nmax_concurrent_calls = 0',
+            "agents.only.max_concurrent_calls",
+            "from 1 to",
+        ),
+        (
+            'providers = ["echo"]\nmax_concurrent_calls = 2.5',
+            "agents.only.max_concurrent_calls",
+            "whole number",
+        ),
+        (
+            'providers = ["echo"]\nmax_concurrent_calls = true',
+            "agents.only.max_concurrent_calls",
+            "whole number",
+        ),
         ('providers = ["echo"]\ngreeting = "a\\nb"', "agents.only.greeting", "one line"),
         ('providers = ["echo"]\ngreeting = ""', "agents.only.greeting", "non-empty"),
         ('providers = ["echo"]\ninstructions = 3', "agents.only.instructions", "non-empty string"),

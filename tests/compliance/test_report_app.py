@@ -202,8 +202,8 @@ async def test_the_report_counts_what_happened(seeded: Seeded) -> None:
     assert evidence["retention"]["last_run"]["calls"] == 1
     assert evidence["retention"]["deleted_in_window"]["calls"] == 1
     assert evidence["access"] == {
-        "active_users": {"admin": 1, "operator": 1, "auditor": 1},
-        "usable_api_keys": {"admin": 0, "operator": 0, "auditor": 1},
+        "active_users": {"admin": 1, "operator": 1, "auditor": 1, "dialer": 1},
+        "usable_api_keys": {"admin": 0, "operator": 0, "auditor": 1, "dialer": 0},
     }
     keys = evidence["key_ages"]
     assert keys["available"] and {k["kind"] for k in keys["keys"]} >= {"signing", "data", "api"}

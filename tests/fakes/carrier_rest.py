@@ -7,8 +7,14 @@
         assert fake.requests[-1].form() == {"Status": "completed"}
 
 Routes (as the real APIs, same paths on one server):
+    POST /2010-04-01/Accounts/{AccountSid}/Calls.json               Twilio create call
     POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json     Twilio call update
+    POST /v2/calls                                                   Telnyx dial
     POST /v2/calls/{call_control_id}/actions/{action}                  Telnyx call command
+
+A placed call gets a fresh id (``CA`` + 32 hex, ``v3:`` + random), recorded as the request's
+``call_id`` and answered as the real APIs do (Twilio 201 with the call resource, Telnyx 200
+with ``data.call_control_id``).
 
 Every request is recorded (method, path, headers, body) before it is answered. Answers follow
 the real APIs' shapes: Twilio errors ``{"code", "message", "more_info", "status"}``, Telnyx
@@ -22,8 +28,10 @@ import asyncio
 import base64
 import enum
 import json
+import secrets
 import socket
 import urllib.parse
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -63,14 +71,18 @@ class RecordedRequest:
     path: str
     headers: Mapping[str, str]  # lower-case names
     body: bytes
-    call_id: str  # Twilio CallSid or Telnyx call_control_id
-    action: str  # Twilio: "update"; Telnyx: "answer", "hangup", ...
+    call_id: str  # Twilio CallSid or Telnyx call_control_id (of a placed call: its new id)
+    action: str  # Twilio: "create", "update"; Telnyx: "dial", "answer", "hangup", ...
 
     def json(self) -> Any:
         return json.loads(self.body)
 
     def form(self) -> dict[str, str]:
         return dict(urllib.parse.parse_qsl(self.body.decode(), keep_blank_values=True))
+
+    def form_lists(self) -> dict[str, list[str]]:
+        """The form with every value of a repeated field (Twilio's ``StatusCallbackEvent``)."""
+        return urllib.parse.parse_qs(self.body.decode(), keep_blank_values=True)
 
     def basic_auth(self) -> tuple[str, str] | None:
         value = self.headers.get("authorization", "")
@@ -138,7 +150,8 @@ class FakeCarrierRest:
     def set_response(
         self, carrier: Carrier, behavior: Behavior | Reply, *, call_id: str | None = None
     ) -> None:
-        """Answer every later request to ``carrier`` (or only those for ``call_id``) so."""
+        """Answer every later request to ``carrier`` (or only those for ``call_id``) so.
+        Requests that place a call are ``call_id="create"`` (Twilio) and ``"dial"`` (Telnyx)."""
         responses = self._responses[carrier]
         if call_id is None:
             responses.default = behavior
@@ -204,6 +217,12 @@ class FakeCarrierRest:
         return Starlette(
             routes=[
                 Route(
+                    "/2010-04-01/Accounts/{account_sid}/Calls.json",
+                    self._twilio_create,
+                    methods=["POST"],
+                ),
+                Route("/v2/calls", self._telnyx_dial, methods=["POST"]),
+                Route(
                     "/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json",
                     self._twilio,
                     methods=["POST"],
@@ -228,11 +247,29 @@ class FakeCarrierRest:
         async with self._arrived:
             self._arrived.notify_all()
 
+    async def _twilio_create(self, request: Request) -> Response:
+        account_sid = request.path_params["account_sid"]
+        call_sid = "CA" + secrets.token_hex(16)
+        await self._record(request, "twilio", call_sid, "create")
+        behavior = self._responses["twilio"].pick("create")
+        if behavior is Behavior.OK:
+            if self.twilio_auth_token is not None:
+                if self.requests[-1].basic_auth() != (account_sid, self.twilio_auth_token):
+                    return _twilio_error(401, 20003, "Authenticate")
+            form = self.requests[-1].form()
+            return _json(201, _twilio_call(account_sid, call_sid, form, "queued"))
+        return await self._twilio_answer(request, account_sid, call_sid, behavior)
+
     async def _twilio(self, request: Request) -> Response:
         account_sid = request.path_params["account_sid"]
         call_sid = request.path_params["call_sid"]
         await self._record(request, "twilio", call_sid, "update")
         behavior = self._responses["twilio"].pick(call_sid)
+        return await self._twilio_answer(request, account_sid, call_sid, behavior)
+
+    async def _twilio_answer(
+        self, request: Request, account_sid: str, call_sid: str, behavior: Behavior | Reply
+    ) -> Response:
         if self.twilio_auth_token is not None and behavior is not Behavior.HANG:
             recorded = self.requests[-1].basic_auth()
             if recorded != (account_sid, self.twilio_auth_token):
@@ -241,7 +278,7 @@ class FakeCarrierRest:
             case Reply(status=status, body=body):
                 return _json(status, body)
             case Behavior.OK:
-                return _json(200, _twilio_call(account_sid, call_sid))
+                return _json(200, _twilio_call(account_sid, call_sid, {}, "completed"))
             case Behavior.ALREADY_ENDED:
                 return _twilio_error(400, 21220, "Call is not in-progress. Cannot redirect.")
             case Behavior.NOT_FOUND:
@@ -256,11 +293,23 @@ class FakeCarrierRest:
                 await self._release.wait()
                 return _json(503, None)
 
+    async def _telnyx_dial(self, request: Request) -> Response:
+        call_id = "v3:" + secrets.token_urlsafe(24)
+        await self._record(request, "telnyx", call_id, "dial")
+        behavior = self._responses["telnyx"].pick("dial")
+        if behavior is Behavior.OK and (
+            self.telnyx_api_key is None or self.requests[-1].bearer() == self.telnyx_api_key
+        ):
+            return _json(200, _telnyx_call(call_id))
+        return await self._telnyx_answer(call_id, behavior)
+
     async def _telnyx(self, request: Request) -> Response:
         call_id = request.path_params["call_id"]
         action = request.path_params["action"]
         await self._record(request, "telnyx", call_id, action)
-        behavior = self._responses["telnyx"].pick(call_id)
+        return await self._telnyx_answer(call_id, self._responses["telnyx"].pick(call_id))
+
+    async def _telnyx_answer(self, call_id: str, behavior: Behavior | Reply) -> Response:
         if self.telnyx_api_key is not None and behavior is not Behavior.HANG:
             if self.requests[-1].bearer() != self.telnyx_api_key:
                 behavior = Behavior.UNAUTHORIZED
@@ -312,13 +361,30 @@ def _twilio_error(status: int, code: int, message: str) -> Response:
     )
 
 
-def _twilio_call(account_sid: str, call_sid: str) -> dict[str, Any]:
+def _twilio_call(
+    account_sid: str, call_sid: str, form: Mapping[str, str], status: str
+) -> dict[str, Any]:
     return {
         "sid": call_sid,
         "account_sid": account_sid,
-        "status": "completed",
+        "to": form.get("To"),
+        "from": form.get("From"),
+        "direction": "outbound-api",
+        "status": status,
         "api_version": "2010-04-01",
         "uri": f"/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json",
+    }
+
+
+def _telnyx_call(call_control_id: str) -> dict[str, Any]:
+    return {
+        "data": {
+            "call_control_id": call_control_id,
+            "call_leg_id": str(uuid.uuid4()),
+            "call_session_id": str(uuid.uuid4()),
+            "is_alive": False,
+            "record_type": "call",
+        }
     }
 
 

@@ -229,6 +229,19 @@ async def test_create_is_idempotent_per_carrier_call(backend, reg):
     assert late.state is ENDED
 
 
+async def test_create_under_a_call_id_made_beforehand(backend, reg):
+    # An outbound call's stream URL names its call id before the carrier names the call.
+    made = new_call_id()
+    call, created = await reg.create("twilio", "CA7", "echo", agent="reminders", call_id=made)
+    assert created and call.call_id == made and call.agent == "reminders"
+    other = backend.registry("replica-b")
+    assert await other.get(made) == call
+    assert await other.by_carrier_id("twilio", "CA7") == call
+    # Idempotent per carrier call: the first call id stays.
+    again, created_again = await reg.create("twilio", "CA7", "echo", call_id=new_call_id())
+    assert not created_again and again.call_id == made
+
+
 async def test_concurrent_creates_make_one_call(backend):
     replicas = [backend.registry(f"replica-{i}") for i in range(4)]
     results = await asyncio.gather(*(r.create("twilio", "CA4", "openai") for r in replicas))

@@ -105,6 +105,9 @@ def test_every_variable_is_read(tmp_path):
         "VOICEGW_TELNYX_PUBLIC_KEY": f"{TELNYX_KEY}, {OTHER_TELNYX_KEY}",
         "VOICEGW_TELNYX_API_KEY": "KEYabc",
         "VOICEGW_TELNYX_API_URL": "http://127.0.0.1:9002",
+        "VOICEGW_TWILIO_ACCOUNT_SID": "AC" + "0a" * 16,
+        "VOICEGW_TELNYX_CONNECTION_ID": "1684641123236054244",
+        "VOICEGW_DIAL_RATE_PER_MINUTE": "3",
         "VOICEGW_TWILIO_ALLOWLIST": "any",
         "VOICEGW_WEBHOOK_ALLOWLIST": "10.0.0.0/8, 2001:db8::/32",
         "VOICEGW_TRUSTED_PROXIES": "192.168.0.0/16,10.1.2.3",
@@ -150,6 +153,9 @@ def test_every_variable_is_read(tmp_path):
         ipaddress.ip_network("10.1.2.3/32"),
     )
     assert s.rate_limit_per_minute == 42
+    assert s.twilio_account_sid == "AC" + "0a" * 16
+    assert s.telnyx_connection_id == "1684641123236054244"
+    assert s.dial_rate_per_minute == 3
     assert s.redis_url == Secret("redis://127.0.0.1:6379/3")
     assert s.redis_max_connections == 16
     assert s.login_rate_per_minute == 25
@@ -236,6 +242,13 @@ INVALID = [
     ("VOICEGW_CARRIER_REST_TIMEOUT_S", "0"),
     ("VOICEGW_DRAIN_SECONDS", "-1"),
     ("VOICEGW_DRAIN_SECONDS", "inf"),
+    ("VOICEGW_TWILIO_ACCOUNT_SID", "AC123"),
+    ("VOICEGW_TWILIO_ACCOUNT_SID", "CA" + "0a" * 16),
+    ("VOICEGW_TWILIO_ACCOUNT_SID", "AC" + "0a" * 16 + "/.."),
+    ("VOICEGW_TELNYX_CONNECTION_ID", "12/../34"),
+    ("VOICEGW_TELNYX_CONNECTION_ID", "x" * 65),
+    ("VOICEGW_DIAL_RATE_PER_MINUTE", "0"),
+    ("VOICEGW_DIAL_RATE_PER_MINUTE", "often"),
 ]
 
 

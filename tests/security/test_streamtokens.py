@@ -36,6 +36,49 @@ async def test_token_is_bound_to_its_call(make_tokens):
     assert not await tokens.consume(token, "CA123")
 
 
+async def test_rebind_moves_an_unspent_token_to_another_call(make_tokens):
+    tokens = make_tokens()
+    token = await tokens.mint("outbound:call_1")
+    # Only from the key it is bound to.
+    assert not await tokens.rebind(token, "outbound:call_2", "twilio:CA1")
+    assert await tokens.rebind(token, "outbound:call_1", "twilio:CA1")
+    assert not await tokens.rebind(token, "outbound:call_1", "twilio:CA2")
+    assert await tokens.consume(token, "twilio:CA1")
+    # Spent: nothing left to move.
+    assert not await tokens.rebind(token, "twilio:CA1", "twilio:CA2")
+    assert not await tokens.consume(token, "twilio:CA1")
+
+
+async def test_a_token_presented_before_its_rebind_is_spent(make_tokens):
+    tokens = make_tokens()
+    token = await tokens.mint("outbound:call_1")
+    assert not await tokens.consume(token, "twilio:CA1")
+    assert not await tokens.rebind(token, "outbound:call_1", "twilio:CA1")
+    assert not await tokens.rebind("x" * 43, "outbound:call_1", "twilio:CA1")
+    assert not await tokens.rebind("short", "outbound:call_1", "twilio:CA1")
+
+
+async def test_rebind_keeps_the_expiry():
+    clock = FakeClock()
+    tokens = InProcessStreamTokens(clock=clock)
+    token = await tokens.mint("outbound:call_1", ttl_s=10)
+    clock.advance(9)
+    assert await tokens.rebind(token, "outbound:call_1", "twilio:CA1")
+    clock.advance(2)
+    assert not await tokens.rebind(token, "twilio:CA1", "twilio:CA2")
+    assert not await tokens.consume(token, "twilio:CA1")
+
+
+async def test_redis_rebind_keeps_the_ttl(shared_redis, redis_prefix):
+    if shared_redis is None:
+        pytest.skip("needs Redis")
+    tokens = RedisStreamTokens(shared_redis, redis_prefix, timeout_s=2 * UNIT)
+    token = await tokens.mint("outbound:call_1", ttl_s=100)
+    assert await tokens.rebind(token, "outbound:call_1", "twilio:CA1")
+    key = f"{redis_prefix}streamtoken:{hashlib.sha256(token.encode()).hexdigest()}"
+    assert 90 < await shared_redis.ttl(key) <= 100
+
+
 async def test_concurrent_consumers_one_winner(make_tokens):
     tokens = make_tokens()
     token = await tokens.mint("CA123")

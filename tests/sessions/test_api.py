@@ -70,6 +70,7 @@ def test_roles_table() -> None:
         Permission.PROVIDERS_READ,
         Permission.AGENTS_READ,
     }
+    assert ROLE_PERMISSIONS[Role.DIALER] == {Permission.CALLS_DIAL}
     assert ROLE_PERMISSIONS[Role.AUDITOR] == {
         Permission.AUDIT_READ,
         Permission.SUBJECTS_EXPORT,

@@ -8,21 +8,28 @@ import typing
 from collections.abc import AsyncIterator
 
 import httpx
+import orjson
 import pydantic
 import pytest
+from telnyx.types.call_dial_params import CallDialParams
 from telnyx.types.calls.action_answer_params import ActionAnswerParams
 from telnyx.types.calls.action_start_streaming_params import ActionStartStreamingParams
 from telnyx.types.calls.action_transfer_params import ActionTransferParams
+from twilio.http import HttpClient
+from twilio.http.response import Response as TwilioResponse
+from twilio.rest import Client as TwilioClient
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from providers.exceptions import ProviderError
 from providers.telephony.rest import (
     TELNYX_BASE_URL,
     TWILIO_BASE_URL,
+    TWILIO_STATUS_EVENTS,
     CallOutcome,
     CarrierRestError,
     TelnyxRest,
     TwilioRest,
+    check_e164,
     dial_twiml,
 )
 from tests.conftest import UNIT
@@ -455,6 +462,214 @@ async def test_fake_waits_for_requests(fake: FakeCarrierRest, telnyx: TelnyxRest
 
 async def test_fake_answers_unknown_routes_with_404(fake: FakeCarrierRest) -> None:
     async with httpx.AsyncClient(base_url=fake.base_url) as client:
-        response = await client.get("/v2/calls")
-    assert response.status_code == 404
+        response = await client.get("/v2/conferences")
+        assert response.status_code == 404
+        # A route it knows, asked with a method the real API does not take.
+        assert (await client.get("/v2/calls")).status_code == 405
     assert fake.requests == []
+
+
+# -- placing calls -----------------------------------------------------------------------------
+
+CONNECTION_ID = "1684641123236054244"
+CALLEE = "+14155550123"
+CALLER_ID = "+14155550199"
+TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response><Connect /></Response>'
+STATUS_URL = "https://gw.example.com/webhooks/twilio/status"
+
+
+class CapturingTwilioHttp(HttpClient):
+    """The ``twilio`` SDK's HTTP client port, recording what the SDK would send."""
+
+    def __init__(self) -> None:
+        super().__init__(logger=None, is_async=False)  # type: ignore[arg-type]
+        self.sent: list[tuple[str, str, dict[str, object]]] = []
+
+    def request(self, method, uri, params=None, data=None, headers=None, auth=None, **kw):  # type: ignore[no-untyped-def, override]
+        self.sent.append((method, uri, dict(data or {})))
+        body = orjson.dumps({"sid": CALL_SID, "status": "queued"}).decode()
+        return TwilioResponse(201, body)
+
+
+def sdk_form(data: dict[str, object]) -> dict[str, list[str]]:
+    """The SDK's form as ``requests`` encodes it: a list value is a repeated field."""
+    return {k: [str(x) for x in v] if isinstance(v, list) else [str(v)] for k, v in data.items()}
+
+
+@pytest.mark.parametrize("machine_detection", [False, True])
+async def test_twilio_create_call_sends_what_the_sdk_sends(
+    fake: FakeCarrierRest, twilio: TwilioRest, machine_detection: bool
+) -> None:
+    sid = await twilio.create_call(
+        ACCOUNT_SID,
+        to=CALLEE,
+        from_=CALLER_ID,
+        twiml=TWIML,
+        status_callback=STATUS_URL,
+        machine_detection=machine_detection,
+    )
+    (request,) = fake.requests
+    assert sid == request.call_id and sid.startswith("CA") and len(sid) == 34
+    assert request.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls.json"
+    assert request.basic_auth() == (ACCOUNT_SID, AUTH_TOKEN)
+
+    capture = CapturingTwilioHttp()
+    sdk = TwilioClient(ACCOUNT_SID, AUTH_TOKEN, http_client=capture)
+    extra = {"machine_detection": "Enable"} if machine_detection else {}
+    sdk.calls.create(
+        to=CALLEE,
+        from_=CALLER_ID,
+        twiml=TWIML,
+        status_callback=STATUS_URL,
+        status_callback_event=list(TWILIO_STATUS_EVENTS),
+        status_callback_method="POST",
+        **extra,
+    )
+    ((method, uri, data),) = capture.sent
+    assert method == "POST"
+    assert uri == f"https://api.twilio.com{request.path}"
+    assert request.form_lists() == sdk_form(data)
+    assert request.form_lists()["StatusCallbackEvent"] == [
+        "initiated",
+        "ringing",
+        "answered",
+        "completed",
+    ]
+    assert ("MachineDetection" in request.form()) is machine_detection
+
+
+@pytest.mark.parametrize("machine_detection", [False, True])
+async def test_telnyx_dial_matches_the_sdk_types(
+    fake: FakeCarrierRest, telnyx: TelnyxRest, machine_detection: bool
+) -> None:
+    call_control_id = await telnyx.dial(
+        connection_id=CONNECTION_ID,
+        to=CALLEE,
+        from_=CALLER_ID,
+        stream_url=STREAM_URL,
+        stream_auth_token=STREAM_TOKEN,
+        machine_detection=machine_detection,
+    )
+    (request,) = fake.requests
+    assert call_control_id == request.call_id
+    assert request.path == "/v2/calls"
+    assert request.bearer() == API_KEY
+    body = request.json()
+    expected = {
+        "connection_id": CONNECTION_ID,
+        "to": CALLEE,
+        "from": CALLER_ID,
+        "stream_url": STREAM_URL,
+        "stream_track": "inbound_track",
+        "stream_codec": "PCMU",
+        "stream_bidirectional_mode": "rtp",
+        "stream_bidirectional_codec": "PCMU",
+        "stream_auth_token": STREAM_TOKEN,
+    }
+    if machine_detection:
+        expected["answering_machine_detection"] = "detect"
+    assert body == expected
+    sdk_body = {"from_" if k == "from" else k: v for k, v in body.items()}
+    assert sdk_checked(CallDialParams, sdk_body) == sdk_body
+
+
+async def test_placing_a_call_refuses_malformed_input_before_sending(
+    fake: FakeCarrierRest, twilio: TwilioRest, telnyx: TelnyxRest
+) -> None:
+    for to, from_ in [("4155550123", CALLER_ID), (CALLEE, "+0155550199"), (CALLEE, "sip:a@b.c")]:
+        with pytest.raises(ValueError):
+            await twilio.create_call(
+                ACCOUNT_SID, to=to, from_=from_, twiml=TWIML, status_callback=STATUS_URL
+            )
+        with pytest.raises(ValueError):
+            await telnyx.dial(
+                connection_id=CONNECTION_ID,
+                to=to,
+                from_=from_,
+                stream_url=STREAM_URL,
+                stream_auth_token=STREAM_TOKEN,
+            )
+    with pytest.raises(ValueError):
+        await twilio.create_call(
+            "AC../x", to=CALLEE, from_=CALLER_ID, twiml=TWIML, status_callback=STATUS_URL
+        )
+    with pytest.raises(ValueError):
+        await telnyx.dial(
+            connection_id="1/../2",
+            to=CALLEE,
+            from_=CALLER_ID,
+            stream_url=STREAM_URL,
+            stream_auth_token=STREAM_TOKEN,
+        )
+    assert fake.requests == []
+    assert check_e164(CALLEE) == CALLEE
+
+
+@pytest.mark.parametrize(
+    ("behavior", "status", "code"),
+    [
+        (Behavior.UNAUTHORIZED, 401, "20003"),
+        (Behavior.SERVER_ERROR, 500, "20500"),
+        (Reply(400, {"code": 21210, "message": "not verified", "status": 400}), 400, "21210"),
+        (Reply(201, {"status": "queued"}), 201, "no_call_sid"),
+        (Reply(201, {"sid": "CA../../x"}), 201, "no_call_sid"),
+        (Reply(201, None), 201, "no_call_sid"),
+    ],
+)
+async def test_twilio_create_call_failures(
+    fake: FakeCarrierRest, twilio: TwilioRest, behavior: Behavior | Reply, status: int, code: str
+) -> None:
+    fake.set_response("twilio", behavior, call_id="create")
+    with pytest.raises(CarrierRestError) as caught:
+        await twilio.create_call(
+            ACCOUNT_SID, to=CALLEE, from_=CALLER_ID, twiml=TWIML, status_callback=STATUS_URL
+        )
+    assert (caught.value.status, caught.value.code) == (status, code)
+    assert "not verified" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("behavior", "status", "code"),
+    [
+        (Behavior.UNAUTHORIZED, 401, "10009"),
+        (Behavior.SERVER_ERROR, 500, "10007"),
+        (Reply(422, {"errors": [{"code": "10010", "title": "Invalid value"}]}), 422, "10010"),
+        (Reply(200, {"data": {}}), 200, "no_call_control_id"),
+        (Reply(200, {"data": {"call_control_id": "a b"}}), 200, "no_call_control_id"),
+        (Reply(200, ["x"]), 200, "no_call_control_id"),
+    ],
+)
+async def test_telnyx_dial_failures(
+    fake: FakeCarrierRest, telnyx: TelnyxRest, behavior: Behavior | Reply, status: int, code: str
+) -> None:
+    fake.set_response("telnyx", behavior, call_id="dial")
+    with pytest.raises(CarrierRestError) as caught:
+        await telnyx.dial(
+            connection_id=CONNECTION_ID,
+            to=CALLEE,
+            from_=CALLER_ID,
+            stream_url=STREAM_URL,
+            stream_auth_token=STREAM_TOKEN,
+        )
+    assert (caught.value.status, caught.value.code) == (status, code)
+
+
+async def test_placing_a_call_that_hangs_times_out(
+    fake: FakeCarrierRest, twilio: TwilioRest, telnyx: TelnyxRest
+) -> None:
+    fake.set_response("twilio", Behavior.HANG, call_id="create")
+    fake.set_response("telnyx", Behavior.HANG, call_id="dial")
+    with pytest.raises(CarrierRestError) as caught:
+        await twilio.create_call(
+            ACCOUNT_SID, to=CALLEE, from_=CALLER_ID, twiml=TWIML, status_callback=STATUS_URL
+        )
+    assert caught.value.code == "timeout"
+    with pytest.raises(CarrierRestError) as caught:
+        await telnyx.dial(
+            connection_id=CONNECTION_ID,
+            to=CALLEE,
+            from_=CALLER_ID,
+            stream_url=STREAM_URL,
+            stream_auth_token=STREAM_TOKEN,
+        )
+    assert caught.value.code == "timeout"
