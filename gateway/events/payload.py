@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 import secrets
 from collections.abc import Mapping
@@ -60,7 +61,7 @@ def _text(value: object) -> str | None:
 
 def clean_data(call_id: str, data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The ``data`` to send: ``call_id`` and each known field of its type (text up to 128
-    characters, never phone-like; ``providers``: up to 16 names), and the names of the fields
+    characters, never phone-like; numbers finite; ``providers``: up to 16 names), and the names of the fields
     dropped (to log: names only, never values)."""
     kept: dict[str, Any] = {"call_id": call_id}
     dropped: list[str] = []
@@ -84,6 +85,9 @@ def clean_data(call_id: str, data: Mapping[str, Any]) -> tuple[dict[str, Any], l
                 continue
             kept[name] = names
         elif isinstance(value, float):
+            if not math.isfinite(value):
+                dropped.append(name)
+                continue
             kept[name] = round(value, 3)
         else:
             kept[name] = value
