@@ -29,7 +29,13 @@ from typing import Final, assert_never
 import httpx
 
 from gateway.events.outbox import OutboxStore, retry_dead, retry_event
-from gateway.events.policy import RetryPolicy, Verdict, endpoint_failed, verdict
+from gateway.events.policy import (
+    DEFAULT_RETRY,
+    RetryPolicy,
+    Verdict,
+    endpoint_failed,
+    verdict,
+)
 from gateway.records.base import EventState, OutboxEvent, StoreError
 from metrics.registry import EVENTS_DEAD, EVENTS_DELIVERED, EVENTS_PENDING, EVENTS_RETRIED
 from providers.breakers import BreakerOpen, BreakerRegistry, CircuitBreaker, Trial
@@ -60,7 +66,7 @@ class EventDispatcher:
         secrets: Sequence[Secret],
         breakers: BreakerRegistry,
         http: httpx.AsyncClient | None = None,
-        policy: RetryPolicy = RetryPolicy(),
+        policy: RetryPolicy = DEFAULT_RETRY,
         concurrency: int = 8,
         timeout_s: float = 10.0,
         poll_s: float = 5.0,
@@ -255,7 +261,9 @@ class EventDispatcher:
                 if due is None:
                     if settled:
                         EVENTS_DEAD.inc()
-                    log.warning("call event %s given up after %d attempts", event.event_id, attempts)
+                    log.warning(
+                        "call event %s given up after %d attempts", event.event_id, attempts
+                    )
                 else:
                     if settled:
                         EVENTS_RETRIED.inc()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.events.policy import RetryPolicy
+from gateway.events.policy import DEFAULT_RETRY, RetryPolicy
 from gateway.records.base import EventState, OutboxEvent
 
 __all__ = ["OutboxStore", "delete_delivered_events", "retry_dead", "retry_event"]
@@ -31,14 +31,14 @@ class OutboxStore(Protocol):
 
 
 async def retry_event(
-    store: OutboxStore, event_id: str, now: float, policy: RetryPolicy = RetryPolicy()
+    store: OutboxStore, event_id: str, now: float, policy: RetryPolicy = DEFAULT_RETRY
 ) -> bool:
     """Put dead event ``event_id`` back to pending, due now, with a fresh deadline; False when
     there is no such dead event."""
     return await store.requeue_event(event_id, now, policy.give_up_at(now))
 
 
-async def retry_dead(store: OutboxStore, now: float, policy: RetryPolicy = RetryPolicy()) -> int:
+async def retry_dead(store: OutboxStore, now: float, policy: RetryPolicy = DEFAULT_RETRY) -> int:
     """Put every dead event back to pending (each call's in order); return how many."""
     return await store.requeue_dead_events(now, policy.give_up_at(now))
 

@@ -61,8 +61,8 @@ def _text(value: object) -> str | None:
 
 def clean_data(call_id: str, data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The ``data`` to send: ``call_id`` and each known field of its type (text up to 128
-    characters, never phone-like; numbers finite; ``providers``: up to 16 names), and the names of the fields
-    dropped (to log: names only, never values)."""
+    characters, never phone-like; numbers finite; ``providers``: up to 16 names), and the
+    names of the fields dropped (to log: names only, never values)."""
     kept: dict[str, Any] = {"call_id": call_id}
     dropped: list[str] = []
     for name, value in data.items():

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["RetryPolicy", "Verdict", "endpoint_failed", "verdict"]
+__all__ = ["DEFAULT_RETRY", "RetryPolicy", "Verdict", "endpoint_failed", "verdict"]
 
 
 class Verdict(enum.Enum):
@@ -72,3 +73,7 @@ class RetryPolicy:
     def give_up_at(self, start: float) -> float:
         """The deadline of an event created (or revived) at ``start``."""
         return start + self.give_up_after_s
+
+
+DEFAULT_RETRY: Final = RetryPolicy()
+"""1 s, 2 s, 4 s ... at most 1 h apart, for 24 h."""

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 from gateway.events.payload import EventType, clean_data, event_body, new_event_id
-from gateway.events.policy import RetryPolicy
+from gateway.events.policy import DEFAULT_RETRY, RetryPolicy
 from gateway.records.base import DuplicateError, OutboxEvent
 from metrics.registry import EVENTS_WRITE_FAILURES
 
@@ -41,7 +41,7 @@ class CallEvents:
         store: EventWriter | None,
         *,
         notify: Callable[[], None] = _nothing,
-        policy: RetryPolicy = RetryPolicy(),
+        policy: RetryPolicy = DEFAULT_RETRY,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store

@@ -5,7 +5,7 @@ answers with the status the test sets. It can be stopped and started again on it
 from __future__ import annotations
 
 import asyncio
-import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,9 +53,9 @@ class Receiver:
     def delivered(self) -> list[Received]:
         return [r for r in self.received if 200 <= r.status < 300]
 
-    async def wait_for(self, count: int, timeout: float = 10 * UNIT) -> list[Received]:
+    async def wait_for(self, count: int, within: float = 10 * UNIT) -> list[Received]:
         """Wait until ``count`` requests were answered 2xx; return them in arrival order."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while len(self.delivered()) < count:
                 self._changed.clear()
                 await self._changed.wait()
@@ -78,9 +78,7 @@ class Receiver:
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 status = self._check(headers, body)
                 extra = f"location: {self.location}\r\n" if self.location else ""
-                writer.write(
-                    f"HTTP/1.1 {status} X\r\ncontent-length: 2\r\n{extra}\r\nok".encode()
-                )
+                writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 2\r\n{extra}\r\nok".encode())
                 await writer.drain()
         finally:
             self._writers.discard(writer)
@@ -93,6 +91,16 @@ class Receiver:
             self.forged += 1
             return 400
         status = self.status
-        self.received.append(Received(headers["webhook-id"], json.loads(body), status))
+        self.received.append(Received(headers["webhook-id"], payload, status))
         self._changed.set()
         return status
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, within: float = 10 * UNIT) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after ``within`` seconds."""
+    try:
+        async with asyncio.timeout(within):
+            while not await check():  # noqa: ASYNC110 (a store or a counter: no event to wait on)
+                await asyncio.sleep(0.01 * UNIT)
+    except TimeoutError:
+        raise AssertionError(f"not within {within:g} s: {what}") from None

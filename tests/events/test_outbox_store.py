@@ -15,7 +15,7 @@ def event(event_id: str, call_id: str = "call-1", at: float = NOW) -> OutboxEven
         event_id=event_id,
         call_id=call_id,
         type="call.started",
-        body='{"id":"%s"}' % event_id,
+        body=f'{{"id":"{event_id}"}}',
         created_at=at,
         next_attempt_at=at,
         give_up_at=at + 86400,
@@ -131,10 +131,7 @@ async def test_concurrent_claims_from_two_stores_never_share_an_event(backend, s
     await other.open()
     try:
         results = await asyncio.gather(
-            *(
-                s.claim_events(NOW, f"c{n}", NOW + 30, 7)
-                for n, s in enumerate([store, other] * 6)
-            )
+            *(s.claim_events(NOW, f"c{n}", NOW + 30, 7) for n, s in enumerate([store, other] * 6))
         )
     finally:
         await other.close()
