@@ -111,6 +111,8 @@ class Settings:
     gemini_voice: str | None = None
     agents_file: Path | None = None  # VOICEGW_AGENTS_FILE: per-number agent profiles (TOML)
     tools_secrets: Secret | None = None  # VOICEGW_TOOLS_SECRET: whsec_ keys, first listed signs
+    events_url: str | None = None  # VOICEGW_EVENTS_URL: where call events are posted
+    events_secrets: Secret | None = None  # VOICEGW_EVENTS_SECRET: whsec_ keys, first listed signs
 
     max_body_bytes: int = 64 * 1024
     body_timeout_s: float = 10.0
@@ -212,13 +214,13 @@ class _Reader:
     def tools_secrets(self, name: str) -> Secret | None:
         """Standard Webhooks signing secrets (``whsec_`` + base64 of 24 to 64 bytes), separated
         by commas or spaces; the requests carry one signature per secret (rotation)."""
-        from gateway.agents.http_tools import parse_tool_secrets
+        from security.standard_webhooks import parse_secrets
 
         value = self.raw(name)
         if value is None:
             return None
         try:
-            parse_tool_secrets(value)
+            parse_secrets(value, "secret")
         except ValueError as exc:
             self.problems.append(
                 f"{name}: {exc} (e.g. whsec_ followed by the output of: openssl rand -base64 32)"
@@ -233,6 +235,29 @@ class _Reader:
             self.problems.append(f"{name} must be {described}")
             return None
         return value
+
+    def events(self, production: bool) -> tuple[str | None, Secret | None]:
+        """``VOICEGW_EVENTS_URL`` (http(s), https in production, no credentials) and its
+        signing secrets ``VOICEGW_EVENTS_SECRET`` (required with the URL)."""
+        url = self.raw("VOICEGW_EVENTS_URL")
+        secrets = self.tools_secrets("VOICEGW_EVENTS_SECRET")
+        if url is None:
+            return None, secrets
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.problems.append("VOICEGW_EVENTS_URL must be an http(s) URL")
+            return None, secrets
+        if parts.username is not None or parts.password is not None:
+            self.problems.append("VOICEGW_EVENTS_URL must not carry credentials")
+            return None, secrets
+        if production and parts.scheme != "https":
+            self.problems.append("VOICEGW_EVENTS_URL must use https in production")
+        if self.raw("VOICEGW_EVENTS_SECRET") is None:
+            self.problems.append(
+                "VOICEGW_EVENTS_SECRET must be set with VOICEGW_EVENTS_URL (whsec_ followed by "
+                "the output of: openssl rand -base64 32)"
+            )
+        return url, secrets
 
     def number(self, name: str, default: float, *, lo: float, hi: float) -> float:
         value = self.raw(name)
@@ -432,6 +457,7 @@ class _Reader:
             self.problems.append(f"VOICEGW_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
             log_level = "INFO"
         key_prefix = self.raw("VOICEGW_REDIS_KEY_PREFIX") or "voicegw:"
+        events_url, events_secrets = self.events(production)
         if "{" in key_prefix or "}" in key_prefix or len(key_prefix) > 64:
             self.problems.append(
                 "VOICEGW_REDIS_KEY_PREFIX must be at most 64 characters, no braces"
@@ -517,6 +543,8 @@ class _Reader:
             gemini_voice=self.model_name("VOICEGW_GEMINI_VOICE"),
             agents_file=self.agents_file("VOICEGW_AGENTS_FILE"),
             tools_secrets=self.tools_secrets("VOICEGW_TOOLS_SECRET"),
+            events_url=events_url,
+            events_secrets=events_secrets,
             body_timeout_s=self.number("VOICEGW_BODY_TIMEOUT_S", 10.0, lo=0.1, hi=120),
             stream_token_ttl_s=int(self.number("VOICEGW_STREAM_TOKEN_TTL_S", 120, lo=5, hi=3600)),
             carrier_rest_timeout_s=self.number(

@@ -254,3 +254,34 @@ KEY_ROTATION_DUE = Gauge(
     ["kind"],
     registry=REGISTRY,
 )
+
+# -- call events -----------------------------------------------------------------------------
+EVENTS_DELIVERED = Counter(
+    "voicegw_events_delivered_total",
+    "Call events the customer's endpoint accepted (2xx), by type",
+    ["type"],
+    registry=REGISTRY,
+)
+# Every type's series exists from the start: alerts see 0, not none.
+for _type in ("call.started", "call.answered", "call.ended", "call.transferred", "call.failed"):
+    EVENTS_DELIVERED.labels(_type)
+EVENTS_RETRIED = Counter(
+    "voicegw_events_retried_total",
+    "Call event attempts that failed and were scheduled again",
+    registry=REGISTRY,
+)
+EVENTS_DEAD = Counter(
+    "voicegw_events_dead_total",
+    "Call events given up (24 h of retries, or 410 Gone)",
+    registry=REGISTRY,
+)
+EVENTS_PENDING = Gauge(
+    "voicegw_events_pending",
+    "Call events waiting in the outbox (as the dispatcher last counted them)",
+    registry=REGISTRY,
+)
+EVENTS_WRITE_FAILURES = Counter(
+    "voicegw_events_write_failures_total",
+    "Call events that could not be written to the outbox (the call went on without them)",
+    registry=REGISTRY,
+)

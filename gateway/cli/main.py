@@ -275,11 +275,13 @@ def parser() -> argparse.ArgumentParser:
 
     from gateway.cli import admin
     from gateway.cli import agents as agents_cli
+    from gateway.cli import events as events_cli
     from gateway.compliance import cli as compliance_cli
     from gateway.review import cli as review_cli
 
     admin.register(sub)
     agents_cli.register(sub)
+    events_cli.register(sub)
     compliance_cli.register(sub)
     review_cli.register(sub)
     return p

@@ -34,8 +34,10 @@ __all__ = [
     "CallRecord",
     "ChainHead",
     "DuplicateError",
+    "EventState",
     "LastRun",
     "NotFoundError",
+    "OutboxEvent",
     "RejectionCount",
     "Role",
     "Store",
@@ -197,6 +199,34 @@ class RejectionCount:
     count: int
 
 
+class EventState(enum.StrEnum):
+    PENDING = "pending"  # waiting for its (next) attempt
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    DEAD = "dead"  # failed for good (24 h of retries, or 410 Gone); ``requeue_*`` revives it
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """One call event in the outbox (``gateway.events``). ``body`` is the JSON every attempt
+    sends, unchanged (it never holds a phone number); ``seq`` numbers a call's events from 1
+    (0 until stored). ``claim``/``claimed_until``: the sender holding the lease, and its end."""
+
+    event_id: str
+    call_id: str
+    type: str
+    body: str
+    created_at: float
+    next_attempt_at: float
+    give_up_at: float
+    seq: int = 0
+    state: EventState = EventState.PENDING
+    attempts: int = 0
+    claim: str | None = None
+    claimed_until: float | None = None
+    delivered_at: float | None = None
+    last_error: str | None = None  # a short reason: "HTTP503", "ConnectError"
+
+
 class Store(Protocol):
     """Durable records. ``open`` applies pending schema migrations; ``close`` is idempotent.
 
@@ -299,6 +329,53 @@ class Store(Protocol):
 
     async def rejection_counts(self, since_hour: int) -> list[RejectionCount]: ...
     async def delete_rejection_counts_before(self, hour: int) -> int: ...
+
+    # call events outbox (gateway.events)
+    async def add_event(self, event: OutboxEvent) -> int:
+        """Store ``event`` numbered after its call's last event; return that ``seq``
+        (``DuplicateError``: the id is taken, or another writer took the number: try again)."""
+        ...
+
+    async def claim_events(
+        self, now: float, claim: str, claimed_until: float, limit: int
+    ) -> list[OutboxEvent]:
+        """Lease up to ``limit`` due events to ``claim`` until ``claimed_until``: pending, due
+        by ``now``, not leased (or the lease ended), and each the oldest pending event of its
+        call. Concurrent claims never get the same event; oldest due first."""
+        ...
+
+    async def next_event_due(self) -> float | None:
+        """When the next claimable event is due (its lease's end if later); None: none."""
+        ...
+
+    async def event_delivered(self, event_id: str, at: float) -> bool:
+        """Mark a pending event delivered (whoever holds the lease); say whether it was."""
+        ...
+
+    async def event_failed(
+        self, event_id: str, claim: str, *, error: str, next_attempt_at: float | None
+    ) -> bool:
+        """Count a failed attempt of an event ``claim`` still holds and end the lease: pending
+        again from ``next_attempt_at``, or dead when None. False: the lease was lost."""
+        ...
+
+    async def release_event(self, event_id: str, claim: str) -> bool:
+        """End ``claim``'s lease without counting an attempt (nothing was sent)."""
+        ...
+
+    async def get_event(self, event_id: str) -> OutboxEvent | None: ...
+    async def list_events(
+        self, *, state: EventState | None = None, limit: int = 100
+    ) -> list[OutboxEvent]: ...  # newest first
+    async def count_events(self, state: EventState) -> int: ...
+    async def requeue_event(self, event_id: str, now: float, give_up_at: float) -> bool:
+        """Put a dead event back to pending, due ``now``, retried until ``give_up_at``."""
+        ...
+
+    async def requeue_dead_events(self, now: float, give_up_at: float) -> int: ...  # how many
+    async def delete_delivered_events_before(self, cutoff: float, limit: int) -> int:
+        """Remove up to ``limit`` events delivered before ``cutoff``; return how many."""
+        ...
 
     async def purge_residue(self) -> None:
         """Push deleted data out of places queries do not see (SQLite: checkpoint and

@@ -205,6 +205,40 @@ _V5_COMMON = [
     _both("CREATE INDEX calls_agent ON calls (agent, started_at, call_id)"),
 ]
 
+# The call events outbox (``gateway.events``): one row per event, written with the call and
+# kept until delivered (then until retention). ``body`` is the exact JSON every attempt sends
+# (never a phone number); ``claim``/``claimed_until`` lease a row to one sender at a time.
+_V6_COMMON = [
+    _both(
+        """CREATE TABLE event_outbox (
+            event_id TEXT PRIMARY KEY,
+            call_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at {real} NOT NULL,
+            give_up_at {real} NOT NULL,
+            claim TEXT,
+            claimed_until {real},
+            delivered_at {real},
+            last_error TEXT,
+            UNIQUE (call_id, seq)
+        )"""
+    ),
+    _both(
+        "CREATE INDEX event_outbox_pending ON event_outbox (next_attempt_at) "
+        "WHERE state = 'pending'"
+    ),
+    _both("CREATE INDEX event_outbox_state ON event_outbox (state, created_at)"),
+    _both(
+        "CREATE INDEX event_outbox_delivered ON event_outbox (delivered_at) "
+        "WHERE state = 'delivered'"
+    ),
+]
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
@@ -235,6 +269,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         name="call agents and transfers",
         sqlite=tuple(s for s, _ in _V5_COMMON),
         postgres=tuple(p for _, p in _V5_COMMON),
+    ),
+    Migration(
+        version=6,
+        name="event outbox",
+        sqlite=tuple(s for s, _ in _V6_COMMON),
+        postgres=tuple(p for _, p in _V6_COMMON),
     ),
 )
 

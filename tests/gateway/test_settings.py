@@ -686,3 +686,63 @@ def test_a_url_that_does_not_parse_is_named_not_a_crash(tmp_path, variable, valu
     message = problems({"VOICEGW_DATA_DIR": str(tmp_path), variable: value})
     assert f"{variable} is not a valid URL" in message
     assert value not in message
+
+
+# -- call events -------------------------------------------------------------------------------
+
+EVENTS_SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+OTHER_EVENTS_SECRET = "whsec_" + base64.b64encode(bytes(range(1, 33))).decode()
+
+
+def test_events_are_off_by_default():
+    s = Settings.from_env({})
+    assert s.events_url is None and s.events_secrets is None
+
+
+def test_events_url_and_rotated_secrets_are_read():
+    s = Settings.from_env(
+        {
+            "VOICEGW_EVENTS_URL": "http://127.0.0.1:9009/hooks",
+            "VOICEGW_EVENTS_SECRET": f"{EVENTS_SECRET}, {OTHER_EVENTS_SECRET}",
+        }
+    )
+    assert s.events_url == "http://127.0.0.1:9009/hooks"
+    assert s.events_secrets == Secret(f"{EVENTS_SECRET}, {OTHER_EVENTS_SECRET}")
+    assert EVENTS_SECRET not in repr(s)
+
+
+def test_events_url_needs_a_secret():
+    message = problems({"VOICEGW_EVENTS_URL": "https://hooks.example.com/voicegw"})
+    assert "VOICEGW_EVENTS_SECRET must be set with VOICEGW_EVENTS_URL" in message
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["not-whsec", "whsec_!!!", "whsec_" + base64.b64encode(bytes(8)).decode()],
+)
+def test_malformed_events_secret_is_refused_without_showing_it(secret):
+    message = problems(
+        {"VOICEGW_EVENTS_URL": "https://hooks.example.com/", "VOICEGW_EVENTS_SECRET": secret}
+    )
+    assert "VOICEGW_EVENTS_SECRET" in message
+    assert secret not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://hooks.example.com/", "https://user:pw@hooks.example.com/", "hooks"]
+)
+def test_events_url_must_be_plain_http_or_https(url):
+    message = problems({"VOICEGW_EVENTS_URL": url, "VOICEGW_EVENTS_SECRET": EVENTS_SECRET})
+    assert "VOICEGW_EVENTS_URL" in message
+    assert "pw@" not in message
+
+
+def test_production_refuses_plain_http_events_url(tmp_path):
+    env = production_env(
+        tmp_path,
+        VOICEGW_EVENTS_URL="http://hooks.example.com/voicegw",
+        VOICEGW_EVENTS_SECRET=EVENTS_SECRET,
+    )
+    assert "VOICEGW_EVENTS_URL must use https in production" in problems(env)
+    env["VOICEGW_EVENTS_URL"] = "https://hooks.example.com/voicegw"
+    assert Settings.from_env(env).events_url == "https://hooks.example.com/voicegw"
