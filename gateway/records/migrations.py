@@ -202,6 +202,26 @@ _V5_COMMON = [
     _both("ALTER TABLE calls ADD COLUMN transfer_to TEXT"),
 ]
 
+# version 6: event outbox (another change)
+
+# Transcripts: one row per turn, the text an AES-GCM ciphertext bound to the call id and the
+# turn's seq (never clear text). ``at`` drives retention, ``key_id`` key rotation.
+_V7_COMMON = [
+    _both(
+        """CREATE TABLE transcripts (
+            call_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            role TEXT NOT NULL,
+            at {real} NOT NULL,
+            text {blob} NOT NULL,
+            key_id TEXT NOT NULL,
+            PRIMARY KEY (call_id, seq)
+        )"""
+    ),
+    _both("CREATE INDEX transcripts_at ON transcripts (at)"),
+    _both("CREATE INDEX transcripts_key_id ON transcripts (key_id)"),
+]
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
@@ -232,6 +252,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         name="call agents and transfers",
         sqlite=tuple(s for s, _ in _V5_COMMON),
         postgres=tuple(p for _, p in _V5_COMMON),
+    ),
+    # version 6: event outbox (another change)
+    # PLACEHOLDER so versions stay contiguous on this branch; the integrator replaces it with
+    # the event outbox migration (it must never ship as an empty version 6).
+    Migration(version=6, name="event outbox", sqlite=(), postgres=()),
+    Migration(
+        version=7,
+        name="transcripts",
+        sqlite=tuple(s for s, _ in _V7_COMMON),
+        postgres=tuple(p for _, p in _V7_COMMON),
     ),
 )
 

@@ -12,9 +12,10 @@ from gateway.records.sql.accounts import AccountQueries
 from gateway.records.sql.audit import AuditQueries
 from gateway.records.sql.calls import CallQueries
 from gateway.records.sql.evidence import EvidenceQueries
+from gateway.records.sql.transcripts import TranscriptQueries
 
 
-class SqlStore(AccountQueries, CallQueries, AuditQueries, EvidenceQueries):
+class SqlStore(AccountQueries, CallQueries, TranscriptQueries, AuditQueries, EvidenceQueries):
     """Every ``Store`` method over ``_transaction``; backends subclass it."""
 
     dialect: Dialect
