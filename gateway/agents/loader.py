@@ -62,6 +62,7 @@ AGENT_KEYS: Final = frozenset(
         "instructions",
         "greeting",
         "record",
+        "transcripts",
         "transfer",
         "tools",
         "end_call",
@@ -312,6 +313,9 @@ class _Checker:
         record = None
         if "record" in table:
             record = self.boolean(table["record"], (*where, "record"))
+        transcripts = False
+        if "transcripts" in table:
+            transcripts = self.boolean(table["transcripts"], (*where, "transcripts")) is True
         end_call = True
         if "end_call" in table:
             end_call = self.boolean(table["end_call"], (*where, "end_call")) is not False
@@ -330,6 +334,7 @@ class _Checker:
             tools=tools,
             end_call=end_call,
             caller_ids=caller_ids,
+            transcripts=transcripts,
         )
 
     def optional_text(

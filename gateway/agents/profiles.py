@@ -83,7 +83,8 @@ class AgentProfile:
     tools come from :meth:`functions`, see :meth:`agent_options`); ``record`` ``None`` keeps
     the deployment's choice; ``transfer`` maps the destination keys the model may pick to an
     E.164 number or a ``sip:``/``sips:`` URI; ``caller_ids`` the numbers a transfer may present
-    as caller ID (the first is used; empty: the carrier's default, the caller's number)."""
+    as caller ID (the first is used; empty: the carrier's default, the caller's number);
+    ``transcripts`` whether the call's turns are transcribed and stored (encrypted)."""
 
     name: str
     default: bool
@@ -95,6 +96,7 @@ class AgentProfile:
     tools: tuple[ToolSpec, ...]
     end_call: bool = True
     caller_ids: tuple[str, ...] = ()
+    transcripts: bool = False
 
     def functions(self) -> tuple[Function, ...]:
         """What the model is offered: the profile's tools in file order, then ``transfer_call``
@@ -131,8 +133,9 @@ class AgentProfile:
         return tuple(declared)
 
     def agent_options(self) -> AgentOptions:
-        """``options`` with :meth:`functions` as its tools: what a provider session is given."""
-        return replace(self.options, tools=self.functions())
+        """``options`` with :meth:`functions` as its tools and the profile's ``transcripts``
+        choice: what a provider session is given."""
+        return replace(self.options, tools=self.functions(), transcripts=self.transcripts)
 
     def tool(self, name: str) -> ToolSpec | None:
         """The profile's own tool called ``name`` (never a built-in one), or ``None``."""
@@ -231,6 +234,7 @@ def book_summary(book: AgentBook) -> list[dict[str, Any]]:
             ],
             "transfer": sorted(p.transfer),
             "end_call": p.end_call,
+            "transcripts": p.transcripts,
         }
         for p in ordered
     ]
