@@ -5,6 +5,7 @@ call, and its log lines never carry the text."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,9 @@ from gateway.calls.state import Call, new_call
 from gateway.calls.transcripts import MAX_TURN_CHARS, TranscriptLog, Turn, turn_role
 from gateway.records.base import TurnRole
 from gateway.records.sqlite import SqliteStore
+from gateway.settings import Settings, SettingsError
 from security.crypto import DecryptionError, KeyRing
+from tests.cli.test_cli import run
 from tests.conftest import FakeClock
 
 RING = KeyRing([("k1", bytes([7]) * 32)])
@@ -149,3 +152,45 @@ async def test_a_key_ring_without_the_key_cannot_read(store: SqliteStore, call: 
     stranger = TranscriptLog(store=store, data_keys=KeyRing([("k1", bytes([8]) * 32)]))
     with pytest.raises(DecryptionError):
         await stranger.read(call.call_id)
+
+
+# -- configuration and key rotation -----------------------------------------------------------
+
+
+def test_transcript_retention_setting(tmp_path: Path) -> None:
+    assert Settings.from_env({}).retention_transcripts_days == 30
+    days = Settings.from_env({"VOICEGW_RETENTION_TRANSCRIPTS_DAYS": "7"})
+    assert days.retention_transcripts_days == 7
+    for bad in ("0", "forever", "5000"):
+        with pytest.raises(SettingsError, match="VOICEGW_RETENTION_TRANSCRIPTS_DAYS"):
+            Settings.from_env({"VOICEGW_RETENTION_TRANSCRIPTS_DAYS": bad})
+
+
+async def test_keys_rotate_data_reencrypts_transcripts(tmp_path: Path, call: Call) -> None:
+    k1, k2 = bytes([7]) * 32, bytes([8]) * 32
+    old = KeyRing([("k1", k1)])
+    store = SqliteStore(tmp_path / "data" / "voicegw.sqlite3")
+    await store.open()
+    try:
+        assert await TranscriptLog(store=store, data_keys=old).append(call, "user", SECRET)
+    finally:
+        await store.close()
+    spec = f"k2:{base64.b64encode(k2).decode()},k1:{base64.b64encode(k1).decode()}"
+    result = await asyncio.to_thread(
+        run,
+        tmp_path,
+        "keys",
+        "rotate-data",
+        VOICEGW_ENCRYPTION_KEYS=spec,
+        VOICEGW_BLIND_INDEX_KEY=base64.b64encode(bytes([9]) * 32).decode(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 transcript turns" in result.stdout
+    assert SECRET not in result.stdout + result.stderr
+    await store.open()
+    try:
+        assert await store.count_turns_by_key() == {"k2": 1}
+        only_new = TranscriptLog(store=store, data_keys=KeyRing([("k2", k2)]))
+        assert [t.text for t in await only_new.read(call.call_id)] == [SECRET]
+    finally:
+        await store.close()
