@@ -142,6 +142,7 @@ class Settings:
     blind_index_key: Secret | None = None  # base64, 32 bytes
     retention_calls_days: float = 30.0
     retention_audit_days: float = 7 * 365.0
+    retention_transcripts_days: float = 30.0
     recording: bool = False
     recording_consent: str = "parameter"  # "parameter": per-call consent; "all": every call
 
@@ -582,6 +583,9 @@ class _Reader:
             retention_calls_days=self.number("VOICEGW_RETENTION_CALLS_DAYS", 30, lo=1, hi=3650),
             retention_audit_days=self.number(
                 "VOICEGW_RETENTION_AUDIT_DAYS", 7 * 365, lo=1, hi=36500
+            ),
+            retention_transcripts_days=self.number(
+                "VOICEGW_RETENTION_TRANSCRIPTS_DAYS", 30, lo=1, hi=3650
             ),
         )
         self._check_secrets(settings)

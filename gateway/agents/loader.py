@@ -65,6 +65,7 @@ AGENT_KEYS: Final = frozenset(
         "instructions",
         "greeting",
         "record",
+        "transcripts",
         "transfer",
         "tools",
         "end_call",
@@ -315,6 +316,9 @@ class _Checker:
         record = None
         if "record" in table:
             record = self.boolean(table["record"], (*where, "record"))
+        transcripts = False
+        if "transcripts" in table:
+            transcripts = self.boolean(table["transcripts"], (*where, "transcripts")) is True
         end_call = True
         if "end_call" in table:
             end_call = self.boolean(table["end_call"], (*where, "end_call")) is not False
@@ -335,6 +339,7 @@ class _Checker:
             end_call=end_call,
             caller_ids=caller_ids,
             max_concurrent_calls=max_calls,
+            transcripts=transcripts,
         )
 
     def call_cap(self, table: Mapping[str, Any], where: Path_) -> int | None:

@@ -85,7 +85,8 @@ class AgentProfile:
     E.164 number or a ``sip:``/``sips:`` URI; ``caller_ids`` the numbers a transfer may present
     as caller ID (the first is used; empty: the carrier's default, the caller's number) and
     the numbers an outbound call may be placed from; ``max_concurrent_calls`` caps the agent's
-    live calls, in and out, across replicas (``None``: no cap)."""
+    live calls, in and out, across replicas (``None``: no cap); ``transcripts`` whether the
+    call's turns are transcribed and stored (encrypted)."""
 
     name: str
     default: bool
@@ -98,6 +99,7 @@ class AgentProfile:
     end_call: bool = True
     caller_ids: tuple[str, ...] = ()
     max_concurrent_calls: int | None = None
+    transcripts: bool = False
 
     def functions(self) -> tuple[Function, ...]:
         """What the model is offered: the profile's tools in file order, then ``transfer_call``
@@ -134,8 +136,9 @@ class AgentProfile:
         return tuple(declared)
 
     def agent_options(self) -> AgentOptions:
-        """``options`` with :meth:`functions` as its tools: what a provider session is given."""
-        return replace(self.options, tools=self.functions())
+        """``options`` with :meth:`functions` as its tools and the profile's ``transcripts``
+        choice: what a provider session is given."""
+        return replace(self.options, tools=self.functions(), transcripts=self.transcripts)
 
     def tool(self, name: str) -> ToolSpec | None:
         """The profile's own tool called ``name`` (never a built-in one), or ``None``."""
@@ -234,6 +237,7 @@ def book_summary(book: AgentBook) -> list[dict[str, Any]]:
             ],
             "transfer": sorted(p.transfer),
             "end_call": p.end_call,
+            "transcripts": p.transcripts,
         }
         for p in ordered
     ]

@@ -214,7 +214,7 @@ def register(
     p.add_argument("--file", type=Path, default=None, help="key file (default: from settings)")
     bind(p, _keys_rotate_signing, "signing_key.rotate")
     p = ssub.add_parser(
-        "rotate-data", help="re-encrypt stored phone numbers with the active data key"
+        "rotate-data", help="re-encrypt stored numbers and transcripts with the active data key"
     )
     p.add_argument("--batch", type=int, default=500, help="records per transaction (%(default)s)")
     bind(p, _rotate_data, "data_key.reencrypt")
@@ -238,19 +238,24 @@ def _sqlite_store(settings: Settings) -> Store:
 
 
 async def _rotate_data(args: argparse.Namespace, store: Store) -> int:
+    from gateway.records.privacy import rotate_transcripts
     from gateway.services import load_data_keys
     from security.crypto import rotate_data
 
     settings: Settings = args.settings
     keyring, _ = load_data_keys(settings)
     changed = await rotate_data(store, keyring, args.batch)
+    turns = await rotate_transcripts(store, keyring, args.batch)
     await _audit(
         args,
         entity_type="data_key",
         entity_id=keyring.active_key_id,
-        detail={"records": changed},
+        detail={"records": changed, "transcript_turns": turns},
     )
-    print(f"re-encrypted {changed} call records with key {keyring.active_key_id}")
+    print(
+        f"re-encrypted {changed} call records and {turns} transcript turns "
+        f"with key {keyring.active_key_id}"
+    )
     return 0
 
 

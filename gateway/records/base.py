@@ -19,7 +19,8 @@ Errors::
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from security.audit import AuditChainer, AuditEvent, ChainHead, DetailValue
@@ -44,6 +45,8 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "SubjectRequest",
+    "TranscriptTurn",
+    "TurnRole",
     "UserRecord",
 ]
 
@@ -119,6 +122,25 @@ class CallRecord:
     @property
     def duration_s(self) -> float | None:
         return None if self.ended_at is None else self.ended_at - self.started_at
+
+
+class TurnRole(enum.StrEnum):
+    CALLER = "caller"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptTurn:
+    """One turn of a call's transcript as stored. ``text`` is an AES-GCM ciphertext whose
+    associated data binds it to this call id and ``seq`` (``privacy.seal_turn``); never clear
+    text. ``seq`` counts the call's turns from 1; ``key_id`` names the data key."""
+
+    call_id: str
+    seq: int
+    role: TurnRole
+    at: float
+    text: bytes = field(repr=False)
+    key_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +322,26 @@ class Store(Protocol):
         key_id: str,
     ) -> bool:
         """Replace the call's ciphertexts if it still uses ``old_key_id``; say whether it did."""
+        ...
+
+    # transcripts (encrypted turns, one row each)
+    async def add_turn(self, turn: TranscriptTurn) -> None: ...  # DuplicateError: seq taken
+    async def get_transcript(self, call_id: str) -> list[TranscriptTurn]: ...  # by seq
+    async def last_turn_seq(self, call_id: str) -> int: ...  # 0 when the call has none
+    async def delete_transcripts(self, call_ids: Sequence[str]) -> int:
+        """Remove every turn of these calls; return how many."""
+        ...
+
+    async def delete_turns_before(self, cutoff: float, limit: int) -> int:
+        """Remove up to ``limit`` of the oldest turns with ``at < cutoff``; return how many."""
+        ...
+
+    async def turns_with_key(self, key_id: str, limit: int) -> list[TranscriptTurn]: ...
+    async def count_turns_by_key(self) -> dict[str, int]: ...  # key id -> turns using it
+    async def reencrypt_turn(
+        self, call_id: str, seq: int, old_key_id: str, text: bytes, key_id: str
+    ) -> bool:
+        """Replace the turn's ciphertext if it still uses ``old_key_id``; say whether it did."""
         ...
 
     # audit trail (append-only)

@@ -239,6 +239,26 @@ _V6_COMMON = [
     ),
 ]
 
+# version 6: event outbox (another change)
+
+# Transcripts: one row per turn, the text an AES-GCM ciphertext bound to the call id and the
+# turn's seq (never clear text). ``at`` drives retention, ``key_id`` key rotation.
+_V7_COMMON = [
+    _both(
+        """CREATE TABLE transcripts (
+            call_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            role TEXT NOT NULL,
+            at {real} NOT NULL,
+            text {blob} NOT NULL,
+            key_id TEXT NOT NULL,
+            PRIMARY KEY (call_id, seq)
+        )"""
+    ),
+    _both("CREATE INDEX transcripts_at ON transcripts (at)"),
+    _both("CREATE INDEX transcripts_key_id ON transcripts (key_id)"),
+]
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         version=1,
@@ -275,6 +295,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         name="event outbox",
         sqlite=tuple(s for s, _ in _V6_COMMON),
         postgres=tuple(p for _, p in _V6_COMMON),
+    ),
+    Migration(
+        version=7,
+        name="transcripts",
+        sqlite=tuple(s for s, _ in _V7_COMMON),
+        postgres=tuple(p for _, p in _V7_COMMON),
     ),
 )
 

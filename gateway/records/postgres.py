@@ -179,7 +179,7 @@ class PostgresStore(SqlStore):
         async with self._connection() as conn:
             await conn.set_autocommit(True)
             try:
-                for table in ("calls", "subject_requests", "audit_events"):
+                for table in ("calls", "transcripts", "subject_requests", "audit_events"):
                     await conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(table)))
             finally:
                 await conn.set_autocommit(False)

@@ -2,15 +2,19 @@
 
 ``seal_numbers`` turns a call's phone numbers into what a ``CallRecord`` stores (AES-GCM
 ciphertexts bound to the call and column, and blind indexes); ``open_numbers`` reverses it.
+``seal_turn`` / ``open_turn`` do the same for a transcript turn (bound to the call id and the
+turn's seq), and ``rotate_transcripts`` re-encrypts turns under the active key.
 
 ``export_subject`` returns everything held about one phone number as JSON-ready data
-(portability); ``erase_subject`` removes it: the subject's numbers and indexes leave every call
-record, the calls' recordings are deleted, and the blind index is cleared from earlier
-requests, so nothing left re-identifies the person. Both are recorded as a
-``SubjectRequest`` and in the audit trail (by request id, never by number or index).
+(portability), transcripts included; ``erase_subject`` removes it: the subject's numbers and
+indexes leave every call record, the calls' recordings and transcripts are deleted, and the
+blind index is cleared from earlier requests, so nothing left re-identifies the person. Both
+are recorded as a ``SubjectRequest`` and in the audit trail (by request id, never by number
+or index).
 
-``RetentionSweeper`` deletes call records (with their recordings) and audit events older than
-their retention periods, in batches, and audits what it removed.
+``RetentionSweeper`` deletes call records (with their recordings and transcripts), transcript
+turns and audit events older than their retention periods, in batches, and audits what it
+removed.
 """
 
 from __future__ import annotations
@@ -24,7 +28,15 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from gateway.records.base import AuditQuery, CallRecord, LastRun, Store, SubjectRequest
+from gateway.records.base import (
+    AuditQuery,
+    CallRecord,
+    LastRun,
+    Store,
+    SubjectRequest,
+    TranscriptTurn,
+    TurnRole,
+)
 from metrics.registry import RETENTION_DELETED
 from security.audit import Auditor, DetailValue
 from security.crypto import (
@@ -32,6 +44,7 @@ from security.crypto import (
     CALL_TO_COLUMN,
     BlindIndex,
     KeyRing,
+    UnknownKeyError,
     normalize_e164,
 )
 from security.redaction import mask_phone
@@ -39,6 +52,7 @@ from security.redaction import mask_phone
 __all__ = [
     "DAY_S",
     "RETENTION_RUN",
+    "TRANSCRIPT_COLUMN",
     "DeleteRecording",
     "Erasure",
     "RetentionPeriods",
@@ -48,7 +62,10 @@ __all__ = [
     "erase_subject",
     "export_subject",
     "open_numbers",
+    "open_turn",
+    "rotate_transcripts",
     "seal_numbers",
+    "seal_turn",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +74,8 @@ DAY_S: Final = 86_400.0
 RETENTION_RUN: Final = "retention.sweep"
 """The ``LastRun`` operation name of a retention pass."""
 EXPORT_FORMAT: Final = "voicegw.subject-export.v1"
+TRANSCRIPT_COLUMN: Final = "transcripts.text"
+"""The column name bound into transcript ciphertexts (with ``call_id:seq`` as record id)."""
 
 DeleteRecording = Callable[[str], Awaitable[None]]
 """Securely deletes one recording by its stored path; a missing file is not an error."""
@@ -127,6 +146,74 @@ def open_numbers(keyring: KeyRing, call: CallRecord) -> tuple[str | None, str | 
     return from_number, to_number
 
 
+def _turn_record_id(call_id: str, seq: int) -> str:
+    # seq is an integer, so the last ":" separates it: no two (call, seq) pairs share an id.
+    return f"{call_id}:{seq}"
+
+
+def seal_turn(
+    keyring: KeyRing, *, call_id: str, seq: int, role: TurnRole, text: str, at: float
+) -> TranscriptTurn:
+    """A transcript turn as the store keeps it: ``text`` encrypted with the active key, bound
+    to ``call_id`` and ``seq``. Text that is not valid Unicode (lone surrogates) is kept with
+    those characters replaced."""
+    clean = text.encode("utf-8", "replace").decode("utf-8")
+    return TranscriptTurn(
+        call_id=call_id,
+        seq=seq,
+        role=role,
+        at=at,
+        text=keyring.encrypt_field(
+            clean, record_id=_turn_record_id(call_id, seq), column=TRANSCRIPT_COLUMN
+        ),
+        key_id=keyring.active_key_id,
+    )
+
+
+def open_turn(keyring: KeyRing, turn: TranscriptTurn) -> str:
+    """The turn's text in clear. Raises ``DecryptionError`` (also for a ciphertext moved to
+    another call or seq)."""
+    return keyring.decrypt_field(
+        turn.text, record_id=_turn_record_id(turn.call_id, turn.seq), column=TRANSCRIPT_COLUMN
+    )
+
+
+async def rotate_transcripts(store: Store, keyring: KeyRing, batch: int = 500) -> int:
+    """Re-encrypt every transcript turn not under the active key; return how many changed.
+
+    Like ``security.crypto.rotate_data`` for call records: batches of ``batch``, each turn
+    replaced only if it still has the key it was read with. Raises ``UnknownKeyError`` when
+    turns use a key the ring does not hold. Afterwards ``store.count_turns_by_key()`` names
+    only the active key.
+    """
+    if batch < 1:
+        raise ValueError("batch must be at least 1")
+    active = keyring.active_key_id
+    in_use = await store.count_turns_by_key()
+    missing = sorted(k for k in in_use if k not in keyring)
+    if missing:
+        raise UnknownKeyError(f"transcripts use keys not in the key ring: {', '.join(missing)}")
+    total = 0
+    for key_id in sorted(k for k in in_use if k != active):
+        while True:
+            turns = await store.turns_with_key(key_id, batch)
+            if not turns:
+                break
+            changed = 0
+            for turn in turns:
+                text = keyring.reencrypt_field(
+                    turn.text,
+                    record_id=_turn_record_id(turn.call_id, turn.seq),
+                    column=TRANSCRIPT_COLUMN,
+                )
+                if await store.reencrypt_turn(turn.call_id, turn.seq, key_id, text, active):
+                    changed += 1
+            total += changed
+            if not changed:  # another writer keeps using the old key; stop rather than spin
+                break
+    return total
+
+
 # -- data-subject rights ---------------------------------------------------------------------
 
 
@@ -160,9 +247,10 @@ async def export_subject(
 
     Per call: identifiers, times, outcome, providers, which side the subject was on, the
     subject's number in clear and the other party's number masked (it is someone else's
-    data). Also the earlier data-subject requests about this number and the audit events that
-    concern those calls. Raises ``ValueError`` if ``number`` is not a phone number and
-    ``DecryptionError`` if a record does not decrypt (the request is then recorded failed).
+    data), and the call's transcript (every turn, decrypted, in order). Also the earlier
+    data-subject requests about this number and the audit events that concern those calls.
+    Raises ``ValueError`` if ``number`` is not a phone number and ``DecryptionError`` if a
+    record does not decrypt (the request is then recorded failed).
     """
     e164 = index.normalize(number)
     subject_index = index.of(e164)
@@ -178,6 +266,15 @@ async def export_subject(
             events = await store.query_audit(
                 AuditQuery(entity_type="call", entity_id=call.call_id, limit=1000)
             )
+            transcript = [
+                {
+                    "seq": turn.seq,
+                    "role": str(turn.role),
+                    "at": _iso(turn.at),
+                    "text": open_turn(keyring, turn),
+                }
+                for turn in await store.get_transcript(call.call_id)
+            ]
             exported_calls.append(
                 {
                     "call_id": call.call_id,
@@ -196,6 +293,7 @@ async def export_subject(
                     "events": [
                         {"at": _iso(e.at), "action": e.action, "outcome": e.outcome} for e in events
                     ],
+                    "transcript": transcript,
                 }
             )
         earlier = [
@@ -228,6 +326,7 @@ class Erasure:
     request_id: str
     calls: int
     recordings: int
+    transcript_turns: int = 0
 
 
 async def erase_subject(
@@ -242,25 +341,31 @@ async def erase_subject(
     clock: Callable[[], float] = time.time,
 ) -> Erasure:
     """Erase ``number`` from every record; return the request id (the requester's receipt)
-    and how many call records were anonymised and recordings deleted.
+    and how many call records were anonymised, recordings deleted and transcript turns
+    deleted.
 
     Recordings of those calls are deleted first (so a failure leaves them referenced and the
     request can be repeated), then the subject's numbers and indexes leave the calls in one
-    transaction, the index is cleared from earlier requests, and deleted data is pushed out
-    of the database files. Raises ``ValueError`` if ``number`` is not a phone number, and
-    whatever ``delete_recording`` or the store raises (the request is then recorded failed).
+    transaction, the calls' transcripts are deleted, the index is cleared from earlier
+    requests, and deleted data is pushed out of the database files. Raises ``ValueError`` if
+    ``number`` is not a phone number, and whatever ``delete_recording`` or the store raises
+    (the request is then recorded failed).
     """
     subject_index = index.of(number)
     request = _new_request("erase", subject_index, actor, clock())
     await store.put_subject_request(request)
     deleted: set[str] = set()
     erased: list[CallRecord] = []
+    turns = 0
     try:
-        for call in await store.find_calls(subject_index):
+        found = await store.find_calls(subject_index)
+        for call in found:
             await _delete_recording(call, delete_recording, deleted)
         erased = await store.erase_call_numbers(subject_index)
         for call in erased:  # recordings that appeared meanwhile
             await _delete_recording(call, delete_recording, deleted)
+        call_ids = list(dict.fromkeys(c.call_id for c in (*found, *erased)))
+        turns = await store.delete_transcripts(call_ids)
         await store.forget_subject_index(subject_index)
         await store.purge_residue()
     except BaseException:
@@ -273,7 +378,7 @@ async def erase_subject(
             actor,
             role,
             clock,
-            detail={"recordings": len(deleted)},
+            detail={"recordings": len(deleted), "transcript_turns": turns},
         )
         raise
     await _finish(
@@ -285,9 +390,14 @@ async def erase_subject(
         actor,
         role,
         clock,
-        detail={"recordings": len(deleted)},
+        detail={"recordings": len(deleted), "transcript_turns": turns},
     )
-    return Erasure(request_id=request.request_id, calls=len(erased), recordings=len(deleted))
+    return Erasure(
+        request_id=request.request_id,
+        calls=len(erased),
+        recordings=len(deleted),
+        transcript_turns=turns,
+    )
 
 
 async def _delete_recording(
@@ -337,16 +447,19 @@ async def _finish(
 
 @dataclass(frozen=True, slots=True)
 class RetentionPeriods:
-    """How long each kind of record is kept, in seconds (recordings go with their call)."""
+    """How long each kind of record is kept, in seconds (recordings and transcripts go with
+    their call, and transcript turns also after ``transcripts_s``)."""
 
     calls_s: float = 30 * DAY_S
     audit_s: float = 7 * 365 * DAY_S
     # Failed-login rows only matter within the lockout window; they may hold whatever a
     # person typed as a name (an e-mail address, a password by mistake).
     login_failures_s: float = 900.0
+    transcripts_s: float = 30 * DAY_S
 
     def __post_init__(self) -> None:
-        if not (self.calls_s > 0 and self.audit_s > 0 and self.login_failures_s > 0):
+        periods = (self.calls_s, self.audit_s, self.login_failures_s, self.transcripts_s)
+        if not all(period > 0 for period in periods):
             raise ValueError("retention periods must be positive")
 
 
@@ -356,6 +469,7 @@ class SweepResult:
     recordings: int = 0
     audit_events: int = 0
     login_failures: int = 0
+    transcript_turns: int = 0
 
 
 class RetentionSweeper:
@@ -403,7 +517,7 @@ class RetentionSweeper:
 
     async def sweep_once(self) -> SweepResult:
         now = self._clock()
-        calls = recordings = 0
+        calls = recordings = turns = 0
         while True:
             removed = await self._store.delete_calls_before(
                 now - self._periods.calls_s, self._batch
@@ -411,9 +525,19 @@ class RetentionSweeper:
             calls += len(removed)
             for call in removed:
                 recordings += await self._remove_recording(call)
+            # A transcript never outlives its call record.
+            turns += await self._store.delete_transcripts([c.call_id for c in removed])
             if len(removed) < self._batch:
                 break
             await asyncio.sleep(0)  # let calls and requests run between batches
+        while True:
+            count = await self._store.delete_turns_before(
+                now - self._periods.transcripts_s, self._batch
+            )
+            turns += count
+            if count < self._batch:
+                break
+            await asyncio.sleep(0)
         audit_events = 0
         while True:
             count = await self._store.delete_audit_before(now - self._periods.audit_s, self._batch)
@@ -424,8 +548,9 @@ class RetentionSweeper:
         login_failures = await self._store.delete_login_failures_before(
             now - self._periods.login_failures_s
         )
-        result = SweepResult(calls, recordings, audit_events, login_failures)
+        result = SweepResult(calls, recordings, audit_events, login_failures, turns)
         RETENTION_DELETED.labels("calls").inc(calls)
+        RETENTION_DELETED.labels("transcript_turns").inc(turns)
         RETENTION_DELETED.labels("recordings").inc(recordings)
         RETENTION_DELETED.labels("audit_events").inc(audit_events)
         RETENTION_DELETED.labels("login_failures").inc(login_failures)
@@ -434,8 +559,9 @@ class RetentionSweeper:
             recordings=self.totals.recordings + recordings,
             audit_events=self.totals.audit_events + audit_events,
             login_failures=self.totals.login_failures + login_failures,
+            transcript_turns=self.totals.transcript_turns + turns,
         )
-        if calls or audit_events:
+        if calls or audit_events or turns:
             await self._store.purge_residue()
             await self._auditor.record(
                 "retention.sweep",
@@ -444,8 +570,10 @@ class RetentionSweeper:
                     "calls": calls,
                     "recordings": recordings,
                     "audit_events": audit_events,
+                    "transcript_turns": turns,
                     "calls_before": now - self._periods.calls_s,
                     "audit_before": now - self._periods.audit_s,
+                    "transcripts_before": now - self._periods.transcripts_s,
                 },
             )
         await self._record_run(
@@ -455,6 +583,7 @@ class RetentionSweeper:
                 "recordings": recordings,
                 "audit_events": audit_events,
                 "login_failures": login_failures,
+                "transcript_turns": turns,
                 "duration_ms": round(max(0.0, self._clock() - now) * 1000, 1),
             },
         )

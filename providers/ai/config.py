@@ -132,6 +132,9 @@ class AgentOptions:
     providers: Mapping[Provider, ProviderOptions] = field(default_factory=dict)
     tools: tuple[Function, ...] | None = None
     """The tools offered to the model; ``None`` leaves the choice to the layer below."""
+    transcripts: bool | None = None
+    """Ask the provider to transcribe both sides; ``None`` leaves the choice to the layer
+    below (in the end: no)."""
 
     def provider(self, name: Provider) -> ProviderOptions:
         return self.providers.get(name, ProviderOptions())
@@ -144,6 +147,7 @@ class AgentOptions:
             greeting=self.greeting or base.greeting,
             providers={p: self.provider(p).over(base.provider(p)) for p in names},
             tools=self.tools if self.tools is not None else base.tools,
+            transcripts=self.transcripts if self.transcripts is not None else base.transcripts,
         )
 
 
@@ -165,6 +169,9 @@ class AgentConfig:
     """Spoken by the provider first, once per session (not again on a Gemini resumption)."""
     tools: tuple[Function, ...] = ()
     """Declared to the provider in the session setup; its calls arrive as ``ToolCall``."""
+    transcripts: bool = False
+    """Ask for the transcription of both sides where the protocol makes it optional (OpenAI
+    input transcription, Gemini input/output transcription); they arrive as ``Transcript``."""
     connect_timeout_s: float = 10.0
     """Open the socket, send the setup and receive the provider's acknowledgement."""
     send_timeout_s: float = 5.0
@@ -219,6 +226,7 @@ class AgentConfig:
             instructions=options.instructions or DEFAULT_INSTRUCTIONS,
             greeting=options.greeting,
             tools=options.tools or (),
+            transcripts=bool(options.transcripts),
             ping_interval_s=d.ping_interval_s,
             ping_timeout_s=d.ping_timeout_s,
             idle_keepalive_s=d.idle_keepalive_s,

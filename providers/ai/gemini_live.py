@@ -216,6 +216,7 @@ class GeminiLiveCodec:
             voice=config.voice,
             instructions=config.instructions,
             greeting=config.greeting,
+            transcripts=config.transcripts,
             tools=config.tools,
             max_frame_bytes=config.max_message_bytes,
         )

@@ -79,6 +79,9 @@ FATAL_ERROR_CODES: Final = frozenset(
 CANCEL_NOT_ACTIVE: Final = "response_cancel_not_active"
 MAX_CALLS_PER_RESPONSE: Final = 64
 """Tool calls one response may make; more are refused as a protocol error."""
+TRANSCRIPTION_MODEL: Final = "gpt-4o-mini-transcribe"
+"""Transcribes the caller's audio when the agent keeps transcripts (the agent's own turns
+come with its audio as ``response.output_audio_transcript.done``)."""
 GREETING_INSTRUCTIONS: Final = (
     "Greet the caller now by saying exactly the following words, verbatim, and nothing else: "
 )
@@ -212,6 +215,7 @@ class OpenAIRealtimeCodec:
             voice=config.voice,
             instructions=config.instructions,
             greeting=config.greeting,
+            transcription_model=TRANSCRIPTION_MODEL if config.transcripts else None,
             tools=config.tools,
             max_frame_bytes=config.max_message_bytes,
         )

@@ -155,6 +155,7 @@ def test_unknown_keys_are_named_with_their_line(write):
             "agents.only.max_concurrent_calls",
             "whole number",
         ),
+        ('providers = ["echo"]\ntranscripts = 1', "agents.only.transcripts", "true or false"),
         ('providers = ["echo"]\ngreeting = "a\\nb"', "agents.only.greeting", "one line"),
         ('providers = ["echo"]\ngreeting = ""', "agents.only.greeting", "non-empty"),
         ('providers = ["echo"]\ninstructions = 3', "agents.only.instructions", "non-empty string"),
@@ -420,3 +421,28 @@ def test_the_built_in_book_keeps_todays_behaviour():
     assert profile.options.greeting == "Hello there"
     assert profile.options.provider(Provider.OPENAI).voice == "cedar"
     assert book.digest != built_in_book(Settings.from_env({})).digest
+
+
+def test_transcripts_are_off_unless_an_agent_turns_them_on(write):
+    book = load(
+        write(
+            """
+            [agents.quiet]
+            providers = ["echo"]
+            default = true
+            [agents.kept]
+            providers = ["openai"]
+            transcripts = true
+            [agents.off]
+            providers = ["echo"]
+            transcripts = false
+            """
+        )
+    )
+    quiet, kept, off = book.get("quiet"), book.get("kept"), book.get("off")
+    assert (quiet.transcripts, kept.transcripts, off.transcripts) == (False, True, False)
+    # What the provider session is given: transcription asked for only where turned on.
+    assert kept.agent_options().transcripts is True
+    assert quiet.agent_options().transcripts is False
+    summary = {a["name"]: a["transcripts"] for a in book_summary(book)}
+    assert summary == {"quiet": False, "kept": True, "off": False}

@@ -235,7 +235,7 @@ async def test_find_export_erase_leaves_no_trace(
     ]
     erase_detail = dict(events[1].detail)
     assert isinstance(erase_detail.pop("duration_ms"), float)  # how long the person waited
-    assert erase_detail == {"records": 2, "recordings": 1}
+    assert erase_detail == {"records": 2, "recordings": 1, "transcript_turns": 0}
     everything = repr(await store.iter_audit(0, 1000))
     assert subject_index not in everything and "0123" not in everything
     result = await verify(store, SIGNING_KEY.verify_key)
@@ -388,10 +388,13 @@ async def test_retention_periods_are_validated() -> None:
         RetentionPeriods(calls_s=0)
     with pytest.raises(ValueError):
         RetentionPeriods(login_failures_s=0)
+    with pytest.raises(ValueError):
+        RetentionPeriods(transcripts_s=-1)
     assert dataclasses.asdict(RetentionPeriods()) == {
         "calls_s": 30 * DAY_S,
         "audit_s": 7 * 365 * DAY_S,
         "login_failures_s": 900.0,
+        "transcripts_s": 30 * DAY_S,
     }
 
 

@@ -13,9 +13,12 @@ from gateway.records.sql.audit import AuditQueries
 from gateway.records.sql.calls import CallQueries
 from gateway.records.sql.evidence import EvidenceQueries
 from gateway.records.sql.outbox import OutboxQueries
+from gateway.records.sql.transcripts import TranscriptQueries
 
 
-class SqlStore(AccountQueries, CallQueries, AuditQueries, EvidenceQueries, OutboxQueries):
+class SqlStore(
+    AccountQueries, CallQueries, TranscriptQueries, AuditQueries, EvidenceQueries, OutboxQueries
+):
     """Every ``Store`` method over ``_transaction``; backends subclass it."""
 
     dialect: Dialect

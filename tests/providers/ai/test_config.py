@@ -49,3 +49,14 @@ def test_an_agent_overrides_the_deployment_field_by_field() -> None:
     assert merged.provider(Provider.OPENAI) == ProviderOptions("gpt-realtime-2", "marin")
     assert merged.provider(Provider.GEMINI) == ProviderOptions(voice="Kore")
     assert merged.provider(Provider.DEEPGRAM) == ProviderOptions()
+
+
+def test_transcripts_layer_like_the_other_options() -> None:
+    assert AgentConfig.for_provider("openai", api_key="k").transcripts is False
+    assert AgentOptions(transcripts=True).over(DEPLOYMENT).transcripts is True
+    assert AgentOptions().over(AgentOptions(transcripts=True)).transcripts is True
+    assert AgentOptions(transcripts=False).over(AgentOptions(transcripts=True)).transcripts is False
+    config = AgentConfig.for_provider(
+        "gemini", api_key="k", options=AgentOptions(transcripts=True).over(DEPLOYMENT)
+    )
+    assert config.transcripts is True

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from google.genai import types
 
-from providers.ai.config import AgentConfig
+from providers.ai.config import AgentConfig, AgentOptions
 from providers.ai.gemini_live import GeminiLiveCodec, endpoint
 from providers.events import (
     PCM16_16K,
@@ -97,6 +97,15 @@ def test_setup() -> None:
     assert setup["sessionResumption"] == {}
     assert setup["contextWindowCompression"] == {"slidingWindow": {}}
     assert setup["inputAudioTranscription"] == {} == setup["outputAudioTranscription"]
+
+
+@pytest.mark.parametrize("transcripts", [True, False])
+def test_transcription_is_requested_only_for_transcripts(transcripts: bool) -> None:
+    options = AgentOptions(transcripts=transcripts)
+    config = AgentConfig.for_provider("gemini", api_key="k", options=options)
+    setup = wire(GeminiLiveCodec.from_config(config).start()[0])["setup"]
+    assert ("inputAudioTranscription" in setup) is transcripts
+    assert ("outputAudioTranscription" in setup) is transcripts
 
 
 def test_model_prefix_is_not_doubled() -> None:

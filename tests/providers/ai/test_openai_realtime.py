@@ -18,8 +18,8 @@ from openai.types.realtime import (
     SessionUpdateEvent,
 )
 
-from providers.ai.config import DEFAULTS, AgentConfig, Provider
-from providers.ai.openai_realtime import OpenAIRealtimeCodec, endpoint
+from providers.ai.config import DEFAULTS, AgentConfig, AgentOptions, Provider
+from providers.ai.openai_realtime import TRANSCRIPTION_MODEL, OpenAIRealtimeCodec, endpoint
 from providers.events import (
     PCM16_16K,
     PCMU_8K,
@@ -218,6 +218,18 @@ def test_transcription_model_is_requested_when_configured() -> None:
     )
     event = sdk_client_event(c.start()[0])
     assert event.session.audio.input.transcription.model == "gpt-4o-mini-transcribe"
+
+
+@pytest.mark.parametrize("transcripts", [True, False])
+def test_input_transcription_is_requested_only_for_transcripts(transcripts: bool) -> None:
+    options = AgentOptions(transcripts=transcripts)
+    config = AgentConfig.for_provider("openai", api_key="k", options=options)
+    event = sdk_client_event(OpenAIRealtimeCodec.from_config(config).start()[0])
+    transcription = event.session.audio.input.transcription
+    if transcripts:
+        assert transcription.model == TRANSCRIPTION_MODEL
+    else:
+        assert transcription is None
 
 
 # -- encode ------------------------------------------------------------------------------------
