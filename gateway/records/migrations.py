@@ -239,8 +239,6 @@ _V6_COMMON = [
     ),
 ]
 
-# version 6: event outbox (another change)
-
 # Transcripts: one row per turn, the text an AES-GCM ciphertext bound to the call id and the
 # turn's seq (never clear text). ``at`` drives retention, ``key_id`` key rotation.
 _V7_COMMON = [
