@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -27,9 +28,12 @@ from gateway.calls.orphans import close_orphans_periodically
 from gateway.calls.outbound import OutboundCalls
 from gateway.calls.records import CallRecords
 from gateway.calls.registry import default_replica_id, keep_alive
+from gateway.calls.transcripts import TranscriptLog
 from gateway.calls.unopened import UnopenedStreams
 from gateway.compliance.evidence import verify_periodically
 from gateway.compliance.rejections import RejectionLedger
+from gateway.events.outbox import OutboxStore, delete_delivered_events
+from gateway.events.wiring import build_events
 from gateway.http.clients import ClientAddresses
 from gateway.http.errors import json_error
 from gateway.http.health import healthz, metrics_endpoint, readyz
@@ -114,6 +118,9 @@ async def start_runtime(settings: Settings) -> Runtime:
         store=durable.store,
         data_keys=durable.data_keys,
     )
+    # Call events to the customer (VOICEGW_EVENTS_URL): written to the store's outbox with
+    # the call, delivered by the dispatcher; one breaker for the endpoint, beside the tools'.
+    call_events, dispatcher = build_events(settings, durable.store, state.tool_breakers)
     records = CallRecords(
         store=durable.store,
         data_keys=durable.data_keys,
@@ -121,6 +128,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         registry=state.registry,
         tasks=tasks,
         recording_path=recorder.path,
+        events=call_events,
     )
     control = CallControl.build(
         settings, breakers=state.breakers, registry=state.registry, records=records, tasks=tasks
@@ -187,6 +195,8 @@ async def start_runtime(settings: Settings) -> Runtime:
             auditor=durable.auditor,
             caller_number=records.caller_number,
         ),
+        transcripts=TranscriptLog(store=durable.store, data_keys=durable.data_keys),
+        event_dispatcher=dispatcher,
         store=durable.store,
         data_keys=durable.data_keys,
         blind_index=durable.blind_index,
@@ -196,6 +206,7 @@ async def start_runtime(settings: Settings) -> Runtime:
     # Shutdown, after live calls and background work: pending flood summaries and a signed
     # checkpoint over the audit chain's head, then the pools.
     lifecycle.at_stop(
+        *(() if dispatcher is None else (dispatcher.stop,)),
         control.aclose,
         runner.aclose,
         runtime.rejections.close,
@@ -235,6 +246,7 @@ def _start_loops(runtime: Runtime) -> None:
             calls_s=settings.retention_calls_days * DAY_S,
             audit_s=settings.retention_audit_days * DAY_S,
             login_failures_s=settings.login_lockout_window_s,
+            transcripts_s=settings.retention_transcripts_days * DAY_S,
         ),
         runtime.auditor,
         delete_recording=delete_recording_file,
@@ -258,6 +270,22 @@ def _start_loops(runtime: Runtime) -> None:
     spawn(keep_alive(runtime.registry, on_error=_heartbeat_failed), "heartbeat")
     spawn(runtime.unopened.run(), "unopened-streams")
     spawn(runtime.commands.run(), "call-commands")
+    if runtime.event_dispatcher is not None:
+        runtime.event_dispatcher.start()
+        spawn(
+            forget_delivered_events(runtime.store, settings.retention_calls_days * DAY_S),
+            "events-retention",
+        )
+
+
+async def forget_delivered_events(store: OutboxStore, older_than_s: float) -> None:
+    """Delete delivered call events once they are as old as call records may be, hourly."""
+    while True:
+        try:
+            await delete_delivered_events(store, older_than_s=older_than_s, now=time.time())
+        except Exception as exc:  # the next round tries again
+            log.warning("delivered events not deleted", extra={"error": type(exc).__name__})
+        await asyncio.sleep(RETENTION_INTERVAL_S)
 
 
 def _audit_verify_keys(runtime: Runtime) -> list[VerifyKey]:

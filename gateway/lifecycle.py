@@ -37,6 +37,7 @@ BACKGROUND_LOOPS: Final = frozenset(
         "orphans",
         "unopened-streams",
         "call-commands",
+        "events-retention",
     }
 )
 

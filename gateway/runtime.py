@@ -16,8 +16,10 @@ from gateway.calls.control import CallControl
 from gateway.calls.outbound import OutboundCalls
 from gateway.calls.records import CallRecords
 from gateway.calls.registry import CallRegistry
+from gateway.calls.transcripts import TranscriptLog
 from gateway.calls.unopened import UnopenedStreams
 from gateway.compliance.rejections import RejectionLedger
+from gateway.events.dispatcher import EventDispatcher
 from gateway.http.clients import ClientAddresses
 from gateway.lifecycle import Lifecycle
 from gateway.media.admission import StreamAdmission
@@ -69,6 +71,10 @@ class Runtime:
 
     # Commands on live calls (hang up, transfer), wherever their Bridge runs.
     commands: CallCommands
+
+    # What was said (agents with ``transcripts = true``), encrypted; call events' delivery.
+    transcripts: TranscriptLog
+    event_dispatcher: EventDispatcher | None
 
     # Agents: the profiles in force (per dialled number) and the tools they call.
     agents: AgentDirectory

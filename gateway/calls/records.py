@@ -13,17 +13,35 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Final
 
 from redis.exceptions import RedisError
 
 from gateway.calls.registry import CallRegistry, when_registry_answers
 from gateway.calls.state import Call, CallError, CallState, CallStateError
+from gateway.events.payload import EventType
+from gateway.events.producer import CallEvents
 from gateway.lifecycle import Tasks
 from gateway.records.base import CallRecord, Store
 from gateway.records.privacy import open_numbers, seal_numbers
 from security.crypto import BlindIndex, KeyRing
 
 log = logging.getLogger("voicegw.runtime")
+
+FAILED_OUTCOMES: Final = frozenset(
+    {
+        "agent_failed",
+        "no_provider",
+        "carrier_error",
+        "stream_failed",
+        "answer_failed",
+        "unsupported_codec",
+        "dial_failed",
+        "stream_not_opened",
+        "replica_lost",
+    }
+)
+"""Outcomes the customer hears of as ``call.failed``: the call was not served to its end."""
 
 
 class CallRecords:
@@ -39,6 +57,7 @@ class CallRecords:
         registry: CallRegistry,
         tasks: Tasks,
         recording_path: Callable[[Call], Path],
+        events: CallEvents | None = None,
     ) -> None:
         self.store = store
         self.data_keys = data_keys
@@ -46,6 +65,7 @@ class CallRecords:
         self.registry = registry
         self.tasks = tasks
         self.recording_path = recording_path
+        self.events = CallEvents(None) if events is None else events
 
     async def record_call(
         self, call: Call, *, from_number: str | None, to_number: str | None, record: bool = False
@@ -76,6 +96,24 @@ class CallRecords:
                 "call record not written",
                 extra={"call_id": call.call_id, "error": type(exc).__name__},
             )
+        await self.events.emit(
+            call.call_id,
+            EventType.STARTED,
+            {"call_id": call.call_id, "agent": call.agent, "carrier": call.carrier},
+        )
+
+    async def call_answered(self, call: Call, provider: str) -> None:
+        """The call's stream is bridged to its agent: the customer's ``call.answered``."""
+        await self.events.emit(
+            call.call_id,
+            EventType.ANSWERED,
+            {
+                "call_id": call.call_id,
+                "agent": call.agent,
+                "carrier": call.carrier,
+                "providers": [provider],
+            },
+        )
 
     async def close_call_record(
         self,
@@ -88,26 +126,53 @@ class CallRecords:
     ) -> None:
         """Complete the durable record of an ended call; ``transfer_to`` is the destination key
         of a transferred call."""
+        closed: CallRecord | None = None
         try:
             record = await self.store.get_call(call.call_id)
             if record is None:
                 return
             merged = tuple(dict.fromkeys(record.providers + providers))
-            await self.store.put_call(
-                dataclasses.replace(
-                    record,
-                    ended_at=time.time(),
-                    outcome=outcome,
-                    providers=merged,
-                    failovers=record.failovers + failovers,
-                    transfer_to=transfer_to or record.transfer_to,
-                )
+            closed = dataclasses.replace(
+                record,
+                ended_at=time.time(),
+                outcome=outcome,
+                providers=merged,
+                failovers=record.failovers + failovers,
+                transfer_to=transfer_to or record.transfer_to,
             )
+            await self.store.put_call(closed)
         except Exception as exc:
             log.error(
                 "call record not completed",
                 extra={"call_id": call.call_id, "error": type(exc).__name__},
             )
+        await self._ended(call, outcome, closed, transfer_to)
+
+    async def _ended(
+        self, call: Call, outcome: str, record: CallRecord | None, transfer_to: str | None
+    ) -> None:
+        """The customer's last event of the call: ``call.transferred``, ``call.failed`` (no
+        agent could serve it, or its carrier leg failed) or ``call.ended``."""
+        if transfer_to is not None or outcome == "transferred":
+            kind = EventType.TRANSFERRED
+        elif outcome in FAILED_OUTCOMES:
+            kind = EventType.FAILED
+        else:
+            kind = EventType.ENDED
+        data: dict[str, object] = {
+            "call_id": call.call_id,
+            "agent": call.agent,
+            "carrier": call.carrier,
+            "outcome": outcome,
+        }
+        if record is not None:
+            data["providers"] = list(record.providers)
+            data["failovers"] = record.failovers
+            if record.duration_s is not None:
+                data["duration_s"] = round(record.duration_s, 3)
+        if transfer_to is not None:
+            data["transfer_to"] = transfer_to
+        await self.events.emit(call.call_id, kind, data)
 
     async def caller_number(self, call: Call) -> str | None:
         """The caller's number from the call's record (decrypted), for a tool that was granted

@@ -106,6 +106,14 @@ class HangUp(Protocol):
     def hang_up(self, call: Call, account_id: str | None) -> None: ...
 
 
+class Transcripts(Protocol):
+    """Stores a call's turns, encrypted (``gateway.calls.transcripts.TranscriptLog``)."""
+
+    async def append(self, call: Call, role: str, text: str) -> bool: ...
+
+    def end(self, call_id: str) -> None: ...
+
+
 class AuditTrail(Protocol):
     """Records one audit event (``security.audit.Auditor``)."""
 
@@ -136,6 +144,7 @@ class BridgeServices:
     auditor: AuditTrail
     live: LiveBridges
     tools: ToolServices
+    transcripts: Transcripts
 
 
 # -- the bridge -------------------------------------------------------------------------------
@@ -177,6 +186,7 @@ class Bridge:
         self.profile = profile
         self.tools = CallTools(services.tools, profile, call, self, account_id=started.account_id)
         self._transfer_to: str | None = None
+        self._transcribing: set[asyncio.Task[bool]] = set()
         self._agent_audio_at = 0.0  # perf_counter of the agent's last audio chunk
 
     def stop(self, reason: EndReason) -> None:
@@ -229,6 +239,8 @@ class Bridge:
             self.outbound.stop_timer()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.tools.close()
+            await asyncio.gather(*self._transcribing, return_exceptions=True)
+            self.services.transcripts.end(self.call.call_id)
             self.services.live.remove(self)
             ACTIVE_CALLS.labels(self.carrier, self.agent.provider, self.call.agent).dec()
             await self._finish(reason, time.monotonic() - started)
@@ -351,7 +363,17 @@ class Bridge:
                     self.tools.called(event)
                 case ToolCancelled(call_ids=call_ids):
                     self.tools.cancelled(call_ids)
-                case AgentReady() | Transcript() | GoAway() | ResumptionHandle():
+                case Transcript(role=role, text=text):
+                    if self.profile.transcripts:
+                        # Stored beside the call (numbered now, so turns keep their order).
+                        self._transcribing.add(
+                            asyncio.create_task(
+                                self.services.transcripts.append(self.call, role, text),
+                                name="transcript",
+                            )
+                        )
+                        self._transcribing = {t for t in self._transcribing if not t.done()}
+                case AgentReady() | GoAway() | ResumptionHandle():
                     pass
                 case _:
                     assert_never(event)

@@ -71,6 +71,7 @@ def bridge_services(runtime: Runtime) -> BridgeServices:
         auditor=runtime.auditor,
         live=runtime.lifecycle,
         tools=runtime.tools,
+        transcripts=runtime.transcripts,
     )
 
 
@@ -129,6 +130,7 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
         profile=profile,
         recorder=recorder,
     )
+    await runtime.records.call_answered(call, agent.provider)
     # The carrier kept sending while the provider connected: that backlog is not a flood.
     bridge.allow_backlog(time.monotonic() - connecting)
     await bridge.run(early)

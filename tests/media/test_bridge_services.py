@@ -138,6 +138,14 @@ class Fakes:
     async def caller_number(self, call: Call) -> str | None:
         return None
 
+    # Transcripts: this profile keeps none.
+    async def append(self, call: Call, role: str, text: str) -> bool:
+        self.log.append(("transcript", role))
+        return True
+
+    def end(self, call_id: str) -> None:
+        self.log.append(("transcripts_end",))
+
     def services(self) -> BridgeServices:
         tools = ToolServices(
             runner=ToolRunner(secrets=[], breakers=BreakerRegistry.in_process(), production=False),
@@ -146,7 +154,13 @@ class Fakes:
             caller_number=self.caller_number,
         )
         return BridgeServices(
-            dialer=self, records=self, control=self, auditor=self, live=self, tools=tools
+            dialer=self,
+            records=self,
+            control=self,
+            auditor=self,
+            live=self,
+            tools=tools,
+            transcripts=self,
         )
 
 
@@ -175,6 +189,7 @@ async def test_a_bridge_runs_on_the_services_it_is_given():
         ("provider_failed", "first", "SessionClosed"),
         ("open_agent", "first"),
         ("audit", "call.failover", "success", "second"),
+        ("transcripts_end",),
         ("live", 0),
         ("end_call_eventually", "agent_hangup"),
         ("hang_up", started.account_id),
