@@ -2,8 +2,9 @@
 
 * ``GET /api/v1/calls/{id}``: the call's record (agent, carrier, providers, failovers, outcome,
   transfer destination key), its live state from the registry, and its timeline from the audit
-  trail (failovers, tool calls, transfers, commands, how it ended). Numbers are masked, except
-  for the roles that may export a data subject's data (their read is audited);
+  trail (failovers, tool calls, transfers, commands, how it ended). Numbers are masked and the
+  transcript left out, except for the roles that may export a data subject's data (numbers in
+  clear and the transcript; their read is audited);
 * ``POST /api/v1/calls/{id}/hangup``: end a live call (outcome ``operator_hangup``);
 * ``POST /api/v1/calls/{id}/transfer`` ``{"destination": KEY}``: move a live call to a key of
   its agent's transfer table.
@@ -126,16 +127,25 @@ async def call_detail(request: Request) -> Response:
         full = principal.can(Permission.SUBJECTS_EXPORT)
         show = (lambda n: n) if full else mask
         body["call"]["from"], body["call"]["to"] = show(numbers[0]), show(numbers[1])
-        if full and any(numbers):
-            await runtime.auditor.record(
-                "call.read",
-                "success",
-                actor=principal.name,
-                role=principal.role.value,
-                entity_type="call",
-                entity_id=call_id,
-                detail={"numbers": "clear"},
-            )
+        if full:
+            # What was said, for the roles that may read a person's data (decrypted here).
+            try:
+                turns = await runtime.transcripts.read(call_id)
+            except DecryptionError:
+                turns = []
+            body["transcript"] = [
+                {"seq": t.seq, "role": t.role, "at": t.at, "text": t.text} for t in turns
+            ]
+            if any(numbers) or turns:
+                await runtime.auditor.record(
+                    "call.read",
+                    "success",
+                    actor=principal.name,
+                    role=principal.role.value,
+                    entity_type="call",
+                    entity_id=call_id,
+                    detail={"numbers": "clear", "transcript_turns": len(turns)},
+                )
     events = await runtime.store.query_audit(
         AuditQuery(entity_type="call", entity_id=call_id, limit=TIMELINE_LIMIT)
     )
