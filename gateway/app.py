@@ -47,7 +47,7 @@ from gateway.media.recorder import Recorder
 from gateway.media.recording import delete_recording_file
 from gateway.media.tools import ToolServices
 from gateway.operators import agents as agents_api
-from gateway.operators import api, calls_api, console, outbound_api
+from gateway.operators import api, calls_api, console, deliveries, outbound_api
 from gateway.operators.middleware import middleware as security_middleware
 from gateway.operators.routes import routes as auth_routes
 from gateway.records.privacy import RetentionPeriods, RetentionSweeper
@@ -89,6 +89,7 @@ ROUTES: list[Route | WebSocketRoute] = [
     *agents_api.routes(),
     *calls_api.routes(),
     *outbound_api.routes(),
+    *deliveries.routes(),
     *review_api.routes(),
     *console.routes(),
 ]

@@ -21,6 +21,7 @@ class Permission(enum.StrEnum):
     SECURITY_REVIEW = "security:review"  # admin only: the security review and key inventory
     AGENTS_READ = "agents:read"  # the agent profiles in force (read-only)
     AGENTS_RELOAD = "agents:reload"  # admin only: read the agents file again
+    EVENTS_MANAGE = "events:manage"  # admin only: the call events' deliveries, re-sending
     CALLS_DIAL = "calls:dial"  # place outbound calls (POST /api/v1/calls)
 
 

@@ -5,6 +5,7 @@ its turns stored encrypted and readable by the roles allowed to."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,57 @@ async def test_a_call_whose_agent_dies_ends_with_call_failed(
     assert types == ["call.started", "call.answered", "call.failed"]
     last = [b for _, b in delivered(receiver, secret)][-1]
     assert last["data"]["outcome"] == "agent_failed"
+
+
+async def test_dead_events_are_listed_and_sent_again(make_gateway, tmp_path, receiver, openai_fake):
+    gw, _ = await events_gateway(make_gateway, tmp_path, receiver)
+    receiver.answer = Answer(status=410, body=b"")  # Gone: dead at once
+    leg = await place_call(gw, "twilio")
+    await leg.play(caller_audio(3))
+    await leg.stop()
+    await gw.wait_ended(leg.ticket)
+    admin, _ = await create_api_key(gw.runtime.store, "admin-key", Role.ADMIN)
+    ops, _ = await create_api_key(gw.runtime.store, "ops-key", Role.OPERATOR)
+    bearer = {"Authorization": f"Bearer {admin.token}"}
+    async with httpx.AsyncClient(base_url=gw.url, timeout=10 * UNIT) as http:
+
+        async def dead() -> list[dict[str, Any]]:
+            page = await http.get("/api/v1/deliveries", headers=bearer, params={"state": "dead"})
+            assert page.status_code == 200, page.text
+            listed: list[dict[str, Any]] = page.json()["deliveries"]
+            return listed
+
+        for _ in range(200):
+            if len(await dead()) == 3:
+                break
+            await asyncio.sleep(0.05)
+        listed = await dead()
+        assert sorted(d["type"] for d in listed) == ["call.answered", "call.ended", "call.started"]
+        assert all(d["last_error"] == "HTTP410" for d in listed)
+        denied = await http.get(
+            "/api/v1/deliveries", headers={"Authorization": f"Bearer {ops.token}"}
+        )
+        assert denied.status_code == 403
+        for params in ({"state": "lost"}, {"limit": "0"}, {"limit": "x"}):
+            bad = await http.get("/api/v1/deliveries", headers=bearer, params=params)
+            assert bad.status_code == 400
+        assert (
+            await http.post("/api/v1/deliveries/evt_nope/retry", headers=bearer)
+        ).status_code == 409
+
+        receiver.answer = Answer(status=200, body=b"{}")
+        one = await http.post(f"/api/v1/deliveries/{listed[-1]['event_id']}/retry", headers=bearer)
+        assert one.status_code == 200
+        rest = await http.post("/api/v1/deliveries/retry-dead", headers=bearer)
+        assert rest.json() == {"ok": True, "requeued": 2}
+    await eventually(
+        lambda: (
+            sum(r.headers.get("webhook-id") == listed[-1]["event_id"] for r in receiver.requests)
+            >= 2
+        ),
+        10 * UNIT,
+        "the retried event sent again",
+    )
+    ids = {r.headers["webhook-id"] for r in receiver.requests}
+    assert ids == {d["event_id"] for d in listed}  # sent again under the same ids
+    await eventually(lambda: len(receiver.requests) >= 6, 10 * UNIT, "all three again")

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.cli.admin import create_api_key, revoke_api_key, rotate_api_key
 from gateway.operators import agents as agents_api
-from gateway.operators import api, calls_api
+from gateway.operators import api, calls_api, deliveries
 from gateway.operators.permissions import ROLE_PERMISSIONS, Permission
 from gateway.records.base import Role
 from security.apikeys import DAY_S, KeyPolicy, KeyState
@@ -27,11 +27,12 @@ ALLOWED_STATUS = {
     "/api/v1/calls/{call_id}/hangup": 404,
     "/api/v1/calls/{call_id}/transfer": 415,  # no JSON body
     "/api/v1/agents/reload": 422,  # no agents file configured
+    "/api/v1/deliveries/{event_id}/retry": 404,  # not an event id
 }
-UNSAFE = ("/delete", "/hangup", "/transfer", "/reload")
+UNSAFE = ("/delete", "/hangup", "/transfer", "/reload", "/retry", "/retry-dead")
 ROUTE_PERMISSION = {
     r.path: r.endpoint.permission  # type: ignore[attr-defined]
-    for r in (*api.routes(), *agents_api.routes(), *calls_api.routes())
+    for r in (*api.routes(), *agents_api.routes(), *calls_api.routes(), *deliveries.routes())
 }
 
 
@@ -58,6 +59,9 @@ def test_every_api_route_declares_a_permission() -> None:
         "/api/v1/calls/{call_id}",
         "/api/v1/calls/{call_id}/hangup",
         "/api/v1/calls/{call_id}/transfer",
+        "/api/v1/deliveries",
+        "/api/v1/deliveries/retry-dead",
+        "/api/v1/deliveries/{event_id}/retry",
     }
     assert all(isinstance(p, Permission) for p in ROUTE_PERMISSION.values())
 
