@@ -241,8 +241,8 @@ async def test_the_report_from_a_seeded_store(store: SqlStore, tmp_path: Path) -
     assert evidence["retention"]["last_run"]["calls"] == 1
     assert evidence["retention"]["deleted_in_window"]["calls"] == 1
     assert evidence["access"] == {
-        "active_users": {"admin": 0, "operator": 0, "auditor": 1},
-        "usable_api_keys": {"admin": 0, "operator": 1, "auditor": 0},
+        "active_users": {"admin": 0, "operator": 0, "auditor": 1, "dialer": 0},
+        "usable_api_keys": {"admin": 0, "operator": 1, "auditor": 0, "dialer": 0},
     }
     assert evidence["key_ages"]["available"] is False
     enabled = {c["id"]: c["enabled"] for c in report["controls"]}

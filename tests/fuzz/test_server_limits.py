@@ -197,7 +197,9 @@ async def test_a_body_trickling_in_after_the_response_is_cut(server: Server):
     finally:
         sending.cancel()
         writer.close()
-    assert status(reply) == 200 and reply.count(b"HTTP/1.1") == 1
+    # The server closes with the client's bytes unread: the kernel's reset can overtake the
+    # 200 in the client's buffer on a busy machine. Either way the connection ended at once.
+    assert (status(reply) == 200 and reply.count(b"HTTP/1.1") == 1) or reply == b"<reset>"
     assert took <= SLACK_S  # closed after the answer, not at the deadline
 
 
