@@ -639,11 +639,11 @@
       li.dataset.role = turn.role;
       const who = document.createElement("span");
       who.className = "who";
-      who.textContent = turn.role === "caller" ? "Caller" : "Agent";
+      who.textContent = turn.role === "caller" ? "Caller:" : "Agent:";
       const said = document.createElement("span");
       said.className = "said";
       said.textContent = turn.text;
-      li.append(who, said);
+      li.append(who, " ", said);
       transcript.appendChild(li);
     }
     $("call-no-transcript").hidden = (data.transcript || []).length > 0;
