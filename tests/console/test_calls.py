@@ -178,6 +178,9 @@ async def test_operator_filters_pages_and_opens_a_call_on_a_phone(
         assert await page.is_hidden("#call-transcript-part")  # an operator: no transcript
         assert page.url.endswith(f"#{with_detail}")
         await fits(page)
+        shot = tmp_path / "calls-phone.png"
+        await page.screenshot(path=str(shot), full_page=True)
+        print(f"console screenshot: {shot}")
 
         # The link survives a reload; closing the page forgets it.
         await page.reload()
