@@ -6,91 +6,19 @@ the other leave. A screenshot is saved under the test's tmp_path (its path is pr
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import BrowserContext, ConsoleMessage, Page, async_playwright
+from playwright.async_api import Page
 
-from gateway import devkeys
-from gateway.cli.admin import add_user
-from gateway.cli.simulate import serve_app
-from gateway.operators.sessions import AuthRuntime
 from gateway.records.base import Role
-from gateway.settings import Settings
-from tests.conftest import UNIT
-from tests.e2e.carrier import Gateway, caller_audio, free_port, gateway_env, place_call
+from tests.console.harness import WAIT_MS, browser, console_gateway, sign_in, watch_console
+from tests.e2e.carrier import caller_audio, place_call
 from tests.fakes.carrier_rest import FakeCarrierRest
-from tests.sessions.harness import PASSWORD, TEST_HASHER, compose, make_auth, sqlite_store
-
-CHROMIUM = "/usr/bin/chromium"
-HAVE_CHROMIUM = Path(CHROMIUM).exists()
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-WAIT_MS = int(10_000 * UNIT)
+from tests.sessions.harness import PASSWORD
 
 pytestmark = pytest.mark.e2e
-
-
-@contextlib.asynccontextmanager
-async def console_gateway(
-    tmp_path: Path, rest: FakeCarrierRest, role: Role = Role.OPERATOR, **env: str
-) -> AsyncIterator[Gateway]:
-    """The composed app (sessions, API, console) served by uvicorn on a free loopback port,
-    with one user, ``ada``, of ``role``; ``env`` adds settings."""
-    port = free_port()
-    settings = devkeys.apply(Settings.from_env(gateway_env(tmp_path, port, rest, **env)))
-    async with sqlite_store(tmp_path) as store:
-        await add_user(store, TEST_HASHER, "ada", role, PASSWORD)
-        app = compose(settings)
-        auth: AuthRuntime = make_auth(settings, store)
-        started = app.router.lifespan_context
-
-        @contextlib.asynccontextmanager
-        async def lifespan(a: Any) -> AsyncIterator[None]:
-            async with started(a):
-                a.state.runtime.auth = auth  # what start_runtime does once integrated
-                yield
-
-        app.router.lifespan_context = lifespan
-        async with serve_app(app, port) as url:
-            yield Gateway(url, settings, app, rest)
-
-
-@contextlib.asynccontextmanager
-async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
-    if not HAVE_CHROMIUM:
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (see .ci/run)")
-    async with async_playwright() as p:
-        context = await p.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),  # fresh profile per test
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-        )
-        try:
-            yield context
-        finally:
-            await context.close()
-
-
-def watch_console(page: Page, problems: list[str]) -> None:
-    def on_message(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            problems.append(message.text)
-
-    page.on("console", on_message)
-    page.on("pageerror", lambda exc: problems.append(str(exc)))
 
 
 async def test_login_live_call_two_tabs_logout(tmp_path: Path, rest: FakeCarrierRest) -> None:
@@ -236,15 +164,6 @@ def agents_file(tmp_path: Path) -> Path:
     path = tmp_path / "agents.toml"
     path.write_text(AGENTS)
     return path
-
-
-async def sign_in(page: Page, url: str) -> None:
-    await page.goto(url + "/console/")
-    await page.wait_for_selector("body[data-state=signed-out]", timeout=WAIT_MS)
-    await page.fill("#username", "ada")
-    await page.fill("#password", PASSWORD)
-    await page.click("#login-button")
-    await page.wait_for_selector("body[data-state=signed-in]", timeout=WAIT_MS)
 
 
 async def agent_rows(page: Page) -> list[list[str]]:

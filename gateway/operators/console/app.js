@@ -12,6 +12,9 @@
   const REFRESH_MARGIN_S = 60;
   const PROVIDERS_EVERY_MS = 5000;
   const AGENTS_EVERY_MS = 30000; // a SIGHUP reload shows up within this
+  const CALL_EVERY_MS = 2000; // an open call's page follows a live call this often
+  const HISTORY_PAGE = 25;
+  const CALL_HASH = /^#(call_[A-Za-z0-9_-]{1,64})$/;
   const channel = "BroadcastChannel" in window ? new BroadcastChannel("voicegw-session") : null;
 
   let session = null; // {user, role, expires_at, permissions}
@@ -21,6 +24,13 @@
   let agentsTimer = null;
   let tickTimer = null;
   let liveCalls = [];
+  let agentsByName = new Map(); // name -> summary (transfer keys for the call page)
+  let historyQuery = ""; // the filters of the pages shown
+  let historyCursor = null;
+  let historyGeneration = 0;
+  let openCallId = null;
+  let openCallData = null; // the last GET /api/v1/calls/{id} body
+  let callTimer = null;
 
   const $ = (id) => document.getElementById(id);
 
@@ -52,8 +62,9 @@
     return response;
   }
 
-  // GET an /api/v1 resource; on 401 refresh once and retry; if that fails, the session is over.
-  async function get(path) {
+  // GET an /api/v1 resource; on 401 refresh once and retry; if that fails, the session is over
+  // (null). Other statuses are the caller's to read.
+  async function getResponse(path) {
     let response = await fetch(path, { credentials: "same-origin" });
     if (response.status === 401 && (await refresh())) {
       response = await fetch(path, { credentials: "same-origin" });
@@ -62,7 +73,26 @@
       signedOut(true);
       return null;
     }
-    return response.ok ? response.json() : null;
+    return response;
+  }
+
+  // The body of a successful GET, or null.
+  async function get(path) {
+    const response = await getResponse(path);
+    return response && response.ok ? response.json() : null;
+  }
+
+  // What an API error says ({"error": "..."}), or its HTTP status.
+  async function errorText(response) {
+    try {
+      if (response.headers.get("content-type")?.startsWith("application/json")) {
+        const data = await response.json();
+        if (data && typeof data.error === "string") return data.error;
+      }
+    } catch {
+      // not JSON after all: the status says enough
+    }
+    return `HTTP ${response.status}`;
   }
 
   async function currentSession() {
@@ -142,6 +172,11 @@
     }
     if (can("audit:read")) loadAudit();
     if (can("security:review")) loadKeys();
+    if (can("calls:read")) {
+      loadHistory(false);
+      const linked = CALL_HASH.exec(location.hash);
+      if (linked) openCallPage(linked[1]);
+    }
     tickTimer = setInterval(renderCalls, 1000);
   }
 
@@ -154,6 +189,12 @@
     events = null;
     liveCalls = [];
     renderCalls();
+    closeCallPage();
+    $("history").tBodies[0].replaceChildren();
+    $("history-more").hidden = true;
+    $("dial-result").hidden = true;
+    agentsByName = new Map();
+    $("agent-names").replaceChildren();
   }
 
   // -- live calls over Server-Sent Events ------------------------------------------------
@@ -166,6 +207,7 @@
     events.addEventListener("calls", (e) => {
       liveCalls = JSON.parse(e.data);
       renderCalls();
+      if (openCallId) loadCall(); // the open call may have changed state or ended
     });
     events.addEventListener("session-ended", () => {
       events.close();
@@ -199,7 +241,8 @@
     for (const call of liveCalls) {
       const row = document.createElement("tr");
       row.dataset.callId = call.call_id;
-      cell(row, call.call_id, "mono");
+      callCell(row, call.call_id);
+      cell(row, call.agent || "—");
       cell(row, call.carrier);
       cell(row, call.provider);
       cell(row, call.state);
@@ -250,6 +293,15 @@
   }
 
   function renderAgents(data) {
+    agentsByName = new Map(data.agents.map((a) => [a.name, a]));
+    $("agent-names").replaceChildren(
+      ...data.agents.map((a) => {
+        const option = document.createElement("option");
+        option.value = a.name;
+        return option;
+      }),
+    );
+    if (openCallData) renderCallActions(openCallData.call);
     $("agents-count").textContent = String(data.count);
     $("agents-source").textContent =
       data.source === "file" ? "from the agents file" : "built in (from the settings: no agents file)";
@@ -397,6 +449,309 @@
     }
   }
 
+
+  // -- call history, the call page and its commands, placing calls ----------------------------
+
+  // A cell with the call id as a button that opens the call page.
+  function callCell(row, callId) {
+    const td = document.createElement("td");
+    td.className = "mono";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "link open-call";
+    button.textContent = callId;
+    button.addEventListener("click", () => openCallPage(callId));
+    td.appendChild(button);
+    row.appendChild(td);
+  }
+
+  function historyFilters() {
+    const params = new URLSearchParams();
+    for (const [name, id] of [
+      ["agent", "history-agent"],
+      ["carrier", "history-carrier"],
+      ["state", "history-state"],
+      ["outcome", "history-outcome"],
+    ]) {
+      const value = $(id).value.trim();
+      if (value) params.set(name, value);
+    }
+    params.set("limit", String(HISTORY_PAGE));
+    return params;
+  }
+
+  // The first page for the filters in the form, or (``more``) the next page of those shown.
+  async function loadHistory(more) {
+    const params = more ? new URLSearchParams(historyQuery) : historyFilters();
+    if (more) params.set("cursor", historyCursor);
+    else historyQuery = params.toString();
+    const generation = ++historyGeneration;
+    const moreButton = $("history-more");
+    moreButton.disabled = true;
+    const error = $("history-error");
+    let response;
+    try {
+      response = await getResponse(`/api/v1/calls?${params}`);
+    } catch {
+      response = undefined;
+    } finally {
+      moreButton.disabled = false;
+    }
+    if (generation !== historyGeneration || response === null) return; // superseded, or signed out
+    if (!response || !response.ok) {
+      error.textContent = `The call history did not load: ${response ? await errorText(response) : "the gateway did not answer"}.`;
+      error.hidden = false;
+      return;
+    }
+    error.hidden = true;
+    const data = await response.json();
+    const body = $("history").tBodies[0];
+    if (!more) body.replaceChildren();
+    for (const c of data.recent) {
+      const row = document.createElement("tr");
+      row.dataset.callId = c.call_id;
+      callCell(row, c.call_id);
+      cell(row, when(c.started_at));
+      cell(row, c.agent || "—");
+      cell(row, c.carrier);
+      cell(row, c.duration_s === null ? "—" : duration(c.duration_s));
+      cell(row, c.ended_at === null ? "open" : c.outcome || "—", c.ended_at === null ? "state-open" : "");
+      body.appendChild(row);
+    }
+    historyCursor = data.next;
+    moreButton.hidden = !data.next;
+    $("history-empty").hidden = body.rows.length > 0;
+  }
+
+  function openCallPage(callId) {
+    if (openCallId !== callId) {
+      openCallData = null;
+      $("call-fields").replaceChildren();
+      $("call-timeline").replaceChildren();
+      $("call-transcript").replaceChildren();
+      $("call-state").textContent = "";
+      $("call-action-result").hidden = true;
+      $("call-actions").hidden = true;
+    }
+    openCallId = callId;
+    $("call-id").textContent = callId;
+    $("call-panel").hidden = false;
+    if (location.hash !== `#${callId}`) history.replaceState(null, "", `#${callId}`);
+    $("call-panel").scrollIntoView({ block: "nearest" });
+    return loadCall();
+  }
+
+  function closeCallPage() {
+    clearTimeout(callTimer);
+    openCallId = null;
+    openCallData = null;
+    $("call-panel").hidden = true;
+    if (CALL_HASH.test(location.hash)) history.replaceState(null, "", location.pathname + location.search);
+  }
+
+  async function loadCall() {
+    const callId = openCallId;
+    if (!callId) return;
+    clearTimeout(callTimer);
+    let response;
+    try {
+      response = await getResponse(`/api/v1/calls/${encodeURIComponent(callId)}`);
+    } catch {
+      response = undefined;
+    }
+    if (callId !== openCallId || response === null) return;
+    if (!response || !response.ok) {
+      const reason = !response
+        ? "the gateway did not answer"
+        : response.status === 404
+          ? "no such call"
+          : await errorText(response);
+      $("call-state").textContent = reason;
+      $("call-actions").hidden = true;
+      if (response && response.status !== 404) callTimer = setTimeout(loadCall, CALL_EVERY_MS);
+      return;
+    }
+    const data = await response.json();
+    if (callId !== openCallId) return;
+    openCallData = data;
+    renderCall(data);
+    // Follow the call until it has ended and its record is closed.
+    if (data.call.state !== "ended" || !data.call.ended_at) callTimer = setTimeout(loadCall, CALL_EVERY_MS);
+  }
+
+  function renderCall(data) {
+    const call = data.call;
+    $("call-state").textContent = call.state;
+    const fields = $("call-fields");
+    fields.replaceChildren();
+    const field = (label, value) => {
+      if (value === undefined || value === null || value === "") return;
+      const dt = document.createElement("dt");
+      dt.textContent = label;
+      const dd = document.createElement("dd");
+      dd.textContent = value;
+      dd.dataset.field = label.toLowerCase().replace(/ /g, "-");
+      fields.append(dt, dd);
+    };
+    field("Agent", call.agent);
+    field("Carrier", call.carrier);
+    field("Provider", call.provider);
+    field("Providers", (call.providers || []).join(" → "));
+    field("From", call.from);
+    field("To", call.to);
+    field("Started", call.started_at ? `${when(call.started_at)} UTC` : null);
+    field("Ended", call.ended_at ? `${when(call.ended_at)} UTC` : null);
+    field("Duration", call.duration_s === null || call.duration_s === undefined ? null : duration(call.duration_s));
+    field("Outcome", call.outcome);
+    field("Failovers", call.failovers ? String(call.failovers) : null);
+    field("Transferred to", call.transfer_to);
+    field("Recorded", call.recorded ? "yes" : null);
+    field("Replica", call.replica);
+    renderCallActions(call);
+
+    const timeline = $("call-timeline");
+    timeline.replaceChildren();
+    for (const e of data.timeline) {
+      const li = document.createElement("li");
+      li.dataset.action = e.action;
+      const action = document.createElement("strong");
+      action.textContent = e.action;
+      li.append(`${when(e.at)} `, action, ` ${e.outcome}${e.actor ? ` by ${e.actor}` : ""}`);
+      const detail = Object.entries(e.detail || {}).map(
+        ([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`,
+      );
+      if (detail.length) {
+        const span = document.createElement("span");
+        span.className = "detail";
+        span.textContent = ` (${detail.join(", ")})`;
+        li.appendChild(span);
+      }
+      timeline.appendChild(li);
+    }
+    $("call-no-timeline").hidden = data.timeline.length > 0;
+
+    // Only the roles that may read a person's data get the transcript at all.
+    $("call-transcript-part").hidden = !Array.isArray(data.transcript);
+    const transcript = $("call-transcript");
+    transcript.replaceChildren();
+    for (const turn of data.transcript || []) {
+      const li = document.createElement("li");
+      li.dataset.role = turn.role;
+      const who = document.createElement("span");
+      who.className = "who";
+      who.textContent = turn.role === "caller" ? "Caller:" : "Agent:";
+      const said = document.createElement("span");
+      said.className = "said";
+      said.textContent = turn.text;
+      li.append(who, " ", said);
+      transcript.appendChild(li);
+    }
+    $("call-no-transcript").hidden = (data.transcript || []).length > 0;
+  }
+
+  // "Hang up" and one "Transfer to <key>" per key of the call's agent, while the call is live.
+  function renderCallActions(call) {
+    const live = call.state !== "ended";
+    $("call-actions").hidden = !live;
+    const keys = live ? agentsByName.get(call.agent)?.transfer || [] : [];
+    const transfers = $("call-transfers");
+    const shown = JSON.stringify([call.call_id, keys]);
+    if (transfers.dataset.shown === shown) return; // keep the buttons (and any focus) as they are
+    transfers.dataset.shown = shown;
+    transfers.replaceChildren(
+      ...keys.map((key) => {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "transfer";
+        button.dataset.destination = key;
+        button.textContent = `Transfer to ${key}`;
+        button.addEventListener("click", () => command("transfer", key));
+        return button;
+      }),
+    );
+  }
+
+  // Hang up or transfer the open call, once the operator confirms; the API's refusal is shown.
+  async function command(kind, destination) {
+    const callId = openCallId;
+    if (!callId) return;
+    const question =
+      kind === "hangup" ? `Hang up call ${callId}?` : `Transfer call ${callId} to ${destination}?`;
+    if (!window.confirm(question)) return;
+    const result = $("call-action-result");
+    const buttons = $("call-actions").querySelectorAll("button");
+    for (const b of buttons) b.disabled = true;
+    result.textContent = kind === "hangup" ? "Hanging up…" : `Transferring to ${destination}…`;
+    result.className = "muted";
+    result.hidden = false;
+    try {
+      const path = `/api/v1/calls/${encodeURIComponent(callId)}/${kind}`;
+      const response = await post(path, kind === "transfer" ? { destination } : undefined);
+      if (response.ok) {
+        result.textContent = kind === "hangup" ? "Hung up." : `Transferred to ${destination}.`;
+        result.className = "ok";
+      } else {
+        result.textContent = `Refused: ${await errorText(response)}.`;
+        result.className = "error";
+      }
+    } catch {
+      result.textContent = "Failed: the gateway did not answer.";
+      result.className = "error";
+    } finally {
+      for (const b of buttons) b.disabled = false;
+    }
+    if (callId === openCallId) await loadCall();
+  }
+
+  // POST /api/v1/calls from the form; the new call's id, or the API's reason for refusing.
+  async function placeCall() {
+    const body = {
+      to: $("dial-to").value.trim(),
+      from: $("dial-from").value.trim(),
+      agent: $("dial-agent").value.trim(),
+    };
+    if ($("dial-carrier").value) body.carrier = $("dial-carrier").value;
+    if ($("dial-amd").checked) body.machine_detection = true;
+    const button = $("dial-button");
+    const result = $("dial-result");
+    button.disabled = true;
+    result.replaceChildren("Calling…");
+    result.className = "muted";
+    result.hidden = false;
+    try {
+      const response = await post("/api/v1/calls", body);
+      if (response.status === 201) {
+        const placed = await response.json();
+        result.replaceChildren("Call placed: ");
+        if (can("calls:read")) {
+          const open = document.createElement("button");
+          open.type = "button";
+          open.className = "link mono";
+          open.id = "dial-call-id";
+          open.textContent = placed.call_id;
+          open.addEventListener("click", () => openCallPage(placed.call_id));
+          result.appendChild(open);
+        } else {
+          const id = document.createElement("span");
+          id.className = "mono";
+          id.id = "dial-call-id";
+          id.textContent = placed.call_id;
+          result.appendChild(id);
+        }
+        result.className = "ok";
+        return;
+      }
+      const wait = response.headers.get("retry-after");
+      result.textContent = `Refused: ${await errorText(response)}${wait ? ` (try again in ${wait} s)` : ""}.`;
+      result.className = "error";
+    } catch {
+      result.textContent = "Failed: the gateway did not answer.";
+      result.className = "error";
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   // -- wiring ---------------------------------------------------------------------------------
 
   $("login-form").addEventListener("submit", async (event) => {
@@ -435,6 +790,22 @@
   });
 
   $("agents-reload").addEventListener("click", reloadAgents);
+
+  $("history-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadHistory(false);
+  });
+  $("history-more").addEventListener("click", () => loadHistory(true));
+  $("call-close").addEventListener("click", closeCallPage);
+  $("call-hangup").addEventListener("click", () => command("hangup"));
+  $("dial-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    placeCall();
+  });
+  window.addEventListener("hashchange", () => {
+    const linked = CALL_HASH.exec(location.hash);
+    if (linked && session && can("calls:read")) openCallPage(linked[1]);
+  });
 
   $("audit-form").addEventListener("submit", (event) => {
     event.preventDefault();
