@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.records.base import Role
-from tests.console.test_browser import WAIT_MS, browser, console_gateway, watch_console
+from tests.console.harness import WAIT_MS, browser, console_gateway, watch_console
 from tests.fakes.carrier_rest import FakeCarrierRest
 from tests.sessions.harness import PASSWORD
 
