@@ -122,6 +122,7 @@ async def start_runtime(settings: Settings) -> Runtime:
     # Call events to the customer (VOICEGW_EVENTS_URL): written to the store's outbox with
     # the call, delivered by the dispatcher; one breaker for the endpoint, beside the tools'.
     call_events, dispatcher = build_events(settings, durable.store, state.tool_breakers)
+    transcripts = TranscriptLog(store=durable.store, data_keys=durable.data_keys)
     records = CallRecords(
         store=durable.store,
         data_keys=durable.data_keys,
@@ -130,6 +131,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         tasks=tasks,
         recording_path=recorder.path,
         events=call_events,
+        transcripts=transcripts,
     )
     control = CallControl.build(
         settings, breakers=state.breakers, registry=state.registry, records=records, tasks=tasks
@@ -196,7 +198,7 @@ async def start_runtime(settings: Settings) -> Runtime:
             auditor=durable.auditor,
             caller_number=records.caller_number,
         ),
-        transcripts=TranscriptLog(store=durable.store, data_keys=durable.data_keys),
+        transcripts=transcripts,
         event_dispatcher=dispatcher,
         store=durable.store,
         data_keys=durable.data_keys,

@@ -66,6 +66,7 @@ AGENT_KEYS: Final = frozenset(
         "greeting",
         "record",
         "transcripts",
+        "include_transcript",
         "transfer",
         "tools",
         "end_call",
@@ -319,6 +320,12 @@ class _Checker:
         transcripts = False
         if "transcripts" in table:
             transcripts = self.boolean(table["transcripts"], (*where, "transcripts")) is True
+        include_transcript = False
+        if "include_transcript" in table:
+            key = (*where, "include_transcript")
+            include_transcript = self.boolean(table["include_transcript"], key) is True
+            if include_transcript and not transcripts:
+                self.problem(key, "needs transcripts = true (nothing is kept to send)")
         end_call = True
         if "end_call" in table:
             end_call = self.boolean(table["end_call"], (*where, "end_call")) is not False
@@ -340,6 +347,7 @@ class _Checker:
             caller_ids=caller_ids,
             max_concurrent_calls=max_calls,
             transcripts=transcripts,
+            include_transcript=include_transcript,
         )
 
     def call_cap(self, table: Mapping[str, Any], where: Path_) -> int | None:

@@ -100,6 +100,8 @@ class AgentProfile:
     caller_ids: tuple[str, ...] = ()
     max_concurrent_calls: int | None = None
     transcripts: bool = False
+    include_transcript: bool = False
+    """The customer's ``call.ended`` event carries the transcript (needs ``transcripts``)."""
 
     def functions(self) -> tuple[Function, ...]:
         """What the model is offered: the profile's tools in file order, then ``transfer_call``

@@ -11,14 +11,15 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from redis.exceptions import RedisError
 
 from gateway.calls.registry import CallRegistry, when_registry_answers
 from gateway.calls.state import Call, CallError, CallState, CallStateError
+from gateway.calls.transcripts import Turn
 from gateway.events.payload import EventType
 from gateway.events.producer import CallEvents
 from gateway.lifecycle import Tasks
@@ -27,6 +28,13 @@ from gateway.records.privacy import open_numbers, seal_numbers
 from security.crypto import BlindIndex, KeyRing
 
 log = logging.getLogger("voicegw.runtime")
+
+
+class TranscriptReader(Protocol):
+    """Reads a call's turns in clear (``gateway.calls.transcripts.TranscriptLog``)."""
+
+    async def read(self, call_id: str) -> Sequence[Turn]: ...
+
 
 FAILED_OUTCOMES: Final = frozenset(
     {
@@ -58,6 +66,7 @@ class CallRecords:
         tasks: Tasks,
         recording_path: Callable[[Call], Path],
         events: CallEvents | None = None,
+        transcripts: TranscriptReader | None = None,
     ) -> None:
         self.store = store
         self.data_keys = data_keys
@@ -66,6 +75,7 @@ class CallRecords:
         self.tasks = tasks
         self.recording_path = recording_path
         self.events = CallEvents(None) if events is None else events
+        self.transcripts = transcripts
 
     async def record_call(
         self, call: Call, *, from_number: str | None, to_number: str | None, record: bool = False
@@ -123,9 +133,10 @@ class CallRecords:
         failovers: int,
         *,
         transfer_to: str | None = None,
+        include_transcript: bool = False,
     ) -> None:
         """Complete the durable record of an ended call; ``transfer_to`` is the destination key
-        of a transferred call."""
+        of a transferred call; ``include_transcript``: its last event carries what was said."""
         closed: CallRecord | None = None
         try:
             record = await self.store.get_call(call.call_id)
@@ -146,10 +157,15 @@ class CallRecords:
                 "call record not completed",
                 extra={"call_id": call.call_id, "error": type(exc).__name__},
             )
-        await self._ended(call, outcome, closed, transfer_to)
+        await self._ended(call, outcome, closed, transfer_to, include_transcript)
 
     async def _ended(
-        self, call: Call, outcome: str, record: CallRecord | None, transfer_to: str | None
+        self,
+        call: Call,
+        outcome: str,
+        record: CallRecord | None,
+        transfer_to: str | None,
+        include_transcript: bool,
     ) -> None:
         """The customer's last event of the call: ``call.transferred``, ``call.failed`` (no
         agent could serve it, or its carrier leg failed) or ``call.ended``."""
@@ -172,6 +188,15 @@ class CallRecords:
                 data["duration_s"] = round(record.duration_s, 3)
         if transfer_to is not None:
             data["transfer_to"] = transfer_to
+        if include_transcript and self.transcripts is not None and self.events.enabled:
+            try:
+                turns = await self.transcripts.read(call.call_id)
+                data["transcript"] = [{"role": t.role, "text": t.text} for t in turns]
+            except Exception as exc:  # the event goes without it; the gap is logged
+                log.error(
+                    "transcript not read for the call event",
+                    extra={"call_id": call.call_id, "error": type(exc).__name__},
+                )
         await self.events.emit(call.call_id, kind, data)
 
     async def caller_number(self, call: Call) -> str | None:

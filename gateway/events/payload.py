@@ -38,11 +38,14 @@ DATA_FIELDS: Final[Mapping[str, type | tuple[type, ...]]] = {
     "providers": list,  # of provider names
     "failovers": int,
     "transfer_to": str,  # the key of the agent's transfer table, never the number
+    "transcript": list,  # [{"role", "text"}]: only for agents with include_transcript = true
 }
 """The fields an event's ``data`` may carry, and their types."""
 
 MAX_TEXT: Final = 128
 MAX_ITEMS: Final = 16
+MAX_TRANSCRIPT_CHARS: Final = 64 * 1024
+"""A transcript in an event stops at this many characters of text (the rest is cut off)."""
 # Seven digits or more, whatever the punctuation: a phone number, never sent.
 _PHONE_LIKE: Final = re.compile(r"(?:\D*\d){7}")
 
@@ -72,6 +75,13 @@ def clean_data(call_id: str, data: Mapping[str, Any]) -> tuple[dict[str, Any], l
         if expected is None or isinstance(value, bool) or not isinstance(value, expected):
             dropped.append(name if expected is not None else "(unknown)")
             continue
+        if name == "transcript":
+            turns = _transcript(value)
+            if turns is None:
+                dropped.append(name)
+            else:
+                kept[name] = turns
+            continue
         if isinstance(value, str):
             text = _text(value)
             if text is None:
@@ -92,6 +102,26 @@ def clean_data(call_id: str, data: Mapping[str, Any]) -> tuple[dict[str, Any], l
         else:
             kept[name] = value
     return kept, dropped
+
+
+def _transcript(value: object) -> list[dict[str, str]] | None:
+    """The turns as sent (the agent's profile asked for them: what was said is sent as said,
+    digits included), cut at ``MAX_TRANSCRIPT_CHARS``; None when a turn is malformed."""
+    if not isinstance(value, list):
+        return None
+    turns: list[dict[str, str]] = []
+    left = MAX_TRANSCRIPT_CHARS
+    for turn in value:
+        if not isinstance(turn, Mapping):
+            return None
+        role, text = turn.get("role"), turn.get("text")
+        if role not in ("caller", "agent") or not isinstance(text, str):
+            return None
+        if left <= 0:
+            break
+        turns.append({"role": role, "text": text[:left]})
+        left -= len(text)
+    return turns
 
 
 def iso8601(timestamp: float) -> str:

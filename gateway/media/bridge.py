@@ -97,6 +97,7 @@ class Records(Protocol):
         failovers: int,
         *,
         transfer_to: str | None = None,
+        include_transcript: bool = False,
     ) -> None: ...
 
 
@@ -313,6 +314,7 @@ class Bridge:
             tuple(self._providers),
             len(self._providers) - 1,
             transfer_to=self._transfer_to,
+            include_transcript=self.profile.include_transcript,
         )
         log.info(
             "call ended",

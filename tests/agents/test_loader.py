@@ -156,6 +156,11 @@ def test_unknown_keys_are_named_with_their_line(write):
             "whole number",
         ),
         ('providers = ["echo"]\ntranscripts = 1', "agents.only.transcripts", "true or false"),
+        (
+            'providers = ["echo"]\ninclude_transcript = true',
+            "agents.only.include_transcript",
+            "needs transcripts = true",
+        ),
         ('providers = ["echo"]\ngreeting = "a\\nb"', "agents.only.greeting", "one line"),
         ('providers = ["echo"]\ngreeting = ""', "agents.only.greeting", "non-empty"),
         ('providers = ["echo"]\ninstructions = 3', "agents.only.instructions", "non-empty string"),

@@ -36,7 +36,7 @@ async def receiver() -> AsyncIterator[Endpoint]:
         await server.stop()
 
 
-def agents_file(tmp_path: Path) -> Path:
+def agents_file(tmp_path: Path, *, include_transcript: bool = False) -> Path:
     path = tmp_path / "agents.toml"
     path.write_text(
         f"""
@@ -45,16 +45,19 @@ numbers = ["{CALLEE}"]
 providers = ["openai"]
 instructions = "You take notes."
 transcripts = true
+include_transcript = {"true" if include_transcript else "false"}
 """
     )
     return path
 
 
-async def events_gateway(make_gateway, tmp_path: Path, receiver: Endpoint) -> tuple[Gateway, str]:
+async def events_gateway(
+    make_gateway, tmp_path: Path, receiver: Endpoint, *, include_transcript: bool = False
+) -> tuple[Gateway, str]:
     secret = new_secret()
     gw = await make_gateway(
         "openai",
-        VOICEGW_AGENTS_FILE=str(agents_file(tmp_path)),
+        VOICEGW_AGENTS_FILE=str(agents_file(tmp_path, include_transcript=include_transcript)),
         VOICEGW_EVENTS_URL=receiver.url,
         VOICEGW_EVENTS_SECRET=secret,
     )
@@ -198,3 +201,27 @@ async def test_dead_events_are_listed_and_sent_again(make_gateway, tmp_path, rec
     ids = {r.headers["webhook-id"] for r in receiver.requests}
     assert ids == {d["event_id"] for d in listed}  # sent again under the same ids
     await eventually(lambda: len(receiver.requests) >= 6, 10 * UNIT, "all three again")
+
+
+async def test_an_agent_may_send_its_transcript_with_the_last_event(
+    make_gateway, tmp_path, receiver, openai_fake
+):
+    gw, secret = await events_gateway(make_gateway, tmp_path, receiver, include_transcript=True)
+    leg = await place_call(gw, "twilio")
+    await leg.play(caller_audio(3))
+    await openai_fake.wait_until(lambda: bool(openai_fake.connections))
+    await openai_fake.transcript("Table for 4 at 19:30, name 5550123", role="user")
+    await openai_fake.transcript("Booked.", role="agent")
+    await leg.stop()
+    await gw.wait_ended(leg.ticket)
+    await eventually(
+        lambda: [b["type"] for _, b in delivered(receiver, secret)][-1:] == ["call.ended"],
+        10 * UNIT,
+        "call.ended",
+    )
+    bodies = [b for _, b in delivered(receiver, secret)]
+    assert bodies[-1]["data"]["transcript"] == [
+        {"role": "caller", "text": "Table for 4 at 19:30, name 5550123"},
+        {"role": "agent", "text": "Booked."},
+    ]
+    assert all("transcript" not in b["data"] for b in bodies[:-1])

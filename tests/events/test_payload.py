@@ -7,7 +7,14 @@ import json
 import pytest
 
 from gateway.events import RetryPolicy, Verdict, verdict
-from gateway.events.payload import EventType, clean_data, event_body, iso8601, new_event_id
+from gateway.events.payload import (
+    MAX_TRANSCRIPT_CHARS,
+    EventType,
+    clean_data,
+    event_body,
+    iso8601,
+    new_event_id,
+)
 from gateway.events.policy import endpoint_failed
 
 
@@ -122,3 +129,30 @@ def test_a_policy_must_make_sense():
 def test_what_an_answer_means(status, expected, down):
     assert verdict(status) is expected
     assert endpoint_failed(status) is down
+
+
+def test_a_transcript_is_sent_as_said_and_cut_at_its_cap():
+    turns = [{"role": "caller", "text": "my order is 4155550123"}, {"role": "agent", "text": "ok"}]
+    kept, dropped = clean_data("call_1", {"transcript": turns})
+    # Opted in by the agent's profile: digits stay (the phone-like filter is for other fields).
+    assert kept["transcript"] == turns and dropped == []
+    long = [
+        {"role": "agent", "text": "x" * (MAX_TRANSCRIPT_CHARS + 10)},
+        {"role": "agent", "text": "y"},
+    ]
+    kept, _ = clean_data("call_1", {"transcript": long})
+    assert [len(t["text"]) for t in kept["transcript"]] == [MAX_TRANSCRIPT_CHARS]
+
+
+@pytest.mark.parametrize(
+    "transcript",
+    [
+        [{"role": "system", "text": "x"}],
+        [{"role": "caller", "text": 5}],
+        ["caller: hello"],
+        [{"role": "caller"}],
+    ],
+)
+def test_a_malformed_transcript_is_dropped(transcript):
+    kept, dropped = clean_data("call_1", {"transcript": transcript})
+    assert "transcript" not in kept and dropped == ["transcript"]

@@ -108,6 +108,7 @@ class Fakes:
         failovers: int,
         *,
         transfer_to: str | None = None,
+        include_transcript: bool = False,
     ) -> None:
         self.log.append(("close_call_record", outcome, providers, failovers))
 
