@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import stat
 import tomllib
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -110,6 +111,8 @@ def load_agents(
         data = path.read_bytes()
     except OSError as exc:
         raise AgentsFileUnreadable([f"{path}: cannot read the file ({exc.strerror})"]) from None
+    if loose := writable_by_others(path):
+        raise AgentsFileError([loose])
     if len(data) > MAX_FILE_BYTES:
         raise AgentsFileError([f"{path}: larger than {MAX_FILE_BYTES} bytes"])
     try:
@@ -125,6 +128,24 @@ def load_agents(
     if checker.problems:
         raise AgentsFileError(checker.problems)
     return AgentBook(profiles, path, hashlib.sha256(data).hexdigest())
+
+
+def writable_by_others(path: Path) -> str | None:
+    """Why the agents file may not be trusted: it, or the directory holding it, is writable by
+    group or others (whoever can write it chooses the agents' instructions, transfer numbers
+    and the Python code the gateway imports). A sticky directory (``/tmp``) still lets others
+    create files beside it, so it counts too. None when only its owner may write both."""
+    for place, what in ((path, "the file"), (path.resolve().parent, "its directory")):
+        try:
+            mode = stat.S_IMODE(place.stat().st_mode)
+        except OSError:
+            continue
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return (
+                f"{path}: {what} is writable by group or others (mode {mode:o}); "
+                f"it names code the gateway runs: chmod go-w {place}"
+            )
+    return None
 
 
 class AgentsFileUnreadable(AgentsFileError):

@@ -149,6 +149,10 @@ def agents_facts(
     path = settings.agents_file
     if path is None:
         return AgentsFacts(from_file=False)
+    try:
+        mode: int | None = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = None
     if book is None:
         try:
             book = load_agents(
@@ -157,12 +161,8 @@ def agents_facts(
                 production=settings.production,
             )
         except AgentsFileError as exc:
-            return AgentsFacts(from_file=True, problems=tuple(exc.problems))
+            return AgentsFacts(from_file=True, problems=tuple(exc.problems), file_mode=mode)
     tools = [(p.name, t) for p in book.profiles.values() for t in p.tools]
-    try:
-        mode: int | None = stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        mode = None
     return AgentsFacts(
         from_file=True,
         problems=problems,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.agents import END_CALL, TRANSFER_CALL, AgentsFileError, book_summary
-from gateway.agents.loader import AgentsFileUnreadable
+from gateway.agents.loader import AgentsFileUnreadable, load_agents
 from providers.ai.config import Provider, ProviderOptions
 from tests.agents.conftest import EXAMPLE, load
 
@@ -451,3 +451,18 @@ def test_transcripts_are_off_unless_an_agent_turns_them_on(write):
     assert quiet.agent_options().transcripts is False
     summary = {a["name"]: a["transcripts"] for a in book_summary(book)}
     assert summary == {"quiet": False, "kept": True, "off": False}
+
+
+@pytest.mark.parametrize("where", ["file", "directory"])
+def test_an_agents_file_others_may_write_is_refused(tmp_path, where):
+    home = tmp_path / "conf"
+    home.mkdir(mode=0o700)
+    path = home / "agents.toml"
+    path.write_text('[agents.only]\nproviders = ["echo"]\n')
+    path.chmod(0o600)
+    load_agents(path, configured_providers={"echo"}, production=False)  # owner-only: fine
+    (path if where == "file" else home).chmod(0o620 if where == "file" else 0o770)
+    with pytest.raises(AgentsFileError) as refused:
+        load_agents(path, configured_providers={"echo"}, production=False)
+    (problem,) = refused.value.problems
+    assert "writable by group or others" in problem and "chmod go-w" in problem

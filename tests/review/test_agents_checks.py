@@ -95,13 +95,13 @@ async def test_an_agents_file_others_may_write_fails(
         )
     path = agents_file(tmp_path, HANDLER_TOOL if handler else "", mode=mode)
     report = await review_of(with_agents(baseline, path))
-    expected = {"agents.file_permissions": Status.FAIL}
-    if handler:
-        expected["agents.handlers"] = Status.WARN
-    assert not_passing(report) == expected, report.render()
-    finding = next(f for f in report.findings if f.id == "agents.file_permissions")
-    # Writable code the gateway imports is critical; writable prompts and numbers a warning.
-    assert finding.severity is (Severity.CRITICAL if handler else Severity.WARNING)
+    # The gateway refuses to load such a file (agents.file), and the review says why.
+    assert not_passing(report) == {
+        "agents.file": Status.FAIL,
+        "agents.file_permissions": Status.FAIL,
+    }, report.render()
+    finding = next(f for f in report.findings if f.id == "agents.file")
+    assert "writable by group or others" in finding.finding
 
 
 async def test_python_handlers_are_named(baseline: Settings, tmp_path: Path) -> None:

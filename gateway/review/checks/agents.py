@@ -58,8 +58,8 @@ def _https(s: Settings, f: Facts) -> Outcome:
 
 @check(
     "agents.file_permissions",
-    Severity.WARNING,
-    "chmod go-w on the agents file (it names Python code the gateway imports)",
+    Severity.CRITICAL,
+    "chmod go-w on the agents file and its directory (it names Python code the gateway runs)",
 )
 def _permissions(s: Settings, f: Facts) -> Outcome:
     mode = f.agents.file_mode
@@ -68,8 +68,8 @@ def _permissions(s: Settings, f: Facts) -> Outcome:
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         return failed(
             f"the agents file is writable by group or others (mode {mode:o}): whoever can "
-            "write it chooses the agents' instructions, transfer numbers and imported code",
-            severity=Severity.CRITICAL if f.agents.handlers else Severity.WARNING,
+            "write it chooses the agents' instructions, transfer numbers and imported code; "
+            "the gateway refuses to load it"
         )
     return passed(f"the agents file is writable by its owner only (mode {mode:o})")
 
