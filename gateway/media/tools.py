@@ -156,7 +156,8 @@ class CallTools:
             case name:
                 spec = self.profile.tool(name)
                 if spec is None:
-                    self._count(name, "unknown_tool", 0.0)
+                    # A name the model made up: one label for all of them (bounded series).
+                    self._count("unknown", "unknown_tool", 0.0)
                     await self._answer(event, agent, _error("unknown_tool"))
                     return
                 caller = await self.services.caller_number(self.call) if spec.send_caller else None
