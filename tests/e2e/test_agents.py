@@ -471,3 +471,26 @@ async def test_a_reload_changes_new_calls_and_refuses_a_bad_file(make_gateway, t
     await second.stop()
     with contextlib.suppress(AssertionError):
         await first.wait_closed()
+
+
+async def test_a_tool_the_agent_does_not_offer_is_refused(
+    make_gateway, tmp_path, endpoint, openai_fake
+):
+    gw = await make_gateway(
+        "openai",
+        VOICEGW_AGENTS_FILE=str(three_agents(tmp_path, endpoint)),
+        VOICEGW_TOOLS_SECRET=new_tool_secret(),
+    )
+    leg = await place_call(gw, "twilio", to=SUPPORT)
+    await leg.play(caller_audio(3))
+    await openai_fake.wait_until(lambda: bool(openai_fake.tools))
+    before = metric("voicegw_tool_calls_total", agent="support", tool="unknown")
+    # A made-up name, and another agent's tool: neither is this agent's to call.
+    for name in ("rm_rf", "quote"):
+        call_id = await openai_fake.call_tool(name, "{}")
+        async with asyncio.timeout(5 * UNIT):
+            output = await openai_fake.wait_tool_output(call_id)
+        assert orjson.loads(output) == {"error": "unknown_tool"}
+    assert endpoint.requests == []
+    assert metric("voicegw_tool_calls_total", agent="support", tool="unknown") == before + 2
+    await leg.stop()
