@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from gateway.agents.directory import open_directory
+from gateway.agents.directory import audit_agents_file, open_directory
 from gateway.agents.http_tools import parse_tool_secrets
 from gateway.agents.tools import ToolRunner
 from gateway.calls import telnyx, twilio
@@ -228,6 +228,8 @@ async def start_runtime(settings: Settings) -> Runtime:
         except BaseException:
             await runtime.stop()
             raise
+    if agents.from_file:
+        await audit_agents_file(durable.auditor, agents, None, via="start")
     _start_loops(runtime)
     log.info(
         "gateway started",

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,9 @@ class Settings:
     gemini_model: str | None = None
     gemini_voice: str | None = None
     agents_file: Path | None = None  # VOICEGW_AGENTS_FILE: per-number agent profiles (TOML)
+    # VOICEGW_TOOL_MODULES_PATH: directories tool handler modules may come from (besides the
+    # installed environment), separated by the platform's path separator (":").
+    tool_modules_path: tuple[Path, ...] = ()
     tools_secrets: Secret | None = None  # VOICEGW_TOOLS_SECRET: whsec_ keys, first listed signs
     events_url: str | None = None  # VOICEGW_EVENTS_URL: where call events are posted
     events_secrets: Secret | None = None  # VOICEGW_EVENTS_SECRET: whsec_ keys, first listed signs
@@ -181,6 +185,40 @@ def _parses_as_url(value: str) -> bool:
     return True
 
 
+PRODUCTION_WEBHOOK_SECRET_BYTES: Final = 32
+"""The shortest ``whsec_`` secret production accepts (the Standard Webhooks floor is 24)."""
+
+
+def webhook_secret_problems(s: Settings) -> list[str]:
+    """Production refuses a tool or event signing secret shorter than 32 bytes, one listed
+    twice, and one shared between ``VOICEGW_TOOLS_SECRET`` and ``VOICEGW_EVENTS_SECRET`` (a
+    tool endpoint could then forge call events, and the other way round)."""
+    from security.standard_webhooks import secret_bytes
+
+    problems: list[str] = []
+    seen: dict[bytes, str] = {}
+    for name, value in (
+        ("VOICEGW_TOOLS_SECRET", s.tools_secrets),
+        ("VOICEGW_EVENTS_SECRET", s.events_secrets),
+    ):
+        if value is None:
+            continue
+        for i, key in enumerate(secret_bytes(value.get()), 1):
+            if len(key) < PRODUCTION_WEBHOOK_SECRET_BYTES:
+                problems.append(
+                    f"{name}: secret {i} is {len(key)} bytes; production needs at least "
+                    f"{PRODUCTION_WEBHOOK_SECRET_BYTES} (openssl rand -base64 32)"
+                )
+            if (other := seen.get(key)) == name:
+                problems.append(f"{name}: secret {i} is listed twice")
+            elif other is not None:
+                problems.append(
+                    f"{name}: secret {i} is also in {other}; each needs a secret of its own"
+                )
+            seen.setdefault(key, name)
+    return problems
+
+
 class _Reader:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.env = environ
@@ -211,6 +249,31 @@ class _Reader:
             self.problems.append(f"{name}: {value!r} is not a readable file")
             return None
         return path
+
+    def module_dirs(self, name: str, data_dir: Path) -> tuple[Path, ...]:
+        """Directories (``os.pathsep``-separated) that hold tool handler modules: each must
+        exist, lie outside the data directory and be writable only by its owner."""
+        value = self.raw(name)
+        if value is None:
+            return ()
+        found: list[Path] = []
+        for i, item in enumerate((part for part in value.split(os.pathsep) if part), 1):
+            path = Path(item)
+            if not path.is_dir():
+                self.problems.append(f"{name}: entry {i} is not a directory")
+            elif path.resolve().is_relative_to(data_dir.resolve()):
+                self.problems.append(
+                    f"{name}: entry {i} is inside VOICEGW_DATA_DIR; tool code may not come from "
+                    "the data directory"
+                )
+            elif (mode := stat.S_IMODE(path.stat().st_mode)) & (stat.S_IWGRP | stat.S_IWOTH):
+                self.problems.append(
+                    f"{name}: entry {i} is writable by group or others (mode {mode:o}); "
+                    f"chmod go-w {path}"
+                )
+            else:
+                found.append(path.resolve())
+        return tuple(found)
 
     def tools_secrets(self, name: str) -> Secret | None:
         """Standard Webhooks signing secrets (``whsec_`` + base64 of 24 to 64 bytes), separated
@@ -495,10 +558,11 @@ class _Reader:
             except ConfigError as exc:
                 self.problems.append(str(exc))
 
+        data_dir = Path(self.raw("VOICEGW_DATA_DIR") or ".voicegw")
         settings = Settings(
             env=env,
             public_url=public_url,
-            data_dir=Path(self.raw("VOICEGW_DATA_DIR") or ".voicegw"),
+            data_dir=data_dir,
             carriers=carriers,
             providers=providers,
             twilio_auth_token=twilio_token,
@@ -543,6 +607,7 @@ class _Reader:
             gemini_model=self.model_name("VOICEGW_GEMINI_MODEL"),
             gemini_voice=self.model_name("VOICEGW_GEMINI_VOICE"),
             agents_file=self.agents_file("VOICEGW_AGENTS_FILE"),
+            tool_modules_path=self.module_dirs("VOICEGW_TOOL_MODULES_PATH", data_dir),
             tools_secrets=self.tools_secrets("VOICEGW_TOOLS_SECRET"),
             events_url=events_url,
             events_secrets=events_secrets,
@@ -670,6 +735,7 @@ class _Reader:
             elif weak := secret_problem(name, secret.get()):
                 self.problems.append(weak)
         self.problems.extend(cleartext_urls(s))
+        self.problems.extend(webhook_secret_problems(s))
         if s.encryption_keys is None:
             self.problems.append(
                 "VOICEGW_ENCRYPTION_KEYS must be set in production (phone numbers are encrypted "

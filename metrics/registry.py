@@ -244,7 +244,8 @@ SESSIONS_ACTIVE = Gauge("voicegw_sessions_active", "Operator sessions active", r
 # -- keys ------------------------------------------------------------------------------------
 KEY_AGE = Gauge(
     "voicegw_key_age_seconds",
-    "Age of the oldest active key of each kind (signing, data, api, twilio_secondary)",
+    "Age of the oldest active key of each kind (signing, data, api, twilio_secondary, tools, "
+    "events)",
     ["kind"],
     registry=REGISTRY,
 )

@@ -4,7 +4,9 @@ Public API (stable; ``gateway.review`` and the compliance report read it):
 
 * ``KeyKind``: ``signing`` (session tokens, audit checkpoints), ``data`` (field encryption),
   ``api`` (service API keys), ``twilio_secondary`` (a second Twilio auth token, accepted
-  only while a rotation is being promoted).
+  only while a rotation is being promoted), ``tools`` and ``events`` (the Standard Webhooks
+  secrets tool requests and call events are signed with: the first listed is the active
+  one, the others are kept for an overlap while the receiver moves to it).
 * ``KeyEntry``: one key by its public id (a ``kid``, a key id, an API key id, or for a token
   a fingerprint): ``state`` (active or retired), ``created_at`` (and whether that is when it
   was made or only when voicegw first saw it: keys handed in through the environment carry
@@ -24,7 +26,9 @@ The gateway assembles the sources from a running ``Runtime`` in
 
 Policy: keys are rotated every ``ROTATION_PERIOD_S`` (90 days; API keys use their own
 ``VOICEGW_API_KEY_MAX_AGE_DAYS``), flagged ``ROTATION_NOTICE_S`` (14 days) before; a
-secondary Twilio token should be promoted (and removed) within ``SECONDARY_TOKEN_WINDOW_S``.
+secondary Twilio token should be promoted (and removed) within ``SECONDARY_TOKEN_WINDOW_S``;
+an older tool or event secret is not needed ``SECRET_OVERLAP_S`` (7 days) after a newer one
+was put first.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ __all__ = [
     "ROTATION_NOTICE_S",
     "ROTATION_PERIOD_S",
     "SECONDARY_TOKEN_WINDOW_S",
+    "SECRET_OVERLAP_S",
     "ApiKeyLike",
     "FileFirstSeen",
     "FirstSeen",
@@ -72,6 +77,9 @@ ROTATION_NOTICE_S: Final = 14 * DAY_S
 SECONDARY_TOKEN_WINDOW_S: Final = 7 * DAY_S
 """How long a secondary Twilio auth token may stay configured: long enough to promote it in
 the Twilio console and move it to ``VOICEGW_TWILIO_AUTH_TOKEN``."""
+SECRET_OVERLAP_S: Final = 7 * DAY_S
+"""How long an older tool or event secret stays listed after a newer one: the receivers accept
+either meanwhile (each request carries one signature per secret)."""
 FIRST_SEEN_FILE: Final = "key-first-seen.json"
 
 
@@ -80,6 +88,8 @@ class KeyKind(enum.StrEnum):
     DATA = "data"
     API = "api"
     TWILIO_SECONDARY = "twilio_secondary"
+    TOOLS = "tools"
+    EVENTS = "events"
 
 
 class KeyStatus(enum.StrEnum):
@@ -293,10 +303,12 @@ async def build_inventory(
     api_keys: Iterable[ApiKeyLike] = (),
     api_policy: KeyPolicy | None = None,
     twilio_secondary: Secret | None = None,
+    webhook_secrets: Mapping[KeyKind, Sequence[bytes]] | None = None,
     unavailable: tuple[KeyKind, ...] = (),
 ) -> KeyInventory:
     """The inventory at ``now``. ``token_ttl_s`` is the longest lifetime of a token a signing
     key signs (access tokens); a retired signing key is needed that long (plus leeway).
+    ``webhook_secrets`` are the key bytes of the tool and event secrets, newest first.
     Records first-seen times for keys that carry no creation date."""
     names: list[str] = []
     for key in signing_keys:
@@ -316,6 +328,14 @@ async def build_inventory(
     if twilio_secondary is not None:
         secondary_fp = fingerprint("twilio", twilio_secondary.get().encode())
         names.append(f"twilio_secondary:{secondary_fp}")
+    webhook_fps: list[tuple[KeyKind, str, bool]] = []  # kind, fingerprint, active
+    for kind, keys in (webhook_secrets or {}).items():
+        for i, material in enumerate(keys):
+            fp = fingerprint(kind.value, material)
+            webhook_fps.append((kind, fp, i == 0))
+            names.append(f"{kind.value}:{fp}")
+            if i:
+                names.append(f"{kind.value}-retired:{fp}")
     seen = await first_seen.mark(names, now) if names else {}
 
     entries: list[KeyEntry] = []
@@ -377,4 +397,16 @@ async def build_inventory(
             KeyEntry(KeyKind.TWILIO_SECONDARY, secondary_fp, KeyStatus.ACTIVE, created, False,
                      created + SECONDARY_TOKEN_WINDOW_S)
         )  # fmt: skip
+    for kind, fp, active in webhook_fps:
+        created = seen[f"{kind.value}:{fp}"]
+        if active:
+            entries.append(
+                KeyEntry(kind, fp, KeyStatus.ACTIVE, created, False, created + ROTATION_PERIOD_S)
+            )
+        else:
+            retired = seen[f"{kind.value}-retired:{fp}"]
+            entries.append(
+                KeyEntry(kind, fp, KeyStatus.RETIRED, created, False, None,
+                         retired_at=retired, drop_after=retired + SECRET_OVERLAP_S)
+            )  # fmt: skip
     return KeyInventory(now, tuple(entries), unavailable)

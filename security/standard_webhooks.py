@@ -35,6 +35,7 @@ __all__ = [
     "endpoint_breaker_name",
     "new_secret",
     "parse_secrets",
+    "secret_bytes",
     "user_agent",
 ]
 
@@ -63,6 +64,15 @@ def parse_secrets(value: str, what: str = "secret") -> list[Secret]:
             )
         found.append(Secret(item))
     return found
+
+
+def secret_bytes(value: str) -> list[bytes]:
+    """The key bytes of each ``whsec_`` secret in ``value`` (already checked by
+    :func:`parse_secrets`), for comparing secrets; never log them."""
+    return [
+        base64.b64decode(secret.get().removeprefix(SECRET_PREFIX), validate=True)
+        for secret in parse_secrets(value)
+    ]
 
 
 def new_secret() -> str:

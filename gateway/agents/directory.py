@@ -18,17 +18,21 @@ from typing import Any
 
 from gateway.agents.loader import configured_providers, load_agents
 from gateway.agents.profiles import AgentBook, AgentProfile, AgentsFileError, built_in_book
+from gateway.agents.python_tools import ModuleRules
 from gateway.settings import Settings, SettingsError
+from security.audit import Auditor
 
 log = logging.getLogger("voicegw.agents")
 
 
 @dataclass(frozen=True, slots=True)
 class Reload:
-    """The outcome of one reload: ``problems`` is empty when the new file took effect."""
+    """The outcome of one reload: ``problems`` is empty when the new file took effect;
+    ``digest`` is the SHA-256 of the file as read (None when it could not be read)."""
 
     at: float
     problems: tuple[str, ...]
+    digest: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -66,11 +70,11 @@ class AgentDirectory:
             try:
                 book = await asyncio.to_thread(self._load)
             except AgentsFileError as exc:
-                result = Reload(time.time(), tuple(exc.problems))
+                result = Reload(time.time(), tuple(exc.problems), exc.digest)
                 log.warning("agents file refused", extra={"problems": len(exc.problems)})
             else:
                 self.book = book
-                result = Reload(time.time(), ())
+                result = Reload(time.time(), (), book.digest)
                 log.info("agents file reloaded", extra={"agents": len(book.profiles)})
             self.last_reload = result
             return result
@@ -88,6 +92,41 @@ class AgentDirectory:
         }
 
 
+async def audit_agents_file(
+    auditor: Auditor,
+    directory: AgentDirectory,
+    result: Reload | None,
+    *,
+    via: str,
+    actor: str = "system",
+    role: str | None = None,
+) -> None:
+    """Audit a load (``result`` None: the file read at start-up) or reload of the agents file:
+    the SHA-256 of the file as read (``file_sha256``, also for a refused file) and of the
+    profiles in force (``entity_id``, shortened)."""
+    in_force = directory.book.digest
+    await auditor.record(
+        "agents.reload" if result is not None else "agents.load",
+        "success" if result is None or result.ok else "failure",
+        actor=actor,
+        role=role,
+        entity_type="agents",
+        entity_id=in_force[:16],
+        detail={
+            "problems": 0 if result is None else len(result.problems),
+            "via": via,
+            "file_sha256": in_force if result is None else result.digest,
+            "in_force_sha256": in_force,
+        },
+    )
+
+
+def module_rules(settings: Settings) -> ModuleRules:
+    """Where ``settings`` let tool handler modules come from: the installed environment and
+    ``VOICEGW_TOOL_MODULES_PATH``, never the data directory."""
+    return ModuleRules(paths=settings.tool_modules_path, forbidden=(settings.data_dir,))
+
+
 def open_directory(settings: Settings) -> AgentDirectory:
     """The profiles ``settings`` name: ``VOICEGW_AGENTS_FILE`` read and checked (raises
     ``SettingsError`` listing every problem, so the gateway does not start), or the built-in
@@ -98,7 +137,12 @@ def open_directory(settings: Settings) -> AgentDirectory:
     providers = configured_providers(settings)
 
     def load() -> AgentBook:
-        book = load_agents(path, configured_providers=providers, production=settings.production)
+        book = load_agents(
+            path,
+            configured_providers=providers,
+            production=settings.production,
+            modules=module_rules(settings),
+        )
         unsigned = [
             f"{path}: agents.{profile.name}.tools: tool {tool.name!r} calls a URL, and "
             "VOICEGW_TOOLS_SECRET (the key its requests are signed with) is not set"

@@ -9,8 +9,10 @@ Rules a user may wonder about:
 * A file with one agent makes it the default (``default = true`` may be left out). With several,
   exactly one says ``default = true``: it serves every number no agent lists.
 * Tool URLs must be ``https`` in production; plain ``http`` is accepted outside production.
-* A ``handler`` is imported while the file is loaded, with the file's directory first on
-  ``sys.path``: loading runs the handler module's top-level code.
+* A ``handler`` is imported while the file is loaded: loading runs the handler module's
+  top-level code. Its module must be installed or in a directory of
+  ``VOICEGW_TOOL_MODULES_PATH`` (``python_tools.ModuleRules``); the file's own directory is
+  not searched unless it is listed there.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import stat
 import tomllib
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -32,7 +33,12 @@ from gateway.agents.profiles import (
     AgentsFileError,
     ToolSpec,
 )
-from gateway.agents.python_tools import HandlerError, add_app_dir, resolve_handler
+from gateway.agents.python_tools import (
+    HandlerError,
+    ModuleRules,
+    group_or_other_writable,
+    resolve_handler,
+)
 from gateway.settings import MAX_SPOKEN_TEXT, MODEL_NAME, PROVIDERS, Settings
 from providers.ai.config import AgentOptions, Provider, ProviderOptions
 
@@ -103,31 +109,34 @@ def load_agents(
     known_providers: Collection[str] = PROVIDERS,
     configured_providers: Collection[str],
     production: bool,
+    modules: ModuleRules,
 ) -> AgentBook:
-    """Read and check the agents file at ``path``; raises :class:`AgentsFileError` listing
-    every problem (:class:`AgentsFileUnreadable` when the file cannot be read at all)."""
+    """Read and check the agents file at ``path``, importing its handlers under ``modules``;
+    raises :class:`AgentsFileError` listing every problem (:class:`AgentsFileUnreadable` when
+    the file cannot be read at all). The error carries the SHA-256 of what was read."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise AgentsFileUnreadable([f"{path}: cannot read the file ({exc.strerror})"]) from None
+    digest = hashlib.sha256(data).hexdigest()
     if loose := writable_by_others(path):
-        raise AgentsFileError([loose])
+        raise AgentsFileError([loose], digest)
     if len(data) > MAX_FILE_BYTES:
-        raise AgentsFileError([f"{path}: larger than {MAX_FILE_BYTES} bytes"])
+        raise AgentsFileError([f"{path}: larger than {MAX_FILE_BYTES} bytes"], digest)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise AgentsFileError([f"{path}: not UTF-8 text"]) from None
+        raise AgentsFileError([f"{path}: not UTF-8 text"], digest) from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise AgentsFileError([_syntax_problem(path, exc)]) from None
-    checker = _Checker(path, text, known_providers, configured_providers, production)
+        raise AgentsFileError([_syntax_problem(path, exc)], digest) from None
+    checker = _Checker(path, text, known_providers, configured_providers, production, modules)
     profiles = checker.book(document)
     if checker.problems:
-        raise AgentsFileError(checker.problems)
-    return AgentBook(profiles, path, hashlib.sha256(data).hexdigest())
+        raise AgentsFileError(checker.problems, digest)
+    return AgentBook(profiles, path, digest)
 
 
 def writable_by_others(path: Path) -> str | None:
@@ -136,11 +145,7 @@ def writable_by_others(path: Path) -> str | None:
     and the Python code the gateway imports). A sticky directory (``/tmp``) still lets others
     create files beside it, so it counts too. None when only its owner may write both."""
     for place, what in ((path, "the file"), (path.resolve().parent, "its directory")):
-        try:
-            mode = stat.S_IMODE(place.stat().st_mode)
-        except OSError:
-            continue
-        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if (mode := group_or_other_writable(place)) is not None:
             return (
                 f"{path}: {what} is writable by group or others (mode {mode:o}); "
                 f"it names code the gateway runs: chmod go-w {place}"
@@ -209,8 +214,10 @@ class _Checker:
         known: Collection[str],
         configured: Collection[str],
         production: bool,
+        modules: ModuleRules,
     ) -> None:
         self.path = path
+        self.modules = modules
         self.lines = _key_lines(text)
         self.known = known
         self.configured = configured
@@ -512,9 +519,8 @@ class _Checker:
         elif not isinstance(handler, str):
             self.problem((*where, "handler"), "must be a string 'package.module:function'")
         else:
-            add_app_dir(self.path.parent)
             try:
-                function = resolve_handler(handler)
+                function = resolve_handler(handler, self.modules)
             except HandlerError as exc:
                 self.problem((*where, "handler"), str(exc))
         timeout_s = table.get("timeout_s", 5.0)

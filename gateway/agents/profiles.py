@@ -30,11 +30,13 @@ BUILT_IN_NAME: Final = "default"
 
 class AgentsFileError(ValueError):
     """The agents file cannot be used; ``problems`` has one line per problem, each naming the
-    file, the agent and the key (and the line where it is known)."""
+    file, the agent and the key (and the line where it is known). ``digest`` is the SHA-256 of
+    the file as read (None when it could not be read)."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], digest: str | None = None) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+        self.digest = digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +58,8 @@ ToolHandler = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]
 class ToolSpec:
     """One tool of a profile: declared to the model as a :class:`Function`, run at ``url``
     (a signed HTTP ``POST``) or by ``handler`` (``"package.module:function"``): exactly one of
-    the two. ``function`` is the handler once imported (the loader fills it in; the runner
-    imports ``handler`` itself when it is missing)."""
+    the two. ``function`` is the handler once imported (the loader fills it in under the
+    module rules; a handler tool without it fails every call)."""
 
     name: str
     description: str

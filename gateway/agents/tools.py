@@ -41,7 +41,6 @@ from gateway.agents.http_tools import (
     user_agent,
 )
 from gateway.agents.profiles import AgentProfile, ToolContext, ToolSpec
-from gateway.agents.python_tools import HandlerError, resolve_handler
 from metrics.registry import TOOL_CALL_SECONDS, TOOL_CALLS
 from providers.breakers import BreakerOpen, BreakerRegistry
 from providers.events import ToolCall
@@ -209,12 +208,7 @@ class ToolRunner:
             await response.aclose()
 
     async def _call(self, spec: ToolSpec, arguments: dict[str, Any], context: ToolContext) -> str:
-        handler = spec.function
-        if handler is None and spec.handler is not None:
-            try:
-                handler = resolve_handler(spec.handler)
-            except HandlerError:
-                raise _Failed(Outcome.ERROR) from None
+        handler = spec.function  # imported, under the module rules, when the file was loaded
         if handler is None:
             raise _Failed(Outcome.ERROR)
         try:

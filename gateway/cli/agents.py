@@ -11,9 +11,11 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 from gateway.agents.loader import AgentsFileUnreadable, configured_providers, load_agents
 from gateway.agents.profiles import AgentProfile, AgentsFileError
+from gateway.agents.python_tools import ModuleRules
 from gateway.settings import Settings, SettingsError
 
 PROVIDER_KEYS = {
@@ -31,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "check",
         help="validate an agents file without starting anything (exit 0/1/2)",
         description="Validate an agents file without starting the gateway. Python tool "
-        "handlers are imported (their modules' top-level code runs), with the file's "
-        "directory first on sys.path. Production rules (https tool URLs, configured "
+        "handlers are imported (their modules' top-level code runs) from the installed "
+        "environment or the directories of VOICEGW_TOOL_MODULES_PATH, never from "
+        "VOICEGW_DATA_DIR. Production rules (https tool URLs, configured "
         "providers) apply when VOICEGW_ENV=production or --production is given.",
     )
     p.add_argument("file", nargs="?", help="the agents file (default: $VOICEGW_AGENTS_FILE)")
@@ -40,6 +43,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--production", action="store_true", help="apply the production rules whatever VOICEGW_ENV"
     )
     p.set_defaults(func=check)
+
+
+def _module_rules(environ: Mapping[str, str]) -> ModuleRules:
+    """Where handler modules may come from, as the gateway started with ``environ`` reads it."""
+    listed = environ.get("VOICEGW_TOOL_MODULES_PATH", "")
+    return ModuleRules(
+        paths=tuple(Path(p).resolve() for p in listed.split(os.pathsep) if p.strip()),
+        forbidden=(Path(environ.get("VOICEGW_DATA_DIR") or ".voicegw"),),
+    )
 
 
 def check(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
@@ -52,7 +64,12 @@ def check(args: argparse.Namespace, environ: Mapping[str, str] | None = None) ->
     if args.production and not production:
         production, configured = True, configured - {"echo"}
     try:
-        book = load_agents(path, configured_providers=configured, production=production)
+        book = load_agents(
+            path,
+            configured_providers=configured,
+            production=production,
+            modules=_module_rules(environ),
+        )
     except AgentsFileUnreadable as exc:
         print(f"voicegw: {exc.problems[0]}", file=sys.stderr)
         return 2

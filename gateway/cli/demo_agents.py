@@ -35,6 +35,7 @@ from starlette.routing import Route
 from gateway.agents import END_CALL, TRANSFER_CALL, AgentBook, AgentProfile, AgentsFileError
 from gateway.agents.http_tools import new_tool_secret
 from gateway.agents.loader import load_agents
+from gateway.agents.python_tools import ModuleRules
 from gateway.cli.base import CommandError
 from gateway.cli.demo import demo_settings, free_ports
 from gateway.cli.simulate import (
@@ -60,11 +61,17 @@ class DemoError(CommandError):
     """The agents demo cannot run; the message says why."""
 
 
-def load_book(path: Path) -> AgentBook:
+def load_book(path: Path, data_dir: Path) -> AgentBook:
     """The agents file at ``path``, checked as ``voicegw agents check`` does outside
-    production; raises :class:`DemoError` listing every problem."""
+    production, its handlers imported from its own directory (the demo lists it in
+    ``VOICEGW_TOOL_MODULES_PATH``); raises :class:`DemoError` listing every problem."""
     try:
-        return load_agents(path, configured_providers=(), production=False)
+        return load_agents(
+            path,
+            configured_providers=(),
+            production=False,
+            modules=ModuleRules(paths=(path.parent.resolve(),), forbidden=(data_dir,)),
+        )
     except AgentsFileError as exc:
         raise DemoError(
             f"the agents file {path} cannot be used:\n  " + "\n  ".join(exc.problems)
@@ -158,7 +165,7 @@ async def run_agents_demo(
     from gateway.app import build_app
 
     caller_audio(wav)  # an unusable WAV stops the demo before it starts
-    book = load_book(agents_file)
+    book = load_book(agents_file, settings.data_dir)
     profile, number = pick_agent(book, to)
     presses = presses or default_presses(profile)
     http_tools = any(tool.url for p in book.profiles.values() for tool in p.tools)
@@ -168,6 +175,7 @@ async def run_agents_demo(
     settings = dataclasses.replace(
         demo_settings(settings, port, api_port),
         agents_file=agents_file,
+        tool_modules_path=(agents_file.parent.resolve(),),
         tools_secrets=Secret(secret) if http_tools else None,
         # Loopback only: a real provider would be a connection refused, and the call fails
         # over down the agent's providers to echo.

@@ -20,6 +20,7 @@ import socket
 import uvicorn
 from starlette.applications import Starlette
 
+from gateway.agents.directory import audit_agents_file
 from gateway.runtime import Runtime
 
 
@@ -55,11 +56,4 @@ class DrainingServer(uvicorn.Server):
 async def reload_agents(runtime: Runtime) -> None:
     """``SIGHUP``: read the agents file again, and audit the outcome."""
     result = await runtime.agents.reload()
-    await runtime.auditor.record(
-        "agents.reload",
-        "success" if result.ok else "failure",
-        actor="signal",
-        entity_type="agents",
-        entity_id=runtime.agents.book.digest[:16],
-        detail={"problems": len(result.problems), "via": "sighup"},
-    )
+    await audit_agents_file(runtime.auditor, runtime.agents, result, via="sighup", actor="signal")

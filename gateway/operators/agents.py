@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.agents.directory import AgentDirectory
+from gateway.agents.directory import AgentDirectory, audit_agents_file
 from gateway.agents.profiles import book_summary
 from gateway.operators.middleware import requires
 from gateway.operators.permissions import Permission, Principal
@@ -42,14 +42,13 @@ async def reload(request: Request) -> Response:
     runtime = request.app.state.runtime
     principal: Principal = request.state.principal
     result = await runtime.agents.reload()
-    await runtime.auditor.record(
-        "agents.reload",
-        "success" if result.ok else "failure",
+    await audit_agents_file(
+        runtime.auditor,
+        runtime.agents,
+        result,
+        via="api",
         actor=principal.name,
         role=principal.role.value,
-        entity_type="agents",
-        entity_id=runtime.agents.book.digest[:16],
-        detail={"problems": len(result.problems), "via": "api"},
     )
     if not result.ok:
         return _json({"ok": False, "problems": list(result.problems)}, 422)

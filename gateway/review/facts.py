@@ -30,6 +30,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.agents.directory import module_rules
 from gateway.agents.loader import configured_providers, load_agents
 from gateway.agents.profiles import AgentBook, AgentsFileError
 from gateway.calls.registry import CallRegistry
@@ -159,6 +160,7 @@ def agents_facts(
                 path,
                 configured_providers=configured_providers(settings),
                 production=settings.production,
+                modules=module_rules(settings),
             )
         except AgentsFileError as exc:
             return AgentsFacts(from_file=True, problems=tuple(exc.problems), file_mode=mode)

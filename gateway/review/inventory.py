@@ -31,6 +31,7 @@ from security.keyinventory import (
     signing_keys_of,
 )
 from security.signing_keys import KeyRing
+from security.standard_webhooks import secret_bytes
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -45,6 +46,18 @@ def api_key_policy(settings: Settings) -> KeyPolicy:
     from gateway.services import auth_config
 
     return auth_config(settings).api_keys
+
+
+def webhook_secrets(settings: Settings) -> dict[KeyKind, list[bytes]]:
+    """The key bytes of the tool and event signing secrets, newest first, by kind."""
+    return {
+        kind: secret_bytes(value.get())
+        for kind, value in (
+            (KeyKind.TOOLS, settings.tools_secrets),
+            (KeyKind.EVENTS, settings.events_secrets),
+        )
+        if value is not None
+    }
 
 
 async def key_inventory(
@@ -79,6 +92,7 @@ async def key_inventory(
             api_keys=api_keys,
             api_policy=api_key_policy(settings),
             twilio_secondary=settings.twilio_auth_token_secondary,
+            webhook_secrets=webhook_secrets(settings),
             unavailable=unavailable,
         )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.agents import AgentBook, load_agents
+from gateway.agents.python_tools import ModuleRules
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "agents.toml"
@@ -15,7 +16,7 @@ EXAMPLE = ROOT / "examples" / "agents.toml"
 
 @pytest.fixture(autouse=True)
 def _isolated_imports(monkeypatch):
-    """The loader puts an agents file's directory on sys.path: undo it after each test."""
+    """The loader puts the listed module directories on sys.path: undo it after each test."""
     monkeypatch.setattr(sys, "path", list(sys.path))
 
 
@@ -37,5 +38,17 @@ def module_name() -> str:
     return f"tools_{uuid.uuid4().hex[:12]}"
 
 
-def load(path: Path, *, production: bool = False, configured=("openai", "echo")) -> AgentBook:
-    return load_agents(path, configured_providers=configured, production=production)
+def load(
+    path: Path,
+    *,
+    production: bool = False,
+    configured=("openai", "echo"),
+    modules: ModuleRules | None = None,
+) -> AgentBook:
+    """Load ``path``; handler modules from its directory (listed, as VOICEGW_TOOL_MODULES_PATH
+    would) unless ``modules`` says otherwise."""
+    if modules is None:
+        modules = ModuleRules(paths=(path.parent,), forbidden=(path.parent / "data",))
+    return load_agents(
+        path, configured_providers=configured, production=production, modules=modules
+    )

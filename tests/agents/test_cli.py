@@ -16,6 +16,7 @@ CLEAN_ENV = (
     "OPENAI_API_KEY",
     "DEEPGRAM_API_KEY",
     "GEMINI_API_KEY",
+    "VOICEGW_TOOL_MODULES_PATH",
 )
 
 
@@ -23,6 +24,18 @@ CLEAN_ENV = (
 def _environment(monkeypatch):
     for name in CLEAN_ENV:
         monkeypatch.delenv(name, raising=False)
+    # The example's Python tool lives beside it, in a directory the operator lists.
+    monkeypatch.setenv("VOICEGW_TOOL_MODULES_PATH", str(EXAMPLE.parent))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+def test_a_handler_outside_the_listed_directories_is_a_problem(capsys, monkeypatch):
+    monkeypatch.delenv("VOICEGW_TOOL_MODULES_PATH")
+    sys.modules.pop("order_tools", None)
+    assert main(["agents", "check", str(EXAMPLE)]) == 1
+    err = capsys.readouterr().err
+    assert "agents.support.tools[0].handler: cannot import 'order_tools'" in err
+    assert "VOICEGW_TOOL_MODULES_PATH" in err
 
 
 def test_a_valid_file_prints_one_line_per_agent(capsys):
@@ -71,8 +84,14 @@ def test_usage_errors_exit_2(capsys, argv):
 
 
 def test_as_a_command(tmp_path):
-    """The installed entry point, in a fresh process: the handler next to the file imports."""
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    """The installed entry point, in a fresh process: the handler in the listed directory
+    imports."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(ROOT),
+        "HOME": str(tmp_path),
+        "VOICEGW_TOOL_MODULES_PATH": str(EXAMPLE.parent),
+    }
     ok = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "agents", "check", str(EXAMPLE)],
         capture_output=True,

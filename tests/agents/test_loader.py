@@ -3,10 +3,15 @@ agent, key and line."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import sys
+
 import pytest
 
 from gateway.agents import END_CALL, TRANSFER_CALL, AgentsFileError, book_summary
-from gateway.agents.loader import AgentsFileUnreadable, load_agents
+from gateway.agents.loader import AgentsFileUnreadable
+from gateway.agents.python_tools import ModuleRules
 from providers.ai.config import Provider, ProviderOptions
 from tests.agents.conftest import EXAMPLE, load
 
@@ -335,7 +340,7 @@ def test_tool_and_agent_counts_are_capped(write):
     assert "more than 64 agents" in one_problem(write(agents))
 
 
-def test_a_handler_next_to_the_file_is_imported(write, module_name, tmp_path):
+def test_a_handler_in_a_listed_directory_is_imported(write, module_name, tmp_path):
     (tmp_path / f"{module_name}.py").write_text(
         "async def lookup(arguments, context):\n    return {'ok': True}\n"
     )
@@ -460,9 +465,76 @@ def test_an_agents_file_others_may_write_is_refused(tmp_path, where):
     path = home / "agents.toml"
     path.write_text('[agents.only]\nproviders = ["echo"]\n')
     path.chmod(0o600)
-    load_agents(path, configured_providers={"echo"}, production=False)  # owner-only: fine
+    load(path, configured={"echo"})  # owner-only: fine
     (path if where == "file" else home).chmod(0o620 if where == "file" else 0o770)
     with pytest.raises(AgentsFileError) as refused:
-        load_agents(path, configured_providers={"echo"}, production=False)
+        load(path, configured={"echo"})
     (problem,) = refused.value.problems
     assert "writable by group or others" in problem and "chmod go-w" in problem
+
+
+# -- where handler modules may come from (VOICEGW_TOOL_MODULES_PATH) -------------------------
+
+MARKER_SOURCE = (
+    "import pathlib\n"
+    "pathlib.Path(__file__).with_suffix('.ran').write_text('imported')\n"
+    "async def lookup(arguments, context):\n    return 1\n"
+)
+
+
+def test_a_handler_next_to_the_file_is_not_imported_unless_listed(write, module_name, tmp_path):
+    (tmp_path / f"{module_name}.py").write_text(MARKER_SOURCE)
+    path = write(TOOL + f'handler = "{module_name}:lookup"\n')
+    problem = one_problem(path, modules=ModuleRules())
+    assert f"no module named {module_name!r}" in problem
+    assert "VOICEGW_TOOL_MODULES_PATH" in problem
+    assert not (tmp_path / f"{module_name}.ran").exists()
+    assert load(path).get("only").tool("lookup").function is not None  # listed: imported
+
+
+def test_a_handler_in_the_data_directory_is_refused_before_it_runs(write, module_name, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / f"{module_name}.py").write_text(MARKER_SOURCE)
+    path = write(TOOL + f'handler = "{module_name}:lookup"\n')
+    # Even listed (the settings refuse that too), the data directory never supplies code.
+    problem = one_problem(path, modules=ModuleRules(paths=(data,), forbidden=(data,)))
+    assert f"module {module_name!r} is in the data directory" in problem
+    assert not (data / f"{module_name}.ran").exists()
+
+
+def test_a_directory_put_on_the_import_path_later_is_not_trusted(write, module_name, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / f"{module_name}.py").write_text(MARKER_SOURCE)
+    sys.path.insert(0, str(elsewhere))  # undone by the conftest's fixture
+    path = write(TOOL + f'handler = "{module_name}:lookup"\n')
+    problem = one_problem(path, modules=ModuleRules())
+    assert "neither installed nor listed in VOICEGW_TOOL_MODULES_PATH" in problem
+    assert not (elsewhere / f"{module_name}.ran").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "directory"])
+def test_a_handler_module_others_may_write_is_refused(write, module_name, tmp_path, where):
+    tools = tmp_path / "tools"
+    tools.mkdir(mode=0o700)
+    module = tools / f"{module_name}.py"
+    module.write_text(MARKER_SOURCE)
+    (module if where == "file" else tools).chmod(0o666 if where == "file" else 0o777)
+    path = write(TOOL + f'handler = "{module_name}:lookup"\n')
+    problem = one_problem(path, modules=ModuleRules(paths=(tools,)))
+    assert "writable by group or others" in problem and "chmod go-w" in problem
+    assert not (tools / f"{module_name}.ran").exists()
+
+
+def test_an_installed_module_may_serve_a_handler(write):
+    path = write(TOOL + 'handler = "asyncio:sleep"\n')  # the standard library: installed
+    spec = load(path, modules=ModuleRules()).get("only").tool("lookup")
+    assert spec.function is asyncio.sleep
+
+
+def test_a_refused_file_carries_the_hash_of_what_was_read(write):
+    path = write('[agents.only]\nproviders = ["nope"]\n')
+    with pytest.raises(AgentsFileError) as refused:
+        load(path)
+    assert refused.value.digest == hashlib.sha256(path.read_bytes()).hexdigest()

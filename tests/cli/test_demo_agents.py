@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.agents.loader import load_agents
 from gateway.cli import main as cli
 from gateway.cli.carrier_api import CarrierCommand, twilio_action
-from gateway.cli.demo_agents import default_presses, key_map
+from gateway.cli.demo_agents import default_presses, key_map, load_book
 from gateway.cli.simulate import Press, parse_number, parse_presses
 from tests.conftest import UNIT
 
@@ -154,7 +153,7 @@ def test_presses_parse_in_time_order():
 
 
 def test_default_keys_call_each_tool_then_transfer_else_end_call():
-    book = load_agents(EXAMPLES, configured_providers=(), production=False)
+    book = load_book(EXAMPLES, EXAMPLES.parent / "data")
     support, sales = book.profiles["support"], book.profiles["sales"]
     # support: lookup_order (1), transfer_call (2), end_call (3): the call ends transferred.
     assert default_presses(support) == (Press("1", 1.0), Press("2", 2.5))

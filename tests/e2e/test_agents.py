@@ -50,8 +50,9 @@ async def endpoint() -> AsyncIterator[Endpoint]:
 
 
 def handler_module(tmp_path: Path) -> str:
-    """A Python tool handler next to the agents file; a fresh module name per test (a module
-    once imported is not imported again)."""
+    """A Python tool handler next to the agents file (its directory listed in
+    VOICEGW_TOOL_MODULES_PATH); a fresh module name per test (a module once imported is not
+    imported again)."""
     name = f"e2e_tools_{secrets.token_hex(4)}"
     (tmp_path / f"{name}.py").write_text(
         "async def lookup_order(arguments, context):\n"
@@ -95,6 +96,7 @@ async def echo_gateway(make_gateway, tmp_path: Path, endpoint: Endpoint) -> tupl
     gw = await make_gateway(
         "echo",
         VOICEGW_AGENTS_FILE=str(echo_agents(tmp_path, endpoint)),
+        VOICEGW_TOOL_MODULES_PATH=str(tmp_path),  # the handler module's directory
         VOICEGW_TOOLS_SECRET=secret,
     )
     return gw, secret

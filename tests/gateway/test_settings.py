@@ -746,3 +746,56 @@ def test_production_refuses_plain_http_events_url(tmp_path):
     assert "VOICEGW_EVENTS_URL must use https in production" in problems(env)
     env["VOICEGW_EVENTS_URL"] = "https://hooks.example.com/voicegw"
     assert Settings.from_env(env).events_url == "https://hooks.example.com/voicegw"
+
+
+# -- tool and event signing secrets in production ----------------------------------------------
+
+TOOLS_SECRET = "whsec_" + base64.b64encode(bytes(range(2, 34))).decode()
+SHORT_SECRET = "whsec_" + base64.b64encode(bytes(range(24))).decode()  # the protocol's floor
+
+
+def test_production_refuses_short_and_shared_webhook_secrets(tmp_path):
+    def env(tools: str, events: str) -> dict[str, str]:
+        return production_env(
+            tmp_path,
+            VOICEGW_TOOLS_SECRET=tools,
+            VOICEGW_EVENTS_URL="https://hooks.example.com/voicegw",
+            VOICEGW_EVENTS_SECRET=events,
+        )
+
+    ok = Settings.from_env(env(TOOLS_SECRET, f"{EVENTS_SECRET} {OTHER_EVENTS_SECRET}"))
+    assert ok.tools_secrets is not None and ok.events_secrets is not None
+
+    message = problems(env(f"{TOOLS_SECRET},{SHORT_SECRET}", EVENTS_SECRET))
+    assert "VOICEGW_TOOLS_SECRET: secret 2 is 24 bytes; production needs at least 32" in message
+    message = problems(env(TOOLS_SECRET, f"{OTHER_EVENTS_SECRET} {TOOLS_SECRET}"))
+    assert "VOICEGW_EVENTS_SECRET: secret 2 is also in VOICEGW_TOOLS_SECRET" in message
+    message = problems(env(f"{TOOLS_SECRET} {TOOLS_SECRET}", EVENTS_SECRET))
+    assert "VOICEGW_TOOLS_SECRET: secret 2 is listed twice" in message
+    for text in (TOOLS_SECRET, SHORT_SECRET):
+        assert text not in message and text.removeprefix("whsec_") not in message
+    # Outside production the protocol's floor is enough (a developer's short test secret).
+    assert Settings.from_env({"VOICEGW_TOOLS_SECRET": SHORT_SECRET}).tools_secrets is not None
+
+
+# -- where tool handler modules may come from ---------------------------------------------------
+
+
+def test_tool_modules_path_lists_directories_outside_the_data_directory(tmp_path):
+    tools, more = tmp_path / "tools", tmp_path / "more"
+    tools.mkdir(mode=0o755)
+    more.mkdir(mode=0o700)
+    data = tmp_path / "data"
+    (data / "code").mkdir(parents=True)
+    base = {"VOICEGW_DATA_DIR": str(data)}
+    s = Settings.from_env({**base, "VOICEGW_TOOL_MODULES_PATH": f"{tools}:{more}:"})
+    assert s.tool_modules_path == (tools.resolve(), more.resolve())
+    assert Settings.from_env(base).tool_modules_path == ()
+
+    message = problems({**base, "VOICEGW_TOOL_MODULES_PATH": f"{tools}:{tmp_path / 'absent'}"})
+    assert "VOICEGW_TOOL_MODULES_PATH: entry 2 is not a directory" in message
+    message = problems({**base, "VOICEGW_TOOL_MODULES_PATH": str(data / "code")})
+    assert "VOICEGW_TOOL_MODULES_PATH: entry 1 is inside VOICEGW_DATA_DIR" in message
+    more.chmod(0o777)
+    message = problems({**base, "VOICEGW_TOOL_MODULES_PATH": str(more)})
+    assert "entry 1 is writable by group or others (mode 777); chmod go-w" in message

@@ -49,8 +49,12 @@ handler = "review_tools:lookup"
 
 
 def with_agents(baseline: Settings, path: Path, *, signed: bool = True) -> Settings:
+    """``baseline`` with the agents file ``path``; handler modules beside it are listed in
+    VOICEGW_TOOL_MODULES_PATH."""
     secret = Secret(new_tool_secret()) if signed else None
-    return dataclasses.replace(baseline, agents_file=path, tools_secrets=secret)
+    return dataclasses.replace(
+        baseline, agents_file=path, tools_secrets=secret, tool_modules_path=(path.parent,)
+    )
 
 
 async def test_a_clean_agents_file_passes_every_check(baseline: Settings, tmp_path: Path) -> None:

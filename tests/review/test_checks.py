@@ -35,6 +35,7 @@ from metrics.sentry import PRIVACY_OPTIONS
 from security.keyinventory import RedisFirstSeen, fingerprint
 from security.secret import Secret
 from security.signing_keys import default_path, rotate
+from security.standard_webhooks import new_secret, secret_bytes
 from tests.review.conftest import ReviewRedis, not_passing, review_of
 
 DAY = 86400.0
@@ -55,8 +56,9 @@ def test_check_ids_are_stable_and_unique() -> None:
         "env.production", "providers.no_echo", "url.https", "url.cleartext",
         "proxies.specific", "proxies.forwarded", "allowlist.twilio",
         "allowlist.telnyx", "secrets.twilio", "secrets.telnyx", "secrets.twilio_secondary_age",
-        "keys.signing.age", "keys.data.age", "keys.api.age", "keys.retired",
-        "redis.configured", "store.shared", "redis.reachable", "redis.auth", "redis.tls",
+        "keys.signing.age", "keys.data.age", "keys.api.age", "keys.tools.age",
+        "keys.events.age", "keys.retired", "redis.configured", "store.shared",
+        "redis.reachable", "redis.auth", "redis.tls",
         "sessions.cookies", "sessions.lifetimes", "sessions.csrf", "cors.explicit",
         "data.encryption_keys", "data.retention", "data.recording_consent", "data.permissions",
         "obs.metrics_protected", "obs.sentry_pii", "obs.log_redaction", "deps.known_bad",
@@ -215,6 +217,46 @@ async def test_retired_signing_key_kept_past_token_lifetime_warns(baseline: Sett
     assert not_passing(report) == {"keys.retired": WARN}, report.render()
 
 
+async def test_tool_and_event_secrets_age_and_their_overlap(baseline: Settings) -> None:
+    """The first secret of VOICEGW_TOOLS_SECRET / VOICEGW_EVENTS_SECRET ages like any key
+    (90 days from first seen); an older one listed after it is retired, needed 7 days."""
+
+    def with_secrets(tools: str, events: str) -> Settings:
+        return dataclasses.replace(
+            baseline,
+            tools_secrets=Secret(tools),
+            events_url="https://hooks.example.com/voicegw",
+            events_secrets=Secret(events),
+        )
+
+    report = await review_of(with_secrets(f"{new_secret()} {new_secret()}", new_secret()))
+    assert not_passing(report) == {}, report.render()
+    assert "tool signing secret" in report.get("keys.tools.age").finding
+
+    def fp(kind: str, secret: str) -> str:
+        return fingerprint(kind, secret_bytes(secret)[0])
+
+    new, old, event = (new_secret() for _ in range(3))
+    settings = with_secrets(f"{new} {old}", event)
+    await _mark_first_seen(settings, f"tools:{fp('tools', new)}", time.time() - 95 * DAY)
+    await _mark_first_seen(settings, f"events:{fp('events', event)}", time.time() - 80 * DAY)
+    await _mark_first_seen(settings, f"tools-retired:{fp('tools', old)}", time.time() - 8 * DAY)
+    report = await review_of(settings)
+    assert not_passing(report) == {
+        "keys.tools.age": FAIL,
+        "keys.events.age": WARN,
+        "keys.retired": WARN,
+    }, report.render()
+    assert "rotation was due 5 days ago" in report.get("keys.tools.age").finding
+    assert f"tools {fp('tools', old)[:12]}" in report.get("keys.retired").finding
+    inventory = (await settings_facts(settings)).keys
+    kinds = {row["kind"]: row for row in inventory.summary()}
+    assert kinds["tools"]["active"] == 1 and kinds["tools"]["retired"] == 1
+    assert kinds["events"]["active"] == 1 and kinds["events"]["rotation_due_in_s"] > 0
+    for secret in (new, old, event):
+        assert secret.removeprefix("whsec_") not in str(inventory.as_dict())
+
+
 async def test_data_key_first_seen_85_days_ago_warns(baseline: Settings) -> None:
     keyring, _ = load_data_keys(baseline)
     fp = keyring.fingerprint(keyring.active_key_id)
@@ -368,7 +410,7 @@ async def test_a_check_that_raises_is_reported_failed_not_skipped(baseline: Sett
     broken = {f.id: f.finding for f in report.findings if f.status is FAIL}
     assert set(broken) == {
         "secrets.twilio_secondary_age", "keys.signing.age", "keys.data.age", "keys.api.age",
-        "keys.retired",
+        "keys.tools.age", "keys.events.age", "keys.retired",
     }  # fmt: skip
     assert set(broken.values()) == {"check could not run (AttributeError)"}
     assert len(report.findings) == len(CHECKS)

@@ -4,6 +4,7 @@ of the file (the agents' numbers, a transfer destination) ever leaves in clear."
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from gateway.cli.admin import create_api_key
-from gateway.records.base import Role
+from gateway.records.base import AuditQuery, Role
 from tests.sessions.harness import Gw, csrf_headers, running
 
 SUPPORT = "+15550100111"
@@ -157,6 +158,18 @@ async def test_admin_reloads_a_good_file_then_a_bad_one(gw: Gw, tmp_path: Path) 
         assert after["digest"] == digest and after["count"] == 2
         assert after["last_reload"]["ok"] is False
         assert after["last_reload"]["problems"] == len(problems["problems"])
+
+    # Every load is audited with the SHA-256 of the file as read, a refused one too.
+    await gw.runtime.auditor.flush()
+    events = await gw.runtime.store.query_audit(AuditQuery(action="agents."))
+    start, good, bad = events[-3:]
+    assert (start.action, start.outcome) == ("agents.load", "success")
+    assert (good.action, good.outcome, bad.action, bad.outcome) == (
+        "agents.reload", "success", "agents.reload", "failure"
+    )  # fmt: skip
+    assert good.detail["file_sha256"] == good.detail["in_force_sha256"] == digest
+    assert bad.detail["file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() != digest
+    assert bad.detail["in_force_sha256"] == digest and bad.entity_id == digest[:16]
 
 
 async def test_readyz_reports_the_count_of_agents(gw: Gw) -> None:

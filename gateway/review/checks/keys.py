@@ -1,5 +1,6 @@
-"""Key ages against the rotation policy (90 days, flagged 14 days before), the secondary
-Twilio token's promotion window, and retired keys kept past need (``security.keyinventory``)."""
+"""Key ages against the rotation policy (90 days, flagged 14 days before; the tool and event
+signing secrets too), the secondary Twilio token's promotion window, and retired keys kept
+past need (``security.keyinventory``)."""
 
 from __future__ import annotations
 
@@ -74,21 +75,40 @@ def _api_age(s: Settings, f: Facts) -> Outcome:
 
 
 @check(
+    "keys.tools.age",
+    Severity.WARNING,
+    "put a new secret (voicegw tools secret, or whsec_ + openssl rand -base64 32) first in "
+    "VOICEGW_TOOLS_SECRET; drop the old one once every tool endpoint accepts the new one",
+)
+def _tools_age(s: Settings, f: Facts) -> Outcome:
+    return _key_age(f, KeyKind.TOOLS, "tool signing secret")
+
+
+@check(
+    "keys.events.age",
+    Severity.WARNING,
+    "put a new secret first in VOICEGW_EVENTS_SECRET; drop the old one once the events "
+    "receiver accepts the new one",
+)
+def _events_age(s: Settings, f: Facts) -> Outcome:
+    return _key_age(f, KeyKind.EVENTS, "event signing secret")
+
+
+@check(
     "keys.retired",
     Severity.WARNING,
     "voicegw keys rotate drops expired keys from the key file; remove retired seeds from "
-    "VOICEGW_SIGNING_KEY",
+    "VOICEGW_SIGNING_KEY and older secrets from VOICEGW_TOOLS_SECRET / VOICEGW_EVENTS_SECRET",
 )
 def _retired(s: Settings, f: Facts) -> Outcome:
     stale = [
         e
-        for e in f.keys.of(KeyKind.SIGNING)
+        for kind in (KeyKind.SIGNING, KeyKind.TOOLS, KeyKind.EVENTS)
+        for e in f.keys.of(kind)
         if e.status is KeyStatus.RETIRED and e.drop_after is not None and e.drop_after <= f.now
     ]
     if stale:
-        ids = ", ".join(e.key_id[:12] for e in stale)
-        return warned(
-            f"{len(stale)} retired signing key(s) kept past the longest token lifetime: {ids}"
-        )
+        ids = ", ".join(f"{e.kind.value} {e.key_id[:12]}" for e in stale)
+        return warned(f"{len(stale)} retired key(s) kept past need: {ids}")
     retired = [e for e in f.keys.entries if e.status is KeyStatus.RETIRED]
     return passed(f"{len(retired)} retired key(s), none kept past need")
