@@ -38,6 +38,7 @@ BACKGROUND_LOOPS: Final = frozenset(
         "unopened-streams",
         "call-commands",
         "events-retention",
+        "loop-lag",
     }
 )
 

@@ -122,6 +122,23 @@ PROVIDER_ERRORS = Counter(
     ["provider", "kind"],
     registry=REGISTRY,
 )
+CALL_SETUP = Histogram(
+    "voicegw_call_setup_seconds",
+    "Call set-up as the caller feels it, by stage, from the media stream's upgrade: start "
+    "(the carrier's start frame), claim (stream token and registry), provider (agent session "
+    "ready), answer (record written, bridge built), first_frame (first caller frame forwarded "
+    "to the agent) and total",
+    ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+EVENT_LOOP_LAG = Histogram(
+    "voicegw_event_loop_lag_seconds",
+    "How late the event loop woke a timer (sampled every few milliseconds): the time any "
+    "coroutine waited because something held the loop",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
 PROVIDER_CONNECT = Histogram(
     "voicegw_provider_connect_seconds",
     "Time to open and set up a provider session",

@@ -24,6 +24,7 @@ from gateway.media.audio import Framer, Transcoder
 from gateway.media.bridge import Bridge, BridgeServices
 from gateway.media.inbound import MAX_MALFORMED
 from gateway.media.outbound import close_carrier
+from gateway.media.setup import SetupClock
 from gateway.runtime import Runtime
 from metrics.logging import correlation_id
 from metrics.registry import CALLS, MEDIA_DROPPED
@@ -93,11 +94,14 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
         await websocket.close(code=CloseCode.POLICY_VIOLATION)
         return
     await websocket.accept()
+    setup = SetupClock()
     codec: CarrierCodec = TwilioCodec() if carrier == "twilio" else TelnyxCodec()
     header_token = websocket.headers.get("x-telnyx-streaming-auth-token")
     try:
         started, early = await _await_start(websocket, codec, header_token)
+        setup.stage("start")
         call = await runtime.admission.claim(carrier, started, websocket.path_params.get("call"))
+        setup.stage("claim")
     except UncarriableStream as uncarriable:
         await _end_uncarriable(runtime, websocket, carrier, uncarriable)
         return
@@ -110,6 +114,7 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
     # The profile is fixed for the call from here: a reload does not change a call under way.
     profile = runtime.agents.profile(call.agent)
     agent = await runtime.dialer.open_agent(call, profile)
+    setup.stage("provider")
     if agent is None:
         log.warning("no provider available", extra={"call_id": call.call_id})
         CALLS.labels(carrier, "none", "no_provider", call.agent).inc()
@@ -131,8 +136,10 @@ async def _serve(websocket: WebSocket, carrier: str) -> None:
         recorder=recorder,
     )
     await runtime.records.call_answered(call, agent.provider)
+    setup.stage("answer")
     # The carrier kept sending while the provider connected: that backlog is not a flood.
     bridge.allow_backlog(time.monotonic() - connecting)
+    bridge.inbound.setup = setup
     await bridge.run(early)
 
 

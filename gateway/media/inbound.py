@@ -26,6 +26,7 @@ from gateway.media.audio import Transcoder, is_passthrough
 from gateway.media.outbound import Outbound
 from gateway.media.recorder import RecordingTap
 from gateway.media.recording import Direction
+from gateway.media.setup import SetupClock
 from metrics.framemeter import FrameMeter
 from metrics.registry import MEDIA_DROPPED, MEDIA_FRAMES, MEDIA_RELAY
 from providers.ai.session import AgentSession
@@ -104,6 +105,7 @@ class Inbound:
         self._transcode_in: Transcoder | None = None
         self.use_agent(agent)
         self.switching = False  # a failover is in progress: hold caller audio
+        self.setup: SetupClock | None = None  # closed by the first caller frame forwarded
         self._held: collections.deque[AudioChunk] = collections.deque(maxlen=FAILOVER_BUFFER_FRAMES)
         self._loop = asyncio.get_running_loop()
         self._malformed = 0
@@ -149,6 +151,9 @@ class Inbound:
                 match event:
                     case AudioChunk():
                         await self._audio_to_agent(event)
+                        if self.setup is not None:
+                            self.setup.first_frame()
+                            self.setup = None
                         self.meter.count()
                         self.meter.time(time.perf_counter() - received)
                         if self.tap is not None:
