@@ -149,6 +149,19 @@ CALL_COMMANDS = Counter(
     ["command", "outcome"],
     registry=REGISTRY,
 )
+DIALS_PLACED = Counter(
+    "voicegw_dials_placed_total",
+    "Outbound calls the carrier accepted to place, by carrier and agent",
+    ["carrier", "agent"],
+    registry=REGISTRY,
+)
+DIALS_BLOCKED = Counter(
+    "voicegw_dials_blocked_total",
+    "Calls and transfers the toll-fraud guard refused, by action (dial, transfer) and reason "
+    "(denied_prefix, not_allowed, rate, concurrent, minutes)",
+    ["action", "reason"],
+    registry=REGISTRY,
+)
 
 # -- agents ----------------------------------------------------------------------------------
 TOOL_CALLS = Counter(
