@@ -145,7 +145,7 @@ FAILOVERS = Counter(
 CALL_COMMANDS = Counter(
     "voicegw_call_commands_total",
     "Commands on live calls from the API (hangup, transfer), by outcome (ok, not_live, "
-    "unknown_destination, failed, busy, unreachable)",
+    "unknown_destination, denied_destination, failed, busy, unreachable)",
     ["command", "outcome"],
     registry=REGISTRY,
 )

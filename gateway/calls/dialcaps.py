@@ -113,10 +113,15 @@ class InProcessDialCaps:
     """The caps in this process (one replica, or a fallback while Redis is down)."""
 
     def __init__(
-        self, *, clock: Callable[[], float] = time.monotonic, wall: WallClock = time.time
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: WallClock = time.time,
+        prune_grace_s: float = PRUNE_GRACE_S,
     ) -> None:
         self._clock = clock
         self._wall = wall
+        self._grace_s = prune_grace_s
         self._dials: defaultdict[str, deque[float]] = defaultdict(deque)
         self._live: defaultdict[str, dict[str, float]] = defaultdict(dict)
         self._minutes: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -155,7 +160,7 @@ class InProcessDialCaps:
             self._minutes[(scope, day)] += minutes_of(outcome, seconds)
 
     async def prune(self, scope: str, live: Collection[str]) -> int:
-        horizon = self._clock() - PRUNE_GRACE_S
+        horizon = self._clock() - self._grace_s
         held = self._live[scope]
         stale = [c for c, at in held.items() if c not in live and at <= horizon]
         for call_id in stale:
@@ -250,8 +255,10 @@ class RedisDialCaps:
         *,
         timeout_s: float = REDIS_TIMEOUT_S,
         wall: WallClock = time.time,
+        prune_grace_s: float = PRUNE_GRACE_S,
     ) -> None:
         self._client = client
+        self._grace_ms = int(prune_grace_s * 1000)
         # One hash tag for every key: a script's keys share one Redis Cluster slot.
         self._base = f"{prefix}dialcaps:{{caps}}:"
         self._timeout_s = timeout_s
@@ -314,9 +321,7 @@ class RedisDialCaps:
         _, _, live_key, _ = self._scope_keys(scope, "")
         try:
             async with asyncio.timeout(self._timeout_s):
-                removed = await self._prune(
-                    keys=[live_key], args=[int(PRUNE_GRACE_S * 1000), *live]
-                )
+                removed = await self._prune(keys=[live_key], args=[self._grace_ms, *live])
         except (RedisError, OSError, TimeoutError) as exc:
             raise StateUnavailable("dial caps unavailable") from exc
         return int(removed)
