@@ -24,6 +24,7 @@ from gateway.agents.tools import ToolRunner
 from gateway.calls import telnyx, twilio
 from gateway.calls.commands import CallCommands
 from gateway.calls.control import CallControl
+from gateway.calls.dialcaps import FallbackDialCaps, build_dial_caps
 from gateway.calls.orphans import close_orphans_periodically
 from gateway.calls.outbound import OutboundCalls
 from gateway.calls.records import CallRecords
@@ -124,6 +125,9 @@ async def start_runtime(settings: Settings) -> Runtime:
     # the call, delivered by the dispatcher; one breaker for the endpoint, beside the tools'.
     call_events, dispatcher = build_events(settings, durable.store, state.tool_breakers)
     transcripts = TranscriptLog(store=durable.store, data_keys=durable.data_keys)
+    dial_caps = build_dial_caps(redis, settings.redis_key_prefix)
+    if isinstance(dial_caps, FallbackDialCaps):
+        state.degradable.append(dial_caps)  # /readyz: degraded while caps run in-process
     records = CallRecords(
         store=durable.store,
         data_keys=durable.data_keys,
@@ -133,6 +137,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         recording_path=recorder.path,
         events=call_events,
         transcripts=transcripts,
+        usage=dial_caps,
     )
     control = CallControl.build(
         settings, breakers=state.breakers, registry=state.registry, records=records, tasks=tasks
@@ -178,7 +183,7 @@ async def start_runtime(settings: Settings) -> Runtime:
             agents=agents,
             recorder=recorder,
             lifecycle=lifecycle,
-            limiter=OutboundCalls.dial_limiter(settings, redis),
+            caps=dial_caps,
         ),
         admission=StreamAdmission(
             public_ws_url=settings.public_ws_url,

@@ -85,6 +85,8 @@ class Settings:
     twilio_account_sid: str | None = None  # VOICEGW_TWILIO_ACCOUNT_SID: AC + 32 hex
     telnyx_connection_id: str | None = None  # VOICEGW_TELNYX_CONNECTION_ID
     dial_rate_per_minute: int = 10  # calls one API key or user may place per minute
+    dial_concurrent_calls: int = 10  # live calls one API key or user may have placed
+    dial_minutes_per_day: int = 600  # minutes of placed calls per key or user per UTC day
 
     allowlists: Mapping[str, AllowlistSetting] = field(default_factory=dict)
     trusted_proxies: tuple[Network, ...] = ()
@@ -579,6 +581,12 @@ class _Reader:
             ),
             dial_rate_per_minute=int(
                 self.number("VOICEGW_DIAL_RATE_PER_MINUTE", 10, lo=1, hi=100_000)
+            ),
+            dial_concurrent_calls=int(
+                self.number("VOICEGW_DIAL_CONCURRENT_CALLS", 10, lo=1, hi=100_000)
+            ),
+            dial_minutes_per_day=int(
+                self.number("VOICEGW_DIAL_MINUTES_PER_DAY", 600, lo=1, hi=10_000_000)
             ),
             allowlists=allowlists,
             trusted_proxies=trusted.networks,

@@ -162,8 +162,21 @@ FAILOVERS = Counter(
 CALL_COMMANDS = Counter(
     "voicegw_call_commands_total",
     "Commands on live calls from the API (hangup, transfer), by outcome (ok, not_live, "
-    "unknown_destination, failed, busy, unreachable)",
+    "unknown_destination, denied_destination, failed, busy, unreachable)",
     ["command", "outcome"],
+    registry=REGISTRY,
+)
+DIALS_PLACED = Counter(
+    "voicegw_dials_placed_total",
+    "Outbound calls the carrier accepted to place, by carrier and agent",
+    ["carrier", "agent"],
+    registry=REGISTRY,
+)
+DIALS_BLOCKED = Counter(
+    "voicegw_dials_blocked_total",
+    "Calls and transfers the toll-fraud guard refused, by action (dial, transfer) and reason "
+    "(denied_prefix, not_allowed, rate, concurrent, minutes)",
+    ["action", "reason"],
     registry=REGISTRY,
 )
 

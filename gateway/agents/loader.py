@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -38,6 +38,13 @@ from gateway.agents.python_tools import (
     ModuleRules,
     group_or_other_writable,
     resolve_handler,
+)
+from gateway.calls.destinations import (
+    DestinationPolicy,
+    Refusal,
+    default_destinations,
+    destination_problem,
+    override_problem,
 )
 from gateway.settings import MAX_SPOKEN_TEXT, MODEL_NAME, PROVIDERS, Settings
 from providers.ai.config import AgentOptions, Provider, ProviderOptions
@@ -61,6 +68,9 @@ SIP_URI: Final = re.compile(
 )
 
 MAX_CONCURRENT_CALLS: Final = 100_000
+MAX_DIALS_PER_MINUTE: Final = 100_000
+MAX_DIAL_MINUTES_PER_DAY: Final = 10_000_000
+MAX_PREFIXES: Final = 300
 
 AGENT_KEYS: Final = frozenset(
     {
@@ -68,6 +78,10 @@ AGENT_KEYS: Final = frozenset(
         "numbers",
         "caller_ids",
         "max_concurrent_calls",
+        "allowed_destinations",
+        "allow_denied_prefixes",
+        "dials_per_minute",
+        "dial_minutes_per_day",
         "providers",
         "instructions",
         "greeting",
@@ -359,7 +373,22 @@ class _Checker:
             end_call = self.boolean(table["end_call"], (*where, "end_call")) is not False
         transfer = self.transfer(table.get("transfer", {}), (*where, "transfer"))
         tools = self.tools(table.get("tools", []), (*where, "tools"))
-        max_calls = self.call_cap(table, where)
+        max_calls = self.whole(table, "max_concurrent_calls", where, MAX_CONCURRENT_CALLS)
+        dials_per_minute = self.whole(table, "dials_per_minute", where, MAX_DIALS_PER_MINUTE)
+        dial_minutes = self.whole(table, "dial_minutes_per_day", where, MAX_DIAL_MINUTES_PER_DAY)
+        defaulted = "allowed_destinations" not in table
+        if defaulted:
+            allowed = default_destinations((*caller_ids, *numbers))
+        else:
+            allowed = self.prefixes(
+                table["allowed_destinations"], (*where, "allowed_destinations"), destination_problem
+            )
+        overrides = self.prefixes(
+            table.get("allow_denied_prefixes", []),
+            (*where, "allow_denied_prefixes"),
+            override_problem,
+        )
+        self.transfer_allowed(transfer, DestinationPolicy(allowed, overrides), where, defaulted)
         if len(self.problems) > before:
             return None
         return AgentProfile(
@@ -376,22 +405,61 @@ class _Checker:
             max_concurrent_calls=max_calls,
             transcripts=transcripts,
             include_transcript=include_transcript,
+            allowed_destinations=allowed,
+            allow_denied_prefixes=overrides,
+            destinations_defaulted=defaulted,
+            dials_per_minute=dials_per_minute,
+            dial_minutes_per_day=dial_minutes,
         )
 
-    def call_cap(self, table: Mapping[str, Any], where: Path_) -> int | None:
-        """``max_concurrent_calls``: a whole number from 1 to ``MAX_CONCURRENT_CALLS``."""
-        if "max_concurrent_calls" not in table:
+    def whole(self, table: Mapping[str, Any], key: str, where: Path_, hi: int) -> int | None:
+        """An optional cap ``key``: a whole number from 1 to ``hi``."""
+        if key not in table:
             return None
-        value = table["max_concurrent_calls"]
+        value = table[key]
         if isinstance(value, bool) or not isinstance(value, int):
-            self.problem((*where, "max_concurrent_calls"), "must be a whole number")
+            self.problem((*where, key), "must be a whole number")
             return None
-        if not 1 <= value <= MAX_CONCURRENT_CALLS:
-            self.problem(
-                (*where, "max_concurrent_calls"), f"must be from 1 to {MAX_CONCURRENT_CALLS}"
-            )
+        if not 1 <= value <= hi:
+            self.problem((*where, key), f"must be from 1 to {hi}")
             return None
         return value
+
+    def prefixes(
+        self, value: object, where: Path_, problem: Callable[[str], str | None]
+    ) -> tuple[str, ...]:
+        """A list of E.164 prefixes, each checked by ``problem``."""
+        items = self.strings(value, where, cap=MAX_PREFIXES)
+        if items is None:
+            return ()
+        for i, prefix in enumerate(items):
+            if (why := problem(prefix)) is not None:
+                self.problem((*where, i), why)
+        return tuple(dict.fromkeys(items))
+
+    def transfer_allowed(
+        self, transfer: Mapping[str, str], policy: DestinationPolicy, where: Path_, default: bool
+    ) -> None:
+        """Every ``transfer`` destination passes the toll-fraud guard (named by key only)."""
+        for key, destination in transfer.items():
+            refusal = policy.check(destination)
+            if refusal is Refusal.DENIED_PREFIX:
+                self.problem(
+                    (*where, "transfer", key),
+                    "on the deny list (premium-rate or high-risk): lift its prefix with "
+                    "allow_denied_prefixes if you mean it",
+                )
+            elif refusal is Refusal.NOT_ALLOWED:
+                self.problem(
+                    (*where, "transfer", key),
+                    "outside allowed_destinations"
+                    + (
+                        " (by default the country codes of the agent's caller_ids and numbers): "
+                        "list its prefix in allowed_destinations"
+                        if default
+                        else ""
+                    ),
+                )
 
     def optional_text(
         self, table: Mapping[str, Any], key: str, where: Path_, cap: int, one_line: bool

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+from gateway.calls.destinations import DestinationPolicy
 from gateway.settings import Settings
 from providers.ai.config import AgentOptions, Function, Provider, ProviderOptions
 from security.redaction import mask_phone
@@ -88,7 +89,13 @@ class AgentProfile:
     as caller ID (the first is used; empty: the carrier's default, the caller's number) and
     the numbers an outbound call may be placed from; ``max_concurrent_calls`` caps the agent's
     live calls, in and out, across replicas (``None``: no cap); ``transcripts`` whether the
-    call's turns are transcribed and stored (encrypted)."""
+    call's turns are transcribed and stored (encrypted).
+
+    The toll-fraud guard (:mod:`gateway.calls.destinations`): ``allowed_destinations`` the
+    E.164 prefixes its calls and transfers may reach (the loader fills in the default, the
+    country codes of its own numbers); ``allow_denied_prefixes`` the parts of the built-in deny
+    list it lifts; ``dials_per_minute`` and ``dial_minutes_per_day`` its caps on the calls it
+    places, across replicas (``None``: none beyond the API key's)."""
 
     name: str
     default: bool
@@ -104,6 +111,17 @@ class AgentProfile:
     transcripts: bool = False
     include_transcript: bool = False
     """The customer's ``call.ended`` event carries the transcript (needs ``transcripts``)."""
+    allowed_destinations: tuple[str, ...] = ()
+    allow_denied_prefixes: tuple[str, ...] = ()
+    destinations_defaulted: bool = True
+    """``allowed_destinations`` came from the agent's own numbers (the file named none)."""
+    dials_per_minute: int | None = None
+    dial_minutes_per_day: int | None = None
+
+    @property
+    def destinations(self) -> DestinationPolicy:
+        """Where this agent's calls and transfers may go."""
+        return DestinationPolicy(self.allowed_destinations, self.allow_denied_prefixes)
 
     def functions(self) -> tuple[Function, ...]:
         """What the model is offered: the profile's tools in file order, then ``transfer_call``

@@ -41,6 +41,7 @@ class Outcome(enum.StrEnum):
     OK = "ok"
     NOT_LIVE = "not_live"  # no bridge holds the call (it ended, or its stream never opened)
     UNKNOWN_DESTINATION = "unknown_destination"
+    DENIED_DESTINATION = "denied_destination"  # the toll-fraud guard refused its number
     FAILED = "failed"  # the carrier refused or failed the transfer
     BUSY = "busy"  # the call is already ending (an end_call or a transfer under way)
     UNREACHABLE = "unreachable"  # the replica holding the call did not answer

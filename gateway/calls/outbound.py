@@ -1,6 +1,7 @@
 """Calls the gateway places: ``OutboundCalls.place`` checks the request against the agent (the
-``from`` number one of its ``caller_ids``, its ``max_concurrent_calls``) and the caller's dial
-rate, asks the carrier to dial with the same media stream an inbound call gets, and registers
+``from`` number one of its ``caller_ids``, the ``to`` number one its destinations allow, its
+``max_concurrent_calls``) and the caps of the caller and the agent (``gateway.calls.dialcaps``),
+asks the carrier to dial with the same media stream an inbound call gets, and registers
 the call, which then runs like an inbound one: admitted by its stream token, bridged to the
 agent, ended by the carrier's status callback or hang-up.
 
@@ -21,25 +22,24 @@ from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
 import httpx
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.agents.directory import AgentDirectory
 from gateway.agents.profiles import AgentProfile
 from gateway.calls.control import CallControl
+from gateway.calls.destinations import REASONS
+from gateway.calls.dialcaps import Cap, CapRefusal, DialCaps, Verdict
 from gateway.calls.records import CallRecords
 from gateway.calls.registry import CallRegistry
 from gateway.calls.state import Call, CallError, CallState, new_call, new_call_id
 from gateway.calls.twiml import connect_twiml, twilio_stream_url
 from gateway.lifecycle import Lifecycle
 from gateway.settings import Settings
-from metrics.registry import CALLS
+from metrics.registry import CALLS, DIALS_PLACED
 from providers.breakers import BreakerOpen, BreakerRegistry
 from providers.events import CallId
 from providers.telephony.rest import CarrierRestError, check_e164
 from security.exceptions import StateUnavailable
-from security.ratelimit import FallbackLimiter, InProcessLimiter, Limiter, RedisLimiter
-from security.replay import Degradation
 from security.streamtokens import StreamTokens
 
 log = logging.getLogger("voicegw.runtime")
@@ -53,13 +53,35 @@ OutboundCarrier = Literal["twilio", "telnyx"]
 class DialError(Exception):
     """A call not placed. ``status`` is the HTTP status to answer with, ``reason`` a short
     text safe to send (never a number, never the carrier's words), ``retry_after_s`` set for
-    a 429 or 503."""
+    a 429 or 503; ``blocked`` the toll-fraud guard's reason when it refused the call (a
+    bounded label: a ``Refusal`` or ``CapRefusal`` value), ``scope`` the capped scope."""
 
-    def __init__(self, status: int, reason: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        retry_after_s: float | None = None,
+        *,
+        blocked: str | None = None,
+        scope: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.blocked = blocked
+        self.scope = scope
+
+
+CAP_REASONS: Final = {
+    (CapRefusal.RATE, False): "dial rate exceeded",
+    (CapRefusal.CONCURRENT, False): "too many calls in progress",
+    (CapRefusal.MINUTES, False): "the day's call minutes are used up",
+    (CapRefusal.RATE, True): "the agent's dial rate is exceeded",
+    (CapRefusal.CONCURRENT, True): "the agent is at its concurrent call limit",
+    (CapRefusal.MINUTES, True): "the agent's call minutes for the day are used up",
+}
+"""What a refused caller is told, by cap and whether the agent's (else the caller's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +104,8 @@ class RecordingRule(Protocol):
 
 
 class OutboundCalls:
-    """Places calls through the carriers' REST clients in ``control``; ``limiter`` counts
-    each caller's dials (``scope``: an API key id or user name)."""
+    """Places calls through the carriers' REST clients in ``control``; ``caps`` counts each
+    caller's (``scope``: an API key id or user name) and each agent's dials."""
 
     def __init__(
         self,
@@ -97,7 +119,7 @@ class OutboundCalls:
         agents: AgentDirectory,
         recorder: RecordingRule,
         lifecycle: Lifecycle,
-        limiter: Limiter,
+        caps: DialCaps,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -108,22 +130,9 @@ class OutboundCalls:
         self.agents = agents
         self.recorder = recorder
         self.lifecycle = lifecycle
-        self.limiter = limiter
+        self.caps = caps
         # Dials between the cap check and their registration, per agent (this replica).
         self._dialling: collections.Counter[str] = collections.Counter()
-
-    @staticmethod
-    def dial_limiter(settings: Settings, redis: aioredis.Redis | None) -> Limiter:
-        """``VOICEGW_DIAL_RATE_PER_MINUTE`` per caller: in Redis (shared by the replicas, each
-        on its own while Redis is down) or in process."""
-        rate = settings.dial_rate_per_minute
-        if redis is None:
-            return InProcessLimiter(rate)
-        return FallbackLimiter(
-            RedisLimiter(redis, settings.redis_key_prefix + "dialrl:", rate),
-            InProcessLimiter(rate),
-            degradation=Degradation("dial_rate"),
-        )
 
     def carriers(self) -> tuple[OutboundCarrier, ...]:
         """The carriers a call can be placed through: enabled, with their REST credentials
@@ -140,26 +149,86 @@ class OutboundCalls:
         """Place ``request`` for the caller ``scope``; returns the registered call (state
         connecting: awaiting its media stream, which opens once the callee answers).
 
-        Raises ``DialError``: 422 for a request the agents file does not allow (unknown agent,
-        ``from`` not one of its caller ids, no carrier configured), 429 over the dial rate or
-        the agent's cap, 502 when the carrier refused or failed, 503 while draining, while
-        the carrier API's breaker is open or while shared state is down."""
+        Raises ``DialError``: 403 for a destination the toll-fraud guard refuses (deny list,
+        outside the agent's ``allowed_destinations``), 422 for a request the agents file does
+        not allow (unknown agent, ``from`` not one of its caller ids, no carrier configured),
+        429 over a cap of the caller or the agent (dials per minute, calls in progress,
+        minutes per day, ``max_concurrent_calls``), 502 when the carrier refused or failed,
+        503 while draining, while the carrier API's breaker is open or while shared state is
+        down."""
         carrier, profile = self._check(request)
         if self.lifecycle.draining:
             raise DialError(503, "draining", 5)
-        decision = await self.limiter.hit(f"dial:{scope}")
-        if not decision.allowed:
-            raise DialError(429, "dial rate exceeded", decision.retry_after_s)
+        call_id = new_call_id()
+        s = self.settings
+        caps = (
+            Cap(
+                f"key:{scope}",
+                s.dial_rate_per_minute,
+                s.dial_concurrent_calls,
+                s.dial_minutes_per_day,
+            ),
+            Cap(
+                f"agent:{profile.name}",
+                profile.dials_per_minute,
+                None,  # max_concurrent_calls counts the agent's live calls, in and out
+                profile.dial_minutes_per_day,
+            ),
+        )
+        await self._admit(call_id, caps)
         cap = profile.max_concurrent_calls
         self._dialling[profile.name] += 1
         try:
             if cap is not None and await self._busy(profile.name) >= cap:
-                raise DialError(429, "the agent is at its concurrent call limit", 5)
-            return await self._dial(request, carrier, profile.providers[0], profile.record)
+                raise DialError(
+                    429,
+                    "the agent is at its concurrent call limit",
+                    5,
+                    blocked=CapRefusal.CONCURRENT,
+                    scope=f"agent:{profile.name}",
+                )
+            call = await self._dial(request, carrier, profile.providers[0], profile.record, call_id)
+        except BaseException:
+            await self._release(call_id)
+            raise
         finally:
             self._dialling[profile.name] -= 1
             if not self._dialling[profile.name]:
                 del self._dialling[profile.name]
+        DIALS_PLACED.labels(carrier, profile.name).inc()
+        return call
+
+    async def _admit(self, call_id: CallId, caps: tuple[Cap, ...]) -> None:
+        """Count the dial against ``caps``; raises ``DialError`` 429 over one of them (once
+        the live slots of calls the registry no longer knows are freed), 503 while shared
+        state is down."""
+        try:
+            verdict = await self.caps.admit(call_id, caps)
+            if verdict.refusal is CapRefusal.CONCURRENT:
+                live = {c.call_id for c in await self.registry.list_active()}
+                if await self.caps.prune(verdict.scope, live):
+                    verdict = await self.caps.admit(call_id, caps)
+        except (*STATE_ERRORS, CallError):
+            raise DialError(503, "shared state unavailable", 5) from None
+        if verdict.refusal is not None:
+            raise self._refused(verdict.refusal, verdict)
+
+    @staticmethod
+    def _refused(refusal: CapRefusal, verdict: Verdict) -> DialError:
+        return DialError(
+            429,
+            CAP_REASONS[refusal, verdict.scope.startswith("agent:")],
+            verdict.retry_after_s,
+            blocked=refusal,
+            scope=verdict.scope,
+        )
+
+    async def _release(self, call_id: CallId) -> None:
+        """A dial that went no further frees what it held (no minutes)."""
+        try:
+            await self.caps.ended(call_id, DIAL_FAILED, 0.0)
+        except STATE_ERRORS:
+            pass  # its live slot is pruned once the registry shows no such call
 
     def _check(self, request: DialRequest) -> tuple[OutboundCarrier, AgentProfile]:
         try:
@@ -172,6 +241,9 @@ class OutboundCalls:
             raise DialError(422, "unknown agent")
         if request.from_ not in profile.caller_ids:
             raise DialError(422, "from is not one of the agent's caller_ids")
+        refusal = profile.destinations.check(request.to)
+        if refusal is not None:
+            raise DialError(403, REASONS[refusal], blocked=refusal)
         ready = self.carriers()
         if request.carrier is None:
             if not ready:
@@ -191,9 +263,13 @@ class OutboundCalls:
         return len(live) + self._dialling[agent] - 1
 
     async def _dial(
-        self, request: DialRequest, carrier: OutboundCarrier, provider: str, record: bool | None
+        self,
+        request: DialRequest,
+        carrier: OutboundCarrier,
+        provider: str,
+        record: bool | None,
+        call_id: CallId,
     ) -> Call:
-        call_id = new_call_id()
         pending = f"outbound:{call_id}"
         account = self.settings.twilio_account_sid if carrier == "twilio" else None
         try:

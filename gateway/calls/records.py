@@ -36,6 +36,12 @@ class TranscriptReader(Protocol):
     async def read(self, call_id: str) -> Sequence[Turn]: ...
 
 
+class CallUsage(Protocol):
+    """Counts what a placed call used once it ends (``gateway.calls.dialcaps.DialCaps``)."""
+
+    async def ended(self, call_id: str, outcome: str, seconds: float) -> None: ...
+
+
 FAILED_OUTCOMES: Final = frozenset(
     {
         "agent_failed",
@@ -54,7 +60,8 @@ FAILED_OUTCOMES: Final = frozenset(
 
 class CallRecords:
     """Call records in ``store``; calls ended in ``registry``. ``recording_path`` says where a
-    recorded call's file goes; retries run as ``tasks``."""
+    recorded call's file goes; retries run as ``tasks``; ``usage`` learns how long each call
+    lasted (the dial caps' minutes per day)."""
 
     def __init__(
         self,
@@ -67,6 +74,7 @@ class CallRecords:
         recording_path: Callable[[Call], Path],
         events: CallEvents | None = None,
         transcripts: TranscriptReader | None = None,
+        usage: CallUsage | None = None,
     ) -> None:
         self.store = store
         self.data_keys = data_keys
@@ -76,6 +84,7 @@ class CallRecords:
         self.recording_path = recording_path
         self.events = CallEvents(None) if events is None else events
         self.transcripts = transcripts
+        self.usage = usage
 
     async def record_call(
         self, call: Call, *, from_number: str | None, to_number: str | None, record: bool = False
@@ -137,6 +146,7 @@ class CallRecords:
     ) -> None:
         """Complete the durable record of an ended call; ``transfer_to`` is the destination key
         of a transferred call; ``include_transcript``: its last event carries what was said."""
+        await self._count_usage(call, outcome)
         closed: CallRecord | None = None
         try:
             record = await self.store.get_call(call.call_id)
@@ -158,6 +168,17 @@ class CallRecords:
                 extra={"call_id": call.call_id, "error": type(exc).__name__},
             )
         await self._ended(call, outcome, closed, transfer_to, include_transcript)
+
+    async def _count_usage(self, call: Call, outcome: str) -> None:
+        if self.usage is None:
+            return
+        try:
+            await self.usage.ended(call.call_id, outcome, time.time() - call.created_at)
+        except Exception as exc:  # the call is over either way; the gap is logged
+            log.error(
+                "call minutes not counted",
+                extra={"call_id": call.call_id, "error": type(exc).__name__},
+            )
 
     async def _ended(
         self,

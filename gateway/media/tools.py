@@ -12,9 +12,11 @@ Built-ins (declared by the profile, see ``gateway.agents.profiles``):
 * ``end_call``: the agent's last words are played to the caller (queued audio sent and the
   carrier's mark after it echoed), then the Bridge ends the call and hangs up the line.
 * ``transfer_call(destination)``: ``destination`` must be a key of the profile's transfer
-  table; after the last words are played the carrier is asked to move the caller there. On
-  success the Bridge ends the stream with outcome ``transferred``; on failure the agent gets an
-  error output and the call goes on.
+  table whose number the toll-fraud guard allows (``gateway.calls.destinations``; the loader
+  refuses a table that breaks it, this checks again at the moment of the transfer); after the
+  last words are played the carrier is asked to move the caller there. On success the Bridge
+  ends the stream with outcome ``transferred``; on failure the agent gets an error output and
+  the call goes on.
 
 Arguments and outputs are the caller's data: never logged, never in the audit trail.
 """
@@ -34,7 +36,13 @@ import orjson
 from gateway.agents.profiles import END_CALL, TRANSFER_CALL, AgentProfile
 from gateway.agents.tools import ToolContext, ToolOutcome, ToolRunner
 from gateway.calls.state import Call, EndReason
-from metrics.registry import AGENT_ENDED_CALLS, TOOL_CALL_SECONDS, TOOL_CALLS, TRANSFERS
+from metrics.registry import (
+    AGENT_ENDED_CALLS,
+    DIALS_BLOCKED,
+    TOOL_CALL_SECONDS,
+    TOOL_CALLS,
+    TRANSFERS,
+)
 from providers.ai.session import AgentSession
 from providers.events import ToolCall, ToolResult
 from providers.exceptions import SessionError
@@ -229,14 +237,20 @@ class CallTools:
             return
         if outcome == "unknown_destination":
             self._count(TRANSFER_CALL, "bad_arguments", 0.0)
-        error = {"busy": "already_ending", "failed": "transfer_failed"}.get(outcome, outcome)
+        error = {
+            "busy": "already_ending",
+            "failed": "transfer_failed",
+            "denied_destination": "destination_not_allowed",
+        }.get(outcome, outcome)
         await self._answer(event, agent, _error(error))
 
     async def transfer(self, key: str, *, by: str, after_last_words: bool) -> str:
         """Move the call to the profile's transfer destination ``key`` (the agent's
         ``transfer_call``, or an operator's command: ``by``). Returns ``ok`` (the Bridge is
-        ending, outcome ``transferred``), ``unknown_destination``, ``busy`` (already ending)
-        or ``failed`` (the carrier did not move the call; it goes on)."""
+        ending, outcome ``transferred``), ``unknown_destination``, ``denied_destination``
+        (the toll-fraud guard refused its number: counted and audited, the carrier never
+        asked), ``busy`` (already ending) or ``failed`` (the carrier did not move the call;
+        it goes on)."""
         began = time.perf_counter()
         destination = self.profile.transfer.get(key)
         if destination is None:
@@ -244,6 +258,28 @@ class CallTools:
             # of its choosing.
             TRANSFERS.labels(self.profile.name, "bad_destination").inc()
             return "unknown_destination"
+        refusal = self.profile.destinations.check(destination)
+        if refusal is not None:
+            DIALS_BLOCKED.labels("transfer", refusal).inc()
+            TRANSFERS.labels(self.profile.name, "blocked").inc()
+            if by == "agent":
+                self._count(TRANSFER_CALL, "blocked", 0.0)
+            await self.services.auditor.record(
+                "call.transfer",
+                "denied",
+                entity_type="call",
+                entity_id=self.call.call_id,
+                detail={
+                    "agent": self.profile.name,
+                    "destination": key,
+                    "by": by,
+                    "blocked": refusal.value,
+                },
+            )
+            log.warning(
+                "transfer refused by the toll-fraud guard", extra={"call_id": self.call.call_id}
+            )
+            return "denied_destination"
         if self._acting:
             return "busy"
         self._acting = True

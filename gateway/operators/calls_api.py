@@ -41,6 +41,7 @@ _STATUS: Final = {
     Outcome.OK: 200,
     Outcome.NOT_LIVE: 409,
     Outcome.UNKNOWN_DESTINATION: 422,
+    Outcome.DENIED_DESTINATION: 403,
     Outcome.BUSY: 409,
     Outcome.FAILED: 502,
     Outcome.UNREACHABLE: 503,
@@ -48,6 +49,7 @@ _STATUS: Final = {
 _REASONS: Final = {
     Outcome.NOT_LIVE: "the call is not live",
     Outcome.UNKNOWN_DESTINATION: "destination is not in the agent's transfer table",
+    Outcome.DENIED_DESTINATION: "the destination is not allowed (toll-fraud guard)",
     Outcome.BUSY: "the call is already ending",
     Outcome.FAILED: "the carrier did not transfer the call",
     Outcome.UNREACHABLE: "the replica holding the call did not answer",

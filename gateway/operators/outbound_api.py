@@ -3,10 +3,11 @@
 Body ``{"to", "from", "agent", "carrier"?, "machine_detection"?}``: ``to`` and ``from`` in
 E.164, ``from`` one of the agent's ``caller_ids``, ``carrier`` ``twilio`` or ``telnyx`` (default:
 the first configured for calling out). Answers ``201 {"call_id", "carrier_call_id", "state"}``;
-400 for a malformed body, 422 for a call the agents file does not allow, 429 over the caller's
-dial rate or the agent's ``max_concurrent_calls``, 502/503 when the carrier or shared state
-failed (see ``gateway.calls.outbound``). Every decision past the body's checks is audited as
-``call.dial``, without the numbers.
+400 for a malformed body, 403 for a destination the toll-fraud guard refuses, 422 for a call the
+agents file does not allow, 429 over a cap of the caller or the agent (with ``Retry-After``),
+502/503 when the carrier or shared state failed (see ``gateway.calls.outbound``). Every decision
+past the body's checks is audited as ``call.dial``, without the numbers; every refusal of the
+guard is counted in ``voicegw_dials_blocked_total{action="dial"}``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gateway.http import inputs
 from gateway.http.errors import json_error
 from gateway.operators.middleware import requires
 from gateway.operators.permissions import Permission, Principal
+from metrics.registry import DIALS_BLOCKED
 
 MAX_DIAL_BODY: Final = 4096
 FIELDS: Final = frozenset({"to", "from", "agent", "carrier", "machine_detection"})
@@ -95,7 +97,13 @@ async def place_call(request: Request) -> Response:
         call = await runtime.outbound.place(dial, scope=scope)
     except DialError as exc:
         outcome = "denied" if exc.status < 500 else "failure"
-        await _audit(request, principal, dial, outcome, exc.status)
+        guard = {}
+        if exc.blocked is not None:
+            DIALS_BLOCKED.labels("dial", exc.blocked).inc()
+            guard = {"blocked": exc.blocked}
+            if exc.scope:
+                guard["scope"] = exc.scope.partition(":")[0]
+        await _audit(request, principal, dial, outcome, exc.status, guard=guard)
         headers = {}
         if exc.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
@@ -115,8 +123,12 @@ async def _audit(
     status: int,
     call_id: str | None = None,
     carrier: str | None = None,
+    *,
+    guard: dict[str, str] | None = None,
 ) -> None:
-    """``call.dial``: who asked, for which agent, through which carrier; never the numbers."""
+    """``call.dial``: who asked, for which agent, through which carrier, and what the
+    toll-fraud guard refused (``guard``: its reason and whose cap, ``key`` or ``agent``);
+    never the numbers."""
     await request.app.state.runtime.auditor.record(
         "call.dial",
         outcome,
@@ -130,7 +142,8 @@ async def _audit(
             "carrier": carrier or dial.carrier,
             "machine_detection": dial.machine_detection,
             "status": status,
-        },
+        }
+        | (guard or {}),
     )
 
 

@@ -33,6 +33,7 @@ from starlette.responses import Response
 from gateway.agents.directory import module_rules
 from gateway.agents.loader import configured_providers, load_agents
 from gateway.agents.profiles import AgentBook, AgentsFileError
+from gateway.calls.destinations import wide
 from gateway.calls.registry import CallRegistry
 from gateway.operators.sessions import AuthError, AuthRuntime
 from gateway.records.base import Role, Store, UserRecord
@@ -88,6 +89,8 @@ class AgentsFacts:
     handlers: tuple[str, ...] = ()  # "agent.tool" of every in-process Python handler
     file_mode: int | None = None  # the agents file's permission bits
     transfers: int = 0  # transfer destinations across the profiles
+    wide_destinations: tuple[str, ...] = ()  # agents whose allowed_destinations span countries
+    deny_overrides: tuple[str, ...] = ()  # "agent (+1900, ...)" of agents lifting the deny list
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,14 @@ def agents_facts(
         handlers=tuple(f"{a}.{t.name}" for a, t in tools if t.handler is not None),
         file_mode=mode,
         transfers=sum(len(p.transfer) for p in book.profiles.values()),
+        wide_destinations=tuple(
+            p.name for p in book.profiles.values() if wide(p.allowed_destinations)
+        ),
+        deny_overrides=tuple(
+            f"{p.name} ({', '.join(p.allow_denied_prefixes)})"
+            for p in book.profiles.values()
+            if p.allow_denied_prefixes
+        ),
     )
 
 

@@ -538,3 +538,75 @@ def test_a_refused_file_carries_the_hash_of_what_was_read(write):
     with pytest.raises(AgentsFileError) as refused:
         load(path)
     assert refused.value.digest == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- the toll-fraud guard ----------------------------------------------------------------------
+
+
+def test_allowed_destinations_default_to_the_country_codes_of_the_agents_numbers(write):
+    only = load(write(MINIMAL + 'numbers = ["+14155550199"]\ncaller_ids = ["+442079460000"]\n'))
+    profile = only.get("only")
+    assert profile.allowed_destinations == ("+44", "+1") and profile.destinations_defaulted
+    assert profile.allow_denied_prefixes == ()
+    # Nothing of its own: nothing allowed.
+    assert load(write(MINIMAL)).get("only").allowed_destinations == ()
+    listed = load(write(MINIMAL + 'allowed_destinations = ["+1", "+4420"]\n')).get("only")
+    assert listed.allowed_destinations == ("+1", "+4420") and not listed.destinations_defaulted
+
+
+def test_dial_caps_of_an_agent(write):
+    profile = load(write(MINIMAL + "dials_per_minute = 5\ndial_minutes_per_day = 90\n"))
+    assert (profile.get("only").dials_per_minute, profile.get("only").dial_minutes_per_day) == (
+        5,
+        90,
+    )
+    assert load(write(MINIMAL)).get("only").dials_per_minute is None
+    assert "agents.only.dials_per_minute: must be from 1" in one_problem(
+        write(MINIMAL + "dials_per_minute = 0\n")
+    )
+    assert "agents.only.dial_minutes_per_day: must be a whole number" in one_problem(
+        write(MINIMAL + 'dial_minutes_per_day = "lots"\n')
+    )
+
+
+def test_a_transfer_to_a_denied_destination_stops_the_load(write):
+    text = MINIMAL + 'numbers = ["+14155550199"]\ntransfer = { premium = "+19005550123" }\n'
+    problem = one_problem(write(text))
+    assert "agents.only.transfer.premium" in problem and "deny list" in problem
+    assert "allow_denied_prefixes" in problem
+    assert "5550123" not in problem  # the number is named by its key only
+    lifted = load(write(text + 'allow_denied_prefixes = ["+1900"]\n'))
+    assert lifted.get("only").transfer == {"premium": "+19005550123"}
+    # A SIP URI carrying a denied number is judged as that number.
+    sip = (
+        MINIMAL
+        + 'numbers = ["+14155550199"]\ntransfer = { t = "sip:+18095550123@trunk.example" }\n'
+    )
+    assert "deny list" in one_problem(write(sip))
+
+
+def test_a_transfer_outside_the_allowed_destinations_stops_the_load(write):
+    text = MINIMAL + 'numbers = ["+14155550199"]\ntransfer = { london = "+442079460000" }\n'
+    problem = one_problem(write(text))
+    assert "agents.only.transfer.london: outside allowed_destinations" in problem
+    assert "country codes of the agent's caller_ids and numbers" in problem
+    assert load(write(text + 'allowed_destinations = ["+1", "+44"]\n')).get("only").transfer
+    # A SIP endpoint that names no number is the operator's choice.
+    sip = MINIMAL + 'transfer = { desk = "sip:desk@pbx.example.com" }\n'
+    assert load(write(sip)).get("only").transfer == {"desk": "sip:desk@pbx.example.com"}
+
+
+@pytest.mark.parametrize(
+    ("line", "where", "why"),
+    [
+        ('allowed_destinations = ["1"]', "allowed_destinations[0]", "E.164 prefix"),
+        ('allowed_destinations = ["+9991"]', "allowed_destinations[0]", "country calling code"),
+        ('allowed_destinations = "+1"', "allowed_destinations", "list of strings"),
+        ('allow_denied_prefixes = ["+1"]', "allow_denied_prefixes[0]", "narrower than a country"),
+        ('allow_denied_prefixes = ["+44"]', "allow_denied_prefixes[0]", "narrower than a country"),
+        ('allow_denied_prefixes = ["x"]', "allow_denied_prefixes[0]", "E.164 prefix"),
+    ],
+)
+def test_bad_destination_rules_are_named(write, line, where, why):
+    problem = one_problem(write(MINIMAL + line + "\n"))
+    assert f"agents.only.{where}" in problem and why in problem

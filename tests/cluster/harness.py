@@ -211,6 +211,7 @@ async def start_cluster(tmp: Path) -> AsyncIterator[Cluster]:
             'providers = ["openai", "echo"]\n'
             'instructions = "You answer the front desk."\n'
             f'transfer = {{ billing = "{TRANSFER_TO}" }}\n'
+            'allowed_destinations = ["+1"]\n'
         )
         stack.push_async_callback(clear_gateway_keys, REDIS_URL, prefix)
         shared = {

@@ -116,3 +116,23 @@ async def test_python_handlers_are_named(baseline: Settings, tmp_path: Path) -> 
     assert not_passing(report) == {"agents.handlers": Status.WARN}, report.render()
     finding = next(f for f in report.findings if f.id == "agents.handlers")
     assert "support.lookup_order" in finding.finding
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        ('allowed_destinations = ["+4"]', "allowed_destinations open more than five countries"),
+        (
+            'allowed_destinations = ["+1", "+44", "+33", "+49", "+34", "+39"]',
+            "whole world zone (toll fraud reaches further): support",
+        ),
+        ('allow_denied_prefixes = ["+1900"]', "the deny list is lifted by: support (+1900)"),
+    ],
+)
+async def test_wide_destinations_and_deny_list_overrides_are_reported(
+    baseline: Settings, tmp_path: Path, line: str, shown: str
+) -> None:
+    report = await review_of(with_agents(baseline, agents_file(tmp_path, line)))
+    assert not_passing(report) == {"agents.destinations": Status.WARN}, report.render()
+    finding = next(f for f in report.findings if f.id == "agents.destinations")
+    assert shown in finding.finding

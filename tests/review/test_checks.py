@@ -63,7 +63,7 @@ def test_check_ids_are_stable_and_unique() -> None:
         "data.encryption_keys", "data.retention", "data.recording_consent", "data.permissions",
         "obs.metrics_protected", "obs.sentry_pii", "obs.log_redaction", "deps.known_bad",
         "agents.file", "agents.tools_signed", "agents.tools_https", "agents.file_permissions",
-        "agents.handlers",
+        "agents.handlers", "agents.destinations",
     }  # fmt: skip
 
 

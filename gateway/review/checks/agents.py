@@ -83,3 +83,27 @@ def _handlers(s: Settings, f: Facts) -> Outcome:
         f"{len(handlers)} Python tool handler(s) run inside the gateway with its privileges "
         f"and keys: {_some(handlers)}"
     )
+
+
+@check(
+    "agents.destinations",
+    Severity.WARNING,
+    "narrow allowed_destinations to the countries you call; drop allow_denied_prefixes "
+    "entries you do not need",
+)
+def _destinations(s: Settings, f: Facts) -> Outcome:
+    a = f.agents
+    if not a.wide_destinations and not a.deny_overrides:
+        return passed(
+            "every agent's calls and transfers stay within a few countries and the deny list "
+            "of premium-rate and high-risk prefixes"
+        )
+    parts = []
+    if a.wide_destinations:
+        parts.append(
+            "allowed_destinations open more than five countries or a whole world zone "
+            f"(toll fraud reaches further): {_some(a.wide_destinations)}"
+        )
+    if a.deny_overrides:
+        parts.append(f"the deny list is lifted by: {_some(a.deny_overrides)}")
+    return warned("; ".join(parts))
