@@ -154,18 +154,25 @@ class UsageError(CommandError):
 def demo(args: argparse.Namespace) -> int:
     """The embedded defaults in a temporary data directory (removed afterwards unless
     ``--keep``): the demo's forged webhooks and its call never reach the operator's records.
-    With ``--agents FILE`` the call plays the agents' tools (``gateway.cli.demo_agents``)."""
+    With ``--agents FILE`` the call plays the agents' tools (``gateway.cli.demo_agents``); with
+    ``--outbound`` the gateway places it and sends its events (``gateway.cli.demo_outbound``)."""
     from gateway.cli.demo import run_demo
     from gateway.cli.demo_agents import run_agents_demo
     from metrics import logging as jsonlog
 
     to, presses = call_options(args)
+    if args.outbound and (args.agents is not None or to or presses):
+        raise UsageError("--outbound runs its own agent: leave out --agents, --to and --dtmf")
     if args.agents is None and (to or presses):
         raise UsageError("--to and --dtmf need --agents FILE")
     data_dir = Path(tempfile.mkdtemp(prefix="voicegw-demo-"))
     try:
         settings = load_settings(demo_environ(os.environ, data_dir))
         jsonlog.configure("WARNING", ip_hash_key=jsonlog.load_ip_hash_key(settings.data_dir))
+        if args.outbound:
+            from gateway.cli.demo_outbound import run_outbound_demo
+
+            return asyncio.run(run_outbound_demo(settings, carrier=args.carrier, wav=args.wav))
         if args.agents is not None:
             return asyncio.run(
                 run_agents_demo(
@@ -274,6 +281,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="agent profiles (TOML): the call's agent uses its tools (echo: key n calls tool n)",
+    )
+    d.add_argument(
+        "--outbound",
+        action="store_true",
+        help="the gateway places the call (POST /api/v1/calls) and its signed call events "
+        "arrive at a local receiver that verifies them",
     )
     d.add_argument("--to", default=None, help="the dialed number (default: the default agent's)")
     d.add_argument(

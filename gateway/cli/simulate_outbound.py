@@ -212,7 +212,8 @@ async def _twilio_callee(
             data=params,
             headers={"X-Twilio-Signature": validator.compute_signature(callback, params)},
         )
-        report.step(f"status callback {event} ({call_status}, signed)", f"{reply.status_code}")
+        named = event if event == call_status else f"{event}: {call_status}"
+        report.step(f"status callback {named} (signed)", f"{reply.status_code}")
 
     for event, call_status in TWILIO_ANSWERING:
         if event in events:
