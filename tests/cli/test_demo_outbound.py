@@ -23,9 +23,20 @@ from twilio.rest.api.v2010.account.call import CallInstance
 from gateway.cli import main as cli
 from gateway.cli.carrier_api import telnyx_dial_answer, twilio_call_resource
 from gateway.cli.demo_outbound import CALLEE, CALLER_ID, EventsReceiver
+from gateway.cli.main import TELNYX_API_PORT
 from security.secret import Secret
 from security.standard_webhooks import Signer, new_secret
-from tests.cli.test_simulate_readme import base_env, free_port, running
+from tests.cli.test_simulate_readme import (
+    README,
+    ROOT,
+    base_env,
+    free_port,
+    outbound,
+    running,
+    sh_lines,
+    split,
+    user_dir,
+)
 from tests.conftest import UNIT
 
 VOICEGW = Path(sys.executable).parent / "voicegw"
@@ -155,20 +166,40 @@ async def test_the_events_receiver_verifies_each_signature():
     assert lines[2:] == ["  event refused: its signature does not verify"] * 2
 
 
-@pytest.mark.parametrize("carrier", ["twilio", "telnyx"])
-def test_simulate_outbound_against_a_running_gateway(tmp_path, carrier):
-    """As a user runs it: `voicegw apikeys create` for the key, `voicegw serve` pointed at the
-    simulator's carrier API, then `voicegw simulate call --outbound` in the same directory."""
-    home = tmp_path / "home"
-    home.mkdir()
-    agents = home / "agents.toml"
-    agents.write_text(
-        f'[agents.reminders]\ndefault = true\nproviders = ["echo"]\ncaller_ids = ["{CALLER_ID}"]\n'
+def readme_outbound() -> tuple[str, str, list[str]]:
+    """The README's outbound simulation: (the key line, the serve line, the simulate lines)."""
+    lines = [ln for ln in sh_lines(README.read_text()) if outbound(ln)]
+    (key,) = [ln for ln in lines if " apikeys create " in ln]
+    (serve,) = [ln for ln in lines if ln.endswith("voicegw serve")]
+    return key, serve, [ln for ln in lines if "voicegw simulate call --outbound" in ln]
+
+
+def test_readme_simulates_both_carriers_placing_calls():
+    _, serve, simulates = readme_outbound()
+    env, _ = split(serve)
+    assert (
+        env["VOICEGW_TWILIO_API_URL"]
+        == env["VOICEGW_TELNYX_API_URL"]
+        == (f"http://127.0.0.1:{TELNYX_API_PORT}")
     )
+    carriers = sorted(split(ln)[1][split(ln)[1].index("--carrier") + 1] for ln in simulates)
+    assert carriers == ["telnyx", "twilio"]
+
+
+def test_readme_outbound_simulation_runs_as_written(tmp_path):
+    """As a user runs it from the README: `voicegw apikeys create` for the key, `voicegw
+    serve` pointed at the simulator's carrier API, then each `voicegw simulate call
+    --outbound` in the same directory. Only the ports change (free ones)."""
+    key_line, serve_line, simulate_lines = readme_outbound()
     port, api_port = free_port(), free_port()
+    moved = str(TELNYX_API_PORT), str(api_port)
+    home = user_dir(tmp_path)
+    (home / "examples").symlink_to(ROOT / "examples")
     env = {**base_env(port), **SOURCE}
+    key_argv = split(key_line)[1]
+    assert key_argv[-2] == ">"
     made = subprocess.run(
-        [str(VOICEGW), "apikeys", "create", "--name", "sim", "--role", "dialer"],
+        key_argv[:-2],
         cwd=home,
         env=env,
         capture_output=True,
@@ -176,53 +207,27 @@ def test_simulate_outbound_against_a_running_gateway(tmp_path, carrier):
         timeout=30 * UNIT,
         check=True,
     )
-    (home / "dialer.key").write_text(made.stdout)
-    api_url = f"http://127.0.0.1:{api_port}"
-    serve_env = {
-        **env,
-        "VOICEGW_AGENTS_FILE": str(agents),
-        "VOICEGW_TWILIO_ACCOUNT_SID": "AC" + "0123456789abcdef" * 2,
-        "VOICEGW_TWILIO_API_URL": api_url,
-        "VOICEGW_TELNYX_CONNECTION_ID": "1684641123236054244",
-        "VOICEGW_TELNYX_API_URL": api_url,
-        "VOICEGW_TELNYX_API_KEY": "dev-local",
-    }
-    argv = [
-        str(VOICEGW),
-        "simulate",
-        "call",
-        "--outbound",
-        "--carrier",
-        carrier,
-        "--fast",
-        "--wav",
-        str(WAV),
-        "--url",
-        f"http://127.0.0.1:{port}",
-        "--api-port",
-        str(api_port),
-        "--from",
-        CALLER_ID,
-        "--agent",
-        "reminders",
-        "--to",
-        CALLEE,
-        "--api-key-file",
-        "-",
-    ]
-    with running([str(VOICEGW), "serve", "--port", str(port)], home, serve_env, port):
-        result = subprocess.run(
-            argv,
-            cwd=home,
-            env=env,
-            input=made.stdout,
-            capture_output=True,
-            text=True,
-            timeout=60 * UNIT,
-            check=False,
-        )
+    (home / key_argv[-1]).write_text(made.stdout)
+    serve_env, serve_argv = split(serve_line.replace(*moved))
+    with running([*serve_argv, "--port", str(port)], home, {**env, **serve_env}, port):
+        for line in simulate_lines:
+            argv = [*split(line.replace(*moved))[1], "--url", f"http://127.0.0.1:{port}"]
+            result = subprocess.run(
+                [*argv, "--api-port", str(api_port), "--fast"],
+                cwd=home,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60 * UNIT,
+                check=False,
+            )
+            assert result.returncode == 0, f"{line}\n{result.stdout}\n{result.stderr}"
+            assert "result: ok" in result.stdout and "201 call_" in result.stdout
+            assert CALLEE[2:] not in result.stdout and "Traceback" not in result.stderr
+        # A key the gateway does not know: the refusal is in the report, nothing is dialled.
+        argv[argv.index("--api-key-file") + 1] = "-"
         wrong_key = subprocess.run(
-            argv,
+            [*argv, "--api-port", str(api_port)],
             cwd=home,
             env=env,
             input="vgk_nope_nope\n",
@@ -231,10 +236,6 @@ def test_simulate_outbound_against_a_running_gateway(tmp_path, carrier):
             timeout=60 * UNIT,
             check=False,
         )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "result: ok" in result.stdout and "201 call_" in result.stdout
-    assert CALLEE[2:] not in result.stdout
-    # A key the gateway does not know: the refusal is in the report, nothing is dialled.
     assert wrong_key.returncode == 1, wrong_key.stdout + wrong_key.stderr
     assert "POST /api/v1/calls to +1********23 (agent reminders) 401" in wrong_key.stdout
     assert "media WebSocket" not in wrong_key.stdout
