@@ -17,11 +17,11 @@ import httpx
 from gateway import devkeys
 from gateway.cli.simulate import (
     SimulateOptions,
-    _telnyx_event,
     caller_audio,
     post_telnyx,
     serve_app,
     simulate_call,
+    telnyx_event,
 )
 from gateway.settings import Settings
 from security.secret import Secret
@@ -63,7 +63,7 @@ async def _security_tour(url: str, settings: Settings, keys: devkeys.DevKeys) ->
     """Send a few hostile webhooks and show which layer refused each."""
     lines = ["security layers:"]
     async with httpx.AsyncClient(base_url=url, timeout=10.0) as http:
-        body = _telnyx_event(
+        body = telnyx_event(
             "call.initiated", "v3:demo-" + secrets.token_hex(4), direction="outgoing"
         )
         checks: list[tuple[str, httpx.Response]] = [

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from gateway.cli.simulate import Press
+    from gateway.cli.simulate_outbound import Dial
 
 # What ``voicegw demo`` takes from the environment: which agent providers, and how to reach
 # them. Everything else (data directory, Redis, database, keys, carriers) is the embedded
@@ -153,18 +154,25 @@ class UsageError(CommandError):
 def demo(args: argparse.Namespace) -> int:
     """The embedded defaults in a temporary data directory (removed afterwards unless
     ``--keep``): the demo's forged webhooks and its call never reach the operator's records.
-    With ``--agents FILE`` the call plays the agents' tools (``gateway.cli.demo_agents``)."""
+    With ``--agents FILE`` the call plays the agents' tools (``gateway.cli.demo_agents``); with
+    ``--outbound`` the gateway places it and sends its events (``gateway.cli.demo_outbound``)."""
     from gateway.cli.demo import run_demo
     from gateway.cli.demo_agents import run_agents_demo
     from metrics import logging as jsonlog
 
     to, presses = call_options(args)
+    if args.outbound and (args.agents is not None or to or presses):
+        raise UsageError("--outbound runs its own agent: leave out --agents, --to and --dtmf")
     if args.agents is None and (to or presses):
         raise UsageError("--to and --dtmf need --agents FILE")
     data_dir = Path(tempfile.mkdtemp(prefix="voicegw-demo-"))
     try:
         settings = load_settings(demo_environ(os.environ, data_dir))
         jsonlog.configure("WARNING", ip_hash_key=jsonlog.load_ip_hash_key(settings.data_dir))
+        if args.outbound:
+            from gateway.cli.demo_outbound import run_outbound_demo
+
+            return asyncio.run(run_outbound_demo(settings, carrier=args.carrier, wav=args.wav))
         if args.agents is not None:
             return asyncio.run(
                 run_agents_demo(
@@ -191,10 +199,44 @@ def demo_environ(environ: Mapping[str, str], data_dir: Path) -> dict[str, str]:
     return {**kept, "VOICEGW_DATA_DIR": str(data_dir)}
 
 
+def outbound_dial(args: argparse.Namespace) -> Dial | None:
+    """``--outbound`` with ``--from``, ``--agent`` and ``--api-key-file`` checked (None without
+    ``--outbound``); raises ``UsageError`` naming the missing or bad one."""
+    from gateway.cli.simulate import parse_number
+    from gateway.cli.simulate_outbound import Dial
+    from security.secret import Secret
+
+    values = {"--from": args.from_, "--agent": args.agent, "--api-key-file": args.api_key_file}
+    given = [name for name, value in values.items() if value is not None]
+    if not args.outbound:
+        if given or args.machine_detection:
+            raise UsageError(f"{(given or ['--machine-detection'])[0]} needs --outbound")
+        return None
+    if len(given) < 3:
+        raise UsageError("--outbound needs --from NUMBER, --agent NAME and --api-key-file FILE")
+    try:
+        from_ = parse_number(args.from_)
+    except ValueError as exc:
+        raise UsageError(f"--from: {exc}") from None
+    try:
+        if args.api_key_file == "-":
+            key = sys.stdin.readline().strip()
+        else:
+            key = Path(args.api_key_file).read_text().strip()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise UsageError(f"--api-key-file: cannot read {args.api_key_file} ({why})") from None
+    if not key:
+        raise UsageError("--api-key-file: no key in it (`voicegw apikeys create ... > FILE`)")
+    return Dial(Secret(key), from_, args.agent, machine_detection=args.machine_detection)
+
+
 def simulate(args: argparse.Namespace) -> int:
     from gateway.cli.simulate import CALLEE, SimulateOptions, simulate_call
+    from gateway.cli.simulate_outbound import simulate_outbound_call
 
     to, presses = call_options(args)
+    dial = outbound_dial(args)
     options = SimulateOptions(
         carrier=args.carrier,
         wav=args.wav,
@@ -205,7 +247,10 @@ def simulate(args: argparse.Namespace) -> int:
         to=to or CALLEE,
         dtmf=presses or (),
     )
-    report = asyncio.run(simulate_call(load_settings(), options))
+    if dial is None:
+        report = asyncio.run(simulate_call(load_settings(), options))
+    else:
+        report = asyncio.run(simulate_outbound_call(load_settings(), options, dial))
     print(report.render())
     return 0 if report.ok else 1
 
@@ -237,6 +282,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="agent profiles (TOML): the call's agent uses its tools (echo: key n calls tool n)",
     )
+    d.add_argument(
+        "--outbound",
+        action="store_true",
+        help="the gateway places the call (POST /api/v1/calls) and its signed call events "
+        "arrive at a local receiver that verifies them",
+    )
     d.add_argument("--to", default=None, help="the dialed number (default: the default agent's)")
     d.add_argument(
         "--dtmf",
@@ -254,12 +305,39 @@ def parser() -> argparse.ArgumentParser:
     call.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway (%(default)s)")
     call.add_argument("--out", default=None, help="write the audio that came back to this WAV")
     call.add_argument("--fast", action="store_true", help="send audio as fast as possible")
-    call.add_argument("--to", default=None, help="the dialed number, E.164 (selects the agent)")
+    call.add_argument(
+        "--to", default=None, help="the dialed number, E.164 (selects the agent; the callee)"
+    )
     call.add_argument(
         "--dtmf",
         default=None,
         metavar="KEYS",
         help="keys to press, DIGIT@SECONDS,... in time order (e.g. 1@1.5,3@4)",
+    )
+    call.add_argument(
+        "--outbound",
+        action="store_true",
+        help="the gateway places the call (POST /api/v1/calls); the simulator answers it as the "
+        "carrier: its REST API, the callee's webhooks, the media stream",
+    )
+    call.add_argument(
+        "--from",
+        dest="from_",
+        default=None,
+        metavar="NUMBER",
+        help="with --outbound: the caller id, E.164 (one of the agent's caller_ids)",
+    )
+    call.add_argument("--agent", default=None, help="with --outbound: the agent that calls")
+    call.add_argument(
+        "--api-key-file",
+        default=None,
+        metavar="FILE",
+        help="with --outbound: a file holding an API key of the dialer role (- for stdin)",
+    )
+    call.add_argument(
+        "--machine-detection",
+        action="store_true",
+        help="with --outbound: ask the carrier for answering-machine detection",
     )
     call.add_argument(
         "--api-port",
@@ -268,7 +346,7 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=TELNYX_API_PORT,
         help="port of the simulated carrier REST API (%(default)s): Telnyx Call Control, and "
-        "Twilio's with --dtmf; start the gateway with VOICEGW_TELNYX_API_URL / "
+        "Twilio's with --dtmf or --outbound; start the gateway with VOICEGW_TELNYX_API_URL / "
         "VOICEGW_TWILIO_API_URL=http://127.0.0.1:PORT",
     )
     call.set_defaults(func=simulate)

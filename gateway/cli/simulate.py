@@ -42,7 +42,7 @@ from twilio.request_validator import RequestValidator
 
 from gateway import devkeys
 from gateway.cli.base import CommandError
-from gateway.cli.carrier_api import CarrierApi, CarrierCommand
+from gateway.cli.carrier_api import PLACING, CarrierApi, CarrierCommand
 from gateway.http.wsprotocol import MediaWebSocketProtocol
 from gateway.media.audio import WavError, read_wav, silence, ulaw_decode, write_wav
 from gateway.settings import Settings
@@ -130,6 +130,7 @@ class Turn:
 @dataclass(slots=True)
 class Report:
     carrier: str
+    outbound: bool = False
     steps: list[tuple[str, str]] = field(default_factory=list)
     frames_sent: int = 0
     frames_received: int = 0
@@ -144,7 +145,7 @@ class Report:
         self.steps.append((what, verdict))
 
     def render(self) -> str:
-        lines = [f"simulated {self.carrier} call"]
+        lines = [f"simulated {'outbound ' if self.outbound else ''}{self.carrier} call"]
         lines += [f"  {what:<44} {verdict}" for what, verdict in self.steps]
         lines.append(
             f"  audio: sent {self.frames_sent} frames ({self.frames_sent * 20} ms), received "
@@ -182,18 +183,25 @@ async def simulate_call(settings: Settings, options: SimulateOptions) -> Report:
     the gateway cannot be reached or a file cannot be read or written."""
     report = Report(options.carrier)
     audio = caller_audio(options.wav)
-    try:
+    with reaching(options.gateway_url):
         if options.carrier == "twilio":
             await _twilio_call(settings, options, audio, report)
         else:
             await _telnyx_call(settings, options, audio, report)
+    return report
+
+
+@contextlib.contextmanager
+def reaching(gateway_url: str) -> Iterator[None]:
+    """Turn a failure to reach the gateway at ``gateway_url`` into a ``SimulateError``."""
+    try:
+        yield
     except (httpx.TransportError, OSError) as exc:
         # Connection refused or reset, DNS, a timeout (httpx's and the WebSocket's included).
         raise SimulateError(
-            f"cannot reach the gateway at {options.gateway_url} ({_why(exc)}); "
+            f"cannot reach the gateway at {gateway_url} ({_why(exc)}); "
             "is `voicegw serve` running there? (--url)"
         ) from None
-    return report
 
 
 def _why(exc: BaseException) -> str:
@@ -206,7 +214,8 @@ def _why(exc: BaseException) -> str:
 @dataclass(slots=True)
 class CarrierFrames:
     """Builds one media stream's frames as Twilio or Telnyx sends them (``carrier``).
-    ``call_id`` is the CallSid / call_control_id; ``account_id`` Twilio's AccountSid."""
+    ``call_id`` is the CallSid / call_control_id; ``account_id`` Twilio's AccountSid;
+    ``from_`` and ``to`` the call's numbers (Telnyx names them in ``start``)."""
 
     carrier: str
     call_id: str
@@ -214,6 +223,7 @@ class CarrierFrames:
     account_id: str = ""
     stream_id: str = ""
     to: str = CALLEE
+    from_: str = CALLER
     seq: Iterator[int] = field(default_factory=lambda: itertools.count(2))
     chunk: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -259,7 +269,7 @@ class CarrierFrames:
                 "start": {
                     "call_control_id": self.call_id,
                     "call_session_id": str(uuid.uuid4()),
-                    "from": CALLER,
+                    "from": self.from_,
                     "to": self.to,
                     "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
                 },
@@ -333,16 +343,16 @@ async def _twilio_call(
         report.step("voice webhook (signed)", f"{reply.status_code}")
         if reply.status_code != 200:
             return
-        stream_url, token = _parse_twiml(reply.text)
+        stream_url, token = parse_twiml(reply.text)
         report.step("TwiML <Connect><Stream> with token", "ok")
         headers = {"X-Twilio-Signature": validator.compute_signature(stream_url, {})}
-        ws_url = _ws_url(options.gateway_url, stream_url)
+        ws_url = stream_ws_url(options.gateway_url, stream_url)
         frames = CarrierFrames("twilio", call_sid, token, account_sid, to=options.to)
         async with contextlib.AsyncExitStack() as stack:
             api = CarrierApi()
             if options.dtmf:  # the agent's tools act through Twilio's REST API
                 await stack.enter_async_context(serve_api(api, options.api_port))
-            await _stream(ws_url, headers, frames, audio, options, report, api)
+            await play_stream(ws_url, headers, frames, audio, options, report, api)
         status = {**params, "CallStatus": "completed", "CallDuration": "10"}
         status_url = settings.public("/webhooks/twilio/status")
         reply = await http.post(
@@ -353,24 +363,31 @@ async def _twilio_call(
         report.step("status callback (completed)", f"{reply.status_code}")
 
 
-def _parse_twiml(text: str) -> tuple[str, str]:
+def parse_twiml(text: str) -> tuple[str, str]:
     # The gateway's reply under test. Python 3.11's expat (>= 2.4.1) refuses entity-expansion
     # bombs and never fetches external entities, which is what defusedxml guards against.
     root = ET.fromstring(text)  # noqa: S314
     stream = root.find("./Connect/Stream")
     if stream is None:
-        raise SystemExit("voicegw: the gateway's TwiML has no <Connect><Stream>")
+        raise SimulateError("the gateway's TwiML has no <Connect><Stream>")
     token = next(
         (p.get("value", "") for p in stream.findall("Parameter") if p.get("name") == "token"), ""
     )
     return stream.get("url", ""), token
 
 
-def _ws_url(gateway_url: str, public_stream_url: str) -> str:
+def stream_ws_url(gateway_url: str, public_stream_url: str) -> str:
     """Where to connect: the gateway we can reach, at the path the public URL names."""
     base = urlsplit(gateway_url)
     scheme = "wss" if base.scheme == "https" else "ws"
     return f"{scheme}://{base.netloc}{urlsplit(public_stream_url).path}"
+
+
+def local_url(gateway_url: str, public_url: str) -> str:
+    """The gateway we can reach, at the path (and query) a public URL of it names."""
+    parts = urlsplit(public_url)
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{gateway_url.rstrip('/')}{parts.path}{query}"
 
 
 # -- Telnyx --------------------------------------------------------------------------------
@@ -425,7 +442,7 @@ async def serve_api(api: CarrierApi, port: int) -> AsyncIterator[str]:
         yield url
 
 
-def _telnyx_event(event_type: str, call_control_id: str, to: str = CALLEE, **extra: Any) -> bytes:
+def telnyx_event(event_type: str, call_control_id: str, to: str = CALLEE, **extra: Any) -> bytes:
     payload = {
         "call_control_id": call_control_id,
         "call_leg_id": str(uuid.uuid4()),
@@ -478,7 +495,7 @@ async def _telnyx_call(
         http = await stack.enter_async_context(
             httpx.AsyncClient(base_url=options.gateway_url, timeout=10.0)
         )
-        reply = await post_telnyx(http, keys, _telnyx_event("call.initiated", call_control_id, to))
+        reply = await post_telnyx(http, keys, telnyx_event("call.initiated", call_control_id, to))
         report.step("call.initiated webhook (signed)", f"{reply.status_code}")
         if reply.status_code != 200:
             return
@@ -489,7 +506,7 @@ async def _telnyx_call(
                 "VOICEGW_TELNYX_API_KEY=dev-local"
             )
         report.step("gateway answered (Call Control answer)", "ok")
-        reply = await post_telnyx(http, keys, _telnyx_event("call.answered", call_control_id, to))
+        reply = await post_telnyx(http, keys, telnyx_event("call.answered", call_control_id, to))
         report.step("call.answered webhook (signed)", f"{reply.status_code}")
         started = await api.next("streaming_start")
         if started is None:
@@ -499,14 +516,14 @@ async def _telnyx_call(
         bidirectional = command.get("stream_bidirectional_mode") == "rtp"
         report.step("streaming_start (rtp, PCMU, token)", "ok" if bidirectional else "one-way!")
         token = str(command.get("stream_auth_token", ""))
-        ws_url = _ws_url(options.gateway_url, str(command.get("stream_url", "")))
+        ws_url = stream_ws_url(options.gateway_url, str(command.get("stream_url", "")))
         frames = CarrierFrames("telnyx", call_control_id, token, to=to)
         headers = {"x-telnyx-streaming-auth-token": token}
-        await _stream(ws_url, headers, frames, audio, options, report, api)
+        await play_stream(ws_url, headers, frames, audio, options, report, api)
         reply = await post_telnyx(
             http,
             keys,
-            _telnyx_event("call.hangup", call_control_id, to, hangup_cause="normal_clearing"),
+            telnyx_event("call.hangup", call_control_id, to, hangup_cause="normal_clearing"),
         )
         report.step("call.hangup webhook (signed)", f"{reply.status_code}")
 
@@ -514,7 +531,7 @@ async def _telnyx_call(
 # -- the media stream, common to both --------------------------------------------------------
 
 
-async def _stream(
+async def play_stream(
     ws_url: str,
     headers: dict[str, str],
     frames: CarrierFrames,
@@ -542,7 +559,7 @@ async def _stream(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(COMMAND_GRACE_S):
                 await api.ended.wait()
-    report.commands = [c for c in api.commands if c.action not in STREAM_SETUP]
+    report.commands = [c for c in api.commands if c.action not in STREAM_SETUP | PLACING]
     for command in report.commands:
         report.step(f"carrier REST API: {command.action}", command.describe())
     report.frames_received = len(received)

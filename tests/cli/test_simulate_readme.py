@@ -2,7 +2,8 @@
 
 The command lines are read out of README.md's ``sh`` blocks (so the README cannot drift from
 what works): the ``voicegw serve`` line that sets ``VOICEGW_TELNYX_API_URL``, and every
-``voicegw simulate call`` line. Each runs as a subprocess in a fresh directory holding the
+``voicegw simulate call`` line (those of the outbound simulation are run by
+``tests/cli/test_demo_outbound.py``). Each runs as a subprocess in a fresh directory holding the
 README's relative paths (``.venv/bin/voicegw``, ``tests/data``), so the gateway and the
 simulator share ``./.voicegw`` as a user's two terminals do. The only changes: the documented
 ports (the gateway's 8000, the simulated Call Control API's 8089) become free ones, given as
@@ -47,9 +48,15 @@ def sh_lines(text: str) -> list[str]:
     return lines
 
 
+def outbound(line: str) -> bool:
+    """A line of the README's outbound simulation (``tests/cli/test_demo_outbound.py``)."""
+    return "outbound" in line or "--role dialer" in line
+
+
 def readme_commands() -> tuple[str, list[str]]:
-    """(the serve line for the simulator, the simulate lines) from README.md."""
-    lines = sh_lines(README.read_text())
+    """(the serve line for the simulator, the simulate lines) from README.md, the outbound
+    simulation's left out."""
+    lines = [ln for ln in sh_lines(README.read_text()) if not outbound(ln)]
     serves = [ln for ln in lines if "voicegw serve" in ln and "VOICEGW_TELNYX_API_URL" in ln]
     simulates = [ln for ln in lines if "voicegw simulate call" in ln]
     assert len(serves) == 1, f"README: expected one simulator `voicegw serve` line, got {serves}"

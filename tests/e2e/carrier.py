@@ -406,7 +406,7 @@ class Leg:
 
 
 async def open_stream(
-    gw: Gateway,
+    gw: Gateway | str,
     ticket: Ticket,
     *,
     token: str | None = None,
@@ -414,10 +414,11 @@ async def open_stream(
     send_start: bool = True,
 ) -> Leg:
     """Connect the media WebSocket for ``ticket`` (presenting ``token``, the ticket's own by
-    default) and send ``connected`` + ``start``."""
+    default) and send ``connected`` + ``start``. ``gw``: the gateway, or its base URL (a
+    gateway process)."""
     token = ticket.token if token is None else token
     ws = await websockets.connect(
-        ws_url(gw.url, ticket.stream_url),
+        ws_url(gw if isinstance(gw, str) else gw.url, ticket.stream_url),
         additional_headers=upgrade_headers(ticket, token),
         open_timeout=5 * UNIT,
         close_timeout=2 * UNIT,

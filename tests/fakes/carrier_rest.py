@@ -14,7 +14,8 @@ Routes (as the real APIs, same paths on one server):
 
 A placed call gets a fresh id (``CA`` + 32 hex, ``v3:`` + random), recorded as the request's
 ``call_id`` and answered as the real APIs do (Twilio 201 with the call resource, Telnyx 200
-with ``data.call_control_id``).
+with ``data.call_control_id``: the shapes the simulator's ``gateway.cli.carrier_api`` answers
+with too).
 
 Every request is recorded (method, path, headers, body) before it is answered. Answers follow
 the real APIs' shapes: Twilio errors ``{"code", "message", "more_info", "status"}``, Telnyx
@@ -31,7 +32,6 @@ import json
 import secrets
 import socket
 import urllib.parse
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +43,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from gateway.cli.carrier_api import telnyx_dial_answer, twilio_call_resource
 
 Carrier = Literal["twilio", "telnyx"]
 
@@ -257,7 +259,7 @@ class FakeCarrierRest:
                 if self.requests[-1].basic_auth() != (account_sid, self.twilio_auth_token):
                     return _twilio_error(401, 20003, "Authenticate")
             form = self.requests[-1].form()
-            return _json(201, _twilio_call(account_sid, call_sid, form, "queued"))
+            return _json(201, twilio_call_resource(account_sid, call_sid, form, "queued"))
         return await self._twilio_answer(request, account_sid, call_sid, behavior)
 
     async def _twilio(self, request: Request) -> Response:
@@ -278,7 +280,7 @@ class FakeCarrierRest:
             case Reply(status=status, body=body):
                 return _json(status, body)
             case Behavior.OK:
-                return _json(200, _twilio_call(account_sid, call_sid, {}, "completed"))
+                return _json(200, twilio_call_resource(account_sid, call_sid, {}, "completed"))
             case Behavior.ALREADY_ENDED:
                 return _twilio_error(400, 21220, "Call is not in-progress. Cannot redirect.")
             case Behavior.NOT_FOUND:
@@ -300,7 +302,7 @@ class FakeCarrierRest:
         if behavior is Behavior.OK and (
             self.telnyx_api_key is None or self.requests[-1].bearer() == self.telnyx_api_key
         ):
-            return _json(200, _telnyx_call(call_id))
+            return _json(200, telnyx_dial_answer(call_id))
         return await self._telnyx_answer(call_id, behavior)
 
     async def _telnyx(self, request: Request) -> Response:
@@ -359,33 +361,6 @@ def _twilio_error(status: int, code: int, message: str) -> Response:
             "status": status,
         },
     )
-
-
-def _twilio_call(
-    account_sid: str, call_sid: str, form: Mapping[str, str], status: str
-) -> dict[str, Any]:
-    return {
-        "sid": call_sid,
-        "account_sid": account_sid,
-        "to": form.get("To"),
-        "from": form.get("From"),
-        "direction": "outbound-api",
-        "status": status,
-        "api_version": "2010-04-01",
-        "uri": f"/2010-04-01/Accounts/{account_sid}/Calls/{call_sid}.json",
-    }
-
-
-def _telnyx_call(call_control_id: str) -> dict[str, Any]:
-    return {
-        "data": {
-            "call_control_id": call_control_id,
-            "call_leg_id": str(uuid.uuid4()),
-            "call_session_id": str(uuid.uuid4()),
-            "is_alive": False,
-            "record_type": "call",
-        }
-    }
 
 
 def _telnyx_error(status: int, code: str, title: str, detail: str) -> Response:
