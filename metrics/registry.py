@@ -285,3 +285,11 @@ EVENTS_WRITE_FAILURES = Counter(
     "Call events that could not be written to the outbox (the call went on without them)",
     registry=REGISTRY,
 )
+EGRESS_REFUSED = Counter(
+    "voicegw_egress_refused_total",
+    "Requests to the customer's endpoints refused before sending, by target (tool, events) and "
+    "reason (cleartext, unspecified, loopback, metadata, link_local, private, unique_local, "
+    "multicast, reserved)",
+    ["target", "reason"],
+    registry=REGISTRY,
+)
