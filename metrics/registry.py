@@ -154,7 +154,7 @@ CALL_COMMANDS = Counter(
 TOOL_CALLS = Counter(
     "voicegw_tool_calls_total",
     "Tool calls run for the model, by agent, tool and outcome (ok, timeout, http_error, "
-    "too_large, bad_answer, breaker_open, bad_arguments, error)",
+    "too_large, bad_answer, breaker_open, bad_arguments, refused, error)",
     ["agent", "tool", "outcome"],
     registry=REGISTRY,
 )

@@ -249,24 +249,27 @@ async def endpoint_problems(
     """Check each ``(label, url)`` now: its scheme, its host if an IP literal, and every
     address its name resolves to. Returns one-line problems (refused endpoints) and the labels
     whose names did not resolve within ``timeout_s`` (not problems: every connection checks
-    again)."""
-    problems: list[str] = []
-    unresolved: list[str] = []
-    for label, url in endpoints:
+    again), both in the order of ``endpoints``."""
+
+    async def check(label: str, url: str) -> tuple[str | None, bool]:
         if (refused := literal_refusal(policy, url)) is not None:
-            problems.append(refusal_message(label, refused[1], refused[0]))
-            continue
+            return refusal_message(label, refused[1], refused[0]), False
         host = host_of(url)
         if not host or literal_address(host) is not None:
-            continue
+            return None, False
         try:
             async with asyncio.timeout(timeout_s):
                 addresses = await resolver.resolve(host, urlsplit(url).port or 443)
         except (OSError, TimeoutError):
-            unresolved.append(label)
-            continue
+            return None, True
         for address in addresses:
             if (reason := policy.refusal(address)) is not None:
-                problems.append(refusal_message(label, host, reason, str(address)))
-                break
+                return refusal_message(label, host, reason, str(address)), False
+        return None, False
+
+    pairs = list(endpoints)
+    # At once: a resolver that does not answer costs timeout_s in all, not per endpoint.
+    results = await asyncio.gather(*(check(label, url) for label, url in pairs))
+    problems = [problem for problem, _ in results if problem is not None]
+    unresolved = [label for (label, _), (_, lost) in zip(pairs, results, strict=True) if lost]
     return problems, unresolved

@@ -34,7 +34,7 @@ from security.egress import (
     literal_address,
 )
 
-__all__ = ["TARGETS", "EgressTransport", "GuardedBackend", "egress_client", "refused"]
+__all__ = ["TARGETS", "EgressTransport", "GuardedBackend", "egress_client", "record_refusal"]
 
 log = logging.getLogger("voicegw.egress")
 
@@ -43,12 +43,10 @@ TARGETS: Final = ("tool", "events")
 LIMITS: Final = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
 
-def refused(target: str, host: str, reason: Reason) -> EgressRefused:
-    """Count and log a refusal (the host only: a URL's path and query may carry secrets); the
-    exception to raise."""
+def record_refusal(target: str, host: str, reason: Reason) -> None:
+    """Count and log a refusal (the host only: a URL's path and query may carry secrets)."""
     EGRESS_REFUSED.labels(target, reason.value).inc()
     log.warning("egress refused: %s request to %s (%s)", target, host, reason.value)
-    return EgressRefused(host, reason)
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):
@@ -94,7 +92,8 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         # Every answer, not only the one used: a name that can lead inside is refused.
         for address in addresses:
             if (reason := self.policy.refusal(address)) is not None:
-                raise refused(self.target, name, reason)
+                record_refusal(self.target, name, reason)
+                raise EgressRefused(name, reason)
         failure: httpcore.ConnectError | None = None
         for address in addresses:
             try:
@@ -150,7 +149,8 @@ class EgressTransport(httpx.AsyncHTTPTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if (reason := self.backend.policy.scheme_refusal(request.url.scheme)) is not None:
-            raise refused(self.backend.target, request.url.host, reason)
+            record_refusal(self.backend.target, request.url.host, reason)
+            raise EgressRefused(request.url.host, reason)
         return await super().handle_async_request(request)
 
 

@@ -8,7 +8,6 @@ import asyncio
 import datetime
 import ipaddress
 import ssl
-from collections.abc import Sequence
 
 import httpx
 import pytest
@@ -21,7 +20,6 @@ from metrics.registry import EGRESS_REFUSED
 from security.egress import (
     EgressPolicy,
     EgressRefused,
-    IPAddress,
     Reason,
     SystemResolver,
     classify,
@@ -31,24 +29,11 @@ from security.egress import (
 from security.egress_http import egress_client
 from tests.agents.endpoint import Answer, Endpoint
 from tests.conftest import UNIT
+from tests.resolver import TableResolver
 
 PRODUCTION = EgressPolicy.for_mode(production=True)
 DEVELOPMENT = EgressPolicy.for_mode(production=False)
 PUBLIC = "93.184.215.14"  # a global unicast address; never connected to
-
-
-class TableResolver:
-    """Answers from a table the test edits (a DNS server under the test's control)."""
-
-    def __init__(self, **answers: str) -> None:
-        self.answers = {name.replace("_", "."): value for name, value in answers.items()}
-        self.asked: list[str] = []
-
-    async def resolve(self, host: str, port: int) -> Sequence[IPAddress]:
-        self.asked.append(host)
-        if host not in self.answers:
-            raise OSError(f"{host}: no such name")
-        return [ipaddress.ip_address(a) for a in self.answers[host].split(",")]
 
 
 def refused_count(target: str, reason: str):
