@@ -30,11 +30,13 @@ from security.exceptions import SecurityError
 __all__ = [
     "EgressPolicy",
     "EgressRefused",
+    "Inspection",
     "Reason",
     "Resolver",
     "SystemResolver",
     "endpoint_problems",
     "host_of",
+    "inspect_endpoints",
     "literal_refusal",
 ]
 
@@ -239,6 +241,56 @@ def refusal_message(label: str, host: str, reason: Reason, address: str | None =
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """One endpoint as the policy sees it now. ``problem``: the one-line refusal (None when
+    allowed); ``special``: it reaches a non-public address the policy allows (a listed network,
+    or loopback in development); ``unresolved``: its name did not resolve."""
+
+    label: str
+    cleartext: bool
+    problem: str | None = None
+    special: bool = False
+    unresolved: bool = False
+
+
+async def inspect_endpoints(
+    policy: EgressPolicy,
+    endpoints: Iterable[tuple[str, str]],
+    resolver: Resolver,
+    *,
+    timeout_s: float,
+) -> list[Inspection]:
+    """Check each ``(label, url)`` now, all at once (a resolver that does not answer costs
+    ``timeout_s`` in all): its scheme, its host if an IP literal, and every address its name
+    resolves to. In the order of ``endpoints``."""
+
+    async def inspect(label: str, url: str) -> Inspection:
+        cleartext = urlsplit(url).scheme != "https"
+        if (refused := literal_refusal(policy, url)) is not None:
+            return Inspection(label, cleartext, refusal_message(label, refused[1], refused[0]))
+        host = host_of(url)
+        literal = literal_address(host)
+        if literal is not None:
+            addresses: Sequence[IPAddress] = [literal]
+        elif not host:
+            return Inspection(label, cleartext)
+        else:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    addresses = await resolver.resolve(host, urlsplit(url).port or 443)
+            except (OSError, TimeoutError):
+                return Inspection(label, cleartext, unresolved=True)
+        for address in addresses:
+            if (reason := policy.refusal(address)) is not None:
+                problem = refusal_message(label, host, reason, str(address))
+                return Inspection(label, cleartext, problem)
+        special = any(classify(address) is not None for address in addresses)
+        return Inspection(label, cleartext, special=special)
+
+    return list(await asyncio.gather(*(inspect(label, url) for label, url in endpoints)))
+
+
 async def endpoint_problems(
     policy: EgressPolicy,
     endpoints: Iterable[tuple[str, str]],
@@ -246,30 +298,10 @@ async def endpoint_problems(
     *,
     timeout_s: float,
 ) -> tuple[list[str], list[str]]:
-    """Check each ``(label, url)`` now: its scheme, its host if an IP literal, and every
-    address its name resolves to. Returns one-line problems (refused endpoints) and the labels
-    whose names did not resolve within ``timeout_s`` (not problems: every connection checks
-    again), both in the order of ``endpoints``."""
-
-    async def check(label: str, url: str) -> tuple[str | None, bool]:
-        if (refused := literal_refusal(policy, url)) is not None:
-            return refusal_message(label, refused[1], refused[0]), False
-        host = host_of(url)
-        if not host or literal_address(host) is not None:
-            return None, False
-        try:
-            async with asyncio.timeout(timeout_s):
-                addresses = await resolver.resolve(host, urlsplit(url).port or 443)
-        except (OSError, TimeoutError):
-            return None, True
-        for address in addresses:
-            if (reason := policy.refusal(address)) is not None:
-                return refusal_message(label, host, reason, str(address)), False
-        return None, False
-
-    pairs = list(endpoints)
-    # At once: a resolver that does not answer costs timeout_s in all, not per endpoint.
-    results = await asyncio.gather(*(check(label, url) for label, url in pairs))
-    problems = [problem for problem, _ in results if problem is not None]
-    unresolved = [label for (label, _), (_, lost) in zip(pairs, results, strict=True) if lost]
-    return problems, unresolved
+    """The one-line problems of :func:`inspect_endpoints` (refused endpoints) and the labels
+    whose names did not resolve (not problems: every connection checks again)."""
+    found = await inspect_endpoints(policy, endpoints, resolver, timeout_s=timeout_s)
+    return (
+        [i.problem for i in found if i.problem is not None],
+        [i.label for i in found if i.unresolved],
+    )
