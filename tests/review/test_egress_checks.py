@@ -7,6 +7,8 @@ import dataclasses
 import ipaddress
 from pathlib import Path
 
+import pytest
+
 from gateway.agents.http_tools import new_tool_secret
 from gateway.review.model import Severity, Status
 from gateway.settings import Settings
@@ -95,3 +97,24 @@ async def test_plain_http_fails_in_production(baseline: Settings) -> None:
     report = await review_of(settings)
     assert not_passing(report) == {"egress.https": Status.FAIL}
     assert "VOICEGW_EVENTS_URL" in finding(report, "egress.https").finding
+
+
+async def test_a_production_start_refuses_an_endpoint_resolving_to_loopback(
+    baseline: Settings,
+) -> None:
+    """``localhost`` is a name (the settings cannot refuse it): the start resolves it (from
+    /etc/hosts, no DNS server needed) and refuses before any pool opens."""
+    from gateway.app import start_runtime
+    from gateway.settings import SettingsError
+
+    settings = dataclasses.replace(
+        baseline, events_url="https://localhost:8443/e?token=s3cr3t", events_secrets=EVENTS_SECRET
+    )
+    with pytest.raises(SettingsError) as refused:
+        await start_runtime(settings)
+    message = str(refused.value)
+    assert "VOICEGW_EVENTS_URL: localhost resolves to" in message
+    assert "a loopback address, refused" in message
+    assert "s3cr3t" not in message
+    runtime = await start_runtime(baseline)  # nothing was left open
+    await runtime.stop()
