@@ -30,14 +30,18 @@ from security.exceptions import SecurityError
 __all__ = [
     "EgressPolicy",
     "EgressRefused",
+    "IPAddress",
     "Inspection",
     "Reason",
     "Resolver",
     "SystemResolver",
+    "classify",
     "endpoint_problems",
     "host_of",
     "inspect_endpoints",
+    "literal_address",
     "literal_refusal",
+    "refusal_message",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
