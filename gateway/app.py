@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from gateway.agents.directory import audit_agents_file, open_directory
+from gateway.agents.directory import audit_agents_file, check_endpoints, open_directory
 from gateway.agents.http_tools import parse_tool_secrets
 from gateway.agents.tools import ToolRunner
 from gateway.calls import telnyx, twilio
@@ -103,6 +103,8 @@ async def start_runtime(settings: Settings) -> Runtime:
     calls and media. Then start the background loops. ``Runtime.stop`` undoes it in order."""
     # First, before any pool opens: an agents file with problems refuses the start.
     agents = await asyncio.to_thread(open_directory, settings)  # it imports tool handlers
+    if settings.production:  # tool and event endpoints resolving to refused addresses
+        await check_endpoints(settings, agents.book)
     replica_id = default_replica_id()
     redis = None
     if settings.redis_url is not None:
@@ -153,6 +155,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         secrets=parse_tool_secrets(settings.tools_secrets.get()) if settings.tools_secrets else [],
         breakers=state.tool_breakers,
         production=settings.production,
+        egress=settings.egress,
     )
     runtime = Runtime(
         settings=settings,

@@ -20,6 +20,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from security.allowlist import TELNYX_WEBHOOK_RANGES, is_loopback_host, too_wide
+from security.egress import EgressPolicy, literal_refusal, refusal_message
 from security.secret import Secret
 from security.signatures import decode_base64_strict
 
@@ -119,6 +120,9 @@ class Settings:
     tools_secrets: Secret | None = None  # VOICEGW_TOOLS_SECRET: whsec_ keys, first listed signs
     events_url: str | None = None  # VOICEGW_EVENTS_URL: where call events are posted
     events_secrets: Secret | None = None  # VOICEGW_EVENTS_SECRET: whsec_ keys, first listed signs
+    # VOICEGW_ALLOW_PRIVATE_ENDPOINTS: networks tool and event endpoints may be in although
+    # private (security.egress refuses loopback, private, link-local... addresses otherwise).
+    allow_private_endpoints: tuple[Network, ...] = ()
 
     max_body_bytes: int = 64 * 1024
     body_timeout_s: float = 10.0
@@ -165,6 +169,13 @@ class Settings:
 
     def public(self, path: str) -> str:
         return self.public_url.rstrip("/") + path
+
+    @property
+    def egress(self) -> EgressPolicy:
+        """What the requests to the customer's endpoints (tools, call events) may reach:
+        production refuses http and every non-public address outside
+        ``VOICEGW_ALLOW_PRIVATE_ENDPOINTS``; development also allows loopback and http."""
+        return EgressPolicy.for_mode(self.production, self.allow_private_endpoints)
 
     def allowlist(self, carrier: str) -> AllowlistSetting:
         return self.allowlists.get(carrier, AllowlistSetting())
@@ -302,9 +313,12 @@ class _Reader:
             return None
         return value
 
-    def events(self, production: bool) -> tuple[str | None, Secret | None]:
-        """``VOICEGW_EVENTS_URL`` (http(s), https in production, no credentials) and its
-        signing secrets ``VOICEGW_EVENTS_SECRET`` (required with the URL)."""
+    def events(
+        self, production: bool, allowed: tuple[Network, ...]
+    ) -> tuple[str | None, Secret | None]:
+        """``VOICEGW_EVENTS_URL`` (http(s), https in production, no credentials, not an
+        address the egress policy refuses) and its signing secrets ``VOICEGW_EVENTS_SECRET``
+        (required with the URL)."""
         url = self.raw("VOICEGW_EVENTS_URL")
         secrets = self.tools_secrets("VOICEGW_EVENTS_SECRET")
         if url is None:
@@ -318,12 +332,27 @@ class _Reader:
             return None, secrets
         if production and parts.scheme != "https":
             self.problems.append("VOICEGW_EVENTS_URL must use https in production")
+        elif refused := literal_refusal(EgressPolicy.for_mode(production, allowed), url):
+            self.problems.append(refusal_message("VOICEGW_EVENTS_URL", refused[1], refused[0]))
         if self.raw("VOICEGW_EVENTS_SECRET") is None:
             self.problems.append(
                 "VOICEGW_EVENTS_SECRET must be set with VOICEGW_EVENTS_URL (whsec_ followed by "
                 "the output of: openssl rand -base64 32)"
             )
         return url, secrets
+
+    def private_endpoints(self, name: str, production: bool) -> tuple[Network, ...]:
+        """The networks the customer's endpoints may be in although private; in production
+        none may be as wide as 'any'."""
+        listed = self.networks(name)
+        if listed is None:
+            return ()
+        if listed.any:
+            self.problems.append(f"{name} must list CIDR networks ('any' is not accepted)")
+            return ()
+        if production and (wide := too_wide(listed.networks)):
+            self.problems.append(f"{name} {wide}: list the networks of your endpoints only")
+        return listed.networks
 
     def number(self, name: str, default: float, *, lo: float, hi: float) -> float:
         value = self.raw(name)
@@ -523,7 +552,8 @@ class _Reader:
             self.problems.append(f"VOICEGW_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
             log_level = "INFO"
         key_prefix = self.raw("VOICEGW_REDIS_KEY_PREFIX") or "voicegw:"
-        events_url, events_secrets = self.events(production)
+        allow_private = self.private_endpoints("VOICEGW_ALLOW_PRIVATE_ENDPOINTS", production)
+        events_url, events_secrets = self.events(production, allow_private)
         if "{" in key_prefix or "}" in key_prefix or len(key_prefix) > 64:
             self.problems.append(
                 "VOICEGW_REDIS_KEY_PREFIX must be at most 64 characters, no braces"
@@ -619,6 +649,7 @@ class _Reader:
             tools_secrets=self.tools_secrets("VOICEGW_TOOLS_SECRET"),
             events_url=events_url,
             events_secrets=events_secrets,
+            allow_private_endpoints=allow_private,
             body_timeout_s=self.number("VOICEGW_BODY_TIMEOUT_S", 10.0, lo=0.1, hi=120),
             stream_token_ttl_s=int(self.number("VOICEGW_STREAM_TOKEN_TTL_S", 120, lo=5, hi=3600)),
             carrier_rest_timeout_s=self.number(

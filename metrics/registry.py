@@ -184,7 +184,7 @@ DIALS_BLOCKED = Counter(
 TOOL_CALLS = Counter(
     "voicegw_tool_calls_total",
     "Tool calls run for the model, by agent, tool and outcome (ok, timeout, http_error, "
-    "too_large, bad_answer, breaker_open, bad_arguments, error)",
+    "too_large, bad_answer, breaker_open, bad_arguments, refused, error)",
     ["agent", "tool", "outcome"],
     registry=REGISTRY,
 )
@@ -314,5 +314,13 @@ EVENTS_PENDING = Gauge(
 EVENTS_WRITE_FAILURES = Counter(
     "voicegw_events_write_failures_total",
     "Call events that could not be written to the outbox (the call went on without them)",
+    registry=REGISTRY,
+)
+EGRESS_REFUSED = Counter(
+    "voicegw_egress_refused_total",
+    "Requests to the customer's endpoints refused before sending, by target (tool, events) and "
+    "reason (cleartext, unspecified, loopback, metadata, link_local, private, unique_local, "
+    "multicast, reserved)",
+    ["target", "reason"],
     registry=REGISTRY,
 )

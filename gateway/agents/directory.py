@@ -14,15 +14,25 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from gateway.agents.loader import configured_providers, load_agents
 from gateway.agents.profiles import AgentBook, AgentProfile, AgentsFileError, built_in_book
 from gateway.agents.python_tools import ModuleRules
 from gateway.settings import Settings, SettingsError
 from security.audit import Auditor
+from security.egress import (
+    Resolver,
+    SystemResolver,
+    endpoint_problems,
+    literal_refusal,
+    refusal_message,
+)
 
 log = logging.getLogger("voicegw.agents")
+
+RESOLVE_AT_START_S: Final = 3.0
+"""How long start-up waits for the customer's endpoint names to resolve (all at once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +137,55 @@ def module_rules(settings: Settings) -> ModuleRules:
     return ModuleRules(paths=settings.tool_modules_path, forbidden=(settings.data_dir,))
 
 
+def tool_endpoints(book: AgentBook) -> list[tuple[str, str]]:
+    """``(label, url)`` of every HTTP tool: ``agents.NAME.tools.TOOL`` names it in messages."""
+    return [
+        (f"agents.{profile.name}.tools.{tool.name}", tool.url)
+        for profile in book.profiles.values()
+        for tool in profile.tools
+        if tool.url is not None
+    ]
+
+
+def refused_tool_urls(book: AgentBook, settings: Settings, where: str) -> list[str]:
+    """One line per tool URL the egress policy refuses without resolving a name (an address in
+    a refused range, http in production)."""
+    policy = settings.egress
+    return [
+        f"{where}: {refusal_message(label, refused[1], refused[0])}"
+        for label, url in tool_endpoints(book)
+        if (refused := literal_refusal(policy, url)) is not None
+    ]
+
+
+async def check_endpoints(
+    settings: Settings, book: AgentBook, resolver: Resolver | None = None
+) -> None:
+    """Production start-up: resolve every tool URL and ``VOICEGW_EVENTS_URL`` now and raise
+    ``SettingsError`` (one line per endpoint, naming the tool or the setting) when one is, or
+    resolves to, an address the egress policy refuses. A name that does not resolve within
+    ``RESOLVE_AT_START_S`` is logged, not refused: every connection checks its answer again."""
+    endpoints = tool_endpoints(book)
+    if settings.events_url is not None:
+        endpoints.append(("VOICEGW_EVENTS_URL", settings.events_url))
+    if not endpoints:
+        return
+    problems, unresolved = await endpoint_problems(
+        settings.egress, endpoints, resolver or SystemResolver(), timeout_s=RESOLVE_AT_START_S
+    )
+    for label in unresolved:
+        log.warning("endpoint %s did not resolve at start-up; each request checks it", label)
+    if problems:
+        raise SettingsError(
+            "refused endpoint(s) of tools or call events:\n  - " + "\n  - ".join(problems)
+        )
+
+
 def open_directory(settings: Settings) -> AgentDirectory:
     """The profiles ``settings`` name: ``VOICEGW_AGENTS_FILE`` read and checked (raises
     ``SettingsError`` listing every problem, so the gateway does not start), or the built-in
-    agent. An HTTP tool needs ``VOICEGW_TOOLS_SECRET``: its requests are signed."""
+    agent. An HTTP tool needs ``VOICEGW_TOOLS_SECRET`` (its requests are signed) and a URL the
+    egress policy does not refuse by its address alone."""
     path = settings.agents_file
     if path is None:
         return AgentDirectory(built_in_book(settings))
@@ -150,8 +205,8 @@ def open_directory(settings: Settings) -> AgentDirectory:
             for tool in profile.tools
             if tool.url is not None and settings.tools_secrets is None
         ]
-        if unsigned:
-            raise AgentsFileError(unsigned)
+        if problems := [*unsigned, *refused_tool_urls(book, settings, str(path))]:
+            raise AgentsFileError(problems)
         return book
 
     try:

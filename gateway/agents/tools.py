@@ -11,11 +11,19 @@ output (``{"error": "timeout"}``) and the call goes on. Outcomes:
 ``too_large``     the answer passed 16 KiB (reading stopped there)
 ``bad_answer``    a 2xx that is not JSON, a result ``json.dumps`` refuses
 ``breaker_open``  the endpoint's breaker refuses calls: nothing was sent
-``error``         a Python handler raised; an http URL in production
+``refused``       the egress policy refuses the endpoint (http in production, a host that is or
+                  resolves to a loopback, private, link-local... address): nothing was sent
+``error``         a Python handler raised
 
 Breakers count what says the endpoint is down: timeouts, transport errors (connect, reset) and
 5xx statuses. A 4xx, a redirect, an oversize or non-JSON answer is the endpoint answering: the
-trial succeeds. Arguments and outputs are never logged.
+trial succeeds; a refusal by the egress policy says nothing of the endpoint's health and leaves
+the breaker as it was. Arguments and outputs are never logged.
+
+The output is data for the model, never instructions to the session: it is the endpoint's JSON
+(or the handler's result) re-encoded compactly, every string stripped of control characters
+(``\n`` and ``\t`` stay), at most 16 KiB; the provider codecs send it as a function output
+item only.
 """
 
 from __future__ import annotations
@@ -24,10 +32,11 @@ import asyncio
 import enum
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -44,6 +53,8 @@ from gateway.agents.profiles import AgentProfile, ToolContext, ToolSpec
 from metrics.registry import TOOL_CALL_SECONDS, TOOL_CALLS
 from providers.breakers import BreakerOpen, BreakerRegistry
 from providers.events import ToolCall
+from security.egress import EgressPolicy, EgressRefused, Reason, host_of
+from security.egress_http import egress_client, record_refusal
 from security.secret import Secret
 
 __all__ = ["Outcome", "ToolContext", "ToolOutcome", "ToolRunner", "parse_tool_secrets"]
@@ -59,6 +70,7 @@ class Outcome(enum.StrEnum):
     BAD_ANSWER = "bad_answer"
     BREAKER_OPEN = "breaker_open"
     BAD_ARGUMENTS = "bad_arguments"
+    REFUSED = "refused"
     ERROR = "error"
 
 
@@ -77,6 +89,22 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+# C0 and C1 controls and DEL, except tab and newline.
+_CONTROLS: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def as_data(value: Any) -> Any:
+    """``value`` (parsed JSON, or a handler's result) with control characters removed from
+    every string, keys included; anything else unchanged."""
+    if isinstance(value, str):
+        return _CONTROLS.sub("", value)
+    if isinstance(value, dict):
+        return {as_data(k) if isinstance(k, str) else k: as_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_data(item) for item in value]
+    return value
+
+
 class _Failed(Exception):
     def __init__(self, outcome: Outcome, **detail: Any) -> None:
         self.outcome = outcome
@@ -86,8 +114,8 @@ class _Failed(Exception):
 class ToolRunner:
     """Runs tool calls. ``secrets`` sign HTTP requests (may be empty when no tool has a URL:
     an HTTP tool then fails with ``error``); ``breakers`` is the runner's own registry (one
-    breaker per endpoint); ``http`` is a client to use (the runner makes one otherwise and
-    closes it in :meth:`aclose`)."""
+    breaker per endpoint); ``http`` is a client to use (otherwise the runner makes one guarded
+    by ``egress``, by default the policy of the mode, and closes it in :meth:`aclose`)."""
 
     def __init__(
         self,
@@ -95,13 +123,16 @@ class ToolRunner:
         secrets: Sequence[Secret],
         breakers: BreakerRegistry,
         production: bool,
+        egress: EgressPolicy | None = None,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self._signer = Signer(secrets) if secrets else None
         self._breakers = breakers
         self._production = production
         self._own_http = http is None
-        self._http = http or httpx.AsyncClient(follow_redirects=False)
+        self._http = http or egress_client(
+            egress or EgressPolicy.for_mode(production), target="tool"
+        )
         self._user_agent = user_agent()
 
     async def aclose(self) -> None:
@@ -143,7 +174,9 @@ class ToolRunner:
             log.error("tool %s has a URL but VOICEGW_TOOLS_SECRET is not set", spec.name)
             raise _Failed(Outcome.ERROR)
         if self._production and not url.startswith("https://"):
-            raise _Failed(Outcome.ERROR)  # the loader refuses it too: defence in depth
+            # The loader refuses it too, and the egress client: defence in depth.
+            record_refusal("tool", host_of(url), Reason.CLEARTEXT)
+            raise _Failed(Outcome.REFUSED)
         breaker = self._breakers.get(breaker_name(url))
         try:
             trial = await breaker.acquire()
@@ -168,6 +201,9 @@ class ToolRunner:
         except TooLarge:
             await trial.succeed()
             raise _Failed(Outcome.TOO_LARGE) from None
+        except EgressRefused:  # counted and logged by the guard; nothing was sent
+            await trial.release()
+            raise _Failed(Outcome.REFUSED) from None
         except httpx.HTTPError as exc:
             await trial.fail(type(exc).__name__)
             raise _Failed(Outcome.HTTP_ERROR) from None
@@ -181,9 +217,12 @@ class ToolRunner:
         if not 200 <= status < 300:
             raise _Failed(Outcome.HTTP_ERROR, status=status)
         try:
-            return _compact(json.loads(body))
+            output = _compact(as_data(json.loads(body)))
         except ValueError:  # not UTF-8, not JSON, NaN
             raise _Failed(Outcome.BAD_ANSWER) from None
+        if len(output.encode()) > MAX_ANSWER_BYTES:  # escapes can lengthen it
+            raise _Failed(Outcome.TOO_LARGE)
+        return output
 
     async def _exchange(self, url: str, message: dict[str, Any]) -> tuple[int, bytes]:
         assert self._signer is not None  # noqa: S101 (checked by the caller)
@@ -220,7 +259,7 @@ class ToolRunner:
             log.warning("tool %s raised %s", spec.name, type(exc).__name__)
             raise _Failed(Outcome.ERROR) from None
         try:
-            output = _compact(result)
+            output = _compact(as_data(result))
         except (TypeError, ValueError):
             raise _Failed(Outcome.BAD_ANSWER) from None
         if len(output.encode()) > MAX_ANSWER_BYTES:

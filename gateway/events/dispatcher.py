@@ -8,9 +8,12 @@ a replica that dies mid-send loses it and another replica sends the event again 
 once, under the same id).
 
 The endpoint has one breaker (from the registry the integrator gives): while it refuses,
-nothing is claimed, sent or counted as an attempt. Between rounds the dispatcher sleeps until
-the next event is due, at most ``poll_s`` (so events written by another replica are found), and
-wakes at once when :meth:`wake` is called (``CallEvents`` calls it after each write).
+nothing is claimed, sent or counted as an attempt. Requests go through the egress guard
+(``security.egress_http``): a refused endpoint (a name that now resolves to a private address,
+say) is a failed attempt, tried again later, that leaves the breaker as it was. Between rounds
+the dispatcher sleeps until the next event is due, at most ``poll_s`` (so events written by
+another replica are found), and wakes at once when :meth:`wake` is called (``CallEvents``
+calls it after each write).
 
 Call order: :meth:`start` once, :meth:`stop` at shutdown (the round in flight finishes within
 its timeout or is cancelled, releasing its leases). Bodies are never logged.
@@ -39,6 +42,8 @@ from gateway.events.policy import (
 from gateway.records.base import EventState, OutboxEvent, StoreError
 from metrics.registry import EVENTS_DEAD, EVENTS_DELIVERED, EVENTS_PENDING, EVENTS_RETRIED
 from providers.breakers import BreakerOpen, BreakerRegistry, CircuitBreaker, Trial
+from security.egress import EgressPolicy, EgressRefused
+from security.egress_http import egress_client
 from security.secret import Secret
 from security.standard_webhooks import Signer, endpoint_breaker_name, user_agent
 
@@ -54,9 +59,9 @@ _IDLE_S: Final = 0.05
 
 class EventDispatcher:
     """Sends the outbox of ``store`` to ``url``, signed with ``secrets`` (the first is the
-    newest; each signs). ``http``: a client to use (one is made, and closed by :meth:`stop`,
-    otherwise). ``timeout_s`` bounds an attempt; ``lease_s`` (default: three attempts) must
-    exceed it."""
+    newest; each signs). ``http``: a client to use (otherwise one guarded by ``egress``, by
+    default the strict production policy, is made and closed by :meth:`stop`). ``timeout_s``
+    bounds an attempt; ``lease_s`` (default: three attempts) must exceed it."""
 
     def __init__(
         self,
@@ -66,6 +71,7 @@ class EventDispatcher:
         secrets: Sequence[Secret],
         breakers: BreakerRegistry,
         http: httpx.AsyncClient | None = None,
+        egress: EgressPolicy | None = None,
         policy: RetryPolicy = DEFAULT_RETRY,
         concurrency: int = 8,
         timeout_s: float = 10.0,
@@ -84,7 +90,9 @@ class EventDispatcher:
         self._breakers = breakers
         self.breaker_name = endpoint_breaker_name(url, "events")
         self._own_http = http is None
-        self._http = http or httpx.AsyncClient(follow_redirects=False)
+        self._http = http or egress_client(
+            egress or EgressPolicy.for_mode(production=True), target="events"
+        )
         self._policy = policy
         self._concurrency = concurrency
         self._timeout_s = timeout_s
@@ -207,6 +215,9 @@ class EventDispatcher:
         except TimeoutError:
             await trial.fail("TimeoutError")
             return None, "TimeoutError"
+        except EgressRefused as exc:  # counted and logged by the guard; nothing was sent
+            await trial.release()
+            return None, f"egress_refused:{exc.reason}"
         except httpx.HTTPError as exc:
             await trial.fail(type(exc).__name__)
             return None, type(exc).__name__

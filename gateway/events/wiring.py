@@ -32,5 +32,6 @@ def build_events(
         secrets=parse_secrets(settings.events_secrets.get(), "events secret"),
         breakers=breakers,
         http=http,
+        egress=settings.egress,
     )
     return CallEvents(store, notify=dispatcher.wake), dispatcher

@@ -30,7 +30,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.agents.directory import module_rules
+from gateway.agents.directory import module_rules, tool_endpoints
 from gateway.agents.loader import configured_providers, load_agents
 from gateway.agents.profiles import AgentBook, AgentsFileError
 from gateway.calls.destinations import wide
@@ -110,6 +110,8 @@ class Facts:
     # A loopback peer sent X-Forwarded-For that no trusted proxy vouches for (running gateway).
     untrusted_forwarded: bool = False
     agents: AgentsFacts = AgentsFacts(from_file=False)
+    # ("agents.NAME.tools.TOOL" or "VOICEGW_EVENTS_URL", url): the customer's endpoints.
+    endpoints: tuple[tuple[str, str], ...] = ()
 
 
 async def collect_facts(
@@ -142,6 +144,7 @@ async def collect_facts(
         versions=installed_versions(),
         replicas_seen=None if registry is None else await live_replicas(registry),
         agents=await asyncio.to_thread(agents_facts, settings, agents, agents_problems),
+        endpoints=await asyncio.to_thread(customer_endpoints, settings, agents),
     )
 
 
@@ -187,6 +190,25 @@ def agents_facts(
             if p.allow_denied_prefixes
         ),
     )
+
+
+def customer_endpoints(settings: Settings, book: AgentBook | None) -> tuple[tuple[str, str], ...]:
+    """Every tool URL of ``book`` (or of the agents file read now) and ``VOICEGW_EVENTS_URL``,
+    labelled as start-up messages name them."""
+    if book is None and settings.agents_file is not None:
+        try:
+            book = load_agents(
+                settings.agents_file,
+                configured_providers=configured_providers(settings),
+                production=settings.production,
+                modules=module_rules(settings),
+            )
+        except AgentsFileError:
+            book = None  # the agents.file check reports it
+    found = [] if book is None else tool_endpoints(book)
+    if settings.events_url is not None:
+        found.append(("VOICEGW_EVENTS_URL", settings.events_url))
+    return tuple(found)
 
 
 async def runtime_facts(runtime: Runtime, *, now: float | None = None) -> Facts:

@@ -12,11 +12,20 @@ import pytest
 
 from gateway.events import CallEvents, EventDispatcher, EventType, RetryPolicy
 from gateway.records.base import EventState
-from metrics.registry import EVENTS_DEAD, EVENTS_DELIVERED, EVENTS_RETRIED, EVENTS_WRITE_FAILURES
+from metrics.registry import (
+    EGRESS_REFUSED,
+    EVENTS_DEAD,
+    EVENTS_DELIVERED,
+    EVENTS_RETRIED,
+    EVENTS_WRITE_FAILURES,
+)
 from providers.breakers import BreakerPolicy, BreakerRegistry
+from security.egress import EgressPolicy
+from security.egress_http import egress_client
 from security.secret import Secret
 from tests.conftest import UNIT
 from tests.events.receiver import Receiver, until
+from tests.resolver import TableResolver
 
 FAST = RetryPolicy(first_delay_s=0.01 * UNIT, max_delay_s=0.05 * UNIT)
 QUICK_BREAKER = BreakerPolicy(failure_threshold=3, open_s=0.1 * UNIT)
@@ -31,6 +40,7 @@ def dispatcher(store, receiver: Receiver, secret: str, **kw) -> EventDispatcher:
         "poll_s": 0.05 * UNIT,
         "timeout_s": 2 * UNIT,
         "concurrency": 4,
+        "egress": EgressPolicy.for_mode(production=False),  # the receiver is on loopback
     }
     options.update(kw)
     return EventDispatcher(store, **options)
@@ -309,3 +319,42 @@ async def test_the_sender_uses_the_given_client_and_leaves_it_open(store, receiv
         await receiver.wait_for(1)
         await sender.stop()
         assert not http.is_closed
+
+
+async def test_a_refused_endpoint_is_a_failed_attempt_sent_later(store, receiver, secret):
+    """The name resolves to a private address: nothing is sent, the attempt counts as failed
+    (the breaker untouched) and the event is tried again; once the name resolves to an allowed
+    address (loopback, in development) it is delivered."""
+    port = receiver.url.split(":")[2].split("/")[0]
+    resolver = TableResolver(hooks_example_test="10.0.0.9")
+    refused = EGRESS_REFUSED.labels("events", "private")._value.get()
+    retried = EVENTS_RETRIED._value.get()
+    breakers = BreakerRegistry.in_process(QUICK_BREAKER)
+    async with egress_client(
+        EgressPolicy.for_mode(production=False), target="events", resolver=resolver
+    ) as http:
+        sender = dispatcher(
+            store,
+            receiver,
+            secret,
+            url=f"http://hooks.example.test:{port}/events?token=s3cr3t",
+            http=http,
+            breakers=breakers,
+        )
+        events = CallEvents(store)
+        await events.emit("call-x", EventType.STARTED, {})
+        assert await sender.dispatch_once() == 1
+        (event,) = await store.list_events(limit=10)
+        assert (event.state, event.attempts) == (EventState.PENDING, 1)
+        assert event.last_error == "egress_refused:private"
+        assert receiver.received == []
+        assert EGRESS_REFUSED.labels("events", "private")._value.get() == refused + 1
+        assert EVENTS_RETRIED._value.get() == retried + 1
+        assert await breakers.get(sender.breaker_name).allows()
+        resolver.answers["hooks.example.test"] = "127.0.0.1"
+        sender.start()
+        try:
+            await receiver.wait_for(1)
+        finally:
+            await sender.stop()
+    assert await store.count_events(EventState.DELIVERED) == 1

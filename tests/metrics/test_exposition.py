@@ -46,8 +46,10 @@ NOT_YET_UPDATED = frozenset(
     }
 )
 # Updated only on faults: Redis failing (tests/security/test_replay.py, test_ratelimit.py), an
-# audit flood (tests/security/test_audit.py).
-FAULT_ONLY = frozenset({"voicegw_state_fallback", "voicegw_audit_events_suppressed"})
+# audit flood (tests/security/test_audit.py), a refused endpoint (tests/security/test_egress.py).
+FAULT_ONLY = frozenset(
+    {"voicegw_state_fallback", "voicegw_audit_events_suppressed", "voicegw_egress_refused"}
+)
 
 
 def promtool() -> str:

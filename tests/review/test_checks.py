@@ -64,6 +64,7 @@ def test_check_ids_are_stable_and_unique() -> None:
         "obs.metrics_protected", "obs.sentry_pii", "obs.log_redaction", "deps.known_bad",
         "agents.file", "agents.tools_signed", "agents.tools_https", "agents.file_permissions",
         "agents.handlers", "agents.destinations",
+        "egress.https", "egress.private", "egress.allowed_private",
     }  # fmt: skip
 
 

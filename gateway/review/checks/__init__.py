@@ -1,16 +1,16 @@
 """The checks of the security review, in the order they are reported, and ``review``.
 
-Each area module (``transport``, ``keys``, ``state``, ``data``, ``agents``) registers its
-checks with a stable dotted id, the severity of the risk it looks for, and the setting or
-command that fixes it. Findings name settings and public key ids only: never a secret, never
-personal data.
+Each area module (``transport``, ``keys``, ``state``, ``data``, ``agents``, ``egress``)
+registers its checks with a stable dotted id, the severity of the risk it looks for, and the
+setting or command that fixes it. Findings name settings and public key ids only: never a
+secret, never personal data.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from gateway.review.checks import agents, data, keys, state, transport
+from gateway.review.checks import agents, data, egress, keys, state, transport
 from gateway.review.checks.base import Check, Outcome, run
 from gateway.review.facts import Facts
 from gateway.review.model import Report
@@ -24,6 +24,7 @@ CHECKS: Final[tuple[Check, ...]] = (
     *state.CHECKS,
     *data.CHECKS,
     *agents.CHECKS,
+    *egress.CHECKS,
 )
 
 
