@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
 import httpx
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.agents.directory import AgentDirectory
@@ -39,6 +38,7 @@ from providers.events import CallId
 from providers.telephony.rest import CarrierRestError, check_e164
 from security.exceptions import StateUnavailable
 from security.ratelimit import FallbackLimiter, InProcessLimiter, Limiter, RedisLimiter
+from security.rediskeys import RedisClient
 from security.replay import Degradation
 from security.streamtokens import StreamTokens
 
@@ -113,7 +113,7 @@ class OutboundCalls:
         self._dialling: collections.Counter[str] = collections.Counter()
 
     @staticmethod
-    def dial_limiter(settings: Settings, redis: aioredis.Redis | None) -> Limiter:
+    def dial_limiter(settings: Settings, redis: RedisClient | None) -> Limiter:
         """``VOICEGW_DIAL_RATE_PER_MINUTE`` per caller: in Redis (shared by the replicas, each
         on its own while Redis is down) or in process."""
         rate = settings.dial_rate_per_minute
