@@ -117,16 +117,15 @@ class LocalCluster:
         )
         for port in self.ports:
             self._wait(
-                port, lambda c: c.execute_command("CLUSTER INFO").get("cluster_state") == "ok",
+                port,
+                lambda c: c.execute_command("CLUSTER INFO").get("cluster_state") == "ok",
                 "cluster_state is not ok",
             )
 
     def _wait(self, port: int, ready: object, what: str) -> None:
         assert callable(ready)
         deadline = time.monotonic() + 20 * self.unit
-        client = redis.Redis(
-            port=port, socket_timeout=self.unit, socket_connect_timeout=self.unit
-        )
+        client = redis.Redis(port=port, socket_timeout=self.unit, socket_connect_timeout=self.unit)
         try:
             while True:
                 with contextlib.suppress(redis.ConnectionError, redis.ResponseError):
