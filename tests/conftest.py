@@ -7,6 +7,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -90,7 +91,7 @@ def redis_url_for(request: pytest.FixtureRequest, mode: str) -> str:
     return REDIS_URL
 
 
-async def open_test_redis(url: str, mode: str, **options: object) -> RedisClient:
+async def open_test_redis(url: str, mode: str, **options: Any) -> RedisClient:
     """A client of the test Redis at ``url`` that answers (the test fails otherwise)."""
     client = connect(url, mode, **options)
     try:

@@ -14,7 +14,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -118,12 +120,11 @@ class LocalCluster:
         for port in self.ports:
             self._wait(
                 port,
-                lambda c: c.execute_command("CLUSTER INFO").get("cluster_state") == "ok",
+                lambda c: c.cluster("INFO").get("cluster_state") == "ok",
                 "cluster_state is not ok",
             )
 
-    def _wait(self, port: int, ready: object, what: str) -> None:
-        assert callable(ready)
+    def _wait(self, port: int, ready: Callable[[redis.Redis], bool], what: str) -> None:
         deadline = time.monotonic() + 20 * self.unit
         client = redis.Redis(port=port, socket_timeout=self.unit, socket_connect_timeout=self.unit)
         try:
@@ -145,8 +146,8 @@ class LocalCluster:
                 proc.wait(timeout=10)
 
 
-def connect(url: str, mode: str, **options: object) -> RedisClient:
+def connect(url: str, mode: str, **options: Any) -> RedisClient:
     """A test client of the Redis at ``url``: one server, or (``mode="cluster"``) a cluster."""
     if mode == "cluster":
-        return RedisCluster.from_url(url, **options)  # type: ignore[arg-type]
-    return aioredis.Redis.from_url(url, **options)  # type: ignore[arg-type]
+        return RedisCluster.from_url(url, **options)
+    return aioredis.Redis.from_url(url, **options)

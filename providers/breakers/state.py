@@ -319,7 +319,8 @@ class RedisBreaker:
         self.policy = policy
         self._client = client
         self._timeout_s = timeout_s
-        self._keys = [tagged(f"{prefix}breaker:", name), tagged(f"{prefix}breaker:", name, "trials")]
+        head = f"{prefix}breaker:"
+        self._keys = [tagged(head, name), tagged(head, name, "trials")]
         self._script = client.register_script(_BREAKER)
         self._fallback = InProcessBreaker(name, policy) if fallback is None else fallback
         self.degradation = Degradation("breaker") if degradation is None else degradation

@@ -746,3 +746,50 @@ def test_production_refuses_plain_http_events_url(tmp_path):
     assert "VOICEGW_EVENTS_URL must use https in production" in problems(env)
     env["VOICEGW_EVENTS_URL"] = "https://hooks.example.com/voicegw"
     assert Settings.from_env(env).events_url == "https://hooks.example.com/voicegw"
+
+
+def test_redis_mode_is_standalone_unless_cluster_is_asked_for():
+    assert Settings.from_env({}).redis_mode == "standalone"
+    url = "redis://10.0.0.5:7000"
+    settings = Settings.from_env({"VOICEGW_REDIS_URL": url, "VOICEGW_REDIS_MODE": "Cluster"})
+    assert settings.redis_mode == "cluster"
+    assert settings.redis_url == Secret(url)
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"VOICEGW_REDIS_MODE": "sentinel"}, "VOICEGW_REDIS_MODE must be one of"),
+        ({"VOICEGW_REDIS_MODE": "cluster"}, "needs VOICEGW_REDIS_URL"),
+        (
+            {"VOICEGW_REDIS_MODE": "cluster", "VOICEGW_REDIS_URL": "redis://10.0.0.5:7000/3"},
+            "of database 0",
+        ),
+        (
+            {"VOICEGW_REDIS_MODE": "cluster", "VOICEGW_REDIS_URL": "unix:///run/redis.sock"},
+            "of database 0",
+        ),
+    ],
+)
+def test_redis_mode_refuses_what_a_cluster_cannot_be(env, says):
+    message = problems(env)
+    assert says in message
+
+
+async def test_cluster_mode_opens_the_cluster_client(redis_cluster):
+    # Imported here, like the app, so the settings tests run even while it does not import.
+    from redis.asyncio.cluster import RedisCluster
+
+    from gateway.services import commands_client, redis_client
+
+    for client in (
+        redis_client(redis_cluster.url, 8, "test", mode="cluster"),
+        commands_client(redis_cluster.url, mode="cluster"),
+    ):
+        try:
+            assert isinstance(client, RedisCluster)
+            await client.ping()
+            # Found every node from the one the URL names.
+            assert len(client.get_primaries()) == 3
+        finally:
+            await client.aclose()
