@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from metrics.registry import REGISTRY
 from security.admission import (
@@ -25,8 +28,9 @@ from security.replay import (
     InProcessReplayCache,
     RedisReplayCache,
 )
-from tests.conftest import UNIT, FakeClock
+from tests.conftest import UNIT, FakeClock, remove_keys
 from tests.faults.redis_server import private_redis
+from tests.redis_cluster import connect
 
 TTL = 60
 
@@ -308,3 +312,29 @@ async def test_a_key_outside_its_scope_is_refused(make_state):
     _, _, admitter = make_state(5)
     with pytest.raises(ValueError, match="namespace"):
         await admitter.admit("telnyx", "twilio\x00delivery", TTL)
+
+
+async def test_a_moved_slot_is_followed_without_falling_back(redis_cluster, redis_prefix):
+    """A script a node redirected (its slot moved) did not run: it is sent once more to the
+    slot's new node, and the delivery is admitted there, not served in process."""
+    client = connect(redis_cluster.url, "cluster")
+    try:
+        replay = RedisReplayCache(client, redis_prefix, timeout_s=5 * UNIT)
+        admitter = RedisAdmitter(replay, RedisLimiter(client, redis_prefix, 5))
+        await client.ping()  # the client learns which node holds which slot
+        scope = f"moved-{uuid.uuid4().hex}"
+        key = f"{scope}\x00a"
+        owner = client.get_node_from_key(replay.redis_key(key))
+        target = next(port for port in redis_cluster.ports if port != int(owner.port))
+        with redis.Redis(port=target) as node:
+            target_id = node.cluster("MYID")
+        # The new owner first (it bumps its epoch), then the others learn it.
+        for port in sorted(redis_cluster.ports, key=lambda port: port != target):
+            with redis.Redis(port=port) as node:
+                node.cluster("SETSLOT", key_slot(replay.redis_key(key).encode()), "NODE", target_id)
+        assert (await admitter.admit(scope, key, TTL)).admitted
+        assert int(client.get_node_from_key(replay.redis_key(key)).port) == target
+        assert (await admitter.admit(scope, key, TTL)).duplicate
+        await remove_keys(client, redis_prefix)
+    finally:
+        await client.aclose()
