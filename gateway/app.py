@@ -62,6 +62,7 @@ from gateway.services import (
     carrier_allowlists,
     commands_client,
     redis_client,
+    warm_up,
     webhook_pipeline,
 )
 from gateway.settings import Settings, SettingsError
@@ -110,6 +111,7 @@ async def start_runtime(settings: Settings) -> Runtime:
             replica_id,
             mode=settings.redis_mode,
         )
+        await warm_up(redis)
     state = SharedState.build(settings, redis, replica_id)
     durable = await Durable.open(settings, redis)
     lifecycle = Lifecycle(drain_s=settings.drain_s, task_grace_s=settings.carrier_rest_timeout_s)

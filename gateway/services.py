@@ -9,6 +9,8 @@ packages; nothing here runs a call.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -75,6 +77,19 @@ def redis_client(
         url, max_connections=max_connections, timeout=timeout_s, **options
     )
     return aioredis.Redis.from_pool(pool)
+
+
+CLUSTER_WARM_UP_S: Final = 2.0
+
+
+async def warm_up(client: RedisClient) -> None:
+    """Let a cluster client read the cluster's nodes and slots now, so the first webhook's
+    state operations (bounded by ``REDIS_TIMEOUT_S``) do not pay for it. Bounded; a cluster
+    that does not answer yet is read on first use instead, so this never raises."""
+    if isinstance(client, RedisCluster):
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLUSTER_WARM_UP_S):
+                await client.initialize()
 
 
 def commands_client(url: str, *, mode: RedisMode = "standalone") -> RedisClient:

@@ -780,7 +780,7 @@ async def test_cluster_mode_opens_the_cluster_client(redis_cluster):
     # Imported here, like the app, so the settings tests run even while it does not import.
     from redis.asyncio.cluster import RedisCluster
 
-    from gateway.services import commands_client, redis_client
+    from gateway.services import commands_client, redis_client, warm_up
 
     for client in (
         redis_client(redis_cluster.url, 8, "test", mode="cluster"),
@@ -788,8 +788,9 @@ async def test_cluster_mode_opens_the_cluster_client(redis_cluster):
     ):
         try:
             assert isinstance(client, RedisCluster)
-            await client.ping()
-            # Found every node from the one the URL names.
+            await warm_up(client)
+            # Found every node from the one the URL names, before any operation.
             assert len(client.get_primaries()) == 3
+            assert await client.ping()
         finally:
             await client.aclose()

@@ -111,8 +111,8 @@ def test_bad_configuration(limit, window):
 
 @pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
 async def test_two_replicas_share_one_limit(shared_redis, other_replica_redis, redis_prefix):
-    first = RedisLimiter(shared_redis, redis_prefix, limit=4)
-    second = RedisLimiter(other_replica_redis, redis_prefix, limit=4)
+    first = RedisLimiter(shared_redis, redis_prefix, limit=4, timeout_s=2 * UNIT)
+    second = RedisLimiter(other_replica_redis, redis_prefix, limit=4, timeout_s=2 * UNIT)
     decisions = await asyncio.gather(*(limiter.hit("twilio") for limiter in [first, second] * 5))
     assert sum(d.allowed for d in decisions) == 4
     assert not (await first.hit("twilio")).allowed
@@ -121,7 +121,7 @@ async def test_two_replicas_share_one_limit(shared_redis, other_replica_redis, r
 
 @pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
 async def test_redis_keys_expire_and_hide_the_scope(shared_redis, redis_prefix):
-    limiter = RedisLimiter(shared_redis, redis_prefix, limit=3, window_s=30)
+    limiter = RedisLimiter(shared_redis, redis_prefix, limit=3, window_s=30, timeout_s=2 * UNIT)
     await limiter.hit("203.0.113.9")
     keys = [key async for key in shared_redis.scan_iter(match=f"{redis_prefix}*")]
     assert len(keys) == 2
@@ -134,8 +134,8 @@ async def test_redis_keys_expire_and_hide_the_scope(shared_redis, redis_prefix):
 async def test_scopes_of_one_namespace_share_a_hash_slot(shared_redis, redis_prefix):
     """A scope and the scopes under it (a carrier and its duplicates) share the slot of the
     namespace's replay keys, so one script may touch them all on Redis Cluster."""
-    limiter = RedisLimiter(shared_redis, redis_prefix, limit=3)
-    replay = RedisReplayCache(shared_redis, redis_prefix)
+    limiter = RedisLimiter(shared_redis, redis_prefix, limit=3, timeout_s=2 * UNIT)
+    replay = RedisReplayCache(shared_redis, redis_prefix, timeout_s=2 * UNIT)
     keys = [
         *limiter.keys("twilio"),
         *limiter.keys("twilio\x00duplicate"),

@@ -50,8 +50,8 @@ async def test_concurrent_callers_one_winner(make_replay):
 
 @pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
 async def test_two_replicas_see_each_other(shared_redis, other_replica_redis, redis_prefix):
-    mine = RedisReplayCache(shared_redis, redis_prefix)
-    theirs = RedisReplayCache(other_replica_redis, redis_prefix)
+    mine = RedisReplayCache(shared_redis, redis_prefix, timeout_s=2 * UNIT)
+    theirs = RedisReplayCache(other_replica_redis, redis_prefix, timeout_s=2 * UNIT)
     assert await mine.first_seen("delivery", 60)
     assert not await theirs.first_seen("delivery", 60)
     assert await theirs.seen("delivery")
@@ -59,7 +59,7 @@ async def test_two_replicas_see_each_other(shared_redis, other_replica_redis, re
 
 @pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
 async def test_redis_stores_only_hashes(shared_redis, redis_prefix):
-    cache = RedisReplayCache(shared_redis, redis_prefix)
+    cache = RedisReplayCache(shared_redis, redis_prefix, timeout_s=2 * UNIT)
     secret = "twilio\x00https://x/y\x00c2lnbmF0dXJl"
     await cache.first_seen(secret, 60)
     keys = [key async for key in shared_redis.scan_iter(match=f"{redis_prefix}*")]
