@@ -63,6 +63,7 @@ from gateway.services import (
     carrier_allowlists,
     commands_client,
     redis_client,
+    warm_up,
     webhook_pipeline,
 )
 from gateway.settings import Settings, SettingsError
@@ -108,7 +109,13 @@ async def start_runtime(settings: Settings) -> Runtime:
     replica_id = default_replica_id()
     redis = None
     if settings.redis_url is not None:
-        redis = redis_client(settings.redis_url.get(), settings.redis_max_connections, replica_id)
+        redis = redis_client(
+            settings.redis_url.get(),
+            settings.redis_max_connections,
+            replica_id,
+            mode=settings.redis_mode,
+        )
+        await warm_up(redis)
     state = SharedState.build(settings, redis, replica_id)
     durable = await Durable.open(settings, redis)
     lifecycle = Lifecycle(drain_s=settings.drain_s, task_grace_s=settings.carrier_rest_timeout_s)
@@ -148,7 +155,9 @@ async def start_runtime(settings: Settings) -> Runtime:
         bridges=lifecycle,
         control=control,
         replica_id=state.registry.replica_id,
-        redis=None if settings.redis_url is None else commands_client(settings.redis_url.get()),
+        redis=None
+        if settings.redis_url is None
+        else commands_client(settings.redis_url.get(), mode=settings.redis_mode),
         prefix=settings.redis_key_prefix,
     )
     runner = ToolRunner(

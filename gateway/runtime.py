@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from gateway.agents.directory import AgentDirectory
 from gateway.calls.commands import CallCommands
 from gateway.calls.control import CallControl
@@ -33,6 +31,7 @@ from gateway.settings import Settings
 from providers.breakers import BreakerRegistry
 from security.audit import Auditor
 from security.crypto import BlindIndex, KeyRing
+from security.rediskeys import RedisClient
 from security.streamtokens import StreamTokens
 from security.webhooks import WebhookPipeline
 
@@ -40,7 +39,7 @@ from security.webhooks import WebhookPipeline
 @dataclass(eq=False, slots=True)
 class Runtime:
     settings: Settings
-    redis: aioredis.Redis | None
+    redis: RedisClient | None
     lifecycle: Lifecycle
     """Live bridges (drained on shutdown), background tasks, the shutdown order."""
 

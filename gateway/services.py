@@ -9,11 +9,14 @@ packages; nothing here runs a call.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import redis.asyncio as aioredis
 from nacl.signing import SigningKey as NaclSigningKey
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.calls.redis_registry import RedisCallRegistry
 from gateway.calls.registry import ENDED_TTL_S, CallRegistry, InProcessCallRegistry
@@ -21,7 +24,7 @@ from gateway.devkeys import ensure_data_dir
 from gateway.operators.sessions import AuthConfig, AuthRuntime, signing_ring
 from gateway.records import create_store
 from gateway.records.base import Store
-from gateway.settings import Settings
+from gateway.settings import RedisMode, Settings
 from metrics.logging import load_ip_hash_key
 from providers.breakers import BreakerPolicy, BreakerRegistry
 from security.allowlist import Allowlist, AnySource, ClientAddressResolver
@@ -30,6 +33,7 @@ from security.audit import Auditor, HashChainer
 from security.crypto import BlindIndex, KeyRing, load_or_create_dev_keys
 from security.lockout import LockoutPolicy
 from security.ratelimit import FallbackLimiter, InProcessLimiter, Limiter, RedisLimiter
+from security.rediskeys import RedisClient
 from security.replay import (
     Degradation,
     FallbackReplayCache,
@@ -46,32 +50,59 @@ REDIS_TIMEOUT_S: Final = 0.5
 DAY_S: Final = 86400.0
 
 
-def redis_client(url: str, max_connections: int, replica_id: str) -> aioredis.Redis:
-    """The process's Redis client. Every operation is bounded by ``REDIS_TIMEOUT_S``; at most
-    ``max_connections`` connections are open, and a burst beyond them waits (as long as one
-    operation may take) for a connection to be released instead of failing at once. The
-    connections are named after the replica (``CLIENT LIST`` shows whose they are)."""
+def redis_client(
+    url: str,
+    max_connections: int,
+    replica_id: str,
+    *,
+    mode: RedisMode = "standalone",
+    timeout_s: float = REDIS_TIMEOUT_S,
+) -> RedisClient:
+    """The process's Redis client: of one server, or (``mode="cluster"``) of the Redis
+    Cluster that ``url``'s node belongs to. Every operation is bounded by ``timeout_s``. At
+    most ``max_connections`` connections are open (per node on a cluster); on one server a
+    burst beyond them waits (as long as one operation may take) for a connection to be
+    released instead of failing at once, while the cluster client fails the operation (the
+    state falls back in process). The connections are named after the replica (``CLIENT
+    LIST`` shows whose they are)."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "health_check_interval": 15,
+        "client_name": f"voicegw:{replica_id}",
+    }
+    if mode == "cluster":
+        return RedisCluster.from_url(url, max_connections=max_connections, **options)
     pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=REDIS_TIMEOUT_S,
-        socket_timeout=REDIS_TIMEOUT_S,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-        health_check_interval=15,
-        client_name=f"voicegw:{replica_id}",
+        url, max_connections=max_connections, timeout=timeout_s, **options
     )
     return aioredis.Redis.from_pool(pool)
 
 
-def commands_client(url: str) -> aioredis.Redis:
+CLUSTER_WARM_UP_S: Final = 2.0
+
+
+async def warm_up(client: RedisClient) -> None:
+    """Let a cluster client read the cluster's nodes and slots now, so the first webhook's
+    state operations (bounded by ``REDIS_TIMEOUT_S``) do not pay for it. Bounded; a cluster
+    that does not answer yet is read on first use instead, so this never raises."""
+    if isinstance(client, RedisCluster):
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLUSTER_WARM_UP_S):
+                await client.initialize()
+
+
+def commands_client(url: str, *, mode: RedisMode = "standalone") -> RedisClient:
     """A Redis client for the call-command channel: it blocks on a subscription and on
     replies, so no socket timeout (connecting is still bounded); a small pool of its own."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": REDIS_TIMEOUT_S,
+        "health_check_interval": 15,
+    }
+    if mode == "cluster":
+        return RedisCluster.from_url(url, max_connections=16, **options)
     pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=16,
-        timeout=REDIS_TIMEOUT_S,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-        health_check_interval=15,
+        url, max_connections=16, timeout=REDIS_TIMEOUT_S, **options
     )
     return aioredis.Redis.from_pool(pool)
 
@@ -101,9 +132,7 @@ class SharedState:
     degradable: list[Degradable]
 
     @classmethod
-    def build(
-        cls, settings: Settings, redis: aioredis.Redis | None, replica_id: str
-    ) -> SharedState:
+    def build(cls, settings: Settings, redis: RedisClient | None, replica_id: str) -> SharedState:
         """The Redis backends on ``redis``, or the in-process ones when it is None."""
         degradable: list[Degradable] = []
         limiters: dict[Carrier, Limiter] = {}
@@ -277,7 +306,7 @@ class Durable:
     auth: AuthRuntime
 
     @classmethod
-    async def open(cls, settings: Settings, redis: aioredis.Redis | None) -> Durable:
+    async def open(cls, settings: Settings, redis: RedisClient | None) -> Durable:
         """The store (migrated), data keys, audit trail and operator sessions."""
         store = open_store(settings)
         await store.open()

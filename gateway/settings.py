@@ -16,7 +16,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from security.allowlist import TELNYX_WEBHOOK_RANGES, is_loopback_host, too_wide
@@ -36,6 +36,7 @@ ANY: Final = "any"
 IGNORED_PREFIXES: Final = ("VOICEGW_TEST_", "VOICEGW_BENCH_", "VOICEGW_FUZZ_")
 """Variables of the test suite and benchmarks, not of the gateway."""
 REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+RedisMode = Literal["standalone", "cluster"]
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_INSTRUCTIONS: Final = "You are a helpful voice assistant on a phone call. Be brief."
 MODEL_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
@@ -93,6 +94,7 @@ class Settings:
     trusted_proxies: tuple[Network, ...] = ()
     rate_limit_per_minute: int = 1000
     redis_url: Secret | None = None
+    redis_mode: RedisMode = "standalone"  # "cluster": VOICEGW_REDIS_URL names any cluster node
     redis_key_prefix: str = "voicegw:"
     redis_max_connections: int = 100  # per process; a burst beyond it waits for a free one
     replicas: int = 1  # how many replicas are expected to share state (security review)
@@ -430,6 +432,22 @@ class _Reader:
             return default
         return value
 
+    def redis_mode(self, url: Secret | None) -> RedisMode:
+        """VOICEGW_REDIS_MODE; a cluster is reached over TCP and has database 0 only."""
+        mode = self.choice("VOICEGW_REDIS_MODE", ("standalone", "cluster"), "standalone")
+        if mode != "cluster":
+            return "standalone"
+        if url is None:
+            self.problems.append("VOICEGW_REDIS_MODE=cluster needs VOICEGW_REDIS_URL (any node)")
+            return "standalone"
+        parts = urlsplit(url.get())
+        if parts.scheme not in ("redis", "rediss") or parts.path not in ("", "/", "/0"):
+            self.problems.append(
+                "VOICEGW_REDIS_URL must be a redis:// or rediss:// URL of database 0 "
+                "with VOICEGW_REDIS_MODE=cluster"
+            )
+        return "cluster"
+
     def database_url(self, name: str) -> Secret | None:
         value = self.secret(name)
         if value is not None and urlsplit(value.get()).scheme not in ("postgresql", "postgres"):
@@ -547,6 +565,7 @@ class _Reader:
         redis_url = self.secret("VOICEGW_REDIS_URL")
         if redis_url is not None and urlsplit(redis_url.get()).scheme not in REDIS_SCHEMES:
             self.problems.append("VOICEGW_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        redis_mode = self.redis_mode(redis_url)
         log_level = (self.raw("VOICEGW_LOG_LEVEL") or "INFO").upper()
         if log_level not in LOG_LEVELS:
             self.problems.append(f"VOICEGW_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
@@ -624,6 +643,7 @@ class _Reader:
                 self.number("VOICEGW_RATE_LIMIT_PER_MINUTE", 1000, lo=1, hi=1_000_000)
             ),
             redis_url=redis_url,
+            redis_mode=redis_mode,
             redis_key_prefix=key_prefix,
             redis_max_connections=int(
                 self.number("VOICEGW_REDIS_MAX_CONNECTIONS", 100, lo=4, hi=10_000)

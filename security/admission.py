@@ -15,11 +15,13 @@ a concurrent copy can slip between them, and then the copy that loses the record
 as a duplicate after spending budget). ``RedisAdmitter`` runs them as one atomic Lua script on
 the same keys as ``RedisReplayCache`` and ``RedisLimiter`` (so ``ReplayCache.forget`` undoes its
 record): one round trip per delivery at most, shared by deliveries admitted in the same
-event-loop iteration. The script touches keys in different hash slots,
-which a single Redis or a Sentinel-managed primary serves; on Redis Cluster replay keys would
-need the limit's hash tag. ``FallbackAdmitter`` runs the script while Redis answers and falls
-back, per component and with the same bookkeeping, exactly as ``FallbackReplayCache`` and
-``FallbackLimiter`` do. ``admitter_for`` picks the right one for a pair of backends.
+event-loop iteration. A delivery's key lies in its scope's namespace (``"twilio\x00..."`` for
+scope ``"twilio"``, ``security.rediskeys``), so the replay key, the scope's limit and the
+duplicates' limit share one hash slot and the script runs on Redis Cluster as well as on one
+Redis or a Sentinel-managed primary. ``FallbackAdmitter`` runs the script while Redis
+answers and falls back, per component and with the same bookkeeping, exactly as
+``FallbackReplayCache`` and ``FallbackLimiter`` do. ``admitter_for`` picks the right one
+for a pair of backends.
 """
 
 from __future__ import annotations
@@ -27,11 +29,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection, Connection
+from redis.exceptions import (
+    AskError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from security.exceptions import StateUnavailable
 from security.ratelimit import (
@@ -42,6 +53,7 @@ from security.ratelimit import (
     RedisLimiter,
     sliding_log_decision,
 )
+from security.rediskeys import namespace
 from security.replay import FallbackReplayCache, RedisReplayCache, ReplayCache
 
 
@@ -73,13 +85,15 @@ DUPLICATE: Final = Admission(duplicate=True)
 
 
 def duplicate_scope(scope: str) -> str:
-    """The rate-limit scope duplicates of ``scope``'s deliveries are counted on."""
-    return f"{scope}:duplicate"
+    """The rate-limit scope duplicates of ``scope``'s deliveries are counted on (in
+    ``scope``'s namespace, hence its hash slot)."""
+    return f"{scope}\x00duplicate"
 
 
 class Admitter(Protocol):
     async def admit(self, scope: str, key: str, ttl_s: int) -> Admission:
-        """Replay check, rate limit on ``scope``, then remember ``key`` for ``ttl_s`` s."""
+        """Replay check, rate limit on ``scope``, then remember ``key`` for ``ttl_s`` s.
+        ``key`` lies in ``scope``'s namespace: it starts with ``scope`` and a NUL."""
         ...
 
 
@@ -150,6 +164,8 @@ def _command(*parts: bytes) -> bytes:
 @dataclass(slots=True)
 class _Pending:
     command: bytes
+    slot_key: str
+    """A key of the script's hash slot: on Redis Cluster, it names the node to send it to."""
     future: asyncio.Future[object]
 
 
@@ -159,14 +175,17 @@ class RedisAdmitter:
 
     Uses the keys, client and timeout of ``replay`` and ``limiter`` (which must share one
     client). Deliveries admitted concurrently are sent together, in one write on one pooled
-    connection, and their replies read in order; each script still runs atomically on its
-    own. A batch is bounded by the larger of the two timeouts; a timeout or Redis error
-    raises ``StateUnavailable`` in every delivery of the batch.
+    connection (on Redis Cluster, one per node that holds their slots), and their replies
+    read in order; each script still runs atomically on its own. A batch is bounded by the
+    larger of the two timeouts; a timeout or Redis error raises ``StateUnavailable`` in every
+    delivery of the batch.
 
     The script is sent on a pooled connection directly rather than through the client's
     command path, which retries after a connection error: a script whose reply was lost has
     run, and re-sending it would report the delivery as its own duplicate. Here a lost reply
-    raises instead, and the fallback admits the delivery (processed at least once).
+    raises instead, and the fallback admits the delivery (processed at least once). A script
+    a cluster node redirected (``MOVED``/``ASK``: its slot moved) did not run: it is sent
+    once more after the client re-reads the cluster's slots.
     """
 
     __slots__ = ("_limiter", "_load", "_pending", "_replay", "_sha", "_tasks", "_timeout_s")
@@ -184,14 +203,18 @@ class RedisAdmitter:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def admit(self, scope: str, key: str, ttl_s: int) -> Admission:
+        if namespace(key) != scope:
+            # Another namespace is another hash slot, which Redis Cluster refuses.
+            raise ValueError("a delivery key must lie in its scope's namespace")
         limiter = self._limiter
+        replay_key = self._replay.redis_key(key)
         log_key, seq_key = limiter.keys(scope)
         duplicates_log, duplicates_seq = limiter.keys(duplicate_scope(scope))
         command = _command(
             b"EVALSHA",
             self._sha,
             b"5",
-            self._replay.redis_key(key).encode(),
+            replay_key.encode(),
             log_key.encode(),
             seq_key.encode(),
             duplicates_log.encode(),
@@ -202,7 +225,7 @@ class RedisAdmitter:
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[object] = loop.create_future()
-        self._pending.append(_Pending(command, future))
+        self._pending.append(_Pending(command, replay_key, future))
         if len(self._pending) == 1:
             loop.call_soon(self._flush)
         elif len(self._pending) >= MAX_BATCH:
@@ -225,31 +248,68 @@ class RedisAdmitter:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _replies(self, pool: aioredis.ConnectionPool, batch: list[_Pending]) -> list[object]:
-        replies = await _exchange(pool, [p.command for p in batch])
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if missing:
-            # Redis restarted or its script cache was flushed: those scripts did not run.
-            # Load it and run them again.
-            await _exchange(pool, [self._load])
-            again = await _exchange(pool, [batch[i].command for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
+    async def _replies(self, link: _Link, batch: list[_Pending]) -> list[object]:
+        try:
+            replies = await _exchange(link, [p.command for p in batch])
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                # Redis restarted or its script cache was flushed: those scripts did not run.
+                # Load it and run them again.
+                await _exchange(link, [self._load])
+                again = await _exchange(link, [batch[i].command for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        except RedisConnectionError:
+            # This connection died (Redis restarted, network cut); the idle ones most likely
+            # did too: reconnect them on their next use.
+            await link.reset()
+            raise
+        return replies
+
+    async def _cluster_replies(self, client: RedisCluster, batch: list[_Pending]) -> list[object]:
+        """The replies to ``batch``, each script sent to the node that holds its slot."""
+        await client.initialize()  # the slots are known once it has run
+        replies: list[object] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        for attempt in range(2):
+            by_node: dict[ClusterNode, list[int]] = {}
+            for i in todo:
+                node = client.get_node_from_key(batch[i].slot_key)
+                if node is None:  # pragma: no cover - only asked for replicas
+                    raise SlotNotCoveredError(batch[i].slot_key)
+                by_node.setdefault(node, []).append(i)
+            try:
+                answers = await asyncio.gather(
+                    *(
+                        self._replies(_NodeLink(node), [batch[i] for i in indexes])
+                        for node, indexes in by_node.items()
+                    )
+                )
+            except RedisConnectionError:
+                # A node failed or left: read the cluster's shape again before the next batch.
+                await client.nodes_manager.initialize()
+                raise
+            for indexes, answer in zip(by_node.values(), answers, strict=True):
+                for i, reply in zip(indexes, answer, strict=True):
+                    replies[i] = reply
+            todo = [i for i in todo if isinstance(replies[i], AskError)]
+            if not todo:
+                break
+            if attempt == 0:
+                # Their slots moved, and those scripts did not run: re-read the slots.
+                await client.nodes_manager.initialize()
         return replies
 
     async def _run(self, batch: list[_Pending]) -> None:
         """Send ``batch``, then resolve each delivery's future with its reply or an error."""
-        pool = self._limiter.client.connection_pool
+        client = self._limiter.client
         try:
             async with asyncio.timeout(self._timeout_s):
-                try:
-                    replies = await self._replies(pool, batch)
-                except RedisConnectionError:
-                    # This connection died (Redis restarted, network cut); the idle ones in
-                    # the pool most likely did too: reconnect them on their next use.
-                    await pool.disconnect(inuse_connections=False)
-                    raise
-        except (RedisError, OSError, TimeoutError) as exc:
+                if isinstance(client, RedisCluster):
+                    replies = await self._cluster_replies(client, batch)
+                else:
+                    replies = await self._replies(_PoolLink(client.connection_pool), batch)
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             _fail(batch, exc)
             return
         except BaseException as exc:
@@ -264,10 +324,56 @@ class RedisAdmitter:
                 pending.future.set_result(reply)
 
 
-async def _exchange(pool: aioredis.ConnectionPool, commands: list[bytes]) -> list[object]:
-    """Write ``commands`` at once on one pooled connection and read their replies; an error
-    reply is returned in its place (it does not spoil the connection)."""
-    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+class _Link(Protocol):
+    """Where a batch is sent: a connection pool, or a cluster node's connections."""
+
+    async def acquire(self) -> AbstractConnection: ...
+
+    async def release(self, connection: AbstractConnection) -> None: ...
+
+    async def reset(self) -> None:
+        """Reconnect the idle connections on their next use."""
+        ...
+
+
+class _PoolLink:
+    __slots__ = ("_pool",)
+
+    def __init__(self, pool: aioredis.ConnectionPool) -> None:
+        self._pool = pool
+
+    async def acquire(self) -> AbstractConnection:
+        connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        await self._pool.release(connection)
+
+    async def reset(self) -> None:
+        await self._pool.disconnect(inuse_connections=False)
+
+
+class _NodeLink:
+    __slots__ = ("_node",)
+
+    def __init__(self, node: ClusterNode) -> None:
+        self._node = node
+
+    async def acquire(self) -> AbstractConnection:
+        return self._node.acquire_connection()
+
+    async def release(self, connection: AbstractConnection) -> None:
+        # The connection came from this node's ``acquire_connection``.
+        self._node.release(cast(Connection, connection))
+
+    async def reset(self) -> None:
+        await self._node.disconnect_free_connections()
+
+
+async def _exchange(link: _Link, commands: list[bytes]) -> list[object]:
+    """Write ``commands`` at once on one connection of ``link`` and read their replies; an
+    error reply is returned in its place (it does not spoil the connection)."""
+    connection = await link.acquire()
     try:
         await connection.send_packed_command(b"".join(commands))
         replies: list[object] = []
@@ -278,7 +384,7 @@ async def _exchange(pool: aioredis.ConnectionPool, commands: list[bytes]) -> lis
                 replies.append(error)
         return replies
     finally:
-        await pool.release(connection)
+        await link.release(connection)
 
 
 def _fail(batch: list[_Pending], cause: BaseException) -> None:

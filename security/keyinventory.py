@@ -45,10 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-import redis.asyncio as aioredis
-
 from security import crypto
 from security.apikeys import KeyPolicy, KeyState
+from security.rediskeys import RedisClient
 from security.secret import Secret
 from security.signing_keys import RETIRE_LEEWAY_S, FileKeyRing, KeyRing, SigningKey, load
 
@@ -252,7 +251,7 @@ class RedisFirstSeen:
     """First-seen times in one Redis hash, shared by every replica (``HSETNX``: the first
     writer wins), so a pod restart does not make an old key look new."""
 
-    def __init__(self, client: aioredis.Redis, key: str) -> None:
+    def __init__(self, client: RedisClient, key: str) -> None:
         self.client = client
         self.key = key
 

@@ -19,10 +19,10 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from security.exceptions import ConfigError, StateUnavailable
+from security.rediskeys import RedisClient, namespace, slot_tag, tagged
 from security.replay import REDIS_TIMEOUT_S, Clock, Degradation
 
 
@@ -185,7 +185,7 @@ def sliding_log_decision(limit: int, allowed: int, remaining: int, reset_ms: int
 
 
 @functools.lru_cache(maxsize=1024)
-def _scope_tag(scope: str) -> str:
+def _scope_digest(scope: str) -> str:
     # Scopes repeat (one per carrier): hash each once.
     return hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
@@ -193,16 +193,17 @@ def _scope_tag(scope: str) -> str:
 class RedisLimiter:
     """A sliding-log limiter in Redis, shared by every replica using the same prefix.
 
-    Scopes are hashed into the key, and both keys of a scope share a hash tag so the script
-    runs on Redis Cluster. Every call is bounded by ``timeout_s``; a timeout or Redis error
-    raises ``StateUnavailable``.
+    Scopes are hashed into the key. Both keys of a scope carry the hash tag of the scope's
+    namespace (``security.rediskeys``), so the script runs on Redis Cluster, and so do
+    scripts that also touch that namespace's replay keys or another scope of it. Every call
+    is bounded by ``timeout_s``; a timeout or Redis error raises ``StateUnavailable``.
     """
 
     __slots__ = ("_client", "_limit", "_prefix", "_script", "_timeout_s", "_window_ms")
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         prefix: str,
         limit: int,
         window_s: float = 60.0,
@@ -226,7 +227,7 @@ class RedisLimiter:
         return self._window_ms / 1000
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RedisClient:
         return self._client
 
     @property
@@ -238,8 +239,13 @@ class RedisLimiter:
         return self._timeout_s
 
     def keys(self, scope: str) -> tuple[str, str]:
-        """The sorted set and the member counter of ``scope`` (one hash tag)."""
-        key = f"{self._prefix}ratelimit:{{{_scope_tag(scope)}}}"
+        """The sorted set and the member counter of ``scope``, tagged with its namespace's
+        hash slot (a scope that is its whole namespace is named by the tag alone)."""
+        tag = slot_tag(scope)
+        if namespace(scope) == scope:
+            key = tagged(f"{self._prefix}ratelimit:", tag)
+        else:
+            key = tagged(f"{self._prefix}ratelimit:", tag, _scope_digest(scope))
         return key, f"{key}:seq"
 
     async def hit(self, scope: str) -> Decision:

@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from metrics.registry import SESSIONS_ACTIVE
 from security.exceptions import StateUnavailable
+from security.rediskeys import RedisClient, tagged
 from security.replay import REDIS_TIMEOUT_S, Clock
 
 _MAX_TOKEN_LEN: Final = 200
@@ -236,7 +236,7 @@ class RedisRefreshFamilies:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         prefix: str,
         *,
         timeout_s: float = REDIS_TIMEOUT_S,
@@ -250,10 +250,10 @@ class RedisRefreshFamilies:
         self._revoke = client.register_script(_REVOKE)
 
     def _family_key(self, family_id: str) -> str:
-        return f"{self._prefix}rt:{{{family_id}}}"
+        return tagged(f"{self._prefix}rt:", family_id)
 
     def _used_key(self, family_id: str) -> str:
-        return f"{self._prefix}rt:{{{family_id}}}:used"
+        return tagged(f"{self._prefix}rt:", family_id, "used")
 
     def _live_key(self) -> str:
         """Sorted set of the live families' ids, scored by expiry: for ``count_live``."""

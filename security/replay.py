@@ -17,11 +17,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final, Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from metrics.registry import STATE_DEGRADED
 from security.exceptions import StateUnavailable
+from security.rediskeys import RedisClient, slot_tag, tagged
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,9 @@ class InProcessReplayCache:
 
 
 class RedisReplayCache:
-    """A replay cache shared by every replica: ``SET key 1 NX EX ttl`` on a hashed key.
+    """A replay cache shared by every replica: ``SET key 1 NX EX ttl`` on a hashed key,
+    tagged with the hash slot of the key's namespace (``security.rediskeys``): a Twilio
+    delivery's key (``"twilio\x00..."``) sits in the slot of the ``twilio`` rate limit.
 
     Every call is bounded by ``timeout_s``; a timeout or Redis error raises
     ``StateUnavailable``.
@@ -118,14 +120,14 @@ class RedisReplayCache:
     __slots__ = ("_client", "_prefix", "_timeout_s")
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str, *, timeout_s: float = REDIS_TIMEOUT_S
+        self, client: RedisClient, prefix: str, *, timeout_s: float = REDIS_TIMEOUT_S
     ) -> None:
         self._client = client
         self._prefix = prefix
         self._timeout_s = timeout_s
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RedisClient:
         return self._client
 
     @property
@@ -133,8 +135,8 @@ class RedisReplayCache:
         return self._timeout_s
 
     def redis_key(self, key: str) -> str:
-        """Where ``key`` is stored: its digest under the prefix."""
-        return f"{self._prefix}replay:{digest_key(key)}"
+        """Where ``key`` is stored: its digest under the prefix and its namespace's tag."""
+        return tagged(f"{self._prefix}replay:", slot_tag(key), digest_key(key))
 
     async def seen(self, key: str) -> bool:
         try:

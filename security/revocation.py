@@ -16,10 +16,10 @@ import time
 from collections.abc import Sequence
 from typing import Final, Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from security.exceptions import StateUnavailable
+from security.rediskeys import RedisClient
 from security.replay import REDIS_TIMEOUT_S, Clock
 
 
@@ -76,7 +76,7 @@ class RedisRevocationList:
     __slots__ = ("_client", "_prefix", "_timeout_s")
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str, *, timeout_s: float = REDIS_TIMEOUT_S
+        self, client: RedisClient, prefix: str, *, timeout_s: float = REDIS_TIMEOUT_S
     ) -> None:
         self._client = client
         self._prefix = prefix

@@ -32,10 +32,10 @@ import time
 from collections import OrderedDict
 from typing import Final, Protocol
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from security.exceptions import StateUnavailable
+from security.rediskeys import RedisClient
 from security.replay import REDIS_TIMEOUT_S, Clock
 
 TOKEN_BYTES: Final = 32
@@ -183,7 +183,7 @@ class RedisStreamTokens:
     __slots__ = ("_client", "_prefix", "_rebind", "_timeout_s")
 
     def __init__(
-        self, client: aioredis.Redis, prefix: str, *, timeout_s: float = REDIS_TIMEOUT_S
+        self, client: RedisClient, prefix: str, *, timeout_s: float = REDIS_TIMEOUT_S
     ) -> None:
         self._client = client
         self._prefix = prefix

@@ -4,11 +4,16 @@ never skipped: if it does not answer, they fail (``scripts/test`` starts one whe
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+
+from security.rediskeys import RedisClient
+from tests.redis_cluster import LocalCluster, connect
 
 # Fails the session if any log line shows a phone number, email or IP in clear.
 pytest_plugins = ["tests.pii_scan"]
@@ -60,3 +65,45 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
 def redis_prefix() -> str:
     """A key prefix unique to this test, so tests sharing one Redis never collide."""
     return f"voicegw-test:{uuid.uuid4().hex[:12]}:"
+
+
+# The two kinds of Redis the shared-state suites run on: one server (VOICEGW_TEST_REDIS_URL)
+# and a local three-node Redis Cluster started once per session, on first use.
+REDIS_MODES = ("standalone", "cluster")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"), UNIT)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.directory, ignore_errors=True)
+
+
+def redis_url_for(request: pytest.FixtureRequest, mode: str) -> str:
+    """The test Redis of ``mode``: the shared server, or the session's local cluster."""
+    if mode == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        return cluster.url
+    return REDIS_URL
+
+
+async def open_test_redis(url: str, mode: str, **options: Any) -> RedisClient:
+    """A client of the test Redis at ``url`` that answers (the test fails otherwise)."""
+    client = connect(url, mode, **options)
+    try:
+        await client.ping()
+    except Exception as exc:  # pragma: no cover - the failure message is the point
+        await client.aclose()
+        pytest.fail(f"Redis ({mode}) at {url} does not answer ({exc})")
+    return client
+
+
+async def remove_keys(client: RedisClient, prefix: str) -> None:
+    """Delete every key under ``prefix`` (on a cluster: on every node)."""
+    keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=500)]
+    if keys:
+        await client.delete(*keys)

@@ -2,9 +2,9 @@
 
 The Bridge of a call runs on one replica (the registry says which). A command given to that
 replica acts on its Bridge at once. Given to another replica, it travels through Redis: each
-replica listens on a channel of its own (``<prefix>cmd:<replica>``); the holder acts and pushes
-the outcome to a reply list the sender waits on (bounded). Without Redis there is one replica,
-and it holds every call.
+replica listens on a channel of its own (``<prefix>cmd:<replica>``, a shard channel on Redis
+Cluster); the holder acts and pushes the outcome to a reply list the sender waits on
+(bounded). Without Redis there is one replica, and it holds every call.
 
 A hang-up whose holder does not answer (it died, or Redis lost the message) is still carried
 out: the carrier is asked to hang up over its REST API, which ends the stream wherever it runs.
@@ -19,15 +19,16 @@ import contextlib
 import enum
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final, Protocol
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.calls.state import Call, EndReason
 from metrics.registry import CALL_COMMANDS
+from security.rediskeys import RedisClient
 
 log = logging.getLogger("voicegw.runtime")
 
@@ -78,7 +79,7 @@ class CallCommands:
         bridges: Bridges,
         control: HangUp,
         replica_id: str,
-        redis: aioredis.Redis | None = None,
+        redis: RedisClient | None = None,
         prefix: str = "voicegw:",
     ) -> None:
         self.bridges = bridges
@@ -118,11 +119,15 @@ class CallCommands:
         message = orjson.dumps({**command, "call_id": call.call_id, "reply": request})
         reply_key = f"{self.prefix}cmdreply:{request}"
         try:
-            listeners = await self.redis.publish(self._channel(call.replica), message)
+            channel = self._channel(call.replica)
+            if isinstance(self.redis, RedisCluster):
+                listeners = await self.redis.spublish(channel, message)
+            else:
+                listeners = await self.redis.publish(channel, message)
             if not listeners:
                 return Outcome.UNREACHABLE
             popped = await self.redis.blpop([reply_key], timeout=REPLY_WAIT_S)
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             log.warning("call command not delivered", extra={"error": type(exc).__name__})
             return Outcome.UNREACHABLE
         if popped is None:
@@ -154,16 +159,34 @@ class CallCommands:
             return
         while True:
             try:
-                async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self._channel(self.replica_id))
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            task = asyncio.create_task(self._answer(message.get("data")))
-                            self._answering.add(task)
-                            task.add_done_callback(self._answering.discard)
-            except (RedisError, OSError) as exc:
+                async for data in self._messages(self.redis):
+                    task = asyncio.create_task(self._answer(data))
+                    self._answering.add(task)
+                    task.add_done_callback(self._answering.discard)
+            except (RedisError, RedisClusterException, OSError) as exc:
                 log.warning("call command channel lost", extra={"error": type(exc).__name__})
                 await asyncio.sleep(RECONNECT_S)
+
+    async def _messages(self, redis: RedisClient) -> AsyncIterator[object]:
+        """The messages sent to this replica's channel, until the subscription fails. On a
+        cluster the channel is a shard channel (``SSUBSCRIBE``), held by the node of its slot:
+        a classic ``PUBLISH`` there counts only the receivers on the node it reached."""
+        channel = self._channel(self.replica_id)
+        if isinstance(redis, RedisCluster):
+            async with redis.pubsub() as sharded:
+                await sharded.ssubscribe(channel)
+                while True:
+                    message = await sharded.get_sharded_message(
+                        ignore_subscribe_messages=True, timeout=None
+                    )
+                    if message is not None and message.get("type") == "smessage":
+                        yield message.get("data")
+        else:
+            async with redis.pubsub() as pubsub:
+                await pubsub.subscribe(channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        yield message.get("data")
 
     async def _answer(self, data: object) -> None:
         try:
@@ -179,7 +202,7 @@ class CallCommands:
         key = f"{self.prefix}cmdreply:{reply}"
         if self.redis is None:
             return
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(RedisError, RedisClusterException, OSError):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.rpush(key, outcome.value)
                 pipe.expire(key, REPLY_TTL_S)

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from security.exceptions import StateUnavailable
+from security.rediskeys import RedisClient
 from security.replay import REDIS_TIMEOUT_S, Degradation
 
 WINDOW_S: Final = 60.0
@@ -250,7 +250,7 @@ class RedisDialCaps:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         prefix: str,
         *,
         timeout_s: float = REDIS_TIMEOUT_S,
@@ -375,7 +375,7 @@ class FallbackDialCaps:
         return removed
 
 
-def build_dial_caps(redis: aioredis.Redis | None, prefix: str) -> DialCaps:
+def build_dial_caps(redis: RedisClient | None, prefix: str) -> DialCaps:
     """Shared through Redis with an in-process fallback, or in process only."""
     if redis is None:
         return InProcessDialCaps()

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
-import redis.asyncio as aioredis
 
 from gateway.calls.registry import ENDED_TTL_S, Changed, default_replica_id
 from gateway.calls.state import (
@@ -27,6 +26,7 @@ from gateway.calls.state import (
     with_provider,
 )
 from providers.events import CallId
+from security.rediskeys import RedisClient, tagged
 
 # Deadlines use the server's clock so replicas' clocks may disagree.
 _NOW_MS = "local t = redis.call('TIME')\nlocal now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
@@ -172,14 +172,15 @@ def _text(value: bytes | str) -> str:
 class RedisCallRegistry:
     """``CallRegistry`` in Redis, shared by every replica using the same ``prefix``.
 
-    All keys carry the hash tag ``{calls}`` so the Lua scripts work on Redis Cluster too.
+    All keys carry the hash tag ``{calls}`` (``security.rediskeys``) so the Lua scripts work
+    on Redis Cluster too: they read and index calls of any replica, so they share one slot.
     The client may or may not decode responses. Run ``heartbeat`` every
     ``heartbeat_interval`` seconds (a quarter of ``active_ttl``).
     """
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         prefix: str = "voicegw:",
         *,
         replica_id: str | None = None,
@@ -190,7 +191,7 @@ class RedisCallRegistry:
             raise ValueError("TTLs must be positive")
         self._redis = client
         self._replica_id = replica_id or default_replica_id()
-        self._base = prefix + "{calls}:"
+        self._base = tagged(prefix, "calls") + ":"
         self._active_key = self._base + "active"
         self.ended_ttl: Final = ended_ttl
         self._ended_ttl_ms = max(1, round(ended_ttl * 1000))

@@ -57,7 +57,10 @@ async def report_of_settings(
         None
         if settings.redis_url is None
         else redis_client(
-            settings.redis_url.get(), settings.redis_max_connections, "compliance-report"
+            settings.redis_url.get(),
+            settings.redis_max_connections,
+            "compliance-report",
+            mode=settings.redis_mode,
         )
     )
     try:

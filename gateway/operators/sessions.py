@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-import redis.asyncio as aioredis
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -40,6 +39,7 @@ from security.exceptions import Rejection, StateUnavailable
 from security.lockout import LockoutPolicy, LoginGuard
 from security.passwords import PasswordHasher
 from security.ratelimit import FallbackLimiter, InProcessLimiter, Limiter, RedisLimiter
+from security.rediskeys import RedisClient
 from security.refresh import InProcessRefreshFamilies, RedisRefreshFamilies, RefreshFamilies
 from security.replay import Degradation
 from security.revocation import (
@@ -185,7 +185,7 @@ class AuthRuntime:
         *,
         ring: KeyRing,
         store: Store,
-        redis: aioredis.Redis | None = None,
+        redis: RedisClient | None = None,
         redis_prefix: str = "voicegw:",
         auditor: AuditSink | None = None,
         hasher: PasswordHasher | None = None,

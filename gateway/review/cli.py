@@ -14,7 +14,6 @@ import dataclasses
 import sys
 
 import orjson
-import redis.asyncio as aioredis
 
 from gateway.calls.redis_registry import RedisCallRegistry
 from gateway.operators.sessions import AuthRuntime
@@ -32,17 +31,25 @@ async def review_settings(settings: Settings) -> Report:
 async def settings_facts(settings: Settings) -> Facts:
     """The facts of a gateway with ``settings``: its store, key rings, Redis and session
     code opened the way ``gateway.app.start_runtime`` opens them, then closed again."""
-    from gateway.services import auth_config, load_data_keys, open_store, settings_signing_ring
+    from gateway.services import (
+        auth_config,
+        load_data_keys,
+        open_store,
+        redis_client,
+        settings_signing_ring,
+    )
 
     # Opening the store tightens the modes of the directory and database file: look first.
     before = await asyncio.to_thread(loose_paths, settings.data_dir)
     store = open_store(settings)
     await store.open()
     client = (
-        aioredis.Redis.from_url(
+        redis_client(
             settings.redis_url.get(),
-            socket_timeout=REDIS_PROBE_S,
-            socket_connect_timeout=REDIS_PROBE_S,
+            4,
+            "security-review",
+            mode=settings.redis_mode,
+            timeout_s=REDIS_PROBE_S,
         )
         if settings.redis_url is not None
         else None

@@ -25,7 +25,6 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, ResponseError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -44,6 +43,7 @@ from metrics.logging import JsonFormatter
 from metrics.sentry import PRIVACY_OPTIONS
 from security import crypto
 from security.keyinventory import KeyInventory
+from security.rediskeys import RedisClient
 from security.signing_keys import KeyRing
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ async def collect_facts(
     signing: KeyRing,
     data_keys: crypto.KeyRing,
     store: Store | None,
-    redis: aioredis.Redis | None,
+    redis: RedisClient | None,
     auth: AuthRuntime,
     registry: CallRegistry | None = None,
     now: float | None = None,
@@ -238,7 +238,7 @@ async def live_replicas(registry: CallRegistry) -> int | None:
         return None
 
 
-async def probe_redis(client: aioredis.Redis) -> RedisFacts:
+async def probe_redis(client: RedisClient) -> RedisFacts:
     try:
         async with asyncio.timeout(REDIS_PROBE_S):
             await client.ping()

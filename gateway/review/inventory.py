@@ -12,7 +12,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.records.base import ApiKeyRecord, Store, StoreError
@@ -30,6 +29,7 @@ from security.keyinventory import (
     build_inventory,
     signing_keys_of,
 )
+from security.rediskeys import RedisClient
 from security.signing_keys import KeyRing
 from security.standard_webhooks import secret_bytes
 
@@ -66,7 +66,7 @@ async def key_inventory(
     signing: KeyRing,
     data_keys: crypto.KeyRing,
     store: Store | None,
-    redis: aioredis.Redis | None,
+    redis: RedisClient | None,
     now: float | None = None,
 ) -> KeyInventory:
     """The inventory of these keys at ``now`` (default: the current time). First-seen times go

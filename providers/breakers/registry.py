@@ -6,11 +6,10 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
-
 from providers.breakers.base import BreakerSnapshot, CircuitBreaker
 from providers.breakers.policy import DEFAULT_POLICY, BreakerPolicy
 from providers.breakers.state import InProcessBreaker, RedisBreaker
+from security.rediskeys import RedisClient
 from security.replay import REDIS_TIMEOUT_S, Clock, Degradation
 
 
@@ -43,7 +42,7 @@ class BreakerRegistry:
     @classmethod
     def redis(
         cls,
-        client: aioredis.Redis,
+        client: RedisClient,
         prefix: str,
         policy: BreakerPolicy = DEFAULT_POLICY,
         *,

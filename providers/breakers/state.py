@@ -29,7 +29,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Final
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from metrics.registry import BREAKER_STATE, PROVIDER_UP
@@ -48,6 +47,7 @@ from providers.breakers.policy import (
     BreakerState,
     Outcome,
 )
+from security.rediskeys import RedisClient, tagged
 from security.replay import REDIS_TIMEOUT_S, Clock, Degradation
 
 logger = logging.getLogger("voicegw.providers.breakers")
@@ -304,7 +304,7 @@ class RedisBreaker:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         prefix: str,
         name: str,
         policy: BreakerPolicy = DEFAULT_POLICY,
@@ -319,8 +319,8 @@ class RedisBreaker:
         self.policy = policy
         self._client = client
         self._timeout_s = timeout_s
-        key = f"{prefix}breaker:{{{name}}}"
-        self._keys = [key, f"{key}:trials"]
+        head = f"{prefix}breaker:"
+        self._keys = [tagged(head, name), tagged(head, name, "trials")]
         self._script = client.register_script(_BREAKER)
         self._fallback = InProcessBreaker(name, policy) if fallback is None else fallback
         self.degradation = Degradation("breaker") if degradation is None else degradation

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from security.replay import Degradation, FallbackReplayCache, RedisReplayCache, digest_key
+from security.replay import Degradation, FallbackReplayCache, RedisReplayCache
 from tests.conftest import FakeClock
 from tests.e2e.carrier import (
     Gateway,
@@ -148,9 +148,9 @@ async def test_a_delivery_refused_while_redis_is_slow_is_new_when_retried(redis_
     carrier's retry must be processed, not dropped as a duplicate (a lost hang-up)."""
     prefix = f"voicegw-faults:{secrets.token_hex(6)}:"
     key = "telnyx\x00" + secrets.token_hex(16)
-    stored = f"{prefix}replay:{digest_key(key)}"
     clock = FakeClock()
     direct = aioredis.Redis.from_url(redis_server.url())
+    stored = RedisReplayCache(direct, prefix).redis_key(key)
     async with LatencyProxy(redis_server.port) as proxy:
         slow = aioredis.Redis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
         try:

@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from starlette.applications import Starlette
 from twilio.request_validator import RequestValidator
 
 from gateway import devkeys
 from gateway.lifecycle import BACKGROUND_LOOPS
 from gateway.settings import Settings
-from tests.conftest import UNIT
+from tests.conftest import UNIT, open_test_redis, redis_url_for, remove_keys
 
 if TYPE_CHECKING:
     from gateway.runtime import Runtime
@@ -169,30 +168,37 @@ class Gateway:
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> str:
-    """State backend for the state-backed tests: in-process, or the real Redis."""
+    """State backend for the state-backed tests: in-process, or the real Redis (one server,
+    or the local Redis Cluster)."""
     return str(request.param)
 
 
 @pytest.fixture
 async def make_gateway(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str, redis_prefix: str
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_prefix: str,
 ) -> AsyncIterator[GatewayFactory]:
-    """``await make_gateway(env, redis=False)``: a started gateway; stopped after the test."""
+    """``await make_gateway(env, redis=False)``: a started gateway; stopped after the test.
+    ``redis`` is True or a ``backend`` name: True and ``"redis"`` put its state on the test
+    Redis, ``"cluster"`` on the local Redis Cluster, False and ``"memory"`` in process."""
     stack = contextlib.AsyncExitStack()
-    used_redis = False
+    used: set[str] = set()
 
-    async def make(env: Mapping[str, str] | None = None, *, redis: bool = False) -> Gateway:
+    async def make(env: Mapping[str, str] | None = None, *, redis: bool | str = False) -> Gateway:
         # Imported here so the settings tests run even while the app does not import.
         from gateway.app import build_app, start_runtime
 
-        nonlocal used_redis
         full = dict(env or {})
-        if redis:
-            full["VOICEGW_REDIS_URL"] = redis_url
+        if redis and redis != "memory":
+            mode = "cluster" if redis == "cluster" else "standalone"
+            full["VOICEGW_REDIS_URL"] = redis_url_for(request, mode)
+            full["VOICEGW_REDIS_MODE"] = mode
             full["VOICEGW_REDIS_KEY_PREFIX"] = redis_prefix
-            used_redis = True
+            used.add(mode)
         settings = make_settings(tmp_path, full)
         app = build_app(settings)
         runtime = await start_runtime(settings)
@@ -209,12 +215,10 @@ async def make_gateway(
         yield make
     finally:
         await stack.aclose()
-        if used_redis:
-            client = aioredis.Redis.from_url(redis_url)
+        for mode in used:
+            client = await open_test_redis(redis_url_for(request, mode), mode)
             try:
-                keys = [key async for key in client.scan_iter(match=f"{redis_prefix}*")]
-                if keys:
-                    await client.delete(*keys)
+                await remove_keys(client, redis_prefix)
             finally:
                 await client.aclose()
 
@@ -228,4 +232,4 @@ async def gw(make_gateway: GatewayFactory) -> Gateway:
 @pytest.fixture
 async def state_gw(make_gateway: GatewayFactory, backend: str) -> Gateway:
     """A development gateway on the ``backend`` under test."""
-    return await make_gateway(redis=backend == "redis")
+    return await make_gateway(redis=backend)

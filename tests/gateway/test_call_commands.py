@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.calls.commands import CallCommands, Outcome
 from gateway.calls.state import Call, CallState, EndReason
 from gateway.services import commands_client
 from providers.events import CallId
-from tests.conftest import REDIS_URL, UNIT
+from security.rediskeys import RedisClient
+from tests.conftest import REDIS_MODES, UNIT, redis_url_for
 
 pytestmark = pytest.mark.redis
 
@@ -49,9 +50,11 @@ def call_on(replica: str, call_id: str = "call_x") -> Call:
     return Call(CallId(call_id), "twilio", "CA1", "echo", CallState.STREAMING, now, now, replica)
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[list[aioredis.Redis]]:
-    made = [commands_client(REDIS_URL) for _ in range(2)]
+@pytest.fixture(params=REDIS_MODES)
+async def clients(request: pytest.FixtureRequest) -> AsyncIterator[list[RedisClient]]:
+    """Two replicas' command clients, of one Redis server or of a Redis Cluster."""
+    url = redis_url_for(request, request.param)
+    made = [commands_client(url, mode=request.param) for _ in range(2)]
     try:
         yield made
     finally:
@@ -59,13 +62,31 @@ async def clients() -> AsyncIterator[list[aioredis.Redis]]:
             await client.aclose()
 
 
+async def subscribers(client: RedisClient, channel: str) -> int:
+    """How many listen on ``channel`` (a shard channel on a cluster, asked of its node)."""
+    if isinstance(client, RedisCluster):
+        node = client.get_node_from_key(channel)
+        counts = await client.pubsub_shardnumsub(channel, target_nodes=node)
+    else:
+        counts = await client.pubsub_numsub(channel)
+    return int(counts[0][1])
+
+
+async def publish(client: RedisClient, channel: str, message: bytes) -> None:
+    if isinstance(client, RedisCluster):
+        await client.spublish(channel, message)
+    else:
+        await client.publish(channel, message)
+
+
 async def running(commands: CallCommands) -> asyncio.Task[None]:
     task = asyncio.create_task(commands.run())
     channel = commands._channel(commands.replica_id)
     assert commands.redis is not None
+    await commands.redis.ping()  # a cluster client learns the slots
     async with asyncio.timeout(5 * UNIT):
         for _ in itertools.count():  # until the subscription is in place
-            if (await commands.redis.pubsub_numsub(channel))[0][1]:
+            if await subscribers(commands.redis, channel):
                 break
             await asyncio.sleep(0.01)
     return task
@@ -86,7 +107,7 @@ async def test_the_holder_carries_out_commands_given_elsewhere(clients):
         # Garbage on the holder's channel first: ignored, and the holder still answers.
         channel = holder._channel("a")
         for junk in (b"", b"{", b"[]", b'{"call_id": 5, "reply": "r"}', b'{"cmd": "hangup"}'):
-            await clients[1].publish(channel, junk)
+            await publish(clients[1], channel, junk)
         assert await other.transfer(held.call, "sales") is Outcome.UNKNOWN_DESTINATION
         assert await other.transfer(held.call, "billing") is Outcome.OK
         assert held.transfers == ["sales", "billing"]

@@ -29,7 +29,9 @@ from gateway.calls.state import (
     new_call_id,
 )
 from providers.events import CallId
-from tests.conftest import UNIT
+from security.rediskeys import RedisClient
+from tests.conftest import UNIT, open_test_redis, redis_url_for, remove_keys
+from tests.redis_cluster import connect
 
 RINGING, CONNECTING, STREAMING, ENDED = CallState
 
@@ -77,13 +79,15 @@ def test_call_ids_are_random():
 
 
 class Backend:
-    """Makes registries that are replicas of one deployment."""
+    """Makes registries that are replicas of one deployment (in process, or sharing one Redis
+    server or one Redis Cluster)."""
 
     def __init__(self, kind: str, redis_url: str, prefix: str) -> None:
         self.kind = kind
+        self.mode = "cluster" if kind == "cluster" else "standalone"
         self.redis_url = redis_url
         self.prefix = prefix
-        self.clients: list[aioredis.Redis] = []
+        self.clients: list[RedisClient] = []
         self.first: InProcessCallRegistry | None = None
 
     def registry(
@@ -94,7 +98,7 @@ class Backend:
                 self.first = InProcessCallRegistry(replica_id, ended_ttl=ended_ttl)
                 return self.first
             return self.first.sibling(replica_id)
-        client = aioredis.Redis.from_url(self.redis_url)  # one connection pool per replica
+        client = connect(self.redis_url, self.mode)  # one connection pool per replica
         self.clients.append(client)
         return RedisCallRegistry(
             client, self.prefix, replica_id=replica_id, ended_ttl=ended_ttl, active_ttl=active_ttl
@@ -102,35 +106,36 @@ class Backend:
 
     async def close(self) -> None:
         if self.clients:
-            keys = [k async for k in self.clients[0].scan_iter(match=self.prefix + "*")]
-            if keys:
-                await self.clients[0].delete(*keys)
+            await remove_keys(self.clients[0], self.prefix)
         for client in self.clients:
             await client.aclose()
 
 
-async def _open(kind: str, redis_url: str, prefix: str) -> Backend:
-    b = Backend(kind, redis_url, prefix)
-    if kind == "redis":
-        client = aioredis.Redis.from_url(redis_url)
-        b.clients.append(client)
-        try:
-            await client.ping()
-        except Exception as exc:
-            pytest.fail(f"Redis at {redis_url} does not answer ({exc})")
+async def _open(request: pytest.FixtureRequest, kind: str, prefix: str) -> Backend:
+    mode = "cluster" if kind == "cluster" else "standalone"
+    url = redis_url_for(request, mode)
+    b = Backend(kind, url, prefix)
+    if kind != "in_process":
+        b.clients.append(await open_test_redis(url, mode))
     return b
 
 
-@pytest.fixture(params=["in_process", pytest.param("redis", marks=pytest.mark.redis)])
-async def backend(request, redis_url, redis_prefix) -> AsyncIterator[Backend]:
-    b = await _open(request.param, redis_url, redis_prefix)
+@pytest.fixture(
+    params=[
+        "in_process",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.redis),
+    ]
+)
+async def backend(request, redis_prefix) -> AsyncIterator[Backend]:
+    b = await _open(request, request.param, redis_prefix)
     yield b
     await b.close()
 
 
-@pytest.fixture
-async def redis_backend(redis_url, redis_prefix) -> AsyncIterator[Backend]:
-    b = await _open("redis", redis_url, redis_prefix)
+@pytest.fixture(params=["redis", "cluster"])
+async def redis_backend(request, redis_prefix) -> AsyncIterator[Backend]:
+    b = await _open(request, request.param, redis_prefix)
     yield b
     await b.close()
 
@@ -501,7 +506,7 @@ async def test_malformed_record_raises_call_error(redis_backend):
 
 @pytest.mark.redis
 async def test_decoding_client_works(redis_backend):
-    client = aioredis.Redis.from_url(redis_backend.redis_url, decode_responses=True)
+    client = connect(redis_backend.redis_url, redis_backend.mode, decode_responses=True)
     redis_backend.clients.append(client)
     reg = RedisCallRegistry(client, redis_backend.prefix, replica_id="replica-d")
     call, _ = await reg.create("twilio", "CA16", "openai")

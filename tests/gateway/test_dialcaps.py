@@ -3,6 +3,8 @@ backends; the Redis one shared by two instances as by two replicas."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
@@ -18,7 +20,7 @@ from gateway.calls.dialcaps import (
     until_utc_midnight,
 )
 from security.replay import Degradation
-from tests.conftest import DEAD_REDIS_URL, UNIT
+from tests.conftest import DEAD_REDIS_URL, UNIT, open_test_redis, redis_url_for, remove_keys
 
 NOON = 1_750_000_000.0 - 1_750_000_000.0 % 86400 + 12 * 3600  # a UTC noon
 
@@ -39,15 +41,29 @@ async def redis_keys(redis_client, redis_prefix):
         await redis_client.delete(key)
 
 
-@pytest.fixture(params=["process", "redis"])
+@pytest.fixture
+async def cluster_client(request):
+    """A client of the session's local Redis Cluster (its keys removed afterwards)."""
+    client = await open_test_redis(redis_url_for(request, "cluster"), "cluster")
+    prefix = f"voicegw-test:{uuid.uuid4().hex[:12]}:"
+    yield client, prefix
+    await remove_keys(client, prefix)
+    await client.aclose()
+
+
+@pytest.fixture(params=["process", "redis", "cluster"])
 def make_caps(request, redis_client, redis_keys):
-    """``make_caps(wall)``: a caps backend; with Redis every one shares the same keys."""
+    """``make_caps(wall)``: a caps backend; with Redis every one shares the same keys (on a
+    Redis Cluster too: each script's keys share one hash slot)."""
+    client, prefix = redis_client, redis_keys
+    if request.param == "cluster":
+        client, prefix = request.getfixturevalue("cluster_client")
 
     def make(wall=None, grace_s=120.0):
         wall = wall or Clock(NOON)
         if request.param == "process":
             return InProcessDialCaps(clock=Clock(0.0), wall=wall, prune_grace_s=grace_s)
-        return RedisDialCaps(redis_client, redis_keys, wall=wall, prune_grace_s=grace_s)
+        return RedisDialCaps(client, prefix, wall=wall, prune_grace_s=grace_s)
 
     make.backend = request.param
     return make

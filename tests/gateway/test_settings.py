@@ -799,3 +799,51 @@ def test_tool_modules_path_lists_directories_outside_the_data_directory(tmp_path
     more.chmod(0o777)
     message = problems({**base, "VOICEGW_TOOL_MODULES_PATH": str(more)})
     assert "entry 1 is writable by group or others (mode 777); chmod go-w" in message
+
+
+def test_redis_mode_is_standalone_unless_cluster_is_asked_for():
+    assert Settings.from_env({}).redis_mode == "standalone"
+    url = "redis://10.0.0.5:7000"
+    settings = Settings.from_env({"VOICEGW_REDIS_URL": url, "VOICEGW_REDIS_MODE": "Cluster"})
+    assert settings.redis_mode == "cluster"
+    assert settings.redis_url == Secret(url)
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"VOICEGW_REDIS_MODE": "sentinel"}, "VOICEGW_REDIS_MODE must be one of"),
+        ({"VOICEGW_REDIS_MODE": "cluster"}, "needs VOICEGW_REDIS_URL"),
+        (
+            {"VOICEGW_REDIS_MODE": "cluster", "VOICEGW_REDIS_URL": "redis://10.0.0.5:7000/3"},
+            "of database 0",
+        ),
+        (
+            {"VOICEGW_REDIS_MODE": "cluster", "VOICEGW_REDIS_URL": "unix:///run/redis.sock"},
+            "of database 0",
+        ),
+    ],
+)
+def test_redis_mode_refuses_what_a_cluster_cannot_be(env, says):
+    message = problems(env)
+    assert says in message
+
+
+async def test_cluster_mode_opens_the_cluster_client(redis_cluster):
+    # Imported here, like the app, so the settings tests run even while it does not import.
+    from redis.asyncio.cluster import RedisCluster
+
+    from gateway.services import commands_client, redis_client, warm_up
+
+    for client in (
+        redis_client(redis_cluster.url, 8, "test", mode="cluster"),
+        commands_client(redis_cluster.url, mode="cluster"),
+    ):
+        try:
+            assert isinstance(client, RedisCluster)
+            await warm_up(client)
+            # Found every node from the one the URL names, before any operation.
+            assert len(client.get_primaries()) == 3
+            assert await client.ping()
+        finally:
+            await client.aclose()

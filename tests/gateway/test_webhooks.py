@@ -1,6 +1,7 @@
 """Webhook endpoints over HTTP, in process (httpx.ASGITransport): what a signed delivery does,
 and how every kind of bad request is refused (exact status, short JSON reason, never a 500).
-State-backed behaviour (replay, rate limit, the call registry) runs on both backends."""
+State-backed behaviour (replay, rate limit, the call registry) runs on every backend: in
+process, one Redis server and a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -621,7 +622,7 @@ async def test_replayed_voice_webhooks_are_rate_limited_apart(
     """Duplicates have a budget of their own: a replay flood is refused with 429 without
     costing new calls theirs."""
     limit = 3
-    gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": str(limit)}, redis=backend == "redis")
+    gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": str(limit)}, redis=backend)
     params = twilio_params()
     first = await gw.twilio(VOICE, params)
     parse_twiml(first)
@@ -645,9 +646,7 @@ async def test_call_whose_stream_never_opens_is_ended(
 ):
     """Answered with a stream that never connects: once the token has expired the call is
     ended (registry, durable record) and hung up over the carrier's REST API."""
-    gw = await make_gateway(
-        {"VOICEGW_TWILIO_API_URL": twilio_rest.base_url}, redis=backend == "redis"
-    )
+    gw = await make_gateway({"VOICEGW_TWILIO_API_URL": twilio_rest.base_url}, redis=backend)
     params = twilio_params()
     parse_twiml(await gw.twilio(VOICE, params))
     call = await gw.runtime.registry.by_carrier_id("twilio", params["CallSid"])
@@ -703,7 +702,7 @@ async def test_twilio_non_terminal_status_keeps_the_call(state_gw: Gateway):
 @pytest.mark.parametrize("carrier", ["twilio", "telnyx"])
 async def test_rate_limit(make_gateway: GatewayFactory, backend: str, carrier: str):
     limit = 3
-    gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": str(limit)}, redis=backend == "redis")
+    gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": str(limit)}, redis=backend)
 
     async def good(n: int) -> httpx.Response:
         if carrier == "twilio":
@@ -731,12 +730,12 @@ async def test_rate_limit(make_gateway: GatewayFactory, backend: str, carrier: s
     assert (await good(limit + 1)).status_code == 429
     assert (await forged()).status_code == 403
     assert not (await readiness(gw.runtime))["degraded"]
-    if backend == "redis":
+    if backend != "memory":
         assert any(b"ratelimit:" in key for key in await gw.redis_keys())
 
 
 async def test_duplicate_delivery_spends_no_budget(make_gateway: GatewayFactory, backend: str):
-    gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": "2"}, redis=backend == "redis")
+    gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": "2"}, redis=backend)
     body = telnyx_event("call.machine.detection.ended", call_control_id())
     for _ in range(2):
         assert_ack(await gw.telnyx(body))
@@ -751,7 +750,7 @@ async def test_duplicate_delivery_spends_no_budget(make_gateway: GatewayFactory,
 
 async def test_rate_limited_delivery_is_not_processed(make_gateway: GatewayFactory, backend: str):
     """A delivery refused with 429 is not processed (the carrier retries it later)."""
-    gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": "1"}, redis=backend == "redis")
+    gw = await make_gateway({"VOICEGW_RATE_LIMIT_PER_MINUTE": "1"}, redis=backend)
     assert_ack(await gw.twilio(STATUS, twilio_params(CallStatus="in-progress")))
     params = twilio_params()
     assert (await gw.twilio(VOICE, params)).status_code == 429
@@ -771,7 +770,7 @@ async def fake_rest() -> AsyncIterator[FakeCarrierRest]:
 async def telnyx_gw(make_gateway: GatewayFactory, backend: str, fake_rest: FakeCarrierRest):
     return await make_gateway(
         {"VOICEGW_TELNYX_API_URL": fake_rest.base_url, "VOICEGW_TELNYX_API_KEY": "KEYtest"},
-        redis=backend == "redis",
+        redis=backend,
     )
 
 

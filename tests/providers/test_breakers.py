@@ -25,8 +25,17 @@ from providers.breakers import (
     safe_error_name,
 )
 from providers.exceptions import ConnectError, ProviderError
+from security.rediskeys import RedisClient
 from security.replay import Degradation
-from tests.conftest import DEAD_REDIS_URL, UNIT, FakeClock
+from tests.conftest import (
+    DEAD_REDIS_URL,
+    REDIS_MODES,
+    UNIT,
+    FakeClock,
+    open_test_redis,
+    redis_url_for,
+    remove_keys,
+)
 
 
 class Backend:
@@ -36,7 +45,7 @@ class Backend:
     an offset the test hook adds in the script.
     """
 
-    def __init__(self, client: aioredis.Redis | None, prefix: str) -> None:
+    def __init__(self, client: RedisClient | None, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
         self.clock = FakeClock()
@@ -60,22 +69,17 @@ class Backend:
         self.offset += seconds
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def backend(
-    request: pytest.FixtureRequest, redis_url: str, redis_prefix: str
-) -> AsyncIterator[Backend]:
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def backend(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[Backend]:
+    """In process, on one Redis server, or on the local Redis Cluster."""
     if request.param == "memory":
         yield Backend(None, redis_prefix)
         return
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        await client.ping()
-    except Exception as exc:  # pragma: no cover - the failure message is the point
-        await client.aclose()
-        pytest.fail(f"Redis at {redis_url} does not answer ({exc})")
+    mode = "cluster" if request.param == "cluster" else "standalone"
+    client = await open_test_redis(redis_url_for(request, mode), mode)
     before = fallbacks()
     yield Backend(client, redis_prefix)
-    await _cleanup(client, redis_prefix)
+    await remove_keys(client, redis_prefix)
     await client.aclose()
     # Every decision in the test came from Redis, none from the fallback.
     assert fallbacks() == before
@@ -105,15 +109,16 @@ async def dead_redis() -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-@pytest.fixture
+@pytest.fixture(params=REDIS_MODES)
 async def redis_pair(
-    redis_url: str, redis_prefix: str
-) -> AsyncIterator[tuple[aioredis.Redis, ...]]:
-    """Two independent clients, as two replicas would have."""
-    first = aioredis.Redis.from_url(redis_url)
-    second = aioredis.Redis.from_url(redis_url)
+    request: pytest.FixtureRequest, redis_prefix: str
+) -> AsyncIterator[tuple[RedisClient, ...]]:
+    """Two independent clients, as two replicas would have (of one server, or a cluster)."""
+    url = redis_url_for(request, request.param)
+    first = await open_test_redis(url, request.param)
+    second = await open_test_redis(url, request.param)
     yield first, second
-    await _cleanup(first, redis_prefix)
+    await remove_keys(first, redis_prefix)
     await first.aclose()
     await second.aclose()
 

@@ -10,9 +10,17 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from security.ratelimit import InProcessLimiter, Limiter, RedisLimiter
+from security.rediskeys import RedisClient
 from security.replay import InProcessReplayCache, RedisReplayCache, ReplayCache
 from security.streamtokens import InProcessStreamTokens, RedisStreamTokens, StreamTokens
-from tests.conftest import DEAD_REDIS_URL, UNIT, FakeClock
+from tests.conftest import (
+    DEAD_REDIS_URL,
+    UNIT,
+    FakeClock,
+    open_test_redis,
+    redis_url_for,
+    remove_keys,
+)
 
 
 @pytest.fixture
@@ -20,36 +28,41 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def backend(request: pytest.FixtureRequest) -> str:
+    """In process, on one Redis server, or on a Redis Cluster."""
     return str(request.param)
 
 
 @pytest.fixture
 async def shared_redis(
-    backend: str, redis_url: str, redis_prefix: str
-) -> AsyncIterator[aioredis.Redis | None]:
-    """The test Redis for the ``redis`` backend (keys under the test prefix removed after)."""
+    request: pytest.FixtureRequest, backend: str, redis_prefix: str
+) -> AsyncIterator[RedisClient | None]:
+    """The test Redis of the backend (keys under the test prefix removed after)."""
     if backend == "memory":
         yield None
         return
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        await client.ping()
-    except Exception as exc:  # pragma: no cover - the failure message is the point
-        await client.aclose()
-        pytest.fail(f"Redis at {redis_url} does not answer ({exc})")
+    mode = "cluster" if backend == "cluster" else "standalone"
+    client = await open_test_redis(redis_url_for(request, mode), mode)
     yield client
-    keys = [key async for key in client.scan_iter(match=f"{redis_prefix}*")]
-    if keys:
-        await client.delete(*keys)
+    await remove_keys(client, redis_prefix)
     await client.aclose()
 
 
 @pytest.fixture
-def make_replay(
-    shared_redis: aioredis.Redis | None, redis_prefix: str
-) -> Callable[[], ReplayCache]:
+async def other_replica_redis(
+    request: pytest.FixtureRequest, backend: str
+) -> AsyncIterator[RedisClient]:
+    """A second client (another replica's) of the ``redis`` or ``cluster`` backend's Redis."""
+    assert backend != "memory", "parametrize the test with the redis backends"
+    mode = "cluster" if backend == "cluster" else "standalone"
+    client = await open_test_redis(redis_url_for(request, mode), mode)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def make_replay(shared_redis: RedisClient | None, redis_prefix: str) -> Callable[[], ReplayCache]:
     def make() -> ReplayCache:
         if shared_redis is None:
             return InProcessReplayCache()
@@ -59,7 +72,7 @@ def make_replay(
 
 
 @pytest.fixture
-def make_limiter(shared_redis: aioredis.Redis | None, redis_prefix: str) -> Callable[..., Limiter]:
+def make_limiter(shared_redis: RedisClient | None, redis_prefix: str) -> Callable[..., Limiter]:
     def make(limit: int, window_s: float = 60.0) -> Limiter:
         if shared_redis is None:
             return InProcessLimiter(limit, window_s)
@@ -69,9 +82,7 @@ def make_limiter(shared_redis: aioredis.Redis | None, redis_prefix: str) -> Call
 
 
 @pytest.fixture
-def make_tokens(
-    shared_redis: aioredis.Redis | None, redis_prefix: str
-) -> Callable[[], StreamTokens]:
+def make_tokens(shared_redis: RedisClient | None, redis_prefix: str) -> Callable[[], StreamTokens]:
     def make() -> StreamTokens:
         if shared_redis is None:
             return InProcessStreamTokens()

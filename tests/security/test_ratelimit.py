@@ -5,7 +5,7 @@ import logging
 import time
 
 import pytest
-import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from metrics.registry import REGISTRY
 from security.exceptions import ConfigError, StateUnavailable
@@ -15,7 +15,7 @@ from security.ratelimit import (
     InProcessLimiter,
     RedisLimiter,
 )
-from security.replay import Degradation
+from security.replay import Degradation, RedisReplayCache
 from tests.conftest import UNIT
 from tests.security.conftest import FakeClock
 
@@ -109,32 +109,43 @@ def test_bad_configuration(limit, window):
         InProcessLimiter(limit, window)
 
 
-async def test_two_replicas_share_one_limit(redis_client, redis_url, redis_prefix):
-    other = aioredis.Redis.from_url(redis_url)
-    try:
-        first = RedisLimiter(redis_client, redis_prefix, limit=4)
-        second = RedisLimiter(other, redis_prefix, limit=4)
-        decisions = await asyncio.gather(
-            *(limiter.hit("twilio") for limiter in [first, second] * 5)
-        )
-        assert sum(d.allowed for d in decisions) == 4
-        assert not (await first.hit("twilio")).allowed
-        assert not (await second.hit("twilio")).allowed
-    finally:
-        keys = [key async for key in redis_client.scan_iter(match=f"{redis_prefix}*")]
-        await redis_client.delete(*keys)
-        await other.aclose()
+@pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
+async def test_two_replicas_share_one_limit(shared_redis, other_replica_redis, redis_prefix):
+    first = RedisLimiter(shared_redis, redis_prefix, limit=4, timeout_s=2 * UNIT)
+    second = RedisLimiter(other_replica_redis, redis_prefix, limit=4, timeout_s=2 * UNIT)
+    decisions = await asyncio.gather(*(limiter.hit("twilio") for limiter in [first, second] * 5))
+    assert sum(d.allowed for d in decisions) == 4
+    assert not (await first.hit("twilio")).allowed
+    assert not (await second.hit("twilio")).allowed
 
 
-async def test_redis_keys_expire_and_hide_the_scope(redis_client, redis_prefix):
-    limiter = RedisLimiter(redis_client, redis_prefix, limit=3, window_s=30)
+@pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
+async def test_redis_keys_expire_and_hide_the_scope(shared_redis, redis_prefix):
+    limiter = RedisLimiter(shared_redis, redis_prefix, limit=3, window_s=30, timeout_s=2 * UNIT)
     await limiter.hit("203.0.113.9")
-    keys = [key async for key in redis_client.scan_iter(match=f"{redis_prefix}*")]
+    keys = [key async for key in shared_redis.scan_iter(match=f"{redis_prefix}*")]
     assert len(keys) == 2
     for key in keys:
         assert b"203.0.113.9" not in key
-        assert 0 < await redis_client.pttl(key) <= 30_000
-    await redis_client.delete(*keys)
+        assert 0 < await shared_redis.pttl(key) <= 30_000
+
+
+@pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
+async def test_scopes_of_one_namespace_share_a_hash_slot(shared_redis, redis_prefix):
+    """A scope and the scopes under it (a carrier and its duplicates) share the slot of the
+    namespace's replay keys, so one script may touch them all on Redis Cluster."""
+    limiter = RedisLimiter(shared_redis, redis_prefix, limit=3, timeout_s=2 * UNIT)
+    replay = RedisReplayCache(shared_redis, redis_prefix, timeout_s=2 * UNIT)
+    keys = [
+        *limiter.keys("twilio"),
+        *limiter.keys("twilio\x00duplicate"),
+        replay.redis_key("twilio\x00delivery"),
+    ]
+    assert len(set(keys)) == len(keys)
+    assert len({key_slot(key.encode()) for key in keys}) == 1
+    assert key_slot(limiter.keys("telnyx")[0].encode()) != key_slot(keys[0].encode())
+    assert (await limiter.hit("twilio\x00duplicate")).allowed
+    assert (await limiter.hit("twilio")).remaining == 2  # a scope of its own
 
 
 async def test_redis_down_raises_state_unavailable(dead_redis, redis_prefix):

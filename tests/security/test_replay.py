@@ -4,10 +4,10 @@ import asyncio
 import logging
 
 import pytest
-import redis.asyncio as aioredis
 
 from metrics.registry import REGISTRY
 from security.exceptions import StateUnavailable
+from security.rediskeys import slot_tag
 from security.replay import (
     Degradation,
     FallbackReplayCache,
@@ -48,27 +48,25 @@ async def test_concurrent_callers_one_winner(make_replay):
     assert results.count(True) == 1
 
 
-async def test_two_replicas_see_each_other(redis_client, redis_url, redis_prefix):
-    other = aioredis.Redis.from_url(redis_url)
-    try:
-        mine = RedisReplayCache(redis_client, redis_prefix)
-        theirs = RedisReplayCache(other, redis_prefix)
-        assert await mine.first_seen("delivery", 60)
-        assert not await theirs.first_seen("delivery", 60)
-        assert await theirs.seen("delivery")
-    finally:
-        await redis_client.delete(f"{redis_prefix}replay:{digest_key('delivery')}")
-        await other.aclose()
+@pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
+async def test_two_replicas_see_each_other(shared_redis, other_replica_redis, redis_prefix):
+    mine = RedisReplayCache(shared_redis, redis_prefix, timeout_s=2 * UNIT)
+    theirs = RedisReplayCache(other_replica_redis, redis_prefix, timeout_s=2 * UNIT)
+    assert await mine.first_seen("delivery", 60)
+    assert not await theirs.first_seen("delivery", 60)
+    assert await theirs.seen("delivery")
 
 
-async def test_redis_stores_only_hashes(redis_client, redis_prefix):
-    cache = RedisReplayCache(redis_client, redis_prefix)
+@pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
+async def test_redis_stores_only_hashes(shared_redis, redis_prefix):
+    cache = RedisReplayCache(shared_redis, redis_prefix, timeout_s=2 * UNIT)
     secret = "twilio\x00https://x/y\x00c2lnbmF0dXJl"
     await cache.first_seen(secret, 60)
-    keys = [key async for key in redis_client.scan_iter(match=f"{redis_prefix}*")]
-    assert keys == [f"{redis_prefix}replay:{digest_key(secret)}".encode()]
-    assert 0 < await redis_client.ttl(keys[0]) <= 60
-    await redis_client.delete(*keys)
+    keys = [key async for key in shared_redis.scan_iter(match=f"{redis_prefix}*")]
+    # Tagged with the slot of the key's namespace (the twilio rate limit's), hashed too.
+    tag = slot_tag("twilio")
+    assert keys == [f"{redis_prefix}replay:{{{tag}}}:{digest_key(secret)}".encode()]
+    assert 0 < await shared_redis.ttl(keys[0]) <= 60
 
 
 async def test_in_process_entries_expire():

@@ -69,7 +69,7 @@ async def test_rebind_keeps_the_expiry():
     assert not await tokens.consume(token, "twilio:CA1")
 
 
-@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+@pytest.mark.parametrize("backend", ["redis", "cluster"], indirect=True)
 async def test_redis_rebind_keeps_the_ttl(shared_redis, redis_prefix):
     tokens = RedisStreamTokens(shared_redis, redis_prefix, timeout_s=2 * UNIT)
     token = await tokens.mint("outbound:call_1", ttl_s=100)

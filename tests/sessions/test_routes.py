@@ -35,6 +35,13 @@ from tests.sessions.harness import (
 ACCESS, REFRESH, CSRF = "__Host-voicegw_access", "__Secure-voicegw_refresh", "__Host-voicegw_csrf"
 
 
+@pytest.fixture(params=["in-process", "redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The routes on one Redis server; the state they keep there (refresh families,
+    revocations, the login limit) runs on a Redis Cluster in test_state and test_login_rate."""
+    return str(request.param)
+
+
 @pytest.fixture
 async def gw(
     tmp_path: Path, state_redis: aioredis.Redis | None, redis_prefix: str
