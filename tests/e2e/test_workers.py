@@ -59,6 +59,7 @@ class Group:
     proc: asyncio.subprocess.Process
     log: Path
     gw: Gateway
+    env: dict[str, str]
     workers: dict[int, httpx.AsyncClient]  # a kept-alive connection to each worker, by pid
 
     def output(self) -> str:
@@ -120,7 +121,7 @@ async def workers_group(
             gw = Gateway(url, settings, None, rest)  # type: ignore[arg-type]
             workers = await connect_to_each_worker(url)
             try:
-                yield Group(url, PROCESSES[port], log, gw, workers)
+                yield Group(url, PROCESSES[port], log, gw, env, workers)
             finally:
                 for client in workers.values():
                     await client.aclose()
@@ -255,6 +256,32 @@ async def test_metrics_add_up_the_workers_and_pass_promtool(group: Group):
     )
     findings = (checked.stdout + checked.stderr).strip()
     assert checked.returncode == 0 and not findings, f"promtool check metrics:\n{findings}"
+
+
+async def test_both_workers_append_to_one_verifiable_audit_chain(group: Group):
+    """The embedded store: one SQLite file, both workers writing at once (rejected webhooks
+    are audited); ``voicegw audit verify`` then walks an unbroken chain."""
+    forged = {"X-Twilio-Signature": "AAAAAAAAAAAAAAAAAAAAAAAAAAA="}
+
+    async def reject(client: httpx.AsyncClient) -> int:
+        params = twilio_params("CA" + secrets.token_hex(16), "AC" + secrets.token_hex(16))
+        return (await client.post(VOICE, data=params, headers=forged)).status_code
+
+    per_worker = 15
+    jobs = [reject(client) for client in group.workers.values() for _ in range(per_worker)]
+    assert await asyncio.gather(*jobs) == [403] * (per_worker * WORKERS)
+    text = await scrape(next(iter(group.workers.values())))
+    assert total(text, "voicegw_audit_write_failures_total") == 0
+    verified = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway.cli", "audit", "verify"],
+        env={"PATH": os.environ.get("PATH", ""), **group.env},
+        capture_output=True,
+        text=True,
+        timeout=60 * UNIT,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 async def test_calls_are_served_on_both_workers(group: Group):
