@@ -36,6 +36,42 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (``voicegw serve --workers N``: the parent
+    and its workers)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:  # gone meanwhile
+                continue
+    tree = [pid]
+    for member in tree:
+        tree.extend(child for child, parent in parents.items() if parent == member)
+    return tree
+
+
+def wait_workers(url: str, workers: int, timeout_s: float, child: Child) -> None:
+    """Poll ``url`` (``/readyz``) on new connections until ``workers`` distinct worker pids
+    answered ready; raises RuntimeError if ``child`` exits first or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    seen: set[int] = set()
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited ({child.proc.returncode}){child.tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                seen.add(json.loads(reply.read())["worker"]["pid"])
+        except (OSError, ValueError, KeyError):
+            pass
+        if len(seen) >= workers:
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"{child.name}: {len(seen)} of {workers} workers ready{child.tail()}")
+
+
 def machine_busy_seconds() -> float:
     """CPU time all cores have spent busy since boot (/proc/stat), in seconds."""
     with open("/proc/stat") as f:
@@ -163,14 +199,16 @@ def total(samples: dict[str, float], name: str, label: str = "") -> float:
     )
 
 
-def voicegw_argv(port: int, profile: Path | None = None) -> list[str]:
-    """``voicegw serve`` on ``port``, under cProfile writing to ``profile`` when given."""
+def voicegw_argv(port: int, profile: Path | None = None, workers: int = 0) -> list[str]:
+    """``voicegw serve`` on ``port`` (with ``--workers`` when ``workers``), under cProfile
+    writing to ``profile`` when given."""
+    extra = ["--workers", str(workers)] if workers else []
     if profile is not None:
         cli = ["-m", "cProfile", "-o", str(profile), "-m", "gateway.cli"]
-        return [sys.executable, *cli, "serve", "--port", str(port)]
+        return [sys.executable, *cli, "serve", "--port", str(port), *extra]
     script = Path(sys.executable).parent / "voicegw"
     head = [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
-    return [*head, "serve", "--port", str(port)]
+    return [*head, "serve", "--port", str(port), *extra]
 
 
 # -- children --------------------------------------------------------------------------------

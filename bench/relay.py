@@ -45,9 +45,11 @@ from processes import (
     free_port,
     machine_busy_seconds,
     memory_kib,
+    process_tree,
     scrape,
     voicegw_argv,
     wait_http,
+    wait_workers,
 )
 
 RESULTS: Final = BENCH / "results"
@@ -61,6 +63,20 @@ MEDIA_COUNTERS: Final = (
 SYSTEMS: Final = ("voicegw", "baseline")
 START_TIMEOUT_S: Final = 30.0
 SETUP_TIMEOUT_S: Final = 120.0
+REDIS_URL: Final = "redis://127.0.0.1:6379/13"
+
+
+def clear_prefix(prefix: str) -> None:
+    """Delete the run's Redis keys."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 # -- one measured run ----------------------------------------------------------------------
@@ -92,6 +108,7 @@ class Run:
     close_codes: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     gc: dict[str, Any] = field(default_factory=dict)
+    workers: int = 0  # voicegw's --workers (0: one process, no Redis)
 
     def summary(self) -> dict[str, Any]:
         lat = np.array(self.latency_ms) if self.latency_ms else np.array([np.nan])
@@ -102,6 +119,7 @@ class Run:
         total_cpu = self.relay_cpu_s + self.echo_cpu_s + sum(self.gen_cpu_s)
         row = {
             "system": self.system,
+            "workers": self.workers,
             "calls": self.calls,
             "seconds": self.seconds,
             "failed_setup": self.failed_setup,
@@ -157,6 +175,9 @@ def _q(values: list[float], pct: float) -> float | None:
 
 def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path) -> Run:
     run = Run(system, calls, options.seconds)
+    workers = options.workers if system == "voicegw" else 0
+    run.workers = workers
+    redis_prefix = f"bench-relay-{secrets.token_hex(6)}:"
     api_key = "sk-bench-" + secrets.token_hex(8)
     children: list[Child] = []
     data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=log_dir))
@@ -188,6 +209,12 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
                 "VOICEGW_TWILIO_AUTH_TOKEN": token,
                 **hooks,
             }
+            if workers:
+                # Several workers share state through Redis; one worker gets it too, so the
+                # two compare like for like.
+                env["VOICEGW_REDIS_URL"] = REDIS_URL
+                env["VOICEGW_REDIS_KEY_PREFIX"] = redis_prefix
+                env["VOICEGW_RATE_LIMIT_PER_MINUTE"] = "1000000"
             source = BENCH.parent
             if options.source:
                 # Run another tree (e.g. a `git archive` export) ahead of the installed package.
@@ -195,10 +222,12 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
                 env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
                 env["PYTHONPATH"] = env["PYTHONPATH"].rstrip(os.pathsep)
             profile = log_dir / "voicegw.prof" if options.profile else None
-            argv = voicegw_argv(port, profile)
+            argv = voicegw_argv(port, profile, workers)
             relay = Child(f"{tag}-relay", argv, log_dir, capture=False, env=env, cwd=source)
             children.append(relay)
             wait_http(f"http://127.0.0.1:{port}/healthz", START_TIMEOUT_S, relay)
+            if workers > 1:
+                wait_workers(f"http://127.0.0.1:{port}/readyz", workers, START_TIMEOUT_S, relay)
         else:
             relay = Child(f"{tag}-relay", [sys.executable, str(BENCH / "baseline_relay.py"),
                                            "--openai-url", echo_url, "--api-key", api_key],
@@ -206,7 +235,9 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
             children.append(relay)
             port = int(relay.readline(START_TIMEOUT_S).split()[1])
         url = f"http://127.0.0.1:{port}"
-        run.idle_rss_kib = memory_kib(relay.pid, "VmRSS")
+        # The relay's processes: one, or the parent and its workers (CPU and memory summed).
+        relay_pids = process_tree(relay.pid)
+        run.idle_rss_kib = sum(memory_kib(p, "VmRSS") for p in relay_pids)
 
         procs = min(options.gen_procs, calls)
         gens = []
@@ -227,6 +258,7 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
 
         pids = [relay.pid, echo.pid, *(g.pid for g in gens)]
         before = [cpu_seconds(p) for p in pids]
+        relay_before = sum(cpu_seconds(p) for p in relay_pids)
         busy_before = machine_busy_seconds()
         began = time.monotonic()
         for gen in gens:
@@ -237,6 +269,7 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
         after = [cpu_seconds(p) for p in pids]
         busy = machine_busy_seconds() - busy_before
         spent = [b - a for a, b in zip(before, after, strict=True)]
+        spent[0] = sum(cpu_seconds(p) for p in relay_pids) - relay_before
         # CPU used by anything else on the machine meanwhile: a disturbed run shows here.
         run.other_cpu_s = max(0.0, busy - sum(spent))
         run.relay_cpu_s, run.echo_cpu_s, run.gen_cpu_s = spent[0], spent[1], spent[2:]
@@ -251,13 +284,15 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
             run.close_codes = sorted(set(run.close_codes) | set(result["close_codes"]))
         echo.tell("report")
         run.one_way_ms = echo.json(60)["one_way_ms"]
-        run.peak_rss_kib = memory_kib(relay.pid, "VmHWM")
+        run.peak_rss_kib = sum(memory_kib(p, "VmHWM") for p in relay_pids)
         if system == "voicegw":
             run.metrics = scrape(f"{url}/metrics", MEDIA_COUNTERS)
     finally:
         for child in reversed(children):
             child.stop()
         shutil.rmtree(data_dir, ignore_errors=True)  # development keys: not worth keeping
+        if workers:
+            clear_prefix(redis_prefix)
     if gc_log.exists():
         run.gc = json.loads(gc_log.read_text())
     return run
@@ -483,6 +518,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="voicegw only, under cProfile; print hot spots"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="voicegw serve --workers N with the local Redis (db 13); 0: one process, no Redis",
+    )
     options = parser.parse_args()
     levels = sorted({int(c) for c in options.calls.split(",") if c})
     systems = ["voicegw"] if options.profile else options.systems.split(",")
@@ -519,6 +560,7 @@ def main() -> None:
         "gen_procs": options.gen_procs,
         "repeat": options.repeat,
         "profile": options.profile,
+        "workers": options.workers,
         "source": str(Path(options.source).resolve()) if options.source else str(BENCH.parent),
         "hold": {"delivered_pct": curve.HOLD_DELIVERED_PCT, "rtt_ms_p99": curve.HOLD_P99_MS},
         "capacity": capacity,

@@ -1,11 +1,22 @@
-"""Every metric family, defined once. Labels are bounded: never a phone number, call id or IP."""
+"""Every metric family, defined once. Labels are bounded: never a phone number, call id or IP.
+
+One process exposes ``REGISTRY``. Under ``voicegw serve --workers N`` (``PROMETHEUS_MULTIPROC_DIR``
+set before this module is imported) every worker writes its values to files there and
+``exposition`` adds up the whole group: counters and histograms summed over every worker that
+ran, each gauge by its ``multiprocess_mode`` (live workers' sum for what each holds, the most
+recent value for shared state every worker reports alike). The process, platform and GC
+collectors describe one process and are left out of the group's exposition.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
+from typing import Final
 
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -14,7 +25,13 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+    generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+MULTIPROCESS: Final = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+"""Whether this process is one worker of several (its metrics live in shared files)."""
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -37,10 +54,37 @@ def _asyncio_tasks() -> float:
 
 ASYNCIO_TASKS = Gauge(
     "voicegw_asyncio_tasks",
-    "Asyncio tasks not yet done on the server's event loop, counted at scrape time",
+    "Asyncio tasks not yet done on the server's event loop, counted at scrape time (workers: "
+    "each counts its own every second, summed)",
     registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
-ASYNCIO_TASKS.set_function(_asyncio_tasks)
+if not MULTIPROCESS:
+    ASYNCIO_TASKS.set_function(_asyncio_tasks)
+
+
+def sample_asyncio_tasks() -> None:
+    """A worker's count of its tasks, for the group's exposition (called from its loop)."""
+    ASYNCIO_TASKS.set(_asyncio_tasks())
+
+
+class _Local(Collector):
+    """The families a worker keeps in memory rather than in the shared files (build info)."""
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        return BUILD_INFO.collect()
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition and its content type: this process's metrics, or the whole
+    group's under ``--workers``."""
+    if not MULTIPROCESS:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    group = CollectorRegistry()
+    MultiProcessCollector(group)  # type: ignore[no-untyped-call]
+    group.register(_Local())
+    return generate_latest(group), CONTENT_TYPE_LATEST
+
 
 # -- webhooks --------------------------------------------------------------------------------
 WEBHOOK_REQUESTS = Counter(
@@ -95,6 +139,7 @@ ACTIVE_CALLS = Gauge(
     "Calls with an open media stream",
     ["carrier", "provider", "agent"],
     registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 CALLS = Counter(
     "voicegw_calls_total",
@@ -115,6 +160,7 @@ PROVIDER_UP = Gauge(
     "1 when the provider's breaker admits calls",
     ["provider"],
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 PROVIDER_ERRORS = Counter(
     "voicegw_provider_errors_total",
@@ -151,6 +197,7 @@ BREAKER_STATE = Gauge(
     "Circuit breaker state: 0 closed, 1 open, 2 half-open",
     ["provider"],
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 FAILOVERS = Counter(
     "voicegw_failovers_total",
@@ -269,7 +316,12 @@ LOGIN_LOCKOUTS = Counter(
 )
 for _scope in ("network", "account"):  # both series exist from the start: alerts see 0, not none
     LOGIN_LOCKOUTS.labels(_scope)
-SESSIONS_ACTIVE = Gauge("voicegw_sessions_active", "Operator sessions active", registry=REGISTRY)
+SESSIONS_ACTIVE = Gauge(
+    "voicegw_sessions_active",
+    "Operator sessions active",
+    registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
+)
 
 # -- keys ------------------------------------------------------------------------------------
 KEY_AGE = Gauge(
@@ -278,12 +330,14 @@ KEY_AGE = Gauge(
     "events)",
     ["kind"],
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 KEY_ROTATION_DUE = Gauge(
     "voicegw_key_rotation_due_seconds",
     "Seconds until the next rotation of a key of each kind is due (negative: overdue)",
     ["kind"],
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 
 # -- call events -----------------------------------------------------------------------------
@@ -310,6 +364,7 @@ EVENTS_PENDING = Gauge(
     "voicegw_events_pending",
     "Call events waiting in the outbox (as the dispatcher last counted them)",
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 EVENTS_WRITE_FAILURES = Counter(
     "voicegw_events_write_failures_total",

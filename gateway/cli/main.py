@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.metadata
 import ipaddress
 import logging
@@ -19,7 +20,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
     from gateway.cli.simulate import Press
     from gateway.cli.simulate_outbound import Dial
+    from gateway.http.workers import WorkerInfo
 
 # What ``voicegw demo`` takes from the environment: which agent providers, and how to reach
 # them. Everything else (data directory, Redis, database, keys, carriers) is the embedded
@@ -46,6 +48,47 @@ TELNYX_API_PORT: Final = 8089
 
 
 def serve(args: argparse.Namespace) -> int:
+    """``voicegw serve``: one process, or ``--workers N`` on one socket
+    (``gateway.http.workers``)."""
+    if args.workers == 1:
+        return serve_worker(args.host, args.port)
+    from gateway.http.workers import Supervisor, bind_socket
+    from gateway.lifecycle import DRAIN_GRACE_S
+    from metrics import logging as jsonlog
+
+    settings = load_settings()
+    if settings.redis_url is None:
+        print(
+            f"voicegw: --workers {args.workers} needs VOICEGW_REDIS_URL: the workers share rate "
+            "limits, replay windows, sessions and live calls through Redis",
+            file=sys.stderr,
+        )
+        return 2
+    jsonlog.configure(settings.log_level, ip_hash_key=jsonlog.load_ip_hash_key(settings.data_dir))
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
+    # A worker drains for up to VOICEGW_DRAIN_SECONDS, answers the carriers' last webhooks,
+    # then gives its connections uvicorn's graceful shutdown; past all that it is killed.
+    stop_timeout_s = settings.drain_s + DRAIN_GRACE_S + GRACEFUL_SHUTDOWN_S + 20
+    target = functools.partial(serve_worker, args.host, args.port)
+    return Supervisor(target, sock, args.workers, stop_timeout_s=stop_timeout_s).run()
+
+
+GRACEFUL_SHUTDOWN_S: Final = 10
+"""After the drain, how long uvicorn lets connections close."""
+
+
+def serve_worker(
+    host: str,
+    port: int,
+    worker: WorkerInfo | None = None,
+    sock: socket.socket | None = None,
+    started: Callable[[], None] | None = None,
+) -> int:
+    """Serve the gateway in this process: alone (binding ``host:port``), or as ``worker`` of
+    ``--workers N`` on the parent's ``sock``, calling ``started`` once it serves."""
     import uvicorn
 
     from gateway.app import build_app
@@ -64,13 +107,17 @@ def serve(args: argparse.Namespace) -> int:
     class Server(DrainingServer):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
-            if self.started and not settings.production:
-                print(await console_hint(app, args.host, args.port), file=sys.stderr)
+            if not self.started:
+                return
+            if started is not None:
+                started()
+            if not settings.production and (worker is None or worker.index == 0):
+                print(await console_hint(app, host, port), file=sys.stderr)
 
     config = uvicorn.Config(
         app,
-        host=args.host,
-        port=args.port,
+        host=host,
+        port=port,
         loop="uvloop" if _has_uvloop() else "asyncio",
         # httptools with a deadline per request and a cap on request heads (slow loris).
         http=guarded_http_protocol(request_timeout_s=settings.body_timeout_s + REQUEST_GRACE_S),
@@ -84,10 +131,10 @@ def serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         # Live calls drain first (DrainingServer); then connections get this long to close.
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
     try:
-        Server(config, app).run()
+        Server(config, app, worker=worker).run(sockets=None if sock is None else [sock])
     except KeyboardInterrupt:
         # Ctrl-C: uvicorn has shut down gracefully, then re-raised the signal it captured.
         return 0
@@ -265,6 +312,14 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the gateway")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
     s.add_argument("--port", type=int, default=8000, help="port to listen on (%(default)s)")
+    s.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="worker processes on the one socket (%(default)s; `auto`: one per CPU); more than "
+        "one needs VOICEGW_REDIS_URL",
+    )
     s.set_defaults(func=serve)
 
     d = sub.add_parser(
@@ -363,6 +418,17 @@ def parser() -> argparse.ArgumentParser:
     compliance_cli.register(sub)
     review_cli.register(sub)
     return p
+
+
+def _workers(value: str) -> int:
+    from gateway.http.workers import worker_count
+
+    try:
+        return worker_count(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of workers (1 to 512) or auto"
+        ) from None
 
 
 def _version() -> str:

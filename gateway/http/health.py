@@ -8,24 +8,26 @@ its bearer token; without, a client on this host.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from typing import Any
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.http.errors import json_error
+from gateway.http.workers import current as current_worker
 from gateway.runtime import Runtime
 from gateway.services import REDIS_TIMEOUT_S
-from metrics.registry import REGISTRY
+from metrics.registry import exposition
 
 
 async def readiness(runtime: Runtime) -> dict[str, Any]:
     """The readiness report: draining or not, Redis, the store, degraded components, each
-    provider's breaker, live calls, the agent profiles."""
+    provider's breaker, live calls, the agent profiles, the worker count and which worker
+    answered."""
     draining = runtime.lifecycle.draining
     report: dict[str, Any] = {"ready": not draining, "draining": draining}
     if runtime.redis is not None:
@@ -62,7 +64,11 @@ async def readiness(runtime: Runtime) -> dict[str, Any]:
         }
         for snap in await runtime.breakers.snapshots()
     }
-    report["live_calls"] = len(runtime.lifecycle)
+    report["live_calls"] = len(runtime.lifecycle)  # this worker's
+    # Under ``--workers N``: how many, and which one answered (its index and pid).
+    worker = current_worker()
+    report["workers"] = worker.count
+    report["worker"] = {"index": worker.index, "pid": os.getpid()}
     # Where the agent profiles come from, and whether the last reload was refused (the old
     # profiles still serve: ready, but an operator should look).
     report["agents"] = runtime.agents.state()
@@ -104,4 +110,5 @@ async def metrics_endpoint(request: Request) -> Response:
     refused = _internals_refused(request)
     if refused is not None:
         return refused
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    body, content_type = exposition()
+    return Response(body, media_type=content_type)

@@ -8,12 +8,17 @@ the listeners and connections.
 
 ``SIGHUP`` reloads the agent profiles (``VOICEGW_AGENTS_FILE``): new calls get the new file,
 calls in progress keep theirs, and a file with problems is refused (logged and audited).
+
+As one worker of ``voicegw serve --workers N`` (``gateway.http.workers``), it also counts its
+asyncio tasks for the group's metrics each second, and stops (draining, as on ``SIGTERM``) when
+its parent is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import socket
 
@@ -21,13 +26,26 @@ import uvicorn
 from starlette.applications import Starlette
 
 from gateway.agents.directory import audit_agents_file
+from gateway.http.workers import WorkerInfo
 from gateway.runtime import Runtime
+from metrics.registry import sample_asyncio_tasks
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+    def __init__(
+        self, config: uvicorn.Config, app: Starlette, *, worker: WorkerInfo | None = None
+    ) -> None:
         super().__init__(config)
         self._app = app
+        self._worker = worker
+
+    async def on_tick(self, counter: int) -> bool:
+        # Every second (uvicorn ticks every 0.1 s), a worker's own bookkeeping.
+        if self._worker is not None and counter % 10 == 0:
+            sample_asyncio_tasks()
+            if os.getppid() != self._worker.parent_pid and not self.should_exit:
+                self.should_exit = True  # orphaned: drain and go, as on SIGTERM
+        return await super().on_tick(counter)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from gateway.records.base import ApiKeyRecord, Store, StoreError
 from gateway.settings import Settings
-from metrics.registry import KEY_AGE, KEY_ROTATION_DUE
+from metrics.registry import KEY_AGE, KEY_ROTATION_DUE, MULTIPROCESS
 from security import crypto
 from security.apikeys import KeyPolicy
 from security.keyinventory import (
@@ -124,9 +124,11 @@ KEY_METRICS_INTERVAL_S = 300.0
 
 def export_key_metrics(inventory: KeyInventory) -> None:
     """Set ``voicegw_key_age_seconds`` and ``voicegw_key_rotation_due_seconds`` per kind from
-    ``inventory``; kinds without an active key disappear."""
-    KEY_AGE.clear()
-    KEY_ROTATION_DUE.clear()
+    ``inventory``; kinds without an active key disappear (under ``--workers`` they keep
+    their last value: a worker's metric files cannot forget a series)."""
+    if not MULTIPROCESS:
+        KEY_AGE.clear()
+        KEY_ROTATION_DUE.clear()
     for row in inventory.summary():
         KEY_AGE.labels(row["kind"]).set(row["age_s"])
         if row["rotation_due_in_s"] is not None:

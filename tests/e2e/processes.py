@@ -57,7 +57,9 @@ def coverage_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")}
 
 
-async def _spawn(env: dict[str, str], port: int, log: Path) -> asyncio.subprocess.Process:
+async def _spawn(
+    env: dict[str, str], port: int, log: Path, args: Sequence[str] = ()
+) -> asyncio.subprocess.Process:
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -66,6 +68,7 @@ async def _spawn(env: dict[str, str], port: int, log: Path) -> asyncio.subproces
             "serve",
             "--port",
             str(port),
+            *args,
             env={**env, **coverage_env()},
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,
@@ -106,14 +109,15 @@ async def stop_processes(procs: Sequence[asyncio.subprocess.Process]) -> None:
 @contextlib.asynccontextmanager
 async def serve_processes(
     specs: Sequence[tuple[dict[str, str], int, Path]],
+    args: Sequence[str] = (),
 ) -> AsyncIterator[list[str]]:
-    """``voicegw serve`` once per ``(env, port, log)``, all started before any is waited for;
-    yields their base URLs once every one answers ``/readyz``. On exit (or a failed start)
+    """``voicegw serve [args]`` once per ``(env, port, log)``, all started before any is waited
+    for; yields their base URLs once every one answers ``/readyz``. On exit (or a failed start)
     all are stopped together and always reaped."""
     procs: list[asyncio.subprocess.Process] = []
     try:
         for env, port, log in specs:
-            procs.append(await _spawn(env, port, log))
+            procs.append(await _spawn(env, port, log, args))
         deadline = time.monotonic() + 20 * UNIT
         urls = [f"http://127.0.0.1:{port}" for _, port, _ in specs]
         for proc, url, (_, _, log) in zip(procs, urls, specs, strict=True):
@@ -126,7 +130,9 @@ async def serve_processes(
 
 
 @contextlib.asynccontextmanager
-async def serve_process(env: dict[str, str], port: int, log: Path) -> AsyncIterator[str]:
-    """``voicegw serve`` in a subprocess on ``port``; stopped on exit."""
-    async with serve_processes([(env, port, log)]) as (url,):
+async def serve_process(
+    env: dict[str, str], port: int, log: Path, args: Sequence[str] = ()
+) -> AsyncIterator[str]:
+    """``voicegw serve [args]`` in a subprocess on ``port``; stopped on exit."""
+    async with serve_processes([(env, port, log)], args) as (url,):
         yield url
