@@ -67,7 +67,6 @@ from gateway.services import (
     webhook_pipeline,
 )
 from gateway.settings import Settings, SettingsError
-from metrics.loop_lag import LoopLagMonitor
 from metrics.registry import BUILD_INFO
 from security.allowlist import ClientAddressResolver
 from security.refresh import gauge_live_sessions
@@ -276,7 +275,6 @@ def _start_loops(runtime: Runtime) -> None:
     )
     spawn(sweeper.run(RETENTION_INTERVAL_S), "retention")
     spawn(watch_keys(runtime), "key-inventory")
-    spawn(LoopLagMonitor().run(), "loop-lag")
     spawn(gauge_live_sessions(runtime.auth.families), "sessions-gauge")
     if runtime.redis is not None or settings.database_url is None:
         # The registry knows every live call of the store's writers: shared through Redis,

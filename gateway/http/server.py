@@ -28,6 +28,7 @@ from starlette.applications import Starlette
 from gateway.agents.directory import audit_agents_file
 from gateway.http.workers import WorkerInfo
 from gateway.runtime import Runtime
+from metrics.loop_lag import LoopLagMonitor
 from metrics.registry import sample_asyncio_tasks
 
 
@@ -55,6 +56,10 @@ class DrainingServer(uvicorn.Server):
         gc.collect()
         gc.freeze()
         runtime: Runtime | None = getattr(self._app.state, "runtime", None)
+        if runtime is not None:
+            # Once start-up's own long steps (this collection among them) are over: from here a
+            # stalled loop is news.
+            runtime.lifecycle.tasks.spawn(LoopLagMonitor().run(), "loop-lag")
         if runtime is not None and hasattr(signal, "SIGHUP"):
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(

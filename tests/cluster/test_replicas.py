@@ -343,7 +343,13 @@ async def test_hangup_and_transfer_work_from_a_replica_that_does_not_hold_the_ca
     assert reply.status_code == 200, reply.text
     # The holder's Bridge ended it (closing the stream), not a REST call from elsewhere.
     await hung.wait_closed()
-    detail = await cluster.api(other, f"/api/v1/calls/{hung_id}")
+    # The holder closes the record once the stream has ended: wait for it, bounded.
+    deadline = time.monotonic() + 5 * UNIT
+    while (detail := await cluster.api(other, f"/api/v1/calls/{hung_id}"))["call"][
+        "outcome"
+    ] is None:
+        assert time.monotonic() < deadline, "the hung-up call's record was not closed"
+        await asyncio.sleep(0.05)
     assert detail["call"]["outcome"] == "operator_hangup"
 
     path = f"/api/v1/calls/{moved_id}/transfer"
