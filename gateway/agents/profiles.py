@@ -260,6 +260,14 @@ def book_summary(book: AgentBook) -> list[dict[str, Any]]:
             "transfer": sorted(p.transfer),
             "end_call": p.end_call,
             "transcripts": p.transcripts,
+            "calling": {
+                "allowed_destinations": list(p.allowed_destinations),
+                "defaulted": p.destinations_defaulted,
+                "allow_denied_prefixes": list(p.allow_denied_prefixes),
+                "max_concurrent_calls": p.max_concurrent_calls,
+                "dials_per_minute": p.dials_per_minute,
+                "dial_minutes_per_day": p.dial_minutes_per_day,
+            },
         }
         for p in ordered
     ]

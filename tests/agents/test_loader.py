@@ -409,6 +409,10 @@ def test_the_summary_masks_numbers_and_hides_urls():
     assert support["transfer"] == ["billing", "sales"]
     assert support["tools"] == [{"name": "lookup_order", "kind": "python", "timeout_s": 2.0}]
     assert support["voices"]["openai"] == {"model": None, "voice": "marin"}
+    # Where its calls and transfers may go: prefixes only, from its own numbers here.
+    assert support["calling"]["allowed_destinations"] == ["+1"]
+    assert support["calling"]["defaulted"] is True
+    assert support["calling"]["allow_denied_prefixes"] == []
     text = repr(summary)
     assert (
         "14155550199" not in text and "api.example.com" not in text and "+14155550123" not in text

@@ -191,12 +191,13 @@ async def test_operator_sees_the_agents_and_no_reload_button(
         assert await page.is_visible("#agents-panel")
         assert await page.is_hidden("#agents-reload")  # admins only
         [row] = await agent_rows(page)
-        name, numbers, providers, tools, transfer, greeting = row
+        name, numbers, providers, tools, transfer, calls_to, greeting = row
         assert name.split() == ["support", "default"]
         assert numbers == "+1********11"
         assert providers == "echo"
         assert tools.split() == ["transfer_call", "end_call"]
         assert transfer.split() == ["billing", "desk"]
+        assert calls_to == "+1"  # the country code of its own number
         assert greeting.startswith("Support, hello.")
         assert await page.text_content("#agents-source") == "from the agents file"
         assert await page.text_content("#agents-count") == "1"
@@ -231,7 +232,8 @@ async def test_admin_reloads_a_good_file_then_a_bad_one(
         assert [r[0].split()[0] for r in rows] == ["support", "sales"]
         sales = rows[1]
         assert sales[1] == "+1********22" and sales[3] == "—" and sales[4] == "—"
-        assert sales[5].startswith("<img src=x onerror=alert(1)>Sales!")
+        assert sales[5] == "+1"
+        assert sales[6].startswith("<img src=x onerror=alert(1)>Sales!")
         assert await page.locator("#agents img").count() == 0
         assert "applied" in (await page.text_content("#agents-last-reload") or "")
         assert await page.text_content("#agents-count") == "2"

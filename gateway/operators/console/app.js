@@ -337,6 +337,13 @@
       if (a.end_call) tools.push(["end_call", "built in"]);
       listCell(row, tools, "mono tools");
       listCell(row, a.transfer.map((k) => [k]), "transfer");
+      // Where its calls and transfers may go (E.164 prefixes; the toll-fraud guard).
+      const calling = a.calling.allowed_destinations.map((p) => [
+        p,
+        a.calling.defaulted ? "allowed destination (from the agent's own numbers)" : "allowed destination",
+      ]);
+      for (const p of a.calling.allow_denied_prefixes) calling.push([`lifts ${p}`, "deny-list entry lifted"]);
+      listCell(row, calling, "mono calling");
       const greeting = document.createElement("td");
       greeting.className = "greeting";
       greeting.textContent = a.greeting || "—";
