@@ -88,6 +88,15 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line).decode()
 
 
+class LineFormatter(JsonFormatter):
+    """The command line's one-line errors (``voicegw: logger: message``), redacted as the JSON
+    lines are: a command prints to a terminal that may be logged too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = redact_value(record.getMessage(), ip_key=self.ip_hash_key)
+        return f"voicegw: {record.name}: {message}"
+
+
 def load_ip_hash_key(data_dir: Path) -> bytes:
     """The key that hashes client addresses in logs: 32 random bytes kept in ``data_dir``
     (created mode 0600 on first use, so every restart and every process sharing the data

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 from gateway.cli.base import CommandError, load_settings
 from gateway.records.base import StoreError, StoreUnavailable
+from metrics.logging import LineFormatter
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -444,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not root.handlers:  # not `serve`/`demo` (JSON lines) nor a test's capture
         # Errors in one line; library warnings (a database pool retrying) stay quiet.
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("voicegw: %(name)s: %(message)s"))
+        handler.setFormatter(LineFormatter())
         handler.setLevel(logging.ERROR)
         root.addHandler(handler)
     try:

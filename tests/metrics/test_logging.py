@@ -242,3 +242,14 @@ async def test_debug_logging_keeps_websocket_frames_out(restore_logging):
     out = stream.getvalue()
     assert "debug lines are written" in out  # DEBUG is on
     assert CANARY_TOKEN not in out and "TEXT" not in out, out
+
+
+def test_the_command_lines_error_format_is_redacted():
+    from metrics.logging import LineFormatter
+
+    record = logging.LogRecord(
+        "voicegw.store", logging.ERROR, __file__, 1, "no call for %s", ("+14155550199",), None
+    )
+    line = LineFormatter().format(record)
+    assert line.startswith("voicegw: voicegw.store: no call for ")
+    assert "4155550199" not in line

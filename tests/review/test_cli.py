@@ -131,4 +131,6 @@ def test_the_installed_command_exits_2_on_the_embedded_defaults(tmp_path) -> Non
     )
     assert result.returncode == 2, result.stderr
     assert "FAIL    critical  env.production" in result.stdout
+    # The command's own error line handler redacts too: the review of its process passes.
+    assert "PASS    critical  obs.log_redaction" in result.stdout
     assert result.stderr == ""
