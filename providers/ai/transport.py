@@ -26,17 +26,22 @@ whether the end was abnormal (no close frame, or a code other than 1000/1001).
 from __future__ import annotations
 
 import enum
-import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cache
-from typing import Final, Protocol
 
-from providers.codec import Frame
-from providers.exceptions import SessionClosed
+from providers.ai.transport_base import OK_CODES, Closed, Connection, Options, tls_context
 
-OK_CODES: Final = frozenset({1000, 1001})
-"""Close codes of a normal end; any other code, or none, is abnormal."""
+__all__ = [
+    "OK_CODES",
+    "Client",
+    "Closed",
+    "Connection",
+    "Options",
+    "connect",
+    "picows_available",
+    "resolve",
+    "tls_context",
+]
 
 
 class Client(enum.StrEnum):
@@ -60,45 +65,6 @@ def resolve(client: Client | str) -> Client:
     if client is Client.AUTO:
         return Client.PICOWS if picows_available() else Client.WEBSOCKETS
     return client
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    open_timeout_s: float = 10.0
-    """A backstop on the opening handshake for a caller that gave up on :func:`connect`."""
-    ping_interval_s: float | None = 20.0
-    ping_timeout_s: float | None = 40.0
-    close_timeout_s: float = 3.0
-    max_message_bytes: int = 4 * 1024 * 1024
-
-
-class Closed(SessionClosed):
-    """The connection has ended. ``code`` is the peer's close code, ``None`` without one."""
-
-    def __init__(self, code: int | None, *, abnormal: bool) -> None:
-        super().__init__(f"peer closed (code {code})", abnormal=abnormal)
-        self.code = code
-
-
-class Connection(Protocol):
-    async def send(self, frame: Frame) -> None:
-        """Send one message (text for ``str``). Raises :class:`Closed`."""
-
-    async def recv(self) -> Frame:
-        """The next message. Raises :class:`Closed`."""
-
-    async def close(self) -> None:
-        """Close with code 1000, bounded by ``close_timeout_s`` (then aborted); idempotent."""
-
-    def abort(self) -> None:
-        """Drop the TCP connection now, without a close handshake."""
-
-
-@cache
-def tls_context() -> ssl.SSLContext:
-    """The client TLS context: the system trust store, host name checked (SNI sent)."""
-    # Loading the trust store costs milliseconds: once per process, not per call.
-    return ssl.create_default_context()
 
 
 async def connect(

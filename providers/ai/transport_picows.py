@@ -21,7 +21,7 @@ from typing import Final
 import picows
 from picows import WSCloseCode, WSFrame, WSMsgType, WSProtocolError, WSTransport
 
-from providers.ai.transport import OK_CODES, Closed, Options, tls_context
+from providers.ai.transport_base import OK_CODES, Closed, Options, tls_context
 from providers.codec import Frame
 from providers.exceptions import ConnectError
 
@@ -77,7 +77,7 @@ async def connect(url: str, headers: Mapping[str, str], options: Options) -> Pic
         raise ConnectError(f"could not connect ({type(exc).__name__})") from None
     except (OSError, picows.WSError) as exc:
         raise ConnectError(f"could not connect ({type(exc).__name__})") from None
-    if transport.is_disconnected:  # the peer hung up before answering the handshake
+    if not listener.connected:  # the peer hung up before answering the handshake
         raise ConnectError("could not connect (ConnectionClosed)")
     return PicowsConnection(transport, listener, options)
 
@@ -139,10 +139,6 @@ class PicowsConnection:
     def abort(self) -> None:
         self._listener.local_close = True
         self._transport.disconnect(graceful=False)
-        # Collect the connection's end (picows keeps a local failure there for the awaiter).
-        reaper = asyncio.ensure_future(_reap(self._transport))
-        _reapers.add(reaper)
-        reaper.add_done_callback(_reapers.discard)
 
 
 async def _reap(transport: WSTransport) -> None:
@@ -172,6 +168,11 @@ class Listener(picows.WSListener):
         self._part_type: WSMsgType | None = None
         self._part_bytes = 0
 
+    @property
+    def connected(self) -> bool:
+        """Whether the opening handshake completed (the connection may have ended since)."""
+        return self._transport is not None
+
     def on_ws_connected(self, transport: WSTransport) -> None:
         self._transport = transport
         if self.abandoned:
@@ -179,6 +180,10 @@ class Listener(picows.WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
+        if transport.is_close_frame_sent and kind is not _CLOSE:
+            # Closing (picows also closes on a parse error, such as a frame over the limit,
+            # yet may deliver that frame): nothing more is delivered.
+            return
         if kind is _TEXT and frame.fin and self._part_type is None:
             try:
                 self._deliver(frame.get_payload_as_utf8_text())
@@ -239,6 +244,10 @@ class Listener(picows.WSListener):
             self._transport.underlying_transport.pause_reading()
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        # Collect the connection's end: picows keeps a local failure there for an awaiter.
+        reaper = asyncio.ensure_future(_reap(transport))
+        _reapers.add(reaper)
+        reaper.add_done_callback(_reapers.discard)
         if self.closed is None:
             self.closed = Closed(None, abnormal=not self.local_close)
         for future in (self.waiter, self.drained):

@@ -16,7 +16,7 @@ from websockets.exceptions import (
     WebSocketException,
 )
 
-from providers.ai.transport import Closed, Options, tls_context
+from providers.ai.transport_base import Closed, Options, tls_context
 from providers.codec import Frame
 from providers.exceptions import ConnectError
 

@@ -36,10 +36,10 @@ from providers.events import (
 )
 from providers.exceptions import ConnectError, SessionClosed
 from tests.conftest import UNIT
-from tests.providers.ai import clients
 from tests.fakes.deepgram_agent import FakeDeepgramAgent
 from tests.fakes.gemini_live import FakeGeminiLive
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
+from tests.providers.ai import clients
 
 ULAW_20MS = [base64.b64encode(bytes([i]) * 160).decode() for i in (0x00, 0x55, 0xAA)]
 PCM16_20MS = base64.b64encode(b"\x01\x02" * 320).decode()
