@@ -2,15 +2,17 @@
 
 :func:`connect` opens a :class:`Connection` with either client:
 
-* ``picows`` (C, Cython): about a fifth less CPU per message than ``websockets``
-  (``bench/wsclient.py``); the default where its wheel is installed.
+* ``picows`` (C, Cython): about half the CPU per audio frame sent and received of
+  ``websockets`` (``bench/wsclient.py``); the default where its wheel is installed.
 * ``websockets`` (pure Python asyncio): the fallback on platforms without the picows wheel.
 
 :data:`Client` ``auto`` picks picows when it imports. Both behave the same for a session: the
 URL's scheme picks TLS (the system trust store, SNI from the host name), the headers go into the
 handshake, a received message is a ``str`` (text) or ``bytes`` (binary) reassembled from its
-fragments and at most ``max_message_bytes`` long, pings are answered, a ping is sent after
-``ping_interval_s`` and the connection dropped when no pong comes within ``ping_timeout_s``.
+fragments and at most ``max_message_bytes`` long, pings are answered, and a peer that does
+not answer a ping is dropped: websockets pings every ``ping_interval_s`` and waits
+``ping_timeout_s``; picows pings a peer that sent nothing for ``ping_interval_s`` and waits
+``min(ping_timeout_s, ping_interval_s)`` (a peer streaming audio is alive).
 
 Call order: ``send()`` / ``recv()`` (one receiver) until either raises :class:`Closed`, then
 ``close()`` (the close handshake, bounded by ``close_timeout_s``; idempotent) or ``abort()``.
