@@ -63,6 +63,8 @@ async def connect(url: str, headers: Mapping[str, str], options: Options) -> Pic
             auto_ping_strategy=picows.WSAutoPingStrategy.PING_WHEN_IDLE,
             enable_auto_pong=True,
             max_frame_size=options.max_message_bytes,
+            # Provider messages are mostly a few hundred bytes; the buffer grows for larger.
+            read_buffer_init_size=4096,
             extra_headers=dict(headers),
             # A redirect would send the credentials in the headers to the host it names.
             max_redirects=0,
