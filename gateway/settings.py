@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
+from providers.ai.config import WS_CLIENTS
+from providers.ai.transport import picows_available
 from security.allowlist import TELNYX_WEBHOOK_RANGES, is_loopback_host, too_wide
 from security.egress import EgressPolicy, literal_refusal, refusal_message
 from security.secret import Secret
@@ -132,6 +134,8 @@ class Settings:
     stream_token_ttl_s: int = 120
     carrier_rest_timeout_s: float = 5.0
     provider_connect_timeout_s: float = 5.0
+    # VOICEGW_PROVIDER_WS_CLIENT: the provider-side WebSocket client (providers.ai.transport).
+    provider_ws_client: str = "auto"
     call_ttl_s: float = 60.0
     drain_s: float = 300.0
     log_level: str = "INFO"
@@ -432,6 +436,16 @@ class _Reader:
             return default
         return value
 
+    def ws_client(self) -> str:
+        """VOICEGW_PROVIDER_WS_CLIENT; ``picows`` must be installed when named."""
+        client = self.choice("VOICEGW_PROVIDER_WS_CLIENT", WS_CLIENTS, "auto")
+        if client == "picows" and not picows_available():
+            self.problems.append(
+                "VOICEGW_PROVIDER_WS_CLIENT=picows but picows is not installed "
+                "(use auto or websockets)"
+            )
+        return client
+
     def redis_mode(self, url: Secret | None) -> RedisMode:
         """VOICEGW_REDIS_MODE; a cluster is reached over TCP and has database 0 only."""
         mode = self.choice("VOICEGW_REDIS_MODE", ("standalone", "cluster"), "standalone")
@@ -678,6 +692,7 @@ class _Reader:
             provider_connect_timeout_s=self.number(
                 "VOICEGW_PROVIDER_CONNECT_TIMEOUT_S", 5.0, lo=0.1, hi=60
             ),
+            provider_ws_client=self.ws_client(),
             call_ttl_s=self.number("VOICEGW_CALL_TTL_S", 60.0, lo=1, hi=3600),
             drain_s=self.number("VOICEGW_DRAIN_SECONDS", 300.0, lo=0, hi=86400),
             log_level=log_level,

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 # them. Everything else (data directory, Redis, database, keys, carriers) is the embedded
 # default, so a demo leaves the operator's state untouched.
 DEMO_ENV: Final = re.compile(
-    r"VOICEGW_PROVIDERS|VOICEGW_PROVIDER_CONNECT_TIMEOUT_S"
+    r"VOICEGW_PROVIDERS|VOICEGW_PROVIDER_CONNECT_TIMEOUT_S|VOICEGW_PROVIDER_WS_CLIENT"
     r"|VOICEGW_(OPENAI|DEEPGRAM|GEMINI|AGENT)_\w+|(OPENAI|DEEPGRAM|GEMINI)_API_KEY"
 )
 

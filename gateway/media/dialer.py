@@ -64,6 +64,7 @@ class AgentDialer:
             url=url,
             options=options,
             connect_timeout_s=s.provider_connect_timeout_s,
+            ws_client=s.provider_ws_client,
         )
 
     async def open_agent(

@@ -60,6 +60,8 @@ GEMINI_LIVE_URL: Final = (
     "google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 )
 ECHO_URL: Final = "echo://local"
+WS_CLIENTS: Final = ("auto", "picows", "websockets")
+"""The values of ``AgentConfig.ws_client`` (``providers.ai.transport.Client``)."""
 
 DEFAULTS: Final[Mapping[Provider, ProviderDefaults]] = {
     # Pings are generous: a pong that is late because the peer is busy streaming audio must not
@@ -182,6 +184,9 @@ class AgentConfig:
     idle_keepalive_s: float | None = None
     """Send the provider's application keepalive after this long without sending (Deepgram)."""
     max_message_bytes: int = 4 * 1024 * 1024
+    ws_client: str = "auto"
+    """The WebSocket client (``providers.ai.transport.Client``): ``auto`` (picows when it
+    imports, else ``websockets``), ``picows`` or ``websockets``."""
     # -- Deepgram Voice Agent ---------------------------------------------------------------
     listen_model: str = "nova-3"
     think_provider: str = "open_ai"
@@ -198,6 +203,8 @@ class AgentConfig:
             raise ValueError("AgentConfig timeouts must be positive")
         if self.max_message_bytes < 1024:
             raise ValueError("AgentConfig.max_message_bytes must be at least 1024")
+        if self.ws_client not in WS_CLIENTS:
+            raise ValueError(f"AgentConfig.ws_client must be one of {', '.join(WS_CLIENTS)}")
 
     @classmethod
     def for_provider(

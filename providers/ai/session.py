@@ -1,6 +1,7 @@
 """Thin asyncio sessions around the AI-provider codecs, and the factory that picks one.
 
-A session owns one WebSocket (``websockets`` asyncio client) and one codec. Call order:
+A session owns one WebSocket (a :mod:`providers.ai.transport` connection: picows or
+``websockets``, as ``config.ws_client`` says) and one codec. Call order:
 ``connect()`` once, then ``send()`` / ``recv()`` from any tasks (one receiver), then
 ``close()`` (idempotent). ``recv()`` yields :class:`AgentReady` first, then the provider's
 events; it raises :class:`SessionClosed` when the socket ends, with ``abnormal`` set when the
@@ -21,21 +22,13 @@ import enum
 import logging
 from typing import Final, Protocol, assert_never
 
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import (
-    ConnectionClosed,
-    ConnectionClosedOK,
-    InvalidStatus,
-    WebSocketException,
-)
-
-from providers.ai import deepgram_agent, gemini_live, openai_realtime
+from providers.ai import deepgram_agent, gemini_live, openai_realtime, transport
 from providers.ai.config import AgentConfig, Endpoint, Provider
 from providers.ai.deepgram_agent import DeepgramAgentCodec
 from providers.ai.echo import EchoSession
 from providers.ai.gemini_live import GeminiLiveCodec
 from providers.ai.openai_realtime import OpenAIRealtimeCodec
+from providers.ai.transport import Closed, Connection
 from providers.codec import AgentCodec, Frame
 from providers.events import (
     AgentEvent,
@@ -50,11 +43,6 @@ from providers.events import (
 from providers.exceptions import ConnectError, ProtocolError, SessionClosed, SessionError
 
 logger = logging.getLogger("voicegw.providers")
-
-# websockets logs frame contents at DEBUG; those frames carry audio and transcripts, so its
-# logger is pinned at INFO whatever the root level is.
-_ws_logger = logging.getLogger("voicegw.providers.websocket")
-_ws_logger.setLevel(logging.INFO)
 
 _MAX_BUFFERED_CONTROL: Final = 64
 
@@ -109,7 +97,7 @@ class WebSocketAgentSession:
         self.state = State.IDLE
         self.protocol_errors = 0
         """Frames the codec could not parse (dropped, counted)."""
-        self._ws: ClientConnection | None = None
+        self._ws: Connection | None = None
         self._pending: collections.deque[AgentEvent] = collections.deque()
         self._closing = False
         self._failure: str | None = None
@@ -156,28 +144,27 @@ class WebSocketAgentSession:
         self._watchdog = asyncio.create_task(self._watch_sends())
         logger.info("%s session ready", self.provider)
 
-    async def _open(self) -> tuple[ClientConnection, list[AgentEvent]]:
+    async def _open(self) -> tuple[Connection, list[AgentEvent]]:
         """Open a socket, send the codec's setup, wait for its acknowledgement and send what
         the codec has for then (``after_ready``).
 
         Returns the socket and the events received before the acknowledgement (which is
         consumed). Raises :class:`ConnectError`; never leaves a socket open on failure.
         """
-        ws: ClientConnection | None = None
-        timeout = self.config.connect_timeout_s
+        ws: Connection | None = None
+        config = self.config
+        timeout = config.connect_timeout_s
+        options = transport.Options(
+            open_timeout_s=timeout,
+            ping_interval_s=config.ping_interval_s,
+            ping_timeout_s=config.ping_timeout_s,
+            close_timeout_s=config.close_timeout_s,
+            max_message_bytes=config.max_message_bytes,
+        )
         try:
             async with asyncio.timeout(timeout):
-                ws = await ws_connect(
-                    self.endpoint.url,
-                    additional_headers=dict(self.endpoint.headers),
-                    open_timeout=None,  # bounded by the enclosing timeout
-                    ping_interval=self.config.ping_interval_s,
-                    ping_timeout=self.config.ping_timeout_s,
-                    close_timeout=self.config.close_timeout_s,
-                    max_size=self.config.max_message_bytes,
-                    # Base64 audio barely compresses; deflate would only cost CPU per frame.
-                    compression=None,
-                    logger=_ws_logger,
+                ws = await transport.connect(
+                    config.ws_client, self.endpoint.url, self.endpoint.headers, options
                 )
                 for frame in self.codec.start():
                     await ws.send(frame)
@@ -199,24 +186,18 @@ class WebSocketAgentSession:
                         for frame in self.codec.after_ready():
                             await ws.send(frame)
                         return ws, early
-        except ConnectError:
-            self._abort(ws)
-            raise
         except TimeoutError:
             self._abort(ws)
             raise ConnectError(f"{self.provider}: not ready within {timeout:g} s") from None
-        except InvalidStatus as exc:
+        except Closed as exc:
             self._abort(ws)
-            status = exc.response.status_code
-            raise ConnectError(f"{self.provider}: handshake rejected with HTTP {status}") from None
-        except ConnectionClosed as exc:
-            self._abort(ws)
-            code = exc.rcvd.code if exc.rcvd is not None else "none"
+            code = "none" if exc.code is None else exc.code
             raise ConnectError(f"{self.provider}: closed during setup (code {code})") from None
-        except (OSError, WebSocketException) as exc:
+        except ConnectError as exc:
             self._abort(ws)
-            reason = type(exc).__name__
-            raise ConnectError(f"{self.provider}: could not connect ({reason})") from None
+            if ws is None:  # the transport's: name the provider
+                raise ConnectError(f"{self.provider}: {exc}") from None
+            raise
         except BaseException:
             self._abort(ws)
             raise
@@ -235,17 +216,13 @@ class WebSocketAgentSession:
             await self._close_ws(self._ws)
         logger.info("%s session closed", self.provider)
 
-    async def _close_ws(self, ws: ClientConnection) -> None:
-        try:
-            async with asyncio.timeout(self.config.close_timeout_s + 1):
-                await ws.close()
-        except TimeoutError:
-            self._abort(ws)
+    async def _close_ws(self, ws: Connection) -> None:
+        await ws.close()  # bounded by close_timeout_s
 
     @staticmethod
-    def _abort(ws: ClientConnection | None) -> None:
+    def _abort(ws: Connection | None) -> None:
         if ws is not None:
-            ws.transport.abort()
+            ws.abort()
 
     # -- data ------------------------------------------------------------------------------
 
@@ -254,14 +231,14 @@ class WebSocketAgentSession:
         for frame in self.codec.encode(event):
             await self._send_frame(ws, frame)
 
-    async def _send_frame(self, ws: ClientConnection, frame: Frame) -> None:
+    async def _send_frame(self, ws: Connection, frame: Frame) -> None:
         """Send one frame; ``_watch_sends`` aborts the socket if it takes too long."""
         now = asyncio.get_running_loop().time()
         self._send_seq = seq = self._send_seq + 1
         self._sends[seq] = now
         try:
             await ws.send(frame)
-        except ConnectionClosed as exc:
+        except Closed as exc:
             raise self._closed(exc) from None
         finally:
             del self._sends[seq]
@@ -285,7 +262,7 @@ class WebSocketAgentSession:
             ws = self._open_ws()
             try:
                 frame = await ws.recv()
-            except ConnectionClosed as exc:
+            except Closed as exc:
                 raise self._closed(exc) from None
             self._pending.extend(self._feed(frame))
         return self._pending.popleft()
@@ -298,7 +275,7 @@ class WebSocketAgentSession:
             logger.warning("%s sent an unparsable frame: %s", self.provider, exc.reason)
             return []
 
-    def _open_ws(self) -> ClientConnection:
+    def _open_ws(self) -> Connection:
         if self._closing:
             raise SessionClosed("closed", abnormal=False)
         if self._failure is not None:
@@ -307,16 +284,14 @@ class WebSocketAgentSession:
             raise RuntimeError("session is not connected")
         return self._ws
 
-    def _closed(self, exc: ConnectionClosed) -> SessionClosed:
+    def _closed(self, exc: Closed) -> SessionClosed:
         if self._closing:
             return SessionClosed("closed", abnormal=False)
         if self._failure is not None:
             return SessionClosed(self._failure, abnormal=True)
-        code = exc.rcvd.code if exc.rcvd is not None else None
-        abnormal = not isinstance(exc, ConnectionClosedOK)
-        log = logger.warning if abnormal else logger.info
-        log("%s closed the session (code %s)", self.provider, code)
-        return SessionClosed(f"peer closed (code {code})", abnormal=abnormal)
+        log = logger.warning if exc.abnormal else logger.info
+        log("%s closed the session (code %s)", self.provider, exc.code)
+        return SessionClosed(exc.reason, abnormal=exc.abnormal)
 
     async def _keep_alive(self, interval: float) -> None:
         loop = asyncio.get_running_loop()

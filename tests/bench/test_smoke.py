@@ -176,3 +176,33 @@ def test_soak_benchmark_churns_calls_samples_the_gateway_and_judges_it(tmp_path)
         assert not list(client.scan_iter(match=document["redis_prefix"] + "*"))
     finally:
         client.close()
+
+
+def test_wsclient_benchmark_measures_both_clients_and_writes_json(tmp_path):
+    out = tmp_path / "wsclient.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "wsclient.py"),
+            "--connections",
+            "2",
+            "--frames",
+            "20",
+            "--repeat",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120 * UNIT,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    document = json.loads(out.read_text())
+    for level in ("transport", "session"):
+        for client in ("websockets", "picows"):
+            (figure,) = document["us_per_round_trip"][level][client]
+            assert figure > 0
+    assert len(document["load_1min"]) == 1
+    assert "| session | picows |" in run.stdout

@@ -90,6 +90,7 @@ def test_defaults():
     assert s.drain_s == 300.0
     assert s.log_level == "INFO"
     assert s.agent_instructions == DEFAULT_INSTRUCTIONS
+    assert s.provider_ws_client == "auto"
 
 
 def test_every_variable_is_read(tmp_path):
@@ -128,6 +129,7 @@ def test_every_variable_is_read(tmp_path):
         "VOICEGW_CARRIER_REST_TIMEOUT_S": "1.5",
         "VOICEGW_DRAIN_SECONDS": "0",
         "VOICEGW_LOG_LEVEL": "debug",
+        "VOICEGW_PROVIDER_WS_CLIENT": "WebSockets",
     }
     s = Settings.from_env(env)
     assert s.env is Env.DEVELOPMENT
@@ -172,6 +174,7 @@ def test_every_variable_is_read(tmp_path):
     assert s.carrier_rest_timeout_s == 1.5
     assert s.drain_s == 0
     assert s.log_level == "DEBUG"
+    assert s.provider_ws_client == "websockets"
 
 
 def test_blank_values_mean_unset():
@@ -249,6 +252,7 @@ INVALID = [
     ("VOICEGW_TELNYX_CONNECTION_ID", "x" * 65),
     ("VOICEGW_DIAL_RATE_PER_MINUTE", "0"),
     ("VOICEGW_DIAL_RATE_PER_MINUTE", "often"),
+    ("VOICEGW_PROVIDER_WS_CLIENT", "aiohttp"),
 ]
 
 
@@ -668,6 +672,13 @@ async def test_agent_config_carries_the_choices_to_each_provider(make_gateway):
         )
         assert (config.model, config.voice) == (DEFAULTS[provider].model, DEFAULTS[provider].voice)
         assert config.greeting is None
+        assert config.ws_client == "auto"
+
+
+async def test_agent_config_carries_the_websocket_client(make_gateway):
+    gw = await make_gateway({"VOICEGW_PROVIDER_WS_CLIENT": "websockets"})
+    config = gw.runtime.dialer.agent_config("openai", gw.runtime.agents.profile("default"))
+    assert config.ws_client == "websockets"
 
 
 @pytest.mark.parametrize(

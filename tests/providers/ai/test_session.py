@@ -39,14 +39,20 @@ from tests.conftest import UNIT
 from tests.fakes.deepgram_agent import FakeDeepgramAgent
 from tests.fakes.gemini_live import FakeGeminiLive
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
+from tests.providers.ai import clients
 
 ULAW_20MS = [base64.b64encode(bytes([i]) * 160).decode() for i in (0x00, 0x55, 0xAA)]
 PCM16_20MS = base64.b64encode(b"\x01\x02" * 320).decode()
 
 
+# Every test here (and in test_tool_sessions) runs once per WebSocket client.
+pytestmark = pytest.mark.usefixtures("ws_client")
+
+
 def config(provider: str, url: str, key: str, **kw: Any) -> AgentConfig:
     timeouts = {"connect_timeout_s": 2 * UNIT, "send_timeout_s": UNIT, "close_timeout_s": UNIT}
-    return AgentConfig.for_provider(provider, api_key=key, url=url, **(timeouts | kw))
+    kw = {"ws_client": clients.current} | timeouts | kw
+    return AgentConfig.for_provider(provider, api_key=key, url=url, **kw)
 
 
 async def recv_until(session: Any, kind: type[AgentEvent]) -> AgentEvent:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from deepgram.agent.v1.types import AgentV1FunctionCallCancelled, AgentV1FunctionCallRequest
 from google.genai import types
 from websockets.asyncio.client import connect as ws_connect
@@ -19,6 +20,8 @@ from tests.fakes.gemini_live import FakeGeminiLive
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.providers.ai.test_openai_realtime import SERVER_EVENT
 from tests.providers.ai.test_session import config, connected, events_until, recv_until
+
+pytestmark = pytest.mark.usefixtures("ws_client")
 
 LOOKUP = Function(
     "lookup_order",
