@@ -41,12 +41,15 @@ import numpy as np
 from processes import (
     BENCH,
     Child,
+    bucket_quantile,
+    buckets,
     cpu_seconds,
     free_port,
     machine_busy_seconds,
     memory_kib,
     process_tree,
     scrape,
+    top_bucket,
     voicegw_argv,
     wait_http,
     wait_workers,
@@ -60,6 +63,11 @@ MEDIA_COUNTERS: Final = (
     "voicegw_media_relay_seconds_sum",
     "voicegw_media_relay_seconds_count",
 )
+SETUP_HISTOGRAM: Final = "voicegw_call_setup_seconds"
+SETUP_STAGES: Final = ("start", "claim", "provider", "answer", "first_frame", "total")
+LOOP_LAG_HISTOGRAM: Final = "voicegw_event_loop_lag_seconds"
+OFFSET_LIMIT_MS: Final = 150.0
+"""A call whose every round trip took longer than this started with a standing offset."""
 SYSTEMS: Final = ("voicegw", "baseline")
 START_TIMEOUT_S: Final = 30.0
 SETUP_TIMEOUT_S: Final = 120.0
@@ -95,6 +103,7 @@ class Run:
     unknown: int = 0
     marks: int = 0
     latency_ms: list[float] = field(default_factory=list)
+    per_call: list[dict[str, Any]] = field(default_factory=list)
     one_way_ms: list[float] = field(default_factory=list)
     send_lag_ms: list[float] = field(default_factory=list)
     window_s: float = 0.0
@@ -107,6 +116,7 @@ class Run:
     errors: list[str] = field(default_factory=list)
     close_codes: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, float] = field(default_factory=dict)  # set-up and loop-lag buckets
     gc: dict[str, Any] = field(default_factory=dict)
     workers: int = 0  # voicegw's --workers (0: one process, no Redis)
 
@@ -165,12 +175,50 @@ class Run:
             "metrics": self.metrics,
             "gc": self.gc,
         }
+        row.update(self.offsets())
+        row.update(self.setup_stages())
         row["holds"] = curve.holds(row)
         return row
+
+    def offsets(self) -> dict[str, Any]:
+        """Each call's standing offset (its smallest round trip) over the calls: p50, p99,
+        max and how many exceed ``OFFSET_LIMIT_MS``; the per-call summaries go along."""
+        offsets = [c["min_ms"] for c in self.per_call if c["min_ms"] is not None]
+        return {
+            "setup_ms_p99": _q(self.setup_ms, 99),
+            "offset_calls": len(offsets),
+            "offset_ms_p50": _q(offsets, 50),
+            "offset_ms_p99": _q(offsets, 99),
+            "offset_ms_max": round(max(offsets), 3) if offsets else None,
+            "offset_over_150": sum(1 for o in offsets if o > OFFSET_LIMIT_MS),
+            "per_call": sorted(self.per_call, key=lambda c: int(c["call"])),
+        }
+
+    def setup_stages(self) -> dict[str, Any]:
+        """``voicegw_call_setup_seconds`` p50/p99 per stage and the event-loop lag's p99 and
+        largest bucket, in ms, from the relay's histograms (voicegw only)."""
+        stages: dict[str, dict[str, float | None]] = {}
+        for stage in SETUP_STAGES:
+            b = buckets(self.histograms, SETUP_HISTOGRAM, stage=stage)
+            stages[stage] = {
+                "p50": _ms(bucket_quantile(b, 0.5)),
+                "p99": _ms(bucket_quantile(b, 0.99)),
+            }
+        lag = buckets(self.histograms, LOOP_LAG_HISTOGRAM)
+        return {
+            "setup_stages_ms": stages if self.histograms else {},
+            "loop_lag_ms_p99": _ms(bucket_quantile(lag, 0.99)),
+            "loop_lag_ms_max_bucket": _ms(top_bucket(lag)),
+        }
 
 
 def _q(values: list[float], pct: float) -> float | None:
     return round(float(np.percentile(values, pct)), 3) if values else None
+
+
+def _ms(seconds: float | None) -> float | None:
+    """Seconds to ms, rounded; None stays None and beyond the last bucket is ``inf``."""
+    return None if seconds is None else round(1000 * seconds, 3)
 
 
 def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path) -> Run:
@@ -245,7 +293,8 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
             share = len(range(g, calls, procs))
             argv = [sys.executable, str(BENCH / "loadgen.py"), "--target", system, "--url", url,
                     "--token", token, "--calls", str(share), "--seconds", str(options.seconds),
-                    "--first", str(g), "--stride", str(procs), "--total", str(calls)]  # fmt: skip
+                    "--first", str(g), "--stride", str(procs), "--total", str(calls),
+                    "--arrival-s", str(options.arrival_s)]  # fmt: skip
             if options.dump:
                 argv += ["--dump", str(log_dir / f"{tag}-gen{g}-samples.json")]
             gens.append(Child(f"{tag}-gen{g}", argv, log_dir))
@@ -264,7 +313,7 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
         for gen in gens:
             gen.tell("go")
         for gen in gens:
-            gen.json(options.seconds + 60)
+            gen.json(options.arrival_s + options.seconds + 60)
         run.window_s = time.monotonic() - began
         after = [cpu_seconds(p) for p in pids]
         busy = machine_busy_seconds() - busy_before
@@ -279,6 +328,10 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
             for key in ("sent", "received", "duplicates", "unknown", "marks"):
                 setattr(run, key, getattr(run, key) + result[key])
             run.latency_ms.extend(result["latency_ms"])
+            run.per_call.extend(result["per_call"])
+            if options.arrival_s:  # the calls were set up after "go"
+                run.setup_ms.extend(result["setup_ms"])
+                run.failed_setup += result["failed"]
             run.send_lag_ms.extend(result["send_lag_ms"])
             run.errors.extend(result["errors"])
             run.close_codes = sorted(set(run.close_codes) | set(result["close_codes"]))
@@ -286,7 +339,11 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
         run.one_way_ms = echo.json(60)["one_way_ms"]
         run.peak_rss_kib = sum(memory_kib(p, "VmHWM") for p in relay_pids)
         if system == "voicegw":
-            run.metrics = scrape(f"{url}/metrics", MEDIA_COUNTERS)
+            samples = scrape(
+                f"{url}/metrics", (*MEDIA_COUNTERS, SETUP_HISTOGRAM, LOOP_LAG_HISTOGRAM)
+            )
+            run.metrics = {k: v for k, v in samples.items() if k.startswith(MEDIA_COUNTERS)}
+            run.histograms = {k: v for k, v in samples.items() if "_bucket{" in k}
     finally:
         for child in reversed(children):
             child.stop()
@@ -372,6 +429,52 @@ def render(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _num(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return "inf" if value == float("inf") else f"{value:.{digits}f}"  # beyond the last bucket
+
+
+def render_offsets(rows: list[dict[str, Any]], repeat: int) -> str:
+    """Per level and system: each call's standing offset (p50, p99, max, calls over the
+    limit), the load generator's set-up time, voicegw's set-up stages (p50/p99 from
+    ``voicegw_call_setup_seconds``) and event-loop lag (p99, largest bucket)."""
+    worst = f" (worst of {repeat} repeats)" if repeat > 1 else ""
+    lines = [
+        f"standing offset = a call's smallest round trip{worst}; set-up from the load "
+        "generator (webhook -> first echo) and, for voicegw, voicegw_call_setup_seconds per "
+        "stage p50/p99 (ms)",
+        f"{'calls':>5}  {'system':<9}  {'n':>4}  {'off p50':>7}  {'off p99':>7}  "
+        f"{'off max':>7}  {'>150':>4}  {'setup p50':>9}  {'setup p99':>9}  {'lag p99':>7}  "
+        f"{'lag max':>7}  " + "  ".join(f"{s:>11}" for s in SETUP_STAGES),
+    ]
+    lines.insert(2, "-" * len(lines[1]))
+    for row in rows:
+        stages = row["setup_stages_ms"]
+        cells = [
+            f"{row['calls']:>5}",
+            f"{row['system']:<9}",
+            f"{row['offset_calls']:>4}",
+            f"{_num(row['offset_ms_p50']):>7}",
+            f"{_num(row['offset_ms_p99']):>7}",
+            f"{_num(row['offset_ms_max']):>7}",
+            f"{row['offset_over_150']:>4}",
+            f"{_num(row['setup_ms_p50']):>9}",
+            f"{_num(row['setup_ms_p99']):>9}",
+            f"{_num(row['loop_lag_ms_p99']):>7}",
+            f"{_num(row['loop_lag_ms_max_bucket']):>7}",
+        ]
+        for stage in SETUP_STAGES:
+            if stages:
+                q = stages[stage]
+                text = f"{_num(q['p50'])}/{_num(q['p99'])}"
+            else:
+                text = "-"
+            cells.append(f"{text:>11}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
 def _gc_line(stats: dict[str, Any]) -> str:
     gens = stats["generations"]
     return " ".join(
@@ -419,7 +522,37 @@ def _package(filename: str) -> str:
     return filename
 
 
-REPEAT_KEYS: Final = ("rtt_ms_p50", "rtt_ms_p99", "relay_cpu_ms_per_call_s", "other_cpu_pct")
+REPEAT_KEYS: Final = (
+    "rtt_ms_p50",
+    "rtt_ms_p99",
+    "relay_cpu_ms_per_call_s",
+    "other_cpu_pct",
+    "offset_ms_p99",
+    "offset_ms_max",
+    "offset_over_150",
+    "loop_lag_ms_p99",
+)
+WORST_KEYS: Final = (
+    "offset_calls",
+    "offset_ms_p50",
+    "offset_ms_p99",
+    "offset_ms_max",
+    "offset_over_150",
+    "per_call",
+    "setup_ms_p50",
+    "setup_ms_p99",
+    "setup_ms_max",
+    "setup_stages_ms",
+    "loop_lag_ms_p99",
+    "loop_lag_ms_max_bucket",
+)
+"""Figures a level reports from its worst repeat (``Sweep.level``): a standing offset that
+shows once in N runs must not hide behind the quieter ones."""
+
+
+def _worse(row: dict[str, Any]) -> tuple[float, float]:
+    """Order of badness of a repeat: calls over the offset limit, then the largest offset."""
+    return (row["offset_over_150"], row["offset_ms_max"] or 0.0)
 
 
 def _progress(row: dict[str, Any]) -> None:
@@ -428,7 +561,10 @@ def _progress(row: dict[str, Any]) -> None:
         f"{row['one_way_ms_p50']:.2f} ms, back {row['delivered_pct']:.2f} %"
         f"{'' if row['holds'] else ' (does not hold)'}, relay cpu {row['relay_cpu_pct']:.0f} % "
         f"({row['relay_cpu_ms_per_call_s']:.2f} ms/call-s), gen cpu {row['gen_cpu_pct']} %, "
-        f"other load {row['other_cpu_pct']:.0f} %"
+        f"other load {row['other_cpu_pct']:.0f} %; standing offset p50 "
+        f"{_num(row['offset_ms_p50'])}, max {_num(row['offset_ms_max'])} ms, "
+        f"{row['offset_over_150']} call(s) over {OFFSET_LIMIT_MS:g} ms"
+        + (f", loop lag p99 {_num(row['loop_lag_ms_p99'])} ms" if row["setup_stages_ms"] else "")
         + (f", errors {row['errors']}" if row["errors"] else "")
         + (f", gc {_gc_line(row['gc'])}" if row["gc"] else ""),
         flush=True,
@@ -461,16 +597,25 @@ class Sweep:
         """Each system at ``calls``, ``--repeat`` times alternating; the least disturbed run
         of each is kept, the others' key figures go with it."""
         best: dict[str, dict[str, Any]] = {}
+        worst: dict[str, dict[str, Any]] = {}
         tries: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
-        for _ in range(self.options.repeat):
+        for repeat in range(self.options.repeat):
             for system in systems:  # alternate, so both meet the same machine
                 row = self.measure(system, calls)
+                row["repeat"] = repeat
                 tries[system].append({k: row[k] for k in REPEAT_KEYS})
                 # Keep the least disturbed repeat, as bench/transcode.py keeps the best pass.
                 if system not in best or row["other_cpu_pct"] < best[system]["other_cpu_pct"]:
                     best[system] = row
+                # ...but the standing offsets, set-up and loop lag of the worst one.
+                if system not in worst or _worse(row) > _worse(worst[system]):
+                    worst[system] = row
         for system in systems:
-            best[system]["repeats"] = tries[system]
+            kept = dict(best[system])
+            kept.update({k: worst[system][k] for k in WORST_KEYS})
+            kept["offset_repeat"] = worst[system]["repeat"]
+            kept["repeats"] = tries[system]
+            best[system] = kept
         return [best[system] for system in systems]
 
     def refine(self, rows: list[dict[str, Any]], system: str, steps: int) -> list[dict[str, Any]]:
@@ -492,13 +637,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="audio per call")
     parser.add_argument("--json", default=None, help=f"JSON results (default {LAST_RUN})")
     parser.add_argument(
-        "--repeat", type=int, default=1, help="runs per level and system; keeps the least disturbed"
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per level and system; keeps the least disturbed for CPU and latency, the "
+        "worst for standing offsets, set-up and loop lag",
     )
     parser.add_argument(
         "--refine",
         type=int,
         default=0,
         help="levels to add per system, bisecting between its capacity and the next level",
+    )
+    parser.add_argument(
+        "--arrival-s",
+        type=float,
+        default=0.0,
+        help="calls arrive spread over S seconds while the earlier ones stream, each streaming "
+        "from its start (0: every call set up before the first frame)",
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG beside the JSON")
     parser.add_argument("--gen-procs", type=int, default=1, help="load generator processes")
@@ -550,6 +706,8 @@ def main() -> None:
     print()
     print(render(rows, ratio_rows))
     print()
+    print(render_offsets(rows, options.repeat))
+    print()
     print(curve.render(capacity))
     document = {
         "bench": "relay",
@@ -559,6 +717,8 @@ def main() -> None:
         "seconds": options.seconds,
         "gen_procs": options.gen_procs,
         "repeat": options.repeat,
+        "arrival_s": options.arrival_s,
+        "offset_limit_ms": OFFSET_LIMIT_MS,
         "profile": options.profile,
         "workers": options.workers,
         "source": str(Path(options.source).resolve()) if options.source else str(BENCH.parent),
