@@ -239,7 +239,9 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
             hooks["BENCH_GC_FREEZE_S"] = str(options.gc_freeze_s)
     try:
         echo = Child(f"{tag}-echo", [sys.executable, str(BENCH / "echo_agent.py"),
-                                     "--api-key", api_key], log_dir)  # fmt: skip
+                                     "--api-key", api_key,
+                                     "--connect-delay-ms", str(options.provider_delay_ms)],
+                     log_dir)  # fmt: skip
         children.append(echo)
         echo_url = f"ws://127.0.0.1:{echo.readline(START_TIMEOUT_S).split()[1]}/v1/realtime"
         token = ""
@@ -656,6 +658,12 @@ def main() -> None:
         help="calls arrive spread over S seconds while the earlier ones stream, each streaming "
         "from its start (0: every call set up before the first frame)",
     )
+    parser.add_argument(
+        "--provider-delay-ms",
+        type=float,
+        default=0.0,
+        help="the echo server holds each new session this long (a slow provider connect)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG beside the JSON")
     parser.add_argument("--gen-procs", type=int, default=1, help="load generator processes")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="voicegw,baseline")
@@ -718,6 +726,7 @@ def main() -> None:
         "gen_procs": options.gen_procs,
         "repeat": options.repeat,
         "arrival_s": options.arrival_s,
+        "provider_delay_ms": options.provider_delay_ms,
         "offset_limit_ms": OFFSET_LIMIT_MS,
         "profile": options.profile,
         "workers": options.workers,
