@@ -14,6 +14,10 @@ Protocol with the parent, one JSON object a line on stdout:
 3. stops every stream, closes, prints ``{"result": ...}`` with every round-trip sample and one
    summary per call (``per_call``: its set-up time and its smallest, median and largest round
    trip; the smallest is the call's *standing offset*, the delay every frame of it carried).
+   ``heard_min_ms`` is the smallest round trip as the caller would hear it: a carrier plays
+   the audio it receives in order at real time, so an echo that arrives while earlier audio
+   still plays is heard when that ends (a backlog sent at once is heard one frame after
+   another, as a paced one is).
 
 With ``--arrival-s S`` the calls are not set up before ``go``: call ``j`` of ``--total`` arrives
 ``S * j / total`` seconds after it (webhook, stream upgrade, ``connected``, ``start``) while the
@@ -123,6 +127,9 @@ class Call:
         self.probe = asyncio.Event()
         self.setup_ms: float | None = None
         self.began = 0.0  # perf_counter when its set-up began (webhook or upgrade)
+        # A carrier plays what it gets at real time, in order: when each echo would be heard.
+        self.play_at = 0.0  # perf_counter when the audio received so far has played
+        self.heard_min_ms = float("inf")  # the smallest round trip as the caller hears it
         self.error: str | None = None
         self.close_code: int | None = None
         self.done = asyncio.Event()
@@ -185,6 +192,8 @@ class Call:
                 kind = event.get("event")
                 if kind == "media":
                     i = frame_index(event["media"]["payload"])
+                    heard = self.play_at if self.play_at > now else now
+                    self.play_at = heard + FRAME_S
                     if i == PROBE:
                         self.probe.set()
                     elif i >= self.frames or sent_at[i] == 0.0:
@@ -196,6 +205,9 @@ class Call:
                             self.setup_ms = (now - self.began) * 1000
                         got[i] = 1
                         latency.append((now - sent_at[i]) * 1000)
+                        heard_ms = (heard - sent_at[i]) * 1000
+                        if heard_ms < self.heard_min_ms:
+                            self.heard_min_ms = heard_ms
                         self.order.append(i)
                         self.received += 1
                         if self.received == self.frames:
@@ -373,6 +385,7 @@ def call_summary(call: Call) -> dict[str, Any]:
         "min_ms": round(lat[0], 3) if lat else None,
         "p50_ms": round(lat[len(lat) // 2], 3) if lat else None,
         "max_ms": round(lat[-1], 3) if lat else None,
+        "heard_min_ms": round(call.heard_min_ms, 3) if lat else None,
         "error": call.error,
     }
 

@@ -184,7 +184,11 @@ class Run:
         """Each call's standing offset (its smallest round trip) over the calls: p50, p99,
         max and how many exceed ``OFFSET_LIMIT_MS``; the per-call summaries go along."""
         offsets = [c["min_ms"] for c in self.per_call if c["min_ms"] is not None]
+        heard = [c["heard_min_ms"] for c in self.per_call if c["heard_min_ms"] is not None]
         return {
+            "heard_offset_ms_p99": _q(heard, 99),
+            "heard_offset_ms_max": round(max(heard), 3) if heard else None,
+            "heard_offset_over_150": sum(1 for o in heard if o > OFFSET_LIMIT_MS),
             "setup_ms_p99": _q(self.setup_ms, 99),
             "offset_calls": len(offsets),
             "offset_ms_p50": _q(offsets, 50),
@@ -443,11 +447,14 @@ def render_offsets(rows: list[dict[str, Any]], repeat: int) -> str:
     ``voicegw_call_setup_seconds``) and event-loop lag (p99, largest bucket)."""
     worst = f" (worst of {repeat} repeats)" if repeat > 1 else ""
     lines = [
-        f"standing offset = a call's smallest round trip{worst}; set-up from the load "
-        "generator (webhook -> first echo) and, for voicegw, voicegw_call_setup_seconds per "
-        "stage p50/p99 (ms)",
+        f"standing offset (off) = a call's smallest round trip{worst}; heard = the same as "
+        "the caller hears it (the carrier plays what it gets in order at real time); set-up "
+        "from the load generator (webhook -> first echo) and, for voicegw, "
+        "voicegw_call_setup_seconds per stage p50/p99; lag = voicegw_event_loop_lag_seconds "
+        "p99 and largest bucket (ms)",
         f"{'calls':>5}  {'system':<9}  {'n':>4}  {'off p50':>7}  {'off p99':>7}  "
-        f"{'off max':>7}  {'>150':>4}  {'setup p50':>9}  {'setup p99':>9}  {'lag p99':>7}  "
+        f"{'off max':>7}  {'>150':>4}  {'heard p99':>9}  {'heard max':>9}  {'>150':>4}  "
+        f"{'setup p50':>9}  {'setup p99':>9}  {'lag p99':>7}  "
         f"{'lag max':>7}  " + "  ".join(f"{s:>11}" for s in SETUP_STAGES),
     ]
     lines.insert(2, "-" * len(lines[1]))
@@ -461,6 +468,9 @@ def render_offsets(rows: list[dict[str, Any]], repeat: int) -> str:
             f"{_num(row['offset_ms_p99']):>7}",
             f"{_num(row['offset_ms_max']):>7}",
             f"{row['offset_over_150']:>4}",
+            f"{_num(row['heard_offset_ms_p99']):>9}",
+            f"{_num(row['heard_offset_ms_max']):>9}",
+            f"{row['heard_offset_over_150']:>4}",
             f"{_num(row['setup_ms_p50']):>9}",
             f"{_num(row['setup_ms_p99']):>9}",
             f"{_num(row['loop_lag_ms_p99']):>7}",
@@ -540,6 +550,9 @@ WORST_KEYS: Final = (
     "offset_ms_p99",
     "offset_ms_max",
     "offset_over_150",
+    "heard_offset_ms_p99",
+    "heard_offset_ms_max",
+    "heard_offset_over_150",
     "per_call",
     "setup_ms_p50",
     "setup_ms_p99",

@@ -206,6 +206,8 @@ def test_relay_benchmark_reports_each_calls_standing_offset_with_calls_arriving(
         for call in row["per_call"]:
             assert call["setup_ms"] > 0 and call["received"] == 50
             assert 0 < call["min_ms"] <= call["p50_ms"] <= call["max_ms"]
+            # Heard at real-time playout: never before it arrived.
+            assert call["heard_min_ms"] >= call["min_ms"]
         assert row["offset_ms_max"] == max(c["min_ms"] for c in row["per_call"])
         assert row["offset_over_150"] == sum(c["min_ms"] > 150 for c in row["per_call"])
         assert len(row["repeats"]) == 2 and row["offset_repeat"] in (0, 1)
