@@ -10,8 +10,8 @@ its time and whether a Lua script ran it. Each phase runs alone, then waits ``--
 work the gateway finishes after answering; its commands are those timed inside that window:
 
 * ``idle``: nothing for ``--idle-s`` (the background loops: replica heartbeat and session
-  gauge every 15 s, pool health checks), reported per second; commands of the kinds it saw are
-  left out of the other phases' ``net`` counts, wherever they fell;
+  gauge every 15 s, pool health checks), reported per second; a command with the name and
+  first key of one it saw is left out of the other phases' ``net`` counts, wherever it fell;
 * ``twilio_voice``: one signed Twilio voice webhook (a new call: TwiML with a stream token);
 * ``twilio_status``: one signed status callback (``completed``) for that call;
 * ``telnyx_event``: one signed Telnyx ``call.bridged`` (every webhook layer, no REST call);
@@ -28,11 +28,12 @@ work the gateway finishes after answering; its commands are those timed inside t
 
 A command counts once per client round trip (``ops``); the commands a Lua script runs inside
 are counted apart (``in_scripts``): Redis executes them within the script's one round trip.
-``EVALSHA`` is named by its script (``module.NAME`` of the Lua source in the gateway's packages).
-``EVALSHA`` is named by its script (``module.NAME`` of the Lua source in the gateway's packages).
-Prints a table (per command and phase, net of the idle rate) and writes JSON (default
-``bench/last-run/redis_ops.json``). The counts do not depend on the machine's speed, only on
-what the gateway does; nothing is asserted.
+``EVALSHA`` is named by its script (``module.NAME`` of the Lua source in the gateway's
+packages). ``redis cpu us`` is the time Redis spent executing the phase's commands (``INFO
+commandstats`` deltas, background included; ``MONITOR``'s own cost is not in it). Prints a
+table (per command and phase) and writes JSON (default ``bench/last-run/redis_ops.json``). The
+counts do not depend on the machine's speed, only on what the gateway does; nothing is
+asserted.
 """
 
 from __future__ import annotations
@@ -217,6 +218,26 @@ def script_names() -> dict[str, str]:
     return names
 
 
+def command_stats(port: int) -> dict[str, int]:
+    """Microseconds Redis spent executing each command so far (``INFO commandstats``), without
+    the ``INFO`` this asks with."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"INFO commandstats\r\n")
+        reply = b""
+        header = b""
+        while b"\r\n" not in header:
+            header += sock.recv(1)
+        size = int(header[1:-2])
+        while len(reply) < size + 2:
+            reply += sock.recv(65536)
+    usec: dict[str, int] = {}
+    for line in reply.decode().splitlines():
+        if line.startswith("cmdstat_") and not line.startswith("cmdstat_info:"):
+            name, fields = line[8:].split(":", 1)
+            usec[name] = int(dict(f.split("=") for f in fields.split(","))["usec"])
+    return usec
+
+
 # -- one phase -----------------------------------------------------------------------------
 
 
@@ -230,6 +251,7 @@ class Phase:
     net: dict[str, float] = field(default_factory=dict)
     net_total: float = 0.0
     net_in_scripts: int = 0
+    redis_usec: int = 0  # Redis' time executing commands (INFO commandstats), background too
 
     seen: list[Seen] = field(default_factory=list)
 
@@ -263,6 +285,7 @@ class Phase:
             "net": self.net,
             "net_total": self.net_total,
             "net_in_scripts": self.net_in_scripts,
+            "redis_usec": self.redis_usec,
         }
 
 
@@ -323,6 +346,7 @@ class _PhaseWindow:
 
     def __enter__(self) -> Phase:
         time.sleep(0.05)  # what came before has reached the monitor
+        self.stats = command_stats(self.bench.redis.port)
         self.began = time.time()
         return self.phase
 
@@ -331,6 +355,8 @@ class _PhaseWindow:
         if self.bench.monitor is None:  # the warm-up pass: not counted
             return
         ended = time.time()
+        after = command_stats(self.bench.redis.port)
+        self.phase.redis_usec = sum(after[n] - self.stats.get(n, 0) for n in after)
         self.phase.window_s = ended - self.began
         self.phase.count(self.bench.monitor.between(self.began, ended))
         self.bench.phases.append(self.phase)
@@ -558,6 +584,7 @@ def render(document: dict[str, Any]) -> str:
     )
     for title, key in rows:
         lines.append(f"{title:<{width}}" + "".join(f"{int(p[key]):>11}" for p in phases))
+    lines.append(f"{'redis cpu us':<{width}}" + "".join(f"{p['redis_usec']:>11}" for p in phases))
     lines.append(f"{'window s':<{width}}" + "".join(f"{p['window_s']:>11.1f}" for p in phases))
     lines.append("")
     extra = document["long_s"] - document["short_s"]
