@@ -13,7 +13,9 @@ Protocol with the parent, one JSON object a line on stdout:
    real-time pace, waits up to ``TAIL_S`` for the last echoes, prints ``{"streamed": ...}``;
 3. stops every stream, closes, prints ``{"result": ...}`` with every round-trip sample and one
    summary per call (``per_call``: its set-up time and its smallest, median and largest round
-   trip; the smallest is the call's *standing offset*, the delay every frame of it carried).
+   trip; the smallest is the call's *standing offset*, the delay every frame of it carried;
+   ``tail_min_ms``, the smallest over its last second, also catches an offset that arose
+   mid-call and stayed).
    ``heard_min_ms`` is the smallest round trip as the caller would hear it: a carrier plays
    the audio it receives in order at real time, so an echo that arrives while earlier audio
    still plays is heard when that ends (a backlog sent at once is heard one frame after
@@ -75,6 +77,9 @@ SETUP_TIMEOUT_S: Final = 20.0
 TAIL_S: Final = 2.0
 """After the last frame, wait this long at most for outstanding echoes."""
 GO_DELAY_S: Final = 0.1
+TAIL_FRAMES: Final = 50
+"""A call's last second: its smallest round trip there is an offset it still carried at the
+end (``tail_min_ms``), wherever it arose."""
 
 # A frame starts with its index (4 bytes, big-endian) and the ``time.perf_counter()`` it was
 # sent at (8-byte double); the 148 bytes after that 12-byte prefix are the same in every frame.
@@ -378,6 +383,8 @@ async def _arrive_all(args: argparse.Namespace, calls: list[Call], t0: float) ->
 def call_summary(call: Call) -> dict[str, Any]:
     """One call's set-up time and round trips: ``min_ms`` is its standing offset."""
     lat = sorted(call.latency_ms)
+    last = call.frames - TAIL_FRAMES  # the call's last second
+    tail = [ms for i, ms in zip(call.order, call.latency_ms, strict=True) if i >= last]
     return {
         "call": call.index,
         "setup_ms": None if call.setup_ms is None else round(call.setup_ms, 3),
@@ -386,6 +393,8 @@ def call_summary(call: Call) -> dict[str, Any]:
         "p50_ms": round(lat[len(lat) // 2], 3) if lat else None,
         "max_ms": round(lat[-1], 3) if lat else None,
         "heard_min_ms": round(call.heard_min_ms, 3) if lat else None,
+        # An offset that arose mid-call (a stall) and never went away.
+        "tail_min_ms": round(min(tail), 3) if tail else None,
         "error": call.error,
     }
 

@@ -185,7 +185,10 @@ class Run:
         max and how many exceed ``OFFSET_LIMIT_MS``; the per-call summaries go along."""
         offsets = [c["min_ms"] for c in self.per_call if c["min_ms"] is not None]
         heard = [c["heard_min_ms"] for c in self.per_call if c["heard_min_ms"] is not None]
+        tail = [c["tail_min_ms"] for c in self.per_call if c["tail_min_ms"] is not None]
         return {
+            "tail_offset_ms_max": round(max(tail), 3) if tail else None,
+            "tail_offset_over_150": sum(1 for o in tail if o > OFFSET_LIMIT_MS),
             "heard_offset_ms_p99": _q(heard, 99),
             "heard_offset_ms_max": round(max(heard), 3) if heard else None,
             "heard_offset_over_150": sum(1 for o in heard if o > OFFSET_LIMIT_MS),
@@ -447,13 +450,15 @@ def render_offsets(rows: list[dict[str, Any]], repeat: int) -> str:
     ``voicegw_call_setup_seconds``) and event-loop lag (p99, largest bucket)."""
     worst = f" (worst of {repeat} repeats)" if repeat > 1 else ""
     lines = [
-        f"standing offset (off) = a call's smallest round trip{worst}; heard = the same as "
+        f"standing offset (off) = a call's smallest round trip{worst}; end = the smallest over "
+        "its last second (an offset that arose mid-call and stayed); heard = the same as "
         "the caller hears it (the carrier plays what it gets in order at real time); set-up "
         "from the load generator (webhook -> first echo) and, for voicegw, "
         "voicegw_call_setup_seconds per stage p50/p99; lag = voicegw_event_loop_lag_seconds "
         "p99 and largest bucket (ms)",
         f"{'calls':>5}  {'system':<9}  {'n':>4}  {'off p50':>7}  {'off p99':>7}  "
-        f"{'off max':>7}  {'>150':>4}  {'heard p99':>9}  {'heard max':>9}  {'>150':>4}  "
+        f"{'off max':>7}  {'>150':>4}  {'end max':>7}  {'>150':>4}  "
+        f"{'heard p99':>9}  {'heard max':>9}  {'>150':>4}  "
         f"{'setup p50':>9}  {'setup p99':>9}  {'lag p99':>7}  "
         f"{'lag max':>7}  " + "  ".join(f"{s:>11}" for s in SETUP_STAGES),
     ]
@@ -468,6 +473,8 @@ def render_offsets(rows: list[dict[str, Any]], repeat: int) -> str:
             f"{_num(row['offset_ms_p99']):>7}",
             f"{_num(row['offset_ms_max']):>7}",
             f"{row['offset_over_150']:>4}",
+            f"{_num(row['tail_offset_ms_max']):>7}",
+            f"{row['tail_offset_over_150']:>4}",
             f"{_num(row['heard_offset_ms_p99']):>9}",
             f"{_num(row['heard_offset_ms_max']):>9}",
             f"{row['heard_offset_over_150']:>4}",
@@ -542,6 +549,8 @@ REPEAT_KEYS: Final = (
     "offset_ms_p99",
     "offset_ms_max",
     "offset_over_150",
+    "tail_offset_ms_max",
+    "tail_offset_over_150",
     "loop_lag_ms_p99",
 )
 WORST_KEYS: Final = (
@@ -553,6 +562,8 @@ WORST_KEYS: Final = (
     "heard_offset_ms_p99",
     "heard_offset_ms_max",
     "heard_offset_over_150",
+    "tail_offset_ms_max",
+    "tail_offset_over_150",
     "per_call",
     "setup_ms_p50",
     "setup_ms_p99",
@@ -566,8 +577,10 @@ shows once in N runs must not hide behind the quieter ones."""
 
 
 def _worse(row: dict[str, Any]) -> tuple[float, float]:
-    """Order of badness of a repeat: calls over the offset limit, then the largest offset."""
-    return (row["offset_over_150"], row["offset_ms_max"] or 0.0)
+    """Order of badness of a repeat: calls over the offset limit (from the start or at the
+    end), then the largest offset."""
+    over = max(row["offset_over_150"], row["tail_offset_over_150"])
+    return (over, max(row["offset_ms_max"] or 0.0, row["tail_offset_ms_max"] or 0.0))
 
 
 def _progress(row: dict[str, Any]) -> None:
