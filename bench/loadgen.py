@@ -132,6 +132,8 @@ class Call:
         self.probe = asyncio.Event()
         self.setup_ms: float | None = None
         self.began = 0.0  # perf_counter when its set-up began (webhook or upgrade)
+        self.webhook_ms: float | None = None  # the voice webhook's answer came
+        self.open_ms: float | None = None  # the media WebSocket was open (from the webhook)
         # A carrier plays what it gets at real time, in order: when each echo would be heard.
         self.play_at = 0.0  # perf_counter when the audio received so far has played
         self.heard_min_ms = float("inf")  # the smallest round trip as the caller hears it
@@ -302,8 +304,10 @@ async def open_stream(args: argparse.Namespace, call: Call, http: Any, validator
     """The signed webhook (voicegw), the media WebSocket, ``connected`` and ``start``; starts
     reading echoes."""
     headers: dict[str, str] = {}
+    began = time.perf_counter()
     if args.target == "voicegw":
         stream_url, token = await _webhook(args, call, http, validator)
+        call.webhook_ms = (time.perf_counter() - began) * 1000
         headers["X-Twilio-Signature"] = validator.compute_signature(stream_url, {})
         parts = urlsplit(stream_url)
         base = urlsplit(args.url)
@@ -320,6 +324,7 @@ async def open_stream(args: argparse.Namespace, call: Call, http: Any, validator
         open_timeout=SETUP_TIMEOUT_S,
         max_size=1024 * 1024,
     )
+    call.open_ms = (time.perf_counter() - began) * 1000
     for text in call.opening(token):
         await call.ws.send(text)
     call.receiver = asyncio.create_task(call.receive())
@@ -388,6 +393,8 @@ def call_summary(call: Call) -> dict[str, Any]:
     return {
         "call": call.index,
         "setup_ms": None if call.setup_ms is None else round(call.setup_ms, 3),
+        "webhook_ms": None if call.webhook_ms is None else round(call.webhook_ms, 3),
+        "open_ms": None if call.open_ms is None else round(call.open_ms, 3),
         "received": call.received,
         "min_ms": round(lat[0], 3) if lat else None,
         "p50_ms": round(lat[len(lat) // 2], 3) if lat else None,

@@ -66,6 +66,8 @@ MEDIA_COUNTERS: Final = (
 SETUP_HISTOGRAM: Final = "voicegw_call_setup_seconds"
 SETUP_STAGES: Final = ("start", "claim", "provider", "answer", "first_frame", "total")
 LOOP_LAG_HISTOGRAM: Final = "voicegw_event_loop_lag_seconds"
+HTTP_HISTOGRAM: Final = "voicegw_http_request_duration_seconds"
+VOICE_WEBHOOK: Final = "/webhooks/twilio/voice"
 OFFSET_LIMIT_MS: Final = 150.0
 """A call whose every round trip took longer than this started with a standing offset."""
 SYSTEMS: Final = ("voicegw", "baseline")
@@ -205,6 +207,12 @@ class Run:
         """``voicegw_call_setup_seconds`` p50/p99 per stage and the event-loop lag's p99 and
         largest bucket, in ms, from the relay's histograms (voicegw only)."""
         stages: dict[str, dict[str, float | None]] = {}
+        # Before the stream: the voice webhook, as the server timed it.
+        b = buckets(self.histograms, HTTP_HISTOGRAM, route=VOICE_WEBHOOK)
+        stages["webhook"] = {
+            "p50": _ms(bucket_quantile(b, 0.5)),
+            "p99": _ms(bucket_quantile(b, 0.99)),
+        }
         for stage in SETUP_STAGES:
             b = buckets(self.histograms, SETUP_HISTOGRAM, stage=stage)
             stages[stage] = {
@@ -349,7 +357,8 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
         run.peak_rss_kib = sum(memory_kib(p, "VmHWM") for p in relay_pids)
         if system == "voicegw":
             samples = scrape(
-                f"{url}/metrics", (*MEDIA_COUNTERS, SETUP_HISTOGRAM, LOOP_LAG_HISTOGRAM)
+                f"{url}/metrics",
+                (*MEDIA_COUNTERS, SETUP_HISTOGRAM, LOOP_LAG_HISTOGRAM, HTTP_HISTOGRAM),
             )
             run.metrics = {k: v for k, v in samples.items() if k.startswith(MEDIA_COUNTERS)}
             run.histograms = {k: v for k, v in samples.items() if "_bucket{" in k}
@@ -453,14 +462,15 @@ def render_offsets(rows: list[dict[str, Any]], repeat: int) -> str:
         f"standing offset (off) = a call's smallest round trip{worst}; end = the smallest over "
         "its last second (an offset that arose mid-call and stayed); heard = the same as "
         "the caller hears it (the carrier plays what it gets in order at real time); set-up "
-        "from the load generator (webhook -> first echo) and, for voicegw, "
-        "voicegw_call_setup_seconds per stage p50/p99; lag = voicegw_event_loop_lag_seconds "
+        "from the load generator (webhook -> first echo) and, for voicegw, the voice webhook "
+        "(voicegw_http_request_duration_seconds) and voicegw_call_setup_seconds per stage "
+        "p50/p99; lag = voicegw_event_loop_lag_seconds "
         "p99 and largest bucket (ms)",
         f"{'calls':>5}  {'system':<9}  {'n':>4}  {'off p50':>7}  {'off p99':>7}  "
         f"{'off max':>7}  {'>150':>4}  {'end max':>7}  {'>150':>4}  "
         f"{'heard p99':>9}  {'heard max':>9}  {'>150':>4}  "
         f"{'setup p50':>9}  {'setup p99':>9}  {'lag p99':>7}  "
-        f"{'lag max':>7}  " + "  ".join(f"{s:>11}" for s in SETUP_STAGES),
+        f"{'lag max':>7}  " + "  ".join(f"{s:>11}" for s in ("webhook", *SETUP_STAGES)),
     ]
     lines.insert(2, "-" * len(lines[1]))
     for row in rows:
@@ -483,7 +493,7 @@ def render_offsets(rows: list[dict[str, Any]], repeat: int) -> str:
             f"{_num(row['loop_lag_ms_p99']):>7}",
             f"{_num(row['loop_lag_ms_max_bucket']):>7}",
         ]
-        for stage in SETUP_STAGES:
+        for stage in ("webhook", *SETUP_STAGES):
             if stages:
                 q = stages[stage]
                 text = f"{_num(q['p50'])}/{_num(q['p99'])}"

@@ -223,7 +223,15 @@ def test_relay_benchmark_reports_each_calls_standing_offset_with_calls_arriving(
         assert row["offset_ms_max"] == worst["offset_ms_max"]
     # voicegw's own histograms: every set-up stage observed, the loop lag sampled.
     stages = rows["voicegw"]["setup_stages_ms"]
-    assert set(stages) == {"start", "claim", "provider", "answer", "first_frame", "total"}
+    assert set(stages) == {
+        "webhook",
+        "start",
+        "claim",
+        "provider",
+        "answer",
+        "first_frame",
+        "total",
+    }
     assert all(q["p50"] is not None and q["p50"] <= q["p99"] for q in stages.values())
     assert rows["voicegw"]["loop_lag_ms_p99"] is not None
     assert rows["baseline"]["setup_stages_ms"] == {}
