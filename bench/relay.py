@@ -31,6 +31,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -453,52 +454,76 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "inf" if value == float("inf") else f"{value:.{digits}f}"  # beyond the last bucket
 
 
+OFFSET_COLUMNS: Final = [
+    ("offset_calls", "n", "{:>4}"),
+    ("offset_ms_p50", "off p50", "{:>7}"),
+    ("offset_ms_p99", "off p99", "{:>7}"),
+    ("offset_ms_max", "off max", "{:>7}"),
+    ("offset_over_150", ">150", "{:>4}"),
+    ("tail_offset_ms_max", "end max", "{:>7}"),
+    ("tail_offset_over_150", ">150", "{:>4}"),
+    ("heard_offset_ms_p99", "heard p99", "{:>9}"),
+    ("heard_offset_ms_max", "heard max", "{:>9}"),
+    ("heard_offset_over_150", ">150", "{:>4}"),
+]
+SETUP_COLUMNS: Final = [
+    ("setup_ms_p50", "setup p50", "{:>9}"),
+    ("setup_ms_p99", "setup p99", "{:>9}"),
+    ("loop_lag_ms_p99", "lag p99", "{:>7}"),
+    ("loop_lag_ms_max_bucket", "lag max", "{:>7}"),
+]
+
+
 def render_offsets(rows: list[dict[str, Any]], repeat: int) -> str:
-    """Per level and system: each call's standing offset (p50, p99, max, calls over the
-    limit), the load generator's set-up time, voicegw's set-up stages (p50/p99 from
-    ``voicegw_call_setup_seconds``) and event-loop lag (p99, largest bucket)."""
+    """Two tables, per level and system: each call's standing offset (p50, p99, max, calls
+    over the limit; at the end of the call; as heard), then the set-up: the load generator's,
+    and voicegw's voice webhook, set-up stages (p50/p99) and event-loop lag (p99, largest
+    bucket)."""
     worst = f" (worst of {repeat} repeats)" if repeat > 1 else ""
-    lines = [
-        f"standing offset (off) = a call's smallest round trip{worst}; end = the smallest over "
-        "its last second (an offset that arose mid-call and stayed); heard = the same as "
-        "the caller hears it (the carrier plays what it gets in order at real time); set-up "
-        "from the load generator (webhook -> first echo) and, for voicegw, the voice webhook "
+    stage_names = ("webhook", *SETUP_STAGES)
+    offsets = _table(
+        rows,
+        OFFSET_COLUMNS,
+        [],
+        f"standing offsets, ms{worst}: off = each call's smallest round trip; end = its "
+        "smallest over its last second (an offset that arose mid-call and stayed); heard = "
+        "its smallest as the caller hears it (the carrier plays what it gets in order, at "
+        "real time)",
+    )
+    setup = _table(
+        rows,
+        SETUP_COLUMNS,
+        [f"{s:>11}" for s in stage_names],
+        f"set-up, ms{worst}: the load generator's (webhook -> first echo); voicegw's "
+        "voicegw_event_loop_lag_seconds (p99, largest bucket), voice webhook "
         "(voicegw_http_request_duration_seconds) and voicegw_call_setup_seconds per stage "
-        "p50/p99; lag = voicegw_event_loop_lag_seconds "
-        "p99 and largest bucket (ms)",
-        f"{'calls':>5}  {'system':<9}  {'n':>4}  {'off p50':>7}  {'off p99':>7}  "
-        f"{'off max':>7}  {'>150':>4}  {'end max':>7}  {'>150':>4}  "
-        f"{'heard p99':>9}  {'heard max':>9}  {'>150':>4}  "
-        f"{'setup p50':>9}  {'setup p99':>9}  {'lag p99':>7}  "
-        f"{'lag max':>7}  " + "  ".join(f"{s:>11}" for s in ("webhook", *SETUP_STAGES)),
-    ]
-    lines.insert(2, "-" * len(lines[1]))
+        "(p50/p99)",
+        stage_names,
+    )
+    return offsets + "\n\n" + setup
+
+
+def _table(
+    rows: list[dict[str, Any]],
+    columns: list[tuple[str, str, str]],
+    extra_heads: list[str],
+    title: str,
+    stage_names: tuple[str, ...] = (),
+) -> str:
+    """``title``, a header, then one line per row: ``columns`` (key, title, format), then each
+    of ``stage_names`` as voicegw's set-up ``p50/p99`` ("-" for the baseline)."""
+    heads = [f"{'calls':>5}", f"{'system':<9}"]
+    heads += [f"{title:>{_width(fmt)}}" for _, title, fmt in columns]
+    header = "  ".join(heads + extra_heads)
+    lines = [textwrap.fill(title, 100), header, "-" * len(header)]
     for row in rows:
-        stages = row["setup_stages_ms"]
-        cells = [
-            f"{row['calls']:>5}",
-            f"{row['system']:<9}",
-            f"{row['offset_calls']:>4}",
-            f"{_num(row['offset_ms_p50']):>7}",
-            f"{_num(row['offset_ms_p99']):>7}",
-            f"{_num(row['offset_ms_max']):>7}",
-            f"{row['offset_over_150']:>4}",
-            f"{_num(row['tail_offset_ms_max']):>7}",
-            f"{row['tail_offset_over_150']:>4}",
-            f"{_num(row['heard_offset_ms_p99']):>9}",
-            f"{_num(row['heard_offset_ms_max']):>9}",
-            f"{row['heard_offset_over_150']:>4}",
-            f"{_num(row['setup_ms_p50']):>9}",
-            f"{_num(row['setup_ms_p99']):>9}",
-            f"{_num(row['loop_lag_ms_p99']):>7}",
-            f"{_num(row['loop_lag_ms_max_bucket']):>7}",
-        ]
-        for stage in ("webhook", *SETUP_STAGES):
-            if stages:
-                q = stages[stage]
-                text = f"{_num(q['p50'])}/{_num(q['p99'])}"
-            else:
-                text = "-"
+        cells = [f"{row['calls']:>5}", f"{row['system']:<9}"]
+        for key, _, fmt in columns:
+            value = row[key]
+            cells.append(fmt.format(value if isinstance(value, int) else _num(value)))
+        for stage in stage_names:
+            q = row["setup_stages_ms"].get(stage)
+            text = f"{_num(q['p50'])}/{_num(q['p99'])}" if q else "-"
             cells.append(f"{text:>11}")
         lines.append("  ".join(cells))
     return "\n".join(lines)
