@@ -286,6 +286,14 @@ class Phase:
             "net_total": self.net_total,
             "net_in_scripts": self.net_in_scripts,
             "redis_usec": self.redis_usec,
+            # Per script, background included: how often it ran and the commands it ran inside.
+            "scripts": {
+                name: {
+                    "runs": sum(1 for s in self.seen if s.name == name),
+                    "inside": sum(1 for s in self.seen if s.script == name),
+                }
+                for name in sorted({s.name for s in self.seen if s.name.startswith("eval")})
+            },
         }
 
 
