@@ -1,6 +1,6 @@
 """A minimal OpenAI Realtime (GA) stand-in for the relay benchmark: it echoes audio at once.
 
-Usage: python bench/echo_agent.py --api-key KEY [--port 0]
+Usage: python bench/echo_agent.py --api-key KEY [--port 0] [--connect-delay-ms 0]
 
 Prints ``ready <port>`` on stdout once listening, then serves until SIGINT/SIGTERM. A line
 ``report`` on stdin prints one JSON line ``{"one_way_ms": [...]}`` on stdout and starts a new
@@ -10,8 +10,10 @@ Behaviour, the least the relays need: ``GET /v1/realtime?model=...`` with
 ``Authorization: Bearer KEY`` (anything else gets HTTP 401); ``session.created`` on connect;
 ``session.update`` answered with ``session.updated`` carrying the requested session; every
 ``input_audio_buffer.append`` answered immediately with one ``response.output_audio.delta``
-whose ``delta`` is the appended base64 text, untouched. Nothing is validated: the echo must
-cost as little as possible, since it shares the machine with the relay under test.
+whose ``delta`` is the appended base64 text, untouched. ``--connect-delay-ms`` holds each
+new session that long before ``session.created`` (a provider slow to connect). Nothing is
+validated: the echo must cost as little as possible, since it shares the machine with the
+relay under test.
 
 One-way latency: ``bench/loadgen.py`` puts each frame's index and send time
 (``time.perf_counter()``, the machine's monotonic clock, the same in every process) in the first
@@ -71,7 +73,12 @@ def _checker(api_key: str) -> Any:
     return process_request
 
 
+_connect_delay_s = 0.0
+
+
 async def _session(conn: ServerConnection) -> None:
+    if _connect_delay_s:
+        await asyncio.sleep(_connect_delay_s)
     await conn.send(
         _dumps({"type": "session.created", "event_id": "event_0", "session": {"id": "sess_echo"}})
     )
@@ -143,7 +150,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--connect-delay-ms", type=float, default=0.0, help="hold a new session this long"
+    )
     args = parser.parse_args()
+    _connect_delay_s = args.connect_delay_ms / 1000
     with contextlib.suppress(KeyboardInterrupt):
         _run(main(args.api_key, args.port))
     sys.exit(0)

@@ -11,7 +11,23 @@ Protocol with the parent, one JSON object a line on stdout:
 1. sets every call up, then prints ``{"ready": ...}`` (setup times, failures);
 2. waits for a line ``go`` on stdin, streams ``--seconds`` of 20 ms mu-law frames per call at
    real-time pace, waits up to ``TAIL_S`` for the last echoes, prints ``{"streamed": ...}``;
-3. stops every stream, closes, prints ``{"result": ...}`` with every round-trip sample.
+3. stops every stream, closes, prints ``{"result": ...}`` with every round-trip sample and one
+   summary per call (``per_call``: its set-up time and its smallest, median and largest round
+   trip; the smallest is the call's *standing offset*, the delay every frame of it carried;
+   ``tail_min_ms``, the smallest over its last second, also catches an offset that arose
+   mid-call and stayed).
+   ``heard_min_ms`` is the smallest round trip as the caller would hear it: a carrier plays
+   the audio it receives in order at real time, so an echo that arrives while earlier audio
+   still plays is heard when that ends (a backlog sent at once is heard one frame after
+   another, as a paced one is).
+
+With ``--arrival-s S`` the calls are not set up before ``go``: call ``j`` of ``--total`` arrives
+``S * j / total`` seconds after it (webhook, stream upgrade, ``connected``, ``start``) while the
+calls before it already stream, and starts streaming right after its ``start``, as a carrier
+does, without waiting for a probe: audio sent while the gateway still sets the call up waits
+there, and any delay it meets is carried into the call's round trips. ``ready`` then comes at
+once (nothing set up yet) and the set-up times (webhook -> first echo) and failures come with
+the result.
 
 Per call, for ``voicegw``: a signed voice webhook (``X-Twilio-Signature`` computed with
 ``twilio.request_validator.RequestValidator``), the TwiML's ``<Stream>`` URL and token, the media
@@ -61,6 +77,9 @@ SETUP_TIMEOUT_S: Final = 20.0
 TAIL_S: Final = 2.0
 """After the last frame, wait this long at most for outstanding echoes."""
 GO_DELAY_S: Final = 0.1
+TAIL_FRAMES: Final = 50
+"""A call's last second: its smallest round trip there is an offset it still carried at the
+end (``tail_min_ms``), wherever it arose."""
 
 # A frame starts with its index (4 bytes, big-endian) and the ``time.perf_counter()`` it was
 # sent at (8-byte double); the 148 bytes after that 12-byte prefix are the same in every frame.
@@ -112,6 +131,12 @@ class Call:
         self.lag_ms = array("d")  # how late each frame left, against its schedule
         self.probe = asyncio.Event()
         self.setup_ms: float | None = None
+        self.began = 0.0  # perf_counter when its set-up began (webhook or upgrade)
+        self.webhook_ms: float | None = None  # the voice webhook's answer came
+        self.open_ms: float | None = None  # the media WebSocket was open (from the webhook)
+        # A carrier plays what it gets at real time, in order: when each echo would be heard.
+        self.play_at = 0.0  # perf_counter when the audio received so far has played
+        self.heard_min_ms = float("inf")  # the smallest round trip as the caller hears it
         self.error: str | None = None
         self.close_code: int | None = None
         self.done = asyncio.Event()
@@ -174,6 +199,8 @@ class Call:
                 kind = event.get("event")
                 if kind == "media":
                     i = frame_index(event["media"]["payload"])
+                    heard = self.play_at if self.play_at > now else now
+                    self.play_at = heard + FRAME_S
                     if i == PROBE:
                         self.probe.set()
                     elif i >= self.frames or sent_at[i] == 0.0:
@@ -181,8 +208,13 @@ class Call:
                     elif got[i]:
                         self.duplicates += 1
                     else:
+                        if self.setup_ms is None:  # arrival mode: the first echo ends set-up
+                            self.setup_ms = (now - self.began) * 1000
                         got[i] = 1
                         latency.append((now - sent_at[i]) * 1000)
+                        heard_ms = (heard - sent_at[i]) * 1000
+                        if heard_ms < self.heard_min_ms:
+                            self.heard_min_ms = heard_ms
                         self.order.append(i)
                         self.received += 1
                         if self.received == self.frames:
@@ -258,10 +290,24 @@ async def _webhook(
 
 
 async def setup(args: argparse.Namespace, call: Call, http: Any, validator: Any) -> None:
+    """Open the call's stream, then send one probe frame and wait for its echo (the path is
+    up: ``setup_ms`` ends there)."""
     began = time.perf_counter()
+    await open_stream(args, call, http, validator)
+    assert call.ws is not None
+    await call.ws.send(call.probe_media())
+    await call.probe.wait()
+    call.setup_ms = (time.perf_counter() - began) * 1000
+
+
+async def open_stream(args: argparse.Namespace, call: Call, http: Any, validator: Any) -> None:
+    """The signed webhook (voicegw), the media WebSocket, ``connected`` and ``start``; starts
+    reading echoes."""
     headers: dict[str, str] = {}
+    began = time.perf_counter()
     if args.target == "voicegw":
         stream_url, token = await _webhook(args, call, http, validator)
+        call.webhook_ms = (time.perf_counter() - began) * 1000
         headers["X-Twilio-Signature"] = validator.compute_signature(stream_url, {})
         parts = urlsplit(stream_url)
         base = urlsplit(args.url)
@@ -278,12 +324,10 @@ async def setup(args: argparse.Namespace, call: Call, http: Any, validator: Any)
         open_timeout=SETUP_TIMEOUT_S,
         max_size=1024 * 1024,
     )
+    call.open_ms = (time.perf_counter() - began) * 1000
     for text in call.opening(token):
         await call.ws.send(text)
     call.receiver = asyncio.create_task(call.receive())
-    await call.ws.send(call.probe_media())
-    await call.probe.wait()
-    call.setup_ms = (time.perf_counter() - began) * 1000
 
 
 async def _setup_all(args: argparse.Namespace, calls: list[Call]) -> None:
@@ -307,6 +351,61 @@ async def _setup_all(args: argparse.Namespace, calls: list[Call]) -> None:
         await asyncio.gather(*(one(c) for c in calls))
 
 
+async def _arrive(
+    args: argparse.Namespace, call: Call, http: Any, validator: Any, at: float
+) -> None:
+    """Arrival mode: at ``at``, open the call's stream and stream at once (no probe): what
+    the gateway holds while it sets the call up shows in the call's round trips."""
+    delay = at - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    call.began = time.perf_counter()
+    try:
+        async with asyncio.timeout(SETUP_TIMEOUT_S):
+            await open_stream(args, call, http, validator)
+    except Exception as exc:
+        call.error = f"setup: {type(exc).__name__}: {exc}"[:200]
+        if call.ws is not None:
+            call.ws.transport.abort()
+        call.done.set()
+        return
+    await call.stream(time.perf_counter())
+
+
+async def _arrive_all(args: argparse.Namespace, calls: list[Call], t0: float) -> None:
+    import httpx
+    from twilio.request_validator import RequestValidator
+
+    validator = RequestValidator(args.token or "unused")
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(base_url=args.url, timeout=SETUP_TIMEOUT_S, limits=limits) as http:
+        spread = args.arrival_s / max(args.total, 1)
+        await asyncio.gather(
+            *(_arrive(args, c, http, validator, t0 + spread * c.index) for c in calls)
+        )
+
+
+def call_summary(call: Call) -> dict[str, Any]:
+    """One call's set-up time and round trips: ``min_ms`` is its standing offset."""
+    lat = sorted(call.latency_ms)
+    last = call.frames - TAIL_FRAMES  # the call's last second
+    tail = [ms for i, ms in zip(call.order, call.latency_ms, strict=True) if i >= last]
+    return {
+        "call": call.index,
+        "setup_ms": None if call.setup_ms is None else round(call.setup_ms, 3),
+        "webhook_ms": None if call.webhook_ms is None else round(call.webhook_ms, 3),
+        "open_ms": None if call.open_ms is None else round(call.open_ms, 3),
+        "received": call.received,
+        "min_ms": round(lat[0], 3) if lat else None,
+        "p50_ms": round(lat[len(lat) // 2], 3) if lat else None,
+        "max_ms": round(lat[-1], 3) if lat else None,
+        "heard_min_ms": round(call.heard_min_ms, 3) if lat else None,
+        # An offset that arose mid-call (a stall) and never went away.
+        "tail_min_ms": round(min(tail), 3) if tail else None,
+        "error": call.error,
+    }
+
+
 async def finish(call: Call) -> None:
     """Send ``stop``, close the stream, stop reading it."""
     ws = call.ws
@@ -326,11 +425,13 @@ async def finish(call: Call) -> None:
 
 async def run(args: argparse.Namespace) -> None:
     frames = round(args.seconds / FRAME_S)
+    arrival = args.arrival_s > 0
     calls = []
     for k in range(args.calls):
         j = args.first + k * args.stride  # this call's index across all generator processes
-        calls.append(Call(j, frames, FRAME_S * j / max(args.total, 1)))
-    await _setup_all(args, calls)
+        calls.append(Call(j, frames, 0.0 if arrival else FRAME_S * j / max(args.total, 1)))
+    if not arrival:
+        await _setup_all(args, calls)
     live = [c for c in calls if c.error is None]
     emit(
         {
@@ -346,7 +447,11 @@ async def run(args: argparse.Namespace) -> None:
         return
     t0 = time.perf_counter() + GO_DELAY_S
     began = time.perf_counter()
-    await asyncio.gather(*(c.stream(t0) for c in live))
+    if arrival:
+        await _arrive_all(args, calls, t0)
+        live = [c for c in calls if c.ws is not None]
+    else:
+        await asyncio.gather(*(c.stream(t0) for c in live))
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(TAIL_S):
             await asyncio.gather(*(c.done.wait() for c in live))
@@ -362,6 +467,7 @@ async def run(args: argparse.Namespace) -> None:
             {
                 "call": c.index,
                 "phase_ms": round(c.phase_s * 1000, 3),
+                "setup_ms": c.setup_ms,
                 "frame": list(c.order),
                 "latency_ms": [round(x, 3) for x in c.latency_ms],
                 "send_lag_ms": [round(x, 3) for x in c.lag_ms],
@@ -378,10 +484,15 @@ async def run(args: argparse.Namespace) -> None:
                 "duplicates": sum(c.duplicates for c in live),
                 "unknown": sum(c.unknown for c in live),
                 "marks": sum(c.marks for c in live),
-                "errors": sorted({c.error for c in live if c.error})[:5],
+                "errors": sorted({c.error for c in (calls if arrival else live) if c.error})[:5],
                 "close_codes": sorted({str(c.close_code) for c in live}),
                 "latency_ms": [round(x, 3) for x in latencies],
                 "send_lag_ms": [round(x, 3) for x in lags],
+                "per_call": [call_summary(c) for c in calls],
+                # Arrival mode: the set-up happened after ``go``; a call that never had an
+                # echo failed to set up.
+                "setup_ms": [round(c.setup_ms, 3) for c in calls if c.setup_ms is not None],
+                "failed": sum(1 for c in calls if c.setup_ms is None),
             }
         }
     )
@@ -397,6 +508,12 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=0)
     parser.add_argument("--stride", type=int, default=1)
     parser.add_argument("--total", type=int, default=0)
+    parser.add_argument(
+        "--arrival-s",
+        type=float,
+        default=0.0,
+        help="calls arrive over this many seconds after go and stream at once (0: set up first)",
+    )
     parser.add_argument("--dump", default="", help="write every call's samples to this JSON file")
     args = parser.parse_args()
     args.total = args.total or args.calls

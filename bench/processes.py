@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -188,6 +189,53 @@ def scrape(url: str, wanted: Iterable[str], token: str | None = None) -> dict[st
             name, value = line.rsplit(" ", 1)
             out[name] = float(value)
     return out
+
+
+_LABEL: Final = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def buckets(samples: dict[str, float], name: str, **labels: str) -> list[tuple[float, float]]:
+    """The cumulative buckets ``(le, count)`` of histogram ``name`` (``scrape`` it with
+    ``name + "_bucket"``) whose labels include ``labels``, summed over the other labels, in
+    ascending ``le``."""
+    summed: dict[float, float] = {}
+    for key, value in samples.items():
+        if not key.startswith(name + "_bucket{"):
+            continue
+        found = dict(_LABEL.findall(key[len(name) + 8 : -1]))
+        if "le" not in found or any(found.get(k) != v for k, v in labels.items()):
+            continue
+        le = float(found["le"])  # "+Inf" parses as inf
+        summed[le] = summed.get(le, 0.0) + value
+    return sorted(summed.items())
+
+
+def bucket_quantile(cumulative: Sequence[tuple[float, float]], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a histogram's cumulative buckets, interpolated linearly
+    inside the bucket it falls in as Prometheus' ``histogram_quantile`` does (the upper bound
+    of the last finite bucket when it falls in ``+Inf``); None with no observation."""
+    if not cumulative or cumulative[-1][1] <= 0:
+        return None
+    rank = q * cumulative[-1][1]
+    lower, below = 0.0, 0.0
+    for le, count in cumulative:
+        if count >= rank:
+            if le == float("inf"):
+                return lower
+            if count == below:
+                return le
+            return lower + (le - lower) * (rank - below) / (count - below)
+        lower, below = le, count
+    return lower
+
+
+def top_bucket(cumulative: Sequence[tuple[float, float]]) -> float | None:
+    """The upper bound of the bucket holding the largest observation (``inf`` when it is
+    beyond the last finite bound); None with no observation."""
+    if not cumulative or cumulative[-1][1] <= 0:
+        return None
+    everything = cumulative[-1][1]
+    return next(le for le, count in cumulative if count >= everything)
 
 
 def total(samples: dict[str, float], name: str, label: str = "") -> float:

@@ -31,6 +31,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +42,15 @@ import numpy as np
 from processes import (
     BENCH,
     Child,
+    bucket_quantile,
+    buckets,
     cpu_seconds,
     free_port,
     machine_busy_seconds,
     memory_kib,
     process_tree,
     scrape,
+    top_bucket,
     voicegw_argv,
     wait_http,
     wait_workers,
@@ -60,6 +64,13 @@ MEDIA_COUNTERS: Final = (
     "voicegw_media_relay_seconds_sum",
     "voicegw_media_relay_seconds_count",
 )
+SETUP_HISTOGRAM: Final = "voicegw_call_setup_seconds"
+SETUP_STAGES: Final = ("start", "claim", "provider", "answer", "first_frame", "total")
+LOOP_LAG_HISTOGRAM: Final = "voicegw_event_loop_lag_seconds"
+HTTP_HISTOGRAM: Final = "voicegw_http_request_duration_seconds"
+VOICE_WEBHOOK: Final = "/webhooks/twilio/voice"
+OFFSET_LIMIT_MS: Final = 150.0
+"""A call whose every round trip took longer than this started with a standing offset."""
 SYSTEMS: Final = ("voicegw", "baseline")
 START_TIMEOUT_S: Final = 30.0
 SETUP_TIMEOUT_S: Final = 120.0
@@ -95,6 +106,7 @@ class Run:
     unknown: int = 0
     marks: int = 0
     latency_ms: list[float] = field(default_factory=list)
+    per_call: list[dict[str, Any]] = field(default_factory=list)
     one_way_ms: list[float] = field(default_factory=list)
     send_lag_ms: list[float] = field(default_factory=list)
     window_s: float = 0.0
@@ -107,6 +119,7 @@ class Run:
     errors: list[str] = field(default_factory=list)
     close_codes: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    histograms: dict[str, float] = field(default_factory=dict)  # set-up and loop-lag buckets
     gc: dict[str, Any] = field(default_factory=dict)
     workers: int = 0  # voicegw's --workers (0: one process, no Redis)
 
@@ -165,12 +178,63 @@ class Run:
             "metrics": self.metrics,
             "gc": self.gc,
         }
+        row.update(self.offsets())
+        row.update(self.setup_stages())
         row["holds"] = curve.holds(row)
         return row
+
+    def offsets(self) -> dict[str, Any]:
+        """Each call's standing offset (its smallest round trip) over the calls: p50, p99,
+        max and how many exceed ``OFFSET_LIMIT_MS``; the per-call summaries go along."""
+        offsets = [c["min_ms"] for c in self.per_call if c["min_ms"] is not None]
+        heard = [c["heard_min_ms"] for c in self.per_call if c["heard_min_ms"] is not None]
+        tail = [c["tail_min_ms"] for c in self.per_call if c["tail_min_ms"] is not None]
+        return {
+            "tail_offset_ms_max": round(max(tail), 3) if tail else None,
+            "tail_offset_over_150": sum(1 for o in tail if o > OFFSET_LIMIT_MS),
+            "heard_offset_ms_p99": _q(heard, 99),
+            "heard_offset_ms_max": round(max(heard), 3) if heard else None,
+            "heard_offset_over_150": sum(1 for o in heard if o > OFFSET_LIMIT_MS),
+            "setup_ms_p99": _q(self.setup_ms, 99),
+            "offset_calls": len(offsets),
+            "offset_ms_p50": _q(offsets, 50),
+            "offset_ms_p99": _q(offsets, 99),
+            "offset_ms_max": round(max(offsets), 3) if offsets else None,
+            "offset_over_150": sum(1 for o in offsets if o > OFFSET_LIMIT_MS),
+            "per_call": sorted(self.per_call, key=lambda c: int(c["call"])),
+        }
+
+    def setup_stages(self) -> dict[str, Any]:
+        """``voicegw_call_setup_seconds`` p50/p99 per stage and the event-loop lag's p99 and
+        largest bucket, in ms, from the relay's histograms (voicegw only)."""
+        stages: dict[str, dict[str, float | None]] = {}
+        # Before the stream: the voice webhook, as the server timed it.
+        b = buckets(self.histograms, HTTP_HISTOGRAM, route=VOICE_WEBHOOK)
+        stages["webhook"] = {
+            "p50": _ms(bucket_quantile(b, 0.5)),
+            "p99": _ms(bucket_quantile(b, 0.99)),
+        }
+        for stage in SETUP_STAGES:
+            b = buckets(self.histograms, SETUP_HISTOGRAM, stage=stage)
+            stages[stage] = {
+                "p50": _ms(bucket_quantile(b, 0.5)),
+                "p99": _ms(bucket_quantile(b, 0.99)),
+            }
+        lag = buckets(self.histograms, LOOP_LAG_HISTOGRAM)
+        return {
+            "setup_stages_ms": stages if self.histograms else {},
+            "loop_lag_ms_p99": _ms(bucket_quantile(lag, 0.99)),
+            "loop_lag_ms_max_bucket": _ms(top_bucket(lag)),
+        }
 
 
 def _q(values: list[float], pct: float) -> float | None:
     return round(float(np.percentile(values, pct)), 3) if values else None
+
+
+def _ms(seconds: float | None) -> float | None:
+    """Seconds to ms, rounded; None stays None and beyond the last bucket is ``inf``."""
+    return None if seconds is None else round(1000 * seconds, 3)
 
 
 def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path) -> Run:
@@ -191,7 +255,9 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
             hooks["BENCH_GC_FREEZE_S"] = str(options.gc_freeze_s)
     try:
         echo = Child(f"{tag}-echo", [sys.executable, str(BENCH / "echo_agent.py"),
-                                     "--api-key", api_key], log_dir)  # fmt: skip
+                                     "--api-key", api_key,
+                                     "--connect-delay-ms", str(options.provider_delay_ms)],
+                     log_dir)  # fmt: skip
         children.append(echo)
         echo_url = f"ws://127.0.0.1:{echo.readline(START_TIMEOUT_S).split()[1]}/v1/realtime"
         token = ""
@@ -245,7 +311,8 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
             share = len(range(g, calls, procs))
             argv = [sys.executable, str(BENCH / "loadgen.py"), "--target", system, "--url", url,
                     "--token", token, "--calls", str(share), "--seconds", str(options.seconds),
-                    "--first", str(g), "--stride", str(procs), "--total", str(calls)]  # fmt: skip
+                    "--first", str(g), "--stride", str(procs), "--total", str(calls),
+                    "--arrival-s", str(options.arrival_s)]  # fmt: skip
             if options.dump:
                 argv += ["--dump", str(log_dir / f"{tag}-gen{g}-samples.json")]
             gens.append(Child(f"{tag}-gen{g}", argv, log_dir))
@@ -264,7 +331,7 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
         for gen in gens:
             gen.tell("go")
         for gen in gens:
-            gen.json(options.seconds + 60)
+            gen.json(options.arrival_s + options.seconds + 60)
         run.window_s = time.monotonic() - began
         after = [cpu_seconds(p) for p in pids]
         busy = machine_busy_seconds() - busy_before
@@ -279,6 +346,10 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
             for key in ("sent", "received", "duplicates", "unknown", "marks"):
                 setattr(run, key, getattr(run, key) + result[key])
             run.latency_ms.extend(result["latency_ms"])
+            run.per_call.extend(result["per_call"])
+            if options.arrival_s:  # the calls were set up after "go"
+                run.setup_ms.extend(result["setup_ms"])
+                run.failed_setup += result["failed"]
             run.send_lag_ms.extend(result["send_lag_ms"])
             run.errors.extend(result["errors"])
             run.close_codes = sorted(set(run.close_codes) | set(result["close_codes"]))
@@ -286,7 +357,12 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
         run.one_way_ms = echo.json(60)["one_way_ms"]
         run.peak_rss_kib = sum(memory_kib(p, "VmHWM") for p in relay_pids)
         if system == "voicegw":
-            run.metrics = scrape(f"{url}/metrics", MEDIA_COUNTERS)
+            samples = scrape(
+                f"{url}/metrics",
+                (*MEDIA_COUNTERS, SETUP_HISTOGRAM, LOOP_LAG_HISTOGRAM, HTTP_HISTOGRAM),
+            )
+            run.metrics = {k: v for k, v in samples.items() if k.startswith(MEDIA_COUNTERS)}
+            run.histograms = {k: v for k, v in samples.items() if "_bucket{" in k}
     finally:
         for child in reversed(children):
             child.stop()
@@ -372,6 +448,87 @@ def render(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _num(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return "inf" if value == float("inf") else f"{value:.{digits}f}"  # beyond the last bucket
+
+
+OFFSET_COLUMNS: Final = [
+    ("offset_calls", "n", "{:>4}"),
+    ("offset_ms_p50", "off p50", "{:>7}"),
+    ("offset_ms_p99", "off p99", "{:>7}"),
+    ("offset_ms_max", "off max", "{:>7}"),
+    ("offset_over_150", ">150", "{:>4}"),
+    ("tail_offset_ms_max", "end max", "{:>7}"),
+    ("tail_offset_over_150", ">150", "{:>4}"),
+    ("heard_offset_ms_p99", "heard p99", "{:>9}"),
+    ("heard_offset_ms_max", "heard max", "{:>9}"),
+    ("heard_offset_over_150", ">150", "{:>4}"),
+]
+SETUP_COLUMNS: Final = [
+    ("setup_ms_p50", "setup p50", "{:>9}"),
+    ("setup_ms_p99", "setup p99", "{:>9}"),
+    ("loop_lag_ms_p99", "lag p99", "{:>7}"),
+    ("loop_lag_ms_max_bucket", "lag max", "{:>7}"),
+]
+
+
+def render_offsets(rows: list[dict[str, Any]], repeat: int) -> str:
+    """Two tables, per level and system: each call's standing offset (p50, p99, max, calls
+    over the limit; at the end of the call; as heard), then the set-up: the load generator's,
+    and voicegw's voice webhook, set-up stages (p50/p99) and event-loop lag (p99, largest
+    bucket)."""
+    worst = f" (worst of {repeat} repeats)" if repeat > 1 else ""
+    stage_names = ("webhook", *SETUP_STAGES)
+    offsets = _table(
+        rows,
+        OFFSET_COLUMNS,
+        [],
+        f"standing offsets, ms{worst}: off = each call's smallest round trip; end = its "
+        "smallest over its last second (an offset that arose mid-call and stayed); heard = "
+        "its smallest as the caller hears it (the carrier plays what it gets in order, at "
+        "real time)",
+    )
+    setup = _table(
+        rows,
+        SETUP_COLUMNS,
+        [f"{s:>11}" for s in stage_names],
+        f"set-up, ms{worst}: the load generator's (webhook -> first echo); voicegw's "
+        "voicegw_event_loop_lag_seconds (p99, largest bucket), voice webhook "
+        "(voicegw_http_request_duration_seconds) and voicegw_call_setup_seconds per stage "
+        "(p50/p99)",
+        stage_names,
+    )
+    return offsets + "\n\n" + setup
+
+
+def _table(
+    rows: list[dict[str, Any]],
+    columns: list[tuple[str, str, str]],
+    extra_heads: list[str],
+    title: str,
+    stage_names: tuple[str, ...] = (),
+) -> str:
+    """``title``, a header, then one line per row: ``columns`` (key, title, format), then each
+    of ``stage_names`` as voicegw's set-up ``p50/p99`` ("-" for the baseline)."""
+    heads = [f"{'calls':>5}", f"{'system':<9}"]
+    heads += [f"{title:>{_width(fmt)}}" for _, title, fmt in columns]
+    header = "  ".join(heads + extra_heads)
+    lines = [textwrap.fill(title, 100), header, "-" * len(header)]
+    for row in rows:
+        cells = [f"{row['calls']:>5}", f"{row['system']:<9}"]
+        for key, _, fmt in columns:
+            value = row[key]
+            cells.append(fmt.format(value if isinstance(value, int) else _num(value)))
+        for stage in stage_names:
+            q = row["setup_stages_ms"].get(stage)
+            text = f"{_num(q['p50'])}/{_num(q['p99'])}" if q else "-"
+            cells.append(f"{text:>11}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
 def _gc_line(stats: dict[str, Any]) -> str:
     gens = stats["generations"]
     return " ".join(
@@ -419,7 +576,46 @@ def _package(filename: str) -> str:
     return filename
 
 
-REPEAT_KEYS: Final = ("rtt_ms_p50", "rtt_ms_p99", "relay_cpu_ms_per_call_s", "other_cpu_pct")
+REPEAT_KEYS: Final = (
+    "rtt_ms_p50",
+    "rtt_ms_p99",
+    "relay_cpu_ms_per_call_s",
+    "other_cpu_pct",
+    "offset_ms_p99",
+    "offset_ms_max",
+    "offset_over_150",
+    "tail_offset_ms_max",
+    "tail_offset_over_150",
+    "loop_lag_ms_p99",
+)
+WORST_KEYS: Final = (
+    "offset_calls",
+    "offset_ms_p50",
+    "offset_ms_p99",
+    "offset_ms_max",
+    "offset_over_150",
+    "heard_offset_ms_p99",
+    "heard_offset_ms_max",
+    "heard_offset_over_150",
+    "tail_offset_ms_max",
+    "tail_offset_over_150",
+    "per_call",
+    "setup_ms_p50",
+    "setup_ms_p99",
+    "setup_ms_max",
+    "setup_stages_ms",
+    "loop_lag_ms_p99",
+    "loop_lag_ms_max_bucket",
+)
+"""Figures a level reports from its worst repeat (``Sweep.level``): a standing offset that
+shows once in N runs must not hide behind the quieter ones."""
+
+
+def _worse(row: dict[str, Any]) -> tuple[float, float]:
+    """Order of badness of a repeat: calls over the offset limit (from the start or at the
+    end), then the largest offset."""
+    over = max(row["offset_over_150"], row["tail_offset_over_150"])
+    return (over, max(row["offset_ms_max"] or 0.0, row["tail_offset_ms_max"] or 0.0))
 
 
 def _progress(row: dict[str, Any]) -> None:
@@ -428,7 +624,10 @@ def _progress(row: dict[str, Any]) -> None:
         f"{row['one_way_ms_p50']:.2f} ms, back {row['delivered_pct']:.2f} %"
         f"{'' if row['holds'] else ' (does not hold)'}, relay cpu {row['relay_cpu_pct']:.0f} % "
         f"({row['relay_cpu_ms_per_call_s']:.2f} ms/call-s), gen cpu {row['gen_cpu_pct']} %, "
-        f"other load {row['other_cpu_pct']:.0f} %"
+        f"other load {row['other_cpu_pct']:.0f} %; standing offset p50 "
+        f"{_num(row['offset_ms_p50'])}, max {_num(row['offset_ms_max'])} ms, "
+        f"{row['offset_over_150']} call(s) over {OFFSET_LIMIT_MS:g} ms"
+        + (f", loop lag p99 {_num(row['loop_lag_ms_p99'])} ms" if row["setup_stages_ms"] else "")
         + (f", errors {row['errors']}" if row["errors"] else "")
         + (f", gc {_gc_line(row['gc'])}" if row["gc"] else ""),
         flush=True,
@@ -461,16 +660,25 @@ class Sweep:
         """Each system at ``calls``, ``--repeat`` times alternating; the least disturbed run
         of each is kept, the others' key figures go with it."""
         best: dict[str, dict[str, Any]] = {}
+        worst: dict[str, dict[str, Any]] = {}
         tries: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
-        for _ in range(self.options.repeat):
+        for repeat in range(self.options.repeat):
             for system in systems:  # alternate, so both meet the same machine
                 row = self.measure(system, calls)
+                row["repeat"] = repeat
                 tries[system].append({k: row[k] for k in REPEAT_KEYS})
                 # Keep the least disturbed repeat, as bench/transcode.py keeps the best pass.
                 if system not in best or row["other_cpu_pct"] < best[system]["other_cpu_pct"]:
                     best[system] = row
+                # ...but the standing offsets, set-up and loop lag of the worst one.
+                if system not in worst or _worse(row) > _worse(worst[system]):
+                    worst[system] = row
         for system in systems:
-            best[system]["repeats"] = tries[system]
+            kept = dict(best[system])
+            kept.update({k: worst[system][k] for k in WORST_KEYS})
+            kept["offset_repeat"] = worst[system]["repeat"]
+            kept["repeats"] = tries[system]
+            best[system] = kept
         return [best[system] for system in systems]
 
     def refine(self, rows: list[dict[str, Any]], system: str, steps: int) -> list[dict[str, Any]]:
@@ -492,13 +700,30 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="audio per call")
     parser.add_argument("--json", default=None, help=f"JSON results (default {LAST_RUN})")
     parser.add_argument(
-        "--repeat", type=int, default=1, help="runs per level and system; keeps the least disturbed"
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per level and system; keeps the least disturbed for CPU and latency, the "
+        "worst for standing offsets, set-up and loop lag",
     )
     parser.add_argument(
         "--refine",
         type=int,
         default=0,
         help="levels to add per system, bisecting between its capacity and the next level",
+    )
+    parser.add_argument(
+        "--arrival-s",
+        type=float,
+        default=0.0,
+        help="calls arrive spread over S seconds while the earlier ones stream, each streaming "
+        "from its start (0: every call set up before the first frame)",
+    )
+    parser.add_argument(
+        "--provider-delay-ms",
+        type=float,
+        default=0.0,
+        help="the echo server holds each new session this long (a slow provider connect)",
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG beside the JSON")
     parser.add_argument("--gen-procs", type=int, default=1, help="load generator processes")
@@ -550,6 +775,8 @@ def main() -> None:
     print()
     print(render(rows, ratio_rows))
     print()
+    print(render_offsets(rows, options.repeat))
+    print()
     print(curve.render(capacity))
     document = {
         "bench": "relay",
@@ -559,6 +786,9 @@ def main() -> None:
         "seconds": options.seconds,
         "gen_procs": options.gen_procs,
         "repeat": options.repeat,
+        "arrival_s": options.arrival_s,
+        "provider_delay_ms": options.provider_delay_ms,
+        "offset_limit_ms": OFFSET_LIMIT_MS,
         "profile": options.profile,
         "workers": options.workers,
         "source": str(Path(options.source).resolve()) if options.source else str(BENCH.parent),

@@ -178,6 +178,110 @@ def test_soak_benchmark_churns_calls_samples_the_gateway_and_judges_it(tmp_path)
         client.close()
 
 
+def test_relay_benchmark_reports_each_calls_standing_offset_with_calls_arriving(tmp_path):
+    out = tmp_path / "relay.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "relay.py"),
+            *("--calls", "3", "--seconds", "1", "--arrival-s", "0.5", "--repeat", "2"),
+            *("--no-plot", "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180 * UNIT,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    document = json.loads(out.read_text())
+    assert document["arrival_s"] == 0.5 and document["repeat"] == 2
+    rows = {r["system"]: r for r in document["results"]}
+    assert set(rows) == {"voicegw", "baseline"}
+    for row in rows.values():
+        assert row["failed_setup"] == 0 and row["delivered_pct"] == 100.0
+        # Arrival mode: the calls were set up after "go", each timed webhook -> first echo.
+        assert len(row["per_call"]) == 3 == row["offset_calls"]
+        assert [c["call"] for c in row["per_call"]] == [0, 1, 2]
+        for call in row["per_call"]:
+            assert call["setup_ms"] > 0 and call["received"] == 50
+            assert 0 < call["min_ms"] <= call["p50_ms"] <= call["max_ms"]
+            # Heard at real-time playout: never before it arrived.
+            assert call["heard_min_ms"] >= call["min_ms"]
+            assert call["tail_min_ms"] >= call["min_ms"]
+        assert row["offset_ms_max"] == max(c["min_ms"] for c in row["per_call"])
+        assert row["offset_over_150"] == sum(c["min_ms"] > 150 for c in row["per_call"])
+        assert row["tail_offset_ms_max"] == max(c["tail_min_ms"] for c in row["per_call"])
+        assert len(row["repeats"]) == 2 and row["offset_repeat"] in (0, 1)
+        worst = max(
+            row["repeats"],
+            key=lambda r: (
+                max(r["offset_over_150"], r["tail_offset_over_150"]),
+                max(r["offset_ms_max"], r["tail_offset_ms_max"]),
+            ),
+        )
+        assert row["offset_ms_max"] == worst["offset_ms_max"]
+    # voicegw's own histograms: every set-up stage observed, the loop lag sampled.
+    stages = rows["voicegw"]["setup_stages_ms"]
+    assert set(stages) == {
+        "webhook",
+        "start",
+        "claim",
+        "provider",
+        "answer",
+        "first_frame",
+        "total",
+    }
+    assert all(q["p50"] is not None and q["p50"] <= q["p99"] for q in stages.values())
+    assert rows["voicegw"]["loop_lag_ms_p99"] is not None
+    assert rows["baseline"]["setup_stages_ms"] == {}
+    assert "standing offset" in run.stdout and "worst of 2 repeats" in run.stdout
+
+
+def test_redis_ops_counts_commands_per_webhook_and_call(tmp_path):
+    out = tmp_path / "redis_ops.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "redis_ops.py"),
+            *("--short-s", "1", "--long-s", "2", "--idle-s", "1", "--settle-s", "0.3"),
+            *("--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180 * UNIT,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    document = json.loads(out.read_text())
+    phases = {p["phase"]: p for p in document["phases"]}
+    assert list(phases) == [
+        "idle",
+        "twilio_voice",
+        "twilio_status",
+        "telnyx_event",
+        "api_key_request",
+        "console_login",
+        "console_request",
+        "twilio_call_short",
+        "twilio_call_long",
+        "telnyx_call",
+    ]
+    for phase in phases.values():
+        assert phase["ops_total"] == sum(phase["ops"].values()) >= 0
+    # Every webhook passes the shared admission (one Lua script at least); a new call is
+    # registered; a whole call costs more than its voice webhook alone.
+    for name in ("twilio_voice", "twilio_status", "telnyx_event"):
+        assert phases[name]["net"]["evalsha admission.ADMIT"] == 1, phases[name]
+        assert phases[name]["net_in_scripts"] > 0
+    # A new call is registered (the registry's script, named by its Lua source).
+    assert phases["twilio_voice"]["net"]["evalsha redis_registry.CREATE"] == 1
+    assert phases["twilio_call_short"]["net_total"] > phases["twilio_voice"]["net_total"] > 0
+    assert phases["telnyx_call"]["net_total"] > phases["telnyx_event"]["net_total"]
+    assert phases["console_login"]["net_total"] > 0
+    assert isinstance(document["media_ops_per_call_s"], float)
+    assert "round trips" in run.stdout and "evalsha admission.ADMIT" in run.stdout
+
+
 def test_wsclient_benchmark_measures_both_clients_and_writes_json(tmp_path):
     out = tmp_path / "wsclient.json"
     run = subprocess.run(
