@@ -57,13 +57,11 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
-import orjson
 from twilio.request_validator import RequestValidator
 
 BENCH: Final = Path(__file__).resolve().parent
@@ -73,6 +71,7 @@ if "--source" in sys.argv[:-1]:  # name the scripts of the tree that runs
     sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--source") + 1]).resolve()))
 
 from processes import free_port, voicegw_argv, wait_http  # noqa: E402
+from webhooks import telnyx_body  # noqa: E402
 
 from gateway import devkeys  # noqa: E402
 from gateway.media.audio import write_wav  # noqa: E402
@@ -398,25 +397,7 @@ def post_twilio(bench: Bench, http: httpx.Client, path: str, params: dict[str, s
 
 
 def telnyx_bridged(keys: devkeys.DevKeys) -> tuple[bytes, dict[str, str]]:
-    body = orjson.dumps(
-        {
-            "data": {
-                "event_type": "call.bridged",
-                "id": str(uuid.uuid4()),
-                "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
-                "payload": {
-                    "call_control_id": "v3:" + secrets.token_urlsafe(24),
-                    "call_leg_id": str(uuid.uuid4()),
-                    "call_session_id": str(uuid.uuid4()),
-                    "connection_id": "1684641123236054244",
-                    "from": CALLER,
-                    "to": CALLEE,
-                },
-                "record_type": "event",
-            },
-            "meta": {"attempt": 1, "delivered_to": "voicegw"},
-        }
-    )
+    body = telnyx_body()  # the webhook benchmark's call.bridged event
     ts = str(int(time.time()))
     signature = keys.telnyx_signing_key().sign(ts.encode() + b"|" + body).signature
     headers = {
