@@ -123,6 +123,9 @@ class Call:
         self.sent_at = array("d", bytes(8 * frames))
         self.got = bytearray(frames)
         self.latency_ms = array("d")
+        # Per-frame jitter, RFC 3550's D(i-1, i): how much a frame's transit time differs from
+        # the one received before it (the change in round trip between consecutive echoes).
+        self.jitter_ms = array("d")
         self.order = array("l")  # frame index of each latency sample
         self.received = 0
         self.duplicates = 0
@@ -211,7 +214,10 @@ class Call:
                         if self.setup_ms is None:  # arrival mode: the first echo ends set-up
                             self.setup_ms = (now - self.began) * 1000
                         got[i] = 1
-                        latency.append((now - sent_at[i]) * 1000)
+                        rtt_ms = (now - sent_at[i]) * 1000
+                        if latency:
+                            self.jitter_ms.append(abs(rtt_ms - latency[-1]))
+                        latency.append(rtt_ms)
                         heard_ms = (heard - sent_at[i]) * 1000
                         if heard_ms < self.heard_min_ms:
                             self.heard_min_ms = heard_ms
@@ -459,9 +465,11 @@ async def run(args: argparse.Namespace) -> None:
     await asyncio.gather(*(finish(c) for c in live))
     latencies = array("d")
     lags = array("d")
+    jitter = array("d")
     for c in live:
         latencies.extend(c.latency_ms)
         lags.extend(c.lag_ms)
+        jitter.extend(c.jitter_ms)
     if args.dump:
         samples = [
             {
@@ -488,6 +496,7 @@ async def run(args: argparse.Namespace) -> None:
                 "close_codes": sorted({str(c.close_code) for c in live}),
                 "latency_ms": [round(x, 3) for x in latencies],
                 "send_lag_ms": [round(x, 3) for x in lags],
+                "jitter_ms": [round(x, 3) for x in jitter],
                 "per_call": [call_summary(c) for c in calls],
                 # Arrival mode: the set-up happened after ``go``; a call that never had an
                 # echo failed to set up.

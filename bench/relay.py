@@ -109,6 +109,7 @@ class Run:
     per_call: list[dict[str, Any]] = field(default_factory=list)
     one_way_ms: list[float] = field(default_factory=list)
     send_lag_ms: list[float] = field(default_factory=list)
+    jitter_ms: list[float] = field(default_factory=list)
     window_s: float = 0.0
     relay_cpu_s: float = 0.0
     echo_cpu_s: float = 0.0
@@ -127,6 +128,7 @@ class Run:
         lat = np.array(self.latency_ms) if self.latency_ms else np.array([np.nan])
         one_way = np.array(self.one_way_ms) if self.one_way_ms else np.array([np.nan])
         lag = np.array(self.send_lag_ms) if self.send_lag_ms else np.array([np.nan])
+        jitter = np.array(self.jitter_ms) if self.jitter_ms else np.array([np.nan])
         call_s = self.calls * self.seconds
         cores = os.cpu_count() or 1
         total_cpu = self.relay_cpu_s + self.echo_cpu_s + sum(self.gen_cpu_s)
@@ -148,6 +150,9 @@ class Run:
             "rtt_ms_p95": round(float(np.percentile(lat, 95)), 3),
             "rtt_ms_p99": round(float(np.percentile(lat, 99)), 3),
             "rtt_ms_max": round(float(np.max(lat)), 3),
+            # Per-frame jitter at the caller (RFC 3550's D between consecutive echoes).
+            "jitter_ms_p50": round(float(np.percentile(jitter, 50)), 3),
+            "jitter_ms_p99": round(float(np.percentile(jitter, 99)), 3),
             "one_way_ms_p50": round(float(np.percentile(one_way, 50)), 3),
             "one_way_ms_p99": round(float(np.percentile(one_way, 99)), 3),
             "one_way_ms_max": round(float(np.max(one_way)), 3),
@@ -351,6 +356,7 @@ def measure(system: str, calls: int, options: argparse.Namespace, log_dir: Path)
                 run.setup_ms.extend(result["setup_ms"])
                 run.failed_setup += result["failed"]
             run.send_lag_ms.extend(result["send_lag_ms"])
+            run.jitter_ms.extend(result["jitter_ms"])
             run.errors.extend(result["errors"])
             run.close_codes = sorted(set(run.close_codes) | set(result["close_codes"]))
         echo.tell("report")
@@ -383,6 +389,7 @@ COLUMNS: Final = [
     ("rtt_ms_p95", "p95 ms", "{:>7.2f}"),
     ("rtt_ms_p99", "p99 ms", "{:>7.2f}"),
     ("rtt_ms_max", "max ms", "{:>7.1f}"),
+    ("jitter_ms_p99", "jit p99", "{:>7.2f}"),
     ("one_way_ms_p50", "1way p50", "{:>8.2f}"),
     ("one_way_ms_p99", "1way p99", "{:>8.2f}"),
     ("delivered_pct", "back %", "{:>7.2f}"),
@@ -400,6 +407,7 @@ RATIOS: Final = [
     ("rtt_ms_p50", "p50"),
     ("rtt_ms_p95", "p95"),
     ("rtt_ms_p99", "p99"),
+    ("jitter_ms_p99", "jitter p99"),
     ("one_way_ms_p50", "1way p50"),
     ("relay_cpu_ms_per_call_s", "cpu/call-s"),
     ("relay_peak_rss_mib", "peak rss"),
@@ -446,6 +454,47 @@ def render(rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> str:
             )
             lines.append(f"  {r['calls']:>4} calls: {cells}")
     return "\n".join(lines)
+
+
+JITTER_MARGIN_MS: Final = 5.0
+"""voicegw's per-frame jitter p99 may exceed the floor's by this much (issue #19)."""
+
+
+def verdicts(rows: list[dict[str, Any]], capacity: dict[str, dict[str, Any]]) -> list[str]:
+    """Issue #19's targets per level up to the floor's own capacity: no call with a standing
+    offset over ``OFFSET_LIMIT_MS`` and jitter p99 within the floor's + ``JITTER_MARGIN_MS``;
+    at 100 calls, CPU per call-second against the floor's."""
+    floor_capacity = capacity.get("baseline", {}).get("capacity")
+    by = {(r["calls"], r["system"]): r for r in rows}
+    lines = [f"targets up to the floor's capacity ({floor_capacity} calls):"]
+    for calls in sorted({r["calls"] for r in rows}):
+        ours, base = by.get((calls, "voicegw")), by.get((calls, "baseline"))
+        if ours is None or base is None or floor_capacity is None or calls > floor_capacity:
+            continue
+        over = max(ours["offset_over_150"], ours["tail_offset_over_150"])  # the worst repeat
+        # Jitter swings between repeats for both systems alike: compare the medians.
+        jitter, floor = (
+            _median_of_repeats(ours, "jitter_ms_p99"),
+            _median_of_repeats(base, "jitter_ms_p99"),
+        )
+        bound = floor + JITTER_MARGIN_MS
+        met = over == 0 and jitter <= bound
+        lines.append(
+            f"  {calls:>4} calls: {over} call(s) with an offset over {OFFSET_LIMIT_MS:g} ms; "
+            f"jitter p99 {jitter:.2f} ms (median of repeats; the floor's + "
+            f"{JITTER_MARGIN_MS:g}: {bound:.2f}): " + ("met" if met else "NOT met")
+        )
+        if calls == 100:
+            ratio = _median_of_repeats(ours, "relay_cpu_ms_per_call_s") / _median_of_repeats(
+                base, "relay_cpu_ms_per_call_s"
+            )
+            lines.append(f"        CPU per call-second {ratio:.2f}x the floor's (medians)")
+    return lines
+
+
+def _median_of_repeats(row: dict[str, Any], key: str) -> float:
+    values = [r[key] for r in row.get("repeats", [])] or [row[key]]
+    return float(np.median(values))
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -579,6 +628,7 @@ def _package(filename: str) -> str:
 REPEAT_KEYS: Final = (
     "rtt_ms_p50",
     "rtt_ms_p99",
+    "jitter_ms_p99",
     "relay_cpu_ms_per_call_s",
     "other_cpu_pct",
     "offset_ms_p99",
@@ -778,6 +828,8 @@ def main() -> None:
     print(render_offsets(rows, options.repeat))
     print()
     print(curve.render(capacity))
+    print()
+    print("\n".join(verdicts(rows, capacity)))
     document = {
         "bench": "relay",
         "python": platform.python_version(),

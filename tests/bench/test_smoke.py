@@ -47,6 +47,9 @@ def test_relay_benchmark_runs_both_systems_and_writes_json(tmp_path):
         assert result["holds"] is (result["rtt_ms_p99"] < 40.0)
         # The echo server read each frame's send time: a one-way figure below the round trip.
         assert 0 < result["one_way_ms_p50"] <= result["rtt_ms_max"]
+        # Jitter is the change in round trip between consecutive echoes: never above the
+        # largest round trip.
+        assert 0 <= result["jitter_ms_p99"] <= result["rtt_ms_max"]
         assert result["relay_peak_rss_kib"] >= result["relay_idle_rss_kib"] > 0
     assert "voicegw / baseline" in run.stdout
     for system in ("voicegw", "baseline"):
@@ -54,6 +57,7 @@ def test_relay_benchmark_runs_both_systems_and_writes_json(tmp_path):
         assert capacity["levels"] == [2]
         assert capacity["capacity"] in (2, None)
     assert "capacity" in run.stdout
+    assert "targets up to the floor's capacity" in run.stdout
     # The plot beside the JSON (matplotlib is in the dev extra: never skipped).
     assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
 
